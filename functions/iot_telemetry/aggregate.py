@@ -1,0 +1,58 @@
+"""aggregate: telemetry events delivered by the Broker, rolled up in the store."""
+
+from __future__ import annotations
+
+import logging
+from datetime import UTC, datetime
+
+import flask
+
+from .errors import BadRequest
+from .events import read_delivery
+from .observability import DUPLICATES_SKIPPED, EVENTS_PROCESSED, POINTS_AGGREGATED
+from .rollup import RollupWriter
+from .runtime import Runtime, get_runtime
+from .service import require, serve
+from .telemetry import TelemetryEvent, validate
+
+log = logging.getLogger(__name__)
+FUNCTION = "aggregate"
+
+
+def handle(request: flask.Request, runtime: Runtime | None = None) -> flask.Response:
+    rt = runtime or get_runtime()
+    return serve(FUNCTION, request, lambda r: _aggregate(r, rt), lambda: _ready(rt))
+
+
+def _ready(rt: Runtime) -> dict[str, bool]:
+    return {"store": rt.store.ping()}
+
+
+def decode_telemetry(request: flask.Request, function: str) -> TelemetryEvent:
+    """Decode a delivered telemetry event; malformed ones are 400 (dead-lettered)."""
+    require(request, "/", "POST")
+    raw = read_delivery(request.headers, request.get_data())
+    result = validate(raw, datetime.now(UTC), limits=None)
+    if isinstance(result, list):
+        EVENTS_PROCESSED.labels(function, "invalid").inc()
+        log.warning("invalid event", extra={"event_id": raw.attributes.get("id"),
+                                            "problems": result})
+        raise BadRequest(result)
+    return result
+
+
+def _aggregate(request: flask.Request, rt: Runtime) -> flask.Response:
+    # 1. Decode; 2. apply idempotently; 3. answer 204 (nothing to reply).
+    event = decode_telemetry(request, FUNCTION)
+    rt.store.ensure_indexes()
+    fresh = RollupWriter(rt.store).apply(event)
+    if fresh:
+        POINTS_AGGREGATED.inc(len(event.points))
+        EVENTS_PROCESSED.labels(FUNCTION, "applied").inc()
+    else:
+        DUPLICATES_SKIPPED.labels(FUNCTION).inc()
+        EVENTS_PROCESSED.labels(FUNCTION, "duplicate").inc()
+    log.info("aggregated" if fresh else "duplicate", extra={
+        "event_id": event.id, "source": event.source, "device_id": event.device_id,
+        "points": len(event.points)})
+    return flask.Response(status=204)

@@ -1,0 +1,251 @@
+"""Alert lifecycle: rule evaluation with hysteresis, and its atomic record in the store.
+
+Per (device, metric, rule) a state document holds where evaluation stands. Handling an
+event: read the state, evaluate the readings newer than the last one evaluated, then
+commit the new state with a compare-and-swap on `rev` together with the effects it
+implies (raise, update, resolve an alert). Effects are applied after the commit and are
+idempotent (deterministic alert ids, $max/$setOnInsert); a state whose effects were not
+marked applied (a crash in between) gets them applied by whoever reads it next, and a
+redelivery of the same event re-applies them and answers the same alert events.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass, field, replace
+from datetime import UTC, datetime
+from typing import Any, Final
+
+from pymongo import ReturnDocument
+from pymongo.errors import DuplicateKeyError
+
+from .errors import Conflict, NotFound
+from .rules import AlertRule
+from .store import ALERT_STATE, ALERTS, Store
+from .telemetry import DataPoint, TelemetryEvent, format_time
+
+log = logging.getLogger(__name__)
+
+OPEN: Final = "open"
+ACKNOWLEDGED: Final = "acknowledged"
+RESOLVED: Final = "resolved"
+_CAS_ATTEMPTS: Final = 20
+
+
+@dataclass(frozen=True)
+class RuleState:
+    """Where evaluation of one rule for one device stands."""
+
+    firing: bool = False
+    streak: int = 0
+    streak_since: datetime | None = None
+    streak_peak: float | None = None
+    last_time: datetime | None = None
+    episode: int = 0
+    count: int = 0
+    peak: float | None = None
+
+    @classmethod
+    def from_doc(cls, doc: Mapping[str, Any] | None) -> RuleState:
+        if not doc:
+            return cls()
+        names = cls.__dataclass_fields__
+        values = {k: _utc(v) if isinstance(v, datetime) else v
+                  for k, v in doc.get("state", {}).items() if k in names}
+        return cls(**values)
+
+
+@dataclass(frozen=True)
+class Effect:
+    """A change to an alert document implied by evaluation."""
+
+    kind: str  # raised | updated | resolved
+    alert_id: str
+    time: datetime
+    value: float
+    count: int
+    peak: float
+    first_seen: datetime | None = None
+
+    def to_doc(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_doc(cls, doc: Mapping[str, Any]) -> Effect:
+        values = {k: _utc(v) if isinstance(v, datetime) else v for k, v in doc.items()}
+        return cls(**values)
+
+
+def _utc(value: datetime) -> datetime:
+    return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
+def alert_id(device_id: str, rule: AlertRule, episode: int) -> str:
+    return f"{device_id}:{rule.name}:{episode}"
+
+
+def evaluate(rule: AlertRule, device_id: str, state: RuleState,
+             points: Sequence[DataPoint]) -> tuple[RuleState, list[Effect]]:
+    """Evaluate readings in time order; readings not newer than the last evaluated are skipped.
+
+    Skipping them keeps a late reading from flipping the state and makes a redelivered
+    event a no-op.
+    """
+    effects: list[Effect] = []
+    for p in sorted(points, key=lambda p: (p.time, p.value)):
+        if p.metric != rule.metric or (state.last_time is not None and p.time <= state.last_time):
+            continue
+        state = replace(state, last_time=p.time)
+        aid = alert_id(device_id, rule, state.episode)
+        if state.firing:
+            if rule.clears(p.value):
+                effects.append(Effect(RESOLVED, aid, p.time, p.value, state.count,
+                                      state.peak if state.peak is not None else p.value))
+                state = replace(state, firing=False, streak=0, streak_since=None,
+                                streak_peak=None, count=0, peak=None)
+            elif rule.violates(p.value):
+                peak = p.value if state.peak is None else rule.worse(state.peak, p.value)
+                state = replace(state, count=state.count + 1, peak=peak)
+                effects.append(Effect("updated", aid, p.time, p.value, state.count, peak))
+            continue
+        if not rule.violates(p.value):
+            state = replace(state, streak=0, streak_since=None, streak_peak=None)
+            continue
+        since = state.streak_since or p.time
+        peak = p.value if state.streak_peak is None else rule.worse(state.streak_peak, p.value)
+        state = replace(state, streak=state.streak + 1, streak_since=since, streak_peak=peak)
+        held = (p.time - since).total_seconds()
+        if state.streak >= rule.for_count and held >= rule.for_seconds:
+            episode = state.episode + 1
+            state = replace(state, firing=True, episode=episode, count=state.streak, peak=peak,
+                            streak=0, streak_since=None, streak_peak=None)
+            effects.append(Effect("raised", alert_id(device_id, rule, episode), p.time,
+                                  p.value, state.count, peak, first_seen=since))
+    return state, effects
+
+
+@dataclass
+class Outcome:
+    """What handling an event did: alert events to emit, and whether anything was new."""
+
+    transitions: list[dict[str, Any]] = field(default_factory=list)
+    changed: bool = False
+    duplicate: bool = False
+
+
+class AlertBook:
+    """Alert state and documents in the store, safe with several instances at once."""
+
+    def __init__(self, store: Store, rules: Sequence[AlertRule]) -> None:
+        self.store = store
+        self.rules = tuple(rules)
+
+    def handle(self, event: TelemetryEvent) -> Outcome:
+        outcome = Outcome()
+        metrics = {p.metric for p in event.points}
+        for rule in self.rules:
+            if rule.metric in metrics:
+                self._handle_rule(rule, event, outcome)
+        outcome.duplicate = not outcome.changed and bool(metrics & {r.metric for r in self.rules})
+        unique = {(t["transition"], t["alert"]["id"]): t for t in outcome.transitions}
+        outcome.transitions = list(unique.values())
+        return outcome
+
+    def _handle_rule(self, rule: AlertRule, event: TelemetryEvent, outcome: Outcome) -> None:
+        states = self.store.collection(ALERT_STATE)
+        _id = f"{event.device_id}:{rule.name}"
+        for _ in range(_CAS_ATTEMPTS):
+            with self.store.guard():
+                doc = states.find_one({"_id": _id})
+            if doc and not doc.get("applied", True):
+                self._apply(rule, event.device_id, doc, [Effect.from_doc(e) for e in doc["effects"]])
+            if doc and doc.get("event") == event.key:
+                # Redelivery of the event that made the last change: answer the same again.
+                effects = [Effect.from_doc(e) for e in doc.get("effects", [])]
+                outcome.transitions += self._transitions(effects)
+            state = RuleState.from_doc(doc)
+            new_state, effects = evaluate(rule, event.device_id, state, event.points)
+            if new_state == state:
+                return
+            rev = int(doc["rev"]) if doc else 0
+            body = {"state": asdict(new_state), "effects": [e.to_doc() for e in effects],
+                    "event": event.key, "applied": not effects, "rev": rev + 1,
+                    "device_id": event.device_id, "rule": rule.name}
+            with self.store.guard():
+                if doc is None:
+                    try:
+                        states.insert_one({"_id": _id, **body})
+                    except DuplicateKeyError:
+                        continue
+                elif states.update_one({"_id": _id, "rev": rev}, {"$set": body}).matched_count == 0:
+                    continue
+            outcome.changed = True
+            if effects:
+                self._apply(rule, event.device_id, {"_id": _id, "rev": rev + 1}, effects)
+                outcome.transitions += self._transitions(effects)
+            return
+        raise RuntimeError(f"alert state {_id}: too many concurrent updates")
+
+    def _apply(self, rule: AlertRule, device_id: str, state_doc: Mapping[str, Any],
+               effects: Sequence[Effect]) -> None:
+        alerts = self.store.collection(ALERTS)
+        with self.store.guard():
+            for e in effects:
+                if e.kind == "raised":
+                    alerts.update_one({"_id": e.alert_id}, {
+                        "$setOnInsert": {
+                            "device_id": device_id, "metric": rule.metric, "rule": rule.name,
+                            "severity": rule.severity, "condition": rule.condition,
+                            "threshold": rule.threshold, "clear_threshold": rule.clear_threshold,
+                            "state": OPEN, "raised_at": e.time, "first_seen": e.first_seen,
+                            "acknowledged_at": None, "acknowledged_by": None,
+                            "resolved_at": None, "resolved_value": None},
+                        "$max": {"last_seen": e.time, "count": e.count},
+                        "$set": {"last_value": e.value, "peak": e.peak},
+                    }, upsert=True)
+                elif e.kind == "updated":
+                    alerts.update_one({"_id": e.alert_id, "last_seen": {"$lte": e.time}},
+                                      {"$set": {"last_value": e.value, "peak": e.peak,
+                                                "last_seen": e.time, "count": e.count}})
+                else:
+                    alerts.update_one(
+                        {"_id": e.alert_id, "state": {"$in": [OPEN, ACKNOWLEDGED]}},
+                        {"$set": {"state": RESOLVED, "resolved_at": e.time,
+                                  "resolved_value": e.value}})
+            self.store.collection(ALERT_STATE).update_one(
+                {"_id": state_doc["_id"], "rev": state_doc["rev"]}, {"$set": {"applied": True}})
+
+    def _transitions(self, effects: Sequence[Effect]) -> list[dict[str, Any]]:
+        changes = [e for e in effects if e.kind in ("raised", RESOLVED)]
+        if not changes:
+            return []
+        with self.store.guard():
+            docs = {d["_id"]: d for d in self.store.collection(ALERTS).find(
+                {"_id": {"$in": [e.alert_id for e in changes]}})}
+        return [{"transition": "raised" if e.kind == "raised" else RESOLVED,
+                 "alert": public(docs[e.alert_id])} for e in changes if e.alert_id in docs]
+
+    def acknowledge(self, alert_id: str, by: str, now: datetime) -> dict[str, Any]:
+        """open -> acknowledged; repeating it is harmless; a resolved alert is a conflict."""
+        with self.store.guard():
+            doc = self.store.collection(ALERTS).find_one_and_update(
+                {"_id": alert_id, "state": OPEN},
+                {"$set": {"state": ACKNOWLEDGED, "acknowledged_at": now, "acknowledged_by": by}},
+                return_document=ReturnDocument.AFTER)
+            if doc is None:
+                doc = self.store.collection(ALERTS).find_one({"_id": alert_id})
+        if doc is None:
+            raise NotFound(f"alert {alert_id!r} not found")
+        if doc["state"] == RESOLVED:
+            raise Conflict(f"alert {alert_id!r} is already resolved")
+        return public(doc)
+
+
+def public(doc: Mapping[str, Any]) -> dict[str, Any]:
+    """An alert document as the API and alert events show it (times as RFC 3339)."""
+    out: dict[str, Any] = {"id": doc["_id"]}
+    for key, value in doc.items():
+        if key != "_id":
+            out[key] = format_time(value) if isinstance(value, datetime) else value
+    return out

@@ -1,0 +1,74 @@
+"""ingest: device CloudEvents in, validated, written to Kafka with acks=all."""
+
+from __future__ import annotations
+
+import logging
+from datetime import UTC, datetime, timedelta
+
+import flask
+
+from .errors import BadRequest, PayloadTooLarge, TelemetryError
+from .events import BATCH, STRUCTURED, media_type, read_http, to_kafka
+from .observability import EVENTS_ACCEPTED, EVENTS_REJECTED, POINTS_ACCEPTED
+from .runtime import Runtime, get_runtime
+from .service import json_response, require, serve
+from .telemetry import Limits, format_time, validate_all
+
+log = logging.getLogger(__name__)
+FUNCTION = "ingest"
+
+
+def handle(request: flask.Request, runtime: Runtime | None = None) -> flask.Response:
+    rt = runtime or get_runtime()
+    return serve(FUNCTION, request, lambda r: _ingest(r, rt), lambda: _ready(rt))
+
+
+def _ready(rt: Runtime) -> dict[str, bool]:
+    return {"kafka": rt.sink.ready()}
+
+
+def _mode(request: flask.Request) -> str:
+    ctype = media_type(request.headers.get("Content-Type"))
+    return {BATCH: "batch", STRUCTURED: "structured"}.get(ctype, "binary")
+
+
+def _ingest(request: flask.Request, rt: Runtime) -> flask.Response:
+    try:
+        return _accept(request, rt)
+    except TelemetryError as exc:
+        if exc.status < 500:
+            EVENTS_REJECTED.labels(exc.reason).inc()
+            log.info("rejected: %s", exc, extra={"status": exc.status,
+                                                 "event_id": request.headers.get("ce-id")})
+        raise
+
+
+def _accept(request: flask.Request, rt: Runtime) -> flask.Response:
+    s = rt.settings
+    # 1. Route and size: nothing past the limit is read.
+    require(request, "/", "POST")
+    if (request.content_length or 0) > s.ingest_max_body_bytes:
+        raise PayloadTooLarge(f"body exceeds {s.ingest_max_body_bytes} bytes")
+    body = request.stream.read(s.ingest_max_body_bytes + 1)
+    if len(body) > s.ingest_max_body_bytes:
+        raise PayloadTooLarge(f"body exceeds {s.ingest_max_body_bytes} bytes")
+    # 2. Decode and validate every event; any problem rejects the whole request.
+    raws = read_http(request.headers, body)
+    if len(raws) > s.ingest_max_batch_events:
+        raise BadRequest(f"batch of {len(raws)} events, at most {s.ingest_max_batch_events}")
+    now = datetime.now(UTC)
+    limits = Limits(timedelta(seconds=s.ingest_max_age_seconds),
+                    timedelta(seconds=s.ingest_max_future_seconds), s.ingest_max_samples)
+    events = validate_all(raws, now, limits)
+    # 3. Write all of them, keyed by device, and wait for the broker's acknowledgement.
+    received = format_time(now)
+    records = [to_kafka(s.kafka_topic, {**e.attributes, "partitionkey": e.device_id,
+                                        "ingesttime": received}, e.data) for e in events]
+    rt.sink.send(records, s.kafka_send_timeout_seconds)
+    points = sum(len(e.points) for e in events)
+    EVENTS_ACCEPTED.labels(_mode(request)).inc(len(events))
+    POINTS_ACCEPTED.inc(points)
+    for e in events:
+        log.debug("accepted", extra={"event_id": e.id, "source": e.source,
+                                     "device_id": e.device_id, "points": len(e.points)})
+    return json_response({"accepted": len(events), "points": points}, 202)

@@ -1,0 +1,152 @@
+"""The query API described as OpenAPI 3.1."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from . import __version__
+from .settings import Settings
+
+_TIME = {"type": "string", "format": "date-time"}
+_ERROR = {"type": "object", "required": ["error", "message"], "properties": {
+    "error": {"type": "string"}, "message": {"type": "string"},
+    "problems": {"type": "array", "items": {"type": "string"}}}}
+
+
+def _ref(name: str) -> dict[str, str]:
+    return {"$ref": f"#/components/schemas/{name}"}
+
+
+def _json(schema: dict[str, Any], description: str) -> dict[str, Any]:
+    return {"description": description, "content": {"application/json": {"schema": schema}}}
+
+
+def _errors(*codes: int) -> dict[str, Any]:
+    text = {400: "Invalid parameter", 404: "Not found", 409: "Conflict",
+            503: "Store unavailable"}
+    return {str(c): _json(_ref("Error"), text[c]) for c in codes}
+
+
+def _param(name: str, where: str, schema: dict[str, Any], description: str,
+           required: bool = False) -> dict[str, Any]:
+    return {"name": name, "in": where, "required": required or where == "path",
+            "schema": schema, "description": description}
+
+
+def document(settings: Settings) -> dict[str, Any]:
+    device_id = {"type": "string", "pattern": r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}$"}
+    alert_id = {"type": "string", "pattern": r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,200}$"}
+    limit = {"type": "integer", "minimum": 1, "maximum": settings.query_max_limit,
+             "default": settings.query_default_limit}
+    latest = {"type": "object", "additionalProperties": {
+        "type": "object", "required": ["value", "time"],
+        "properties": {"value": {"type": "number"}, "time": _TIME}}}
+    schemas = {
+        "Error": _ERROR,
+        "Device": {"type": "object", "required": ["id", "last_seen", "stale", "metrics"],
+                   "properties": {
+                       "id": device_id, "first_seen": {**_TIME, "nullable": True},
+                       "last_seen": {"type": ["string", "null"], "format": "date-time"},
+                       "last_event_time": {"type": ["string", "null"], "format": "date-time"},
+                       "stale": {"type": "boolean"}, "metrics": latest,
+                       "open_alerts": {"type": "integer", "minimum": 0}}},
+        "Bucket": {"type": "object",
+                   "required": ["t", "count", "min", "max", "avg"],
+                   "properties": {"t": _TIME, "count": {"type": "integer", "minimum": 1},
+                                  "min": {"type": "number"}, "max": {"type": "number"},
+                                  "avg": {"type": "number"}, "sum": {"type": "number"},
+                                  "first": _TIME, "last": _TIME,
+                                  "last_value": {"type": "number"}}},
+        "Alert": {"type": "object",
+                  "required": ["id", "device_id", "metric", "rule", "severity", "state",
+                               "raised_at", "count"],
+                  "properties": {
+                      "id": {"type": "string"}, "device_id": device_id,
+                      "metric": {"type": "string"}, "rule": {"type": "string"},
+                      "severity": {"enum": ["warning", "critical"]},
+                      "state": {"enum": ["open", "acknowledged", "resolved"]},
+                      "condition": {"enum": [">", ">=", "<", "<="]},
+                      "threshold": {"type": "number"}, "clear_threshold": {"type": "number"},
+                      "raised_at": _TIME, "first_seen": _TIME, "last_seen": _TIME,
+                      "count": {"type": "integer"}, "peak": {"type": "number"},
+                      "last_value": {"type": "number"},
+                      "acknowledged_at": {"type": ["string", "null"], "format": "date-time"},
+                      "acknowledged_by": {"type": ["string", "null"]},
+                      "resolved_at": {"type": ["string", "null"], "format": "date-time"},
+                      "resolved_value": {"type": ["number", "null"]}}},
+    }
+    return {
+        "openapi": "3.1.0",
+        "info": {"title": "IoT telemetry query API", "version": __version__,
+                 "description": "Devices, their latest values, rollup series and alerts."},
+        "paths": {
+            "/devices": {"get": {
+                "summary": "Devices with last seen time and the latest value of each metric",
+                "parameters": [
+                    _param("limit", "query", limit, "Page size"),
+                    _param("cursor", "query", device_id, "next_cursor of the previous page"),
+                    _param("prefix", "query", {"type": "string"}, "Device id prefix")],
+                "responses": {"200": _json({"type": "object", "properties": {
+                    "devices": {"type": "array", "items": _ref("Device")},
+                    "next_cursor": {"type": ["string", "null"]}}}, "A page of devices"),
+                    **_errors(400, 503)}}},
+            "/devices/{device_id}": {"get": {
+                "summary": "One device",
+                "parameters": [_param("device_id", "path", device_id, "Device id")],
+                "responses": {"200": _json(_ref("Device"), "The device"),
+                              **_errors(400, 404, 503)}}},
+            "/devices/{device_id}/series": {"get": {
+                "summary": "Rollup buckets of one metric over a time range",
+                "parameters": [
+                    _param("device_id", "path", device_id, "Device id"),
+                    _param("metric", "query", {"type": "string",
+                                               "pattern": r"^[a-z][a-z0-9_]{0,63}$"},
+                           "Metric name", required=True),
+                    _param("from", "query", _TIME, "Start (default: to - 1 hour)"),
+                    _param("to", "query", _TIME, "End, exclusive (default: now)"),
+                    _param("step", "query", {"enum": ["1m", "1h", "1d"]},
+                           "Bucket width (default: finest within ~1500 buckets)")],
+                "responses": {"200": _json({"type": "object", "properties": {
+                    "device_id": device_id, "metric": {"type": "string"},
+                    "step": {"type": "string"}, "from": _TIME, "to": _TIME,
+                    "buckets": {"type": "array", "items": _ref("Bucket")}}},
+                    f"Buckets in time order (at most {settings.query_max_buckets})"),
+                    **_errors(400, 503)}}},
+            "/alerts": {"get": {
+                "summary": "Alerts, newest first, paginated",
+                "parameters": [
+                    _param("state", "query", {"enum": ["open", "acknowledged", "resolved"]},
+                           "Lifecycle state"),
+                    _param("device_id", "query", device_id, "Device id"),
+                    _param("severity", "query", {"enum": ["warning", "critical"]}, "Severity"),
+                    _param("limit", "query", limit, "Page size"),
+                    _param("cursor", "query", {"type": "string"},
+                           "next_cursor of the previous page")],
+                "responses": {"200": _json({"type": "object", "properties": {
+                    "alerts": {"type": "array", "items": _ref("Alert")},
+                    "next_cursor": {"type": ["string", "null"]}}}, "A page of alerts"),
+                    **_errors(400, 503)}}},
+            "/alerts/{alert_id}": {"get": {
+                "summary": "One alert",
+                "parameters": [_param("alert_id", "path", alert_id, "Alert id")],
+                "responses": {"200": _json(_ref("Alert"), "The alert"),
+                              **_errors(400, 404, 503)}}},
+            "/alerts/{alert_id}/ack": {"post": {
+                "summary": "Acknowledge an open alert (repeating it is harmless)",
+                "parameters": [_param("alert_id", "path", alert_id, "Alert id")],
+                "requestBody": {"required": False, "content": {"application/json": {
+                    "schema": {"type": "object", "additionalProperties": False,
+                               "properties": {"by": {"type": "string",
+                                                     "pattern": r"^[\w .@:-]{1,100}$"}}}}}},
+                "responses": {"200": _json(_ref("Alert"), "The acknowledged alert"),
+                              **_errors(400, 404, 409, 503)}}},
+            "/healthz": {"get": {"summary": "Process alive",
+                                 "responses": {"200": {"description": "Alive"}}}},
+            "/readyz": {"get": {"summary": "Store reachable",
+                                "responses": {"200": {"description": "Ready"},
+                                              "503": {"description": "Not ready"}}}},
+            "/metrics": {"get": {"summary": "Prometheus metrics",
+                                 "responses": {"200": {"description": "Text format"}}}},
+        },
+        "components": {"schemas": schemas},
+    }

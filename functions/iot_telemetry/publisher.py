@@ -1,0 +1,137 @@
+"""Where ingest writes records: Kafka (acks=all), or the in-process broker of the local run."""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Sequence
+from typing import Any, Protocol
+
+from .errors import DependencyUnavailable
+from .events import KafkaRecord
+from .settings import Settings
+
+log = logging.getLogger(__name__)
+
+
+class RecordSink(Protocol):
+    """Takes records and returns only once every one of them is durably acknowledged."""
+
+    def send(self, records: Sequence[KafkaRecord], timeout: float) -> None:
+        """Write all records or raise DependencyUnavailable."""
+
+    def ready(self) -> bool:
+        """Whether the sink can take writes now."""
+
+    def close(self) -> None:
+        """Flush and release connections."""
+
+
+class KafkaSink:
+    """kafka-python producer with acks=all, idempotent retries, one per process."""
+
+    def __init__(self, settings: Settings) -> None:
+        from kafka import KafkaProducer
+
+        self._settings = settings
+        options: dict[str, Any] = {
+            "bootstrap_servers": settings.kafka_bootstrap_servers.split(","),
+            "acks": "all",
+            "linger_ms": 2,
+            "retries": 5,
+            "max_in_flight_requests_per_connection": 1,  # keeps each device's order on retry
+            "request_timeout_ms": int(settings.kafka_send_timeout_seconds * 1000),
+            "max_block_ms": int(settings.kafka_send_timeout_seconds * 1000),
+            "reconnect_backoff_max_ms": 2000,
+            "client_id": "iot-ingest",
+            "security_protocol": settings.kafka_security_protocol,
+        }
+        if settings.kafka_security_protocol.startswith("SASL"):
+            options.update(
+                sasl_mechanism=settings.kafka_sasl_mechanism,
+                sasl_plain_username=settings.kafka_sasl_username,
+                sasl_plain_password=settings.kafka_sasl_password,
+            )
+        self._options = options
+        self._producer: Any = None
+        self._lock = threading.Lock()
+        self._retry_after = settings.ingest_retry_after_seconds
+
+    def _get(self) -> Any:
+        from kafka.errors import KafkaError
+
+        with self._lock:
+            if self._producer is None:
+                try:
+                    from kafka import KafkaProducer
+
+                    self._producer = KafkaProducer(**self._options)
+                except KafkaError as exc:
+                    raise DependencyUnavailable(
+                        f"Kafka is unreachable: {exc}", self._retry_after
+                    ) from None
+            return self._producer
+
+    def send(self, records: Sequence[KafkaRecord], timeout: float) -> None:
+        from kafka.errors import KafkaError
+
+        producer = self._get()
+        try:
+            futures = [
+                producer.send(r.topic, key=r.key, value=r.value, headers=list(r.headers))
+                for r in records
+            ]
+            producer.flush(timeout=timeout)
+            for future in futures:
+                future.get(timeout=timeout)
+        except (KafkaError, TimeoutError) as exc:
+            raise DependencyUnavailable(
+                f"Kafka did not acknowledge the write: {type(exc).__name__}: {exc}",
+                self._retry_after,
+            ) from None
+
+    def ready(self) -> bool:
+        try:
+            producer = self._get()
+            return bool(producer.bootstrap_connected()) or bool(
+                producer.partitions_for(self._settings.kafka_topic)
+            )
+        except Exception:
+            return False
+
+    def close(self) -> None:
+        with self._lock:
+            if self._producer is not None:
+                self._producer.close(timeout=5)
+                self._producer = None
+
+
+_memory_sink: RecordSink | None = None
+
+
+def set_memory_sink(sink: RecordSink | None) -> None:
+    """Install the in-process broker that `memory://` bootstrap servers write to."""
+    global _memory_sink
+    _memory_sink = sink
+
+
+class MemorySink:
+    """Forwards to the in-process broker the local runner installed."""
+
+    def __init__(self, settings: Settings) -> None:
+        self._retry_after = settings.ingest_retry_after_seconds
+
+    def send(self, records: Sequence[KafkaRecord], timeout: float) -> None:
+        if _memory_sink is None:
+            raise DependencyUnavailable("no in-process broker is running", self._retry_after)
+        _memory_sink.send(records, timeout)
+
+    def ready(self) -> bool:
+        return _memory_sink is not None and _memory_sink.ready()
+
+    def close(self) -> None:
+        return None
+
+
+def make_sink(settings: Settings) -> RecordSink:
+    return MemorySink(settings) if settings.embedded_broker else KafkaSink(settings)

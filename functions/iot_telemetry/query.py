@@ -1,0 +1,318 @@
+"""query: the dashboard API over the store (devices, series, alerts)."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+import math
+import re
+from collections.abc import Callable, Mapping
+from datetime import UTC, datetime, timedelta
+from typing import Any, Final
+
+import flask
+from werkzeug.exceptions import MethodNotAllowed as RouteMethodNotAllowed
+from werkzeug.exceptions import NotFound as RouteNotFound
+from werkzeug.routing import Map, Rule
+
+from . import openapi
+from .alerting import ACKNOWLEDGED, OPEN, RESOLVED, AlertBook, public
+from .errors import BadRequest, MethodNotAllowed, NotFound, TelemetryError
+from .events import loads
+from .observability import ALERTS_ACKNOWLEDGED, QUERY_SECONDS, Timer
+from .rollup import STEPS, bucket_start, summarize
+from .rules import SEVERITIES
+from .runtime import Runtime, get_runtime
+from .service import json_response, serve
+from .store import ALERTS, DEVICES, ROLLUP_COLLECTIONS
+from .telemetry import DEVICE_ID, METRIC_NAME, format_time, parse_time
+
+FUNCTION = "query"
+STATES: Final = (OPEN, ACKNOWLEDGED, RESOLVED)
+ALERT_ID: Final = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,200}$")
+ACTOR: Final = re.compile(r"^[\w .@:-]{1,100}$")
+
+ROUTES = Map([
+    Rule("/devices", endpoint="devices", methods=["GET"]),
+    Rule("/devices/<device_id>", endpoint="device", methods=["GET"]),
+    Rule("/devices/<device_id>/series", endpoint="series", methods=["GET"]),
+    Rule("/alerts", endpoint="alerts", methods=["GET"]),
+    Rule("/alerts/<alert_id>", endpoint="alert", methods=["GET"]),
+    Rule("/alerts/<alert_id>/ack", endpoint="ack", methods=["POST"]),
+    Rule("/openapi.json", endpoint="openapi", methods=["GET"]),
+    Rule("/", endpoint="index", methods=["GET"]),
+], strict_slashes=False)
+
+
+def handle(request: flask.Request, runtime: Runtime | None = None) -> flask.Response:
+    rt = runtime or get_runtime()
+    return serve(FUNCTION, request, lambda r: _route(r, rt), lambda: {"store": rt.store.ping()})
+
+
+class Params:
+    """Typed access to query parameters; unknown or repeated ones are refused."""
+
+    def __init__(self, request: flask.Request, allowed: set[str]) -> None:
+        self.args = request.args
+        problems = [f"unknown parameter {k!r}" for k in self.args if k not in allowed]
+        problems += [f"parameter {k!r} given more than once" for k in allowed
+                     if len(self.args.getlist(k)) > 1]
+        if problems:
+            raise BadRequest(problems)
+
+    def text(self, name: str, pattern: re.Pattern[str] | None = None,
+             choices: tuple[str, ...] = ()) -> str | None:
+        value = self.args.get(name)
+        if value is None or value == "":
+            return None
+        if choices and value not in choices:
+            raise BadRequest(f"{name}: must be one of {', '.join(choices)}")
+        if pattern is not None and not pattern.match(value):
+            raise BadRequest(f"{name}: must match {pattern.pattern}")
+        return value
+
+    def time(self, name: str) -> datetime | None:
+        value = self.args.get(name)
+        if value is None or value == "":
+            return None
+        parsed = parse_time(value)
+        if parsed is None:
+            raise BadRequest(f"{name}: must be an RFC 3339 time with offset, e.g. "
+                             "2026-11-26T10:00:00Z")
+        return parsed
+
+    def integer(self, name: str, default: int, low: int, high: int) -> int:
+        value = self.args.get(name)
+        if value is None or value == "":
+            return default
+        if not value.isdigit() or not low <= int(value) <= high:
+            raise BadRequest(f"{name}: must be an integer from {low} to {high}")
+        return int(value)
+
+
+def _route(request: flask.Request, rt: Runtime) -> flask.Response:
+    timer = Timer()
+    route, status = "unmatched", 500
+    try:
+        try:
+            rule, args = ROUTES.bind("", url_scheme="http").match(
+                request.path, method=request.method, return_rule=True)
+        except RouteNotFound:
+            raise NotFound(f"no route {request.path}") from None
+        except RouteMethodNotAllowed as exc:
+            raise MethodNotAllowed(
+                f"{request.path} answers {', '.join(sorted(exc.valid_methods or []))}") from None
+        route = rule.rule
+        response = _ENDPOINTS[str(rule.endpoint)](request, rt, **args)
+        status = response.status_code
+        return response
+    except TelemetryError as exc:
+        status = exc.status
+        raise
+    finally:
+        QUERY_SECONDS.labels(route, str(status)).observe(timer.elapsed())
+
+
+def _index(request: flask.Request, rt: Runtime) -> flask.Response:
+    Params(request, set())
+    return json_response({"service": "iot-telemetry query", "openapi": "/openapi.json",
+                          "routes": [r.rule for r in ROUTES.iter_rules()]})
+
+
+def _openapi(request: flask.Request, rt: Runtime) -> flask.Response:
+    Params(request, set())
+    return json_response(openapi.document(rt.settings))
+
+
+def _device_view(doc: Mapping[str, Any], now: datetime, stale_after: int,
+                 open_alerts: int | None = None) -> dict[str, Any]:
+    last_seen = doc.get("last_seen")
+    metrics = {name: {"value": m["value"], "time": format_time(m["time"])}
+               for name, m in sorted((doc.get("metrics") or {}).items())}
+    view: dict[str, Any] = {
+        "id": doc["_id"],
+        "first_seen": format_time(doc["first_seen"]) if doc.get("first_seen") else None,
+        "last_seen": format_time(last_seen) if last_seen else None,
+        "last_event_time": (format_time(doc["last_event_time"])
+                            if doc.get("last_event_time") else None),
+        "stale": last_seen is None or (now - last_seen).total_seconds() > stale_after,
+        "metrics": metrics,
+    }
+    if open_alerts is not None:
+        view["open_alerts"] = open_alerts
+    return view
+
+
+def _open_alert_counts(rt: Runtime, device_ids: list[str]) -> dict[str, int]:
+    counts: dict[str, int] = dict.fromkeys(device_ids, 0)
+    with rt.store.guard():
+        for doc in rt.store.collection(ALERTS).find(
+                {"device_id": {"$in": device_ids}, "state": {"$in": [OPEN, ACKNOWLEDGED]}},
+                {"device_id": 1}):
+            counts[doc["device_id"]] += 1
+    return counts
+
+
+def _devices(request: flask.Request, rt: Runtime) -> flask.Response:
+    p = Params(request, {"limit", "cursor", "prefix"})
+    limit = p.integer("limit", rt.settings.query_default_limit, 1, rt.settings.query_max_limit)
+    cursor = p.text("cursor", DEVICE_ID)
+    prefix = p.text("prefix", re.compile(r"^[A-Za-z0-9._:-]{1,128}$"))
+    filt: dict[str, Any] = {}
+    if cursor:
+        filt["_id"] = {"$gt": cursor}
+    if prefix:
+        filt.setdefault("_id", {})["$regex"] = "^" + re.escape(prefix)
+    with rt.store.guard():
+        docs = list(rt.store.collection(DEVICES).find(filt).sort("_id", 1).limit(limit + 1))
+    page, more = docs[:limit], len(docs) > limit
+    counts = _open_alert_counts(rt, [d["_id"] for d in page])
+    now = datetime.now(UTC)
+    return json_response({
+        "devices": [_device_view(d, now, rt.settings.device_stale_seconds, counts[d["_id"]])
+                    for d in page],
+        "next_cursor": page[-1]["_id"] if more else None,
+    })
+
+
+def _device_id(value: str) -> str:
+    if not DEVICE_ID.match(value):
+        raise BadRequest(f"device id must match {DEVICE_ID.pattern}")
+    return value
+
+
+def _device(request: flask.Request, rt: Runtime, device_id: str) -> flask.Response:
+    Params(request, set())
+    device_id = _device_id(device_id)
+    with rt.store.guard():
+        doc = rt.store.collection(DEVICES).find_one({"_id": device_id})
+    if doc is None:
+        raise NotFound(f"device {device_id!r} not found")
+    counts = _open_alert_counts(rt, [device_id])
+    return json_response(_device_view(doc, datetime.now(UTC), rt.settings.device_stale_seconds,
+                                      counts[device_id]))
+
+
+def default_step(span: timedelta) -> str:
+    """The finest step that keeps a range within about 1500 buckets."""
+    for step in ("1m", "1h"):
+        if span / STEPS[step] <= 1500:
+            return step
+    return "1d"
+
+
+def _series(request: flask.Request, rt: Runtime, device_id: str) -> flask.Response:
+    p = Params(request, {"metric", "from", "to", "step"})
+    device_id = _device_id(device_id)
+    metric = p.text("metric", METRIC_NAME)
+    if metric is None:
+        raise BadRequest("metric: required")
+    now = datetime.now(UTC)
+    to = p.time("to") or now
+    start = p.time("from") or to - timedelta(hours=1)
+    if start >= to:
+        raise BadRequest("from: must be before to")
+    step = p.text("step", choices=tuple(STEPS)) or default_step(to - start)
+    first = bucket_start(start, step)
+    buckets = math.ceil((to - first) / STEPS[step])
+    if buckets > rt.settings.query_max_buckets:
+        raise BadRequest(f"{buckets} buckets of {step} requested, at most "
+                         f"{rt.settings.query_max_buckets}: use a larger step or shorter range")
+    with rt.store.guard():
+        docs = list(rt.store.collection(ROLLUP_COLLECTIONS[step]).find(
+            {"device_id": device_id, "metric": metric, "t": {"$gte": first, "$lt": to}},
+            {"ids": 0}).sort("t", 1))
+    points = []
+    for doc in docs:
+        s = summarize(doc, step)
+        if s is None:
+            continue
+        points.append({"t": format_time(doc["t"]), "count": s.count, "min": s.min,
+                       "max": s.max, "avg": s.avg, "sum": s.sum, "first": format_time(s.first),
+                       "last": format_time(s.last), "last_value": s.last_value})
+    return json_response({"device_id": device_id, "metric": metric, "step": step,
+                          "from": format_time(first), "to": format_time(to), "buckets": points})
+
+
+def encode_cursor(doc: Mapping[str, Any]) -> str:
+    raw = json.dumps([format_time(doc["raised_at"]), doc["_id"]]).encode()
+    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+
+
+def decode_cursor(value: str) -> tuple[datetime, str]:
+    try:
+        raw = base64.urlsafe_b64decode(value + "=" * (-len(value) % 4))
+        at, alert_id = loads(raw)
+        parsed = parse_time(at)
+        if parsed is None or not isinstance(alert_id, str):
+            raise ValueError(value)
+        return parsed, alert_id
+    except (ValueError, TypeError, binascii.Error, BadRequest):
+        raise BadRequest("cursor: not a cursor this API returned") from None
+
+
+def _alerts(request: flask.Request, rt: Runtime) -> flask.Response:
+    p = Params(request, {"state", "device_id", "severity", "limit", "cursor"})
+    filt: dict[str, Any] = {}
+    if state := p.text("state", choices=STATES):
+        filt["state"] = state
+    if device_id := p.text("device_id", DEVICE_ID):
+        filt["device_id"] = device_id
+    if severity := p.text("severity", choices=SEVERITIES):
+        filt["severity"] = severity
+    limit = p.integer("limit", rt.settings.query_default_limit, 1, rt.settings.query_max_limit)
+    if cursor := p.text("cursor"):
+        at, last_id = decode_cursor(cursor)
+        filt["$or"] = [{"raised_at": {"$lt": at}}, {"raised_at": at, "_id": {"$lt": last_id}}]
+    with rt.store.guard():
+        docs = list(rt.store.collection(ALERTS).find(filt)
+                    .sort([("raised_at", -1), ("_id", -1)]).limit(limit + 1))
+    page = docs[:limit]
+    return json_response({"alerts": [public(d) for d in page],
+                          "next_cursor": encode_cursor(page[-1]) if len(docs) > limit else None})
+
+
+def _alert_id(value: str) -> str:
+    if not ALERT_ID.match(value):
+        raise BadRequest(f"alert id must match {ALERT_ID.pattern}")
+    return value
+
+
+def _alert(request: flask.Request, rt: Runtime, alert_id: str) -> flask.Response:
+    Params(request, set())
+    alert_id = _alert_id(alert_id)
+    with rt.store.guard():
+        doc = rt.store.collection(ALERTS).find_one({"_id": alert_id})
+    if doc is None:
+        raise NotFound(f"alert {alert_id!r} not found")
+    return json_response(public(doc))
+
+
+def _ack(request: flask.Request, rt: Runtime, alert_id: str) -> flask.Response:
+    Params(request, set())
+    alert_id = _alert_id(alert_id)
+    by = "api"
+    body = request.get_data()
+    if body.strip():
+        payload = loads(body)
+        if not isinstance(payload, dict) or set(payload) - {"by"}:
+            raise BadRequest('body must be {"by": "<who acknowledges>"} or empty')
+        if "by" in payload:
+            if not isinstance(payload["by"], str) or not ACTOR.match(payload["by"]):
+                raise BadRequest(f"by: must match {ACTOR.pattern}")
+            by = payload["by"]
+    was_open = False
+    with rt.store.guard():
+        current = rt.store.collection(ALERTS).find_one({"_id": alert_id}, {"state": 1})
+        was_open = bool(current) and current is not None and current.get("state") == OPEN
+    doc = AlertBook(rt.store, rt.settings.rules).acknowledge(alert_id, by, datetime.now(UTC))
+    if was_open:
+        ALERTS_ACKNOWLEDGED.inc()
+    return json_response(doc)
+
+
+_ENDPOINTS: dict[str, Callable[..., flask.Response]] = {
+    "index": _index, "openapi": _openapi, "devices": _devices, "device": _device,
+    "series": _series, "alerts": _alerts, "alert": _alert, "ack": _ack,
+}

@@ -1,0 +1,210 @@
+"""Rollups per device, metric and bucket (1 minute, 1 hour, 1 day), exact under redelivery.
+
+How a reading is counted exactly once without transactions:
+1. The minute bucket takes an event's readings of that minute in one atomic update that
+   also adds the event's key to the bucket's `ids`; the filter `ids: {$ne: key}` makes a
+   second delivery a no-op (or a duplicate-key refusal of its upsert).
+2. Hour buckets hold a snapshot of each of their minutes (`m.<MM>`) and day buckets a
+   snapshot of each of their hours (`h.<HH>`), each stamped with its source's version
+   `v`; a snapshot replaces an older one only. Re-running this step is harmless, so a
+   redelivery after a crash between the steps finishes the work without counting twice,
+   and concurrent instances converge on the newest snapshot.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any, Final
+
+from .store import DEVICES, ROLLUP_COLLECTIONS, Store, Update
+from .telemetry import DataPoint, TelemetryEvent
+
+STEPS: Final = {"1m": timedelta(minutes=1), "1h": timedelta(hours=1), "1d": timedelta(days=1)}
+_EPOCH: Final = datetime(1970, 1, 1, tzinfo=UTC)
+#: Rounds of re-running an idempotent bulk when concurrent upserts of one bucket collide.
+_RETRIES: Final = 5
+
+
+def bucket_start(t: datetime, step: str) -> datetime:
+    """Start of the bucket of width `step` holding `t` (event time, UTC)."""
+    width = STEPS[step]
+    return _EPOCH + ((t - _EPOCH) // width) * width
+
+
+def bucket_id(device_id: str, metric: str, start: datetime) -> str:
+    return f"{device_id}|{metric}|{start.strftime('%Y-%m-%dT%H:%M')}"
+
+
+@dataclass(frozen=True)
+class Summary:
+    """count, sum, min, max, first and last time and last value of some readings."""
+
+    count: int
+    sum: float
+    min: float
+    max: float
+    first: datetime
+    last: datetime
+    last_value: float
+
+    @property
+    def avg(self) -> float:
+        return self.sum / self.count
+
+    @classmethod
+    def of(cls, points: Iterable[DataPoint]) -> Summary:
+        pts = sorted(points, key=lambda p: (p.time, p.value))
+        values = [p.value for p in pts]
+        return cls(len(pts), sum(values), min(values), max(values), pts[0].time,
+                   pts[-1].time, pts[-1].value)
+
+    def merge(self, other: Summary) -> Summary:
+        newer = other if (other.last, other.last_value) > (self.last, self.last_value) else self
+        return Summary(self.count + other.count, self.sum + other.sum, min(self.min, other.min),
+                       max(self.max, other.max), min(self.first, other.first),
+                       newer.last, newer.last_value)
+
+    def to_doc(self) -> dict[str, Any]:
+        return {"count": self.count, "sum": self.sum, "min": self.min, "max": self.max,
+                "first": self.first, "last": self.last, "last_value": self.last_value}
+
+    @classmethod
+    def from_doc(cls, doc: Mapping[str, Any]) -> Summary:
+        return cls(int(doc["count"]), float(doc["sum"]), float(doc["min"]), float(doc["max"]),
+                   _utc(doc["first"]), _utc(doc["last"]), float(doc["last_value"]))
+
+    @classmethod
+    def merge_all(cls, parts: Iterable[Summary]) -> Summary | None:
+        total: Summary | None = None
+        for part in parts:
+            total = part if total is None else total.merge(part)
+        return total
+
+
+def _utc(value: datetime) -> datetime:
+    return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
+def summarize(doc: Mapping[str, Any], step: str) -> Summary | None:
+    """The totals of a stored bucket of any step."""
+    if step == "1m":
+        return Summary.from_doc(doc) if doc.get("count") else None
+    parts = doc.get("m" if step == "1h" else "h") or {}
+    return Summary.merge_all(Summary.from_doc(p) for p in parts.values() if p.get("count"))
+
+
+class RollupWriter:
+    """Applies events to the rollups and to each device's latest values."""
+
+    def __init__(self, store: Store) -> None:
+        self.store = store
+
+    def apply(self, event: TelemetryEvent) -> bool:
+        """Apply one event; return False when every part of it had been applied before."""
+        if not event.points:
+            return False
+        fresh = self._minutes(event)
+        minutes = self._fetch("1m", {bucket_start(p.time, "1m") for p in event.points}, event)
+        hours = self._propagate("1h", minutes, event)
+        self._propagate("1d", hours, event)
+        self._latest(event)
+        return fresh
+
+    def _minutes(self, event: TelemetryEvent) -> bool:
+        groups: dict[tuple[str, datetime], list[DataPoint]] = defaultdict(list)
+        for p in event.points:
+            groups[(p.metric, bucket_start(p.time, "1m"))].append(p)
+        adds, lasts = [], []
+        for (metric, start), points in sorted(groups.items()):
+            s = Summary.of(points)
+            _id = bucket_id(event.device_id, metric, start)
+            adds.append(Update(
+                {"_id": _id, "ids": {"$ne": event.key}},
+                {"$setOnInsert": {"device_id": event.device_id, "metric": metric, "t": start},
+                 "$inc": {"count": s.count, "sum": s.sum, "v": 1},
+                 "$min": {"min": s.min, "first": s.first},
+                 "$max": {"max": s.max, "last": s.last},
+                 "$push": {"ids": event.key}},
+                upsert=True))
+            # After the $max above, `last` equals ours only if ours is the newest reading;
+            # then the bucket's last value is ours. Idempotent, so run on every delivery.
+            lasts.append(Update({"_id": _id, "last": s.last}, {"$set": {"last_value": s.last_value}}))
+        outcome = self.store.bulk(ROLLUP_COLLECTIONS["1m"], adds)
+        self.store.bulk(ROLLUP_COLLECTIONS["1m"], lasts)
+        return len(outcome.duplicates) < len(adds)
+
+    def _fetch(self, step: str, starts: Iterable[datetime], event: TelemetryEvent,
+               ) -> list[dict[str, Any]]:
+        metrics = {p.metric for p in event.points}
+        ids = [bucket_id(event.device_id, m, s) for m in metrics for s in starts]
+        with self.store.guard():
+            return list(self.store.collection(ROLLUP_COLLECTIONS[step]).find(
+                {"_id": {"$in": ids}}, {"ids": 0}))
+
+    def _propagate(self, step: str, sources: Sequence[dict[str, Any]], event: TelemetryEvent,
+                   ) -> list[dict[str, Any]]:
+        """Copy each source bucket's snapshot into its parent bucket, newer versions only."""
+        child_step = "1m" if step == "1h" else "1h"
+        slot_field = "m" if step == "1h" else "h"
+        ops: list[Update] = []
+        parents: set[datetime] = set()
+        for doc in sources:
+            summary = summarize(doc, child_step)
+            if summary is None:
+                continue
+            start = _utc(doc["t"])
+            parent = bucket_start(start, step)
+            slot = f"{slot_field}.{start.strftime('%M' if step == '1h' else '%H')}"
+            _id = bucket_id(doc["device_id"], doc["metric"], parent)
+            snapshot = {**summary.to_doc(), "v": int(doc["v"])}
+            ops.append(Update(
+                {"_id": _id},
+                {"$setOnInsert": {"device_id": doc["device_id"], "metric": doc["metric"],
+                                  "t": parent, "v": 0}},
+                upsert=True))
+            ops.append(Update(
+                {"_id": _id, "$or": [{f"{slot}.v": {"$lt": snapshot["v"]}},
+                                     {slot: {"$exists": False}}]},
+                {"$set": {slot: snapshot}, "$inc": {"v": 1}}))
+            parents.add(parent)
+        self._bulk_until_done(ROLLUP_COLLECTIONS[step], ops)
+        return self._fetch(step, parents, event) if parents else []
+
+    def _bulk_until_done(self, name: str, ops: Sequence[Update]) -> None:
+        # Two instances upserting the same new bucket: one gets a duplicate-key refusal.
+        # Every op here is idempotent, so running the whole bulk again settles it.
+        for _ in range(_RETRIES):
+            if not self.store.bulk(name, ops, ordered=True).duplicates:
+                return
+        raise RuntimeError(f"{name}: bucket upserts kept colliding")
+
+    def _latest(self, event: TelemetryEvent) -> None:
+        """Each metric's latest value by event time; a late, older reading never wins."""
+        newest: dict[str, DataPoint] = {}
+        for p in event.points:
+            cur = newest.get(p.metric)
+            if cur is None or (p.time, p.value) > (cur.time, cur.value):
+                newest[p.metric] = p
+        received = event.attributes.get("ingesttime")
+        seen = _parse(received) or event.time
+        ops = [Update(
+            {"_id": event.device_id},
+            {"$setOnInsert": {"first_seen": seen},
+             "$max": {"last_seen": seen, "last_event_time": max(p.time for p in event.points)}},
+            upsert=True)]
+        for metric, p in sorted(newest.items()):
+            path = f"metrics.{metric}"
+            ops.append(Update(
+                {"_id": event.device_id,
+                 "$or": [{f"{path}.time": {"$lt": p.time}}, {path: {"$exists": False}}]},
+                {"$set": {path: {"value": p.value, "time": p.time}}}))
+        self._bulk_until_done(DEVICES, ops)
+
+
+def _parse(value: Any) -> datetime | None:
+    from .telemetry import parse_time
+
+    return parse_time(value)

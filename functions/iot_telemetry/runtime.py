@@ -1,0 +1,56 @@
+"""Process-wide state: settings read once, and the clients built from them once."""
+
+from __future__ import annotations
+
+import logging
+import threading
+from functools import cached_property
+
+from .observability import configure_logging
+from .publisher import RecordSink, make_sink
+from .settings import Settings
+from .store import Store
+
+log = logging.getLogger(__name__)
+
+
+class Runtime:
+    """Settings plus lazily created, thread-safe clients (one each per process)."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self._lock = threading.Lock()
+
+    @cached_property
+    def store(self) -> Store:
+        with self._lock:
+            return Store(self.settings)
+
+    @cached_property
+    def sink(self) -> RecordSink:
+        with self._lock:
+            return make_sink(self.settings)
+
+
+_runtime: Runtime | None = None
+_runtime_lock = threading.Lock()
+
+
+def get_runtime() -> Runtime:
+    """The process's runtime; the first call reads the environment and fails on bad settings."""
+    global _runtime
+    with _runtime_lock:
+        if _runtime is None:
+            settings = Settings.from_environ()
+            configure_logging(settings.log_level)
+            if settings.embedded_store:
+                log.warning("store: in-process MongoDB-API store, NOT persistent (memory://)")
+            _runtime = Runtime(settings)
+        return _runtime
+
+
+def set_runtime(runtime: Runtime | None) -> None:
+    """Install a runtime built from explicit settings (local runner, tests)."""
+    global _runtime
+    with _runtime_lock:
+        _runtime = runtime

@@ -1,0 +1,183 @@
+"""Typed settings read once from the environment; the only module that reads it."""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any, Final, TypeVar
+
+from .rules import AlertRule, default_rules, parse_rules
+
+T = TypeVar("T")
+
+#: Scheme of the in-process broker and store of the embedded local run.
+MEMORY_URL: Final = "memory://"
+LOG_LEVELS: Final = ("DEBUG", "INFO", "WARNING", "ERROR")
+
+
+class ConfigError(ValueError):
+    """A setting is missing or invalid; the message names the variable."""
+
+    def __init__(self, variable: str, problem: str) -> None:
+        super().__init__(f"{variable}: {problem}")
+        self.variable = variable
+
+
+def _setting(env: str, default: Any, doc: str) -> Any:
+    return field(default=default, metadata={"env": env, "doc": doc})
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Every configuration variable of every function, with its default and meaning."""
+
+    kafka_bootstrap_servers: str = _setting(
+        "KAFKA_BOOTSTRAP_SERVERS", "localhost:9092",
+        "Kafka brokers, comma-separated (`memory://` = in-process broker of the local run)")
+    kafka_topic: str = _setting("KAFKA_TOPIC", "iot.telemetry", "Topic ingest writes telemetry to")
+    kafka_security_protocol: str = _setting(
+        "KAFKA_SECURITY_PROTOCOL", "PLAINTEXT", "PLAINTEXT, SSL, SASL_PLAINTEXT or SASL_SSL")
+    kafka_sasl_mechanism: str = _setting(
+        "KAFKA_SASL_MECHANISM", "PLAIN", "SASL mechanism when a SASL protocol is used")
+    kafka_sasl_username: str = _setting("KAFKA_SASL_USERNAME", "", "SASL user (from a Secret)")
+    kafka_sasl_password: str = _setting("KAFKA_SASL_PASSWORD", "", "SASL password (from a Secret)")
+    kafka_send_timeout_seconds: float = _setting(
+        "KAFKA_SEND_TIMEOUT_SECONDS", 10.0,
+        "How long ingest waits for Kafka's acknowledgement (acks=all) before answering 503")
+    mongo_url: str = _setting(
+        "MONGO_URL", "mongodb://localhost:27017",
+        "MongoDB-API server URL (`memory://` = in-process, non-persistent store)")
+    mongo_db: str = _setting("MONGO_DB", "iot", "Database name")
+    mongo_timeout_ms: int = _setting(
+        "MONGO_TIMEOUT_MS", 5000, "Server selection and socket timeout of the store client")
+    log_level: str = _setting("LOG_LEVEL", "INFO", "DEBUG, INFO, WARNING or ERROR")
+    ingest_max_body_bytes: int = _setting(
+        "INGEST_MAX_BODY_BYTES", 1_048_576, "Largest request body ingest reads (413 past it)")
+    ingest_max_batch_events: int = _setting(
+        "INGEST_MAX_BATCH_EVENTS", 500, "Most events in one batch-mode request")
+    ingest_max_samples: int = _setting(
+        "INGEST_MAX_SAMPLES", 1000, "Most buffered `samples` in one event")
+    ingest_max_age_seconds: int = _setting(
+        "INGEST_MAX_AGE_SECONDS", 7 * 24 * 3600, "Oldest accepted reading, seconds before now")
+    ingest_max_future_seconds: int = _setting(
+        "INGEST_MAX_FUTURE_SECONDS", 300, "Furthest accepted reading, seconds after now")
+    ingest_retry_after_seconds: int = _setting(
+        "INGEST_RETRY_AFTER_SECONDS", 5, "Retry-After sent with 503 when Kafka cannot take a write")
+    alert_rules: tuple[AlertRule, ...] | None = _setting(
+        "ALERT_RULES", None, "Alert rules as a JSON list (see Alert rules); unset = file or defaults")
+    alert_rules_file: str = _setting(
+        "ALERT_RULES_FILE", "", "Path of a JSON file of alert rules (e.g. a mounted ConfigMap)")
+    alert_sink: str = _setting(
+        "K_SINK", "",
+        "Broker URL for alert events beyond the one sent as reply (injected by a SinkBinding)")
+    query_max_buckets: int = _setting(
+        "QUERY_MAX_BUCKETS", 2000, "Most buckets one series request may span (400 past it)")
+    query_default_limit: int = _setting("QUERY_DEFAULT_LIMIT", 50, "Default page size of /alerts")
+    query_max_limit: int = _setting("QUERY_MAX_LIMIT", 500, "Largest page size of /alerts")
+    device_stale_seconds: int = _setting(
+        "DEVICE_STALE_SECONDS", 300, "A device not heard from for this long is reported stale")
+
+    @property
+    def rules(self) -> tuple[AlertRule, ...]:
+        return self.alert_rules or ()
+
+    @property
+    def embedded_broker(self) -> bool:
+        return self.kafka_bootstrap_servers.startswith(MEMORY_URL)
+
+    @property
+    def embedded_store(self) -> bool:
+        return self.mongo_url.startswith(MEMORY_URL)
+
+    @classmethod
+    def from_environ(cls, env: Mapping[str, str] | None = None) -> Settings:
+        """Read and check every variable; raise ConfigError naming the first bad one."""
+        env = os.environ if env is None else env
+        values: dict[str, Any] = {}
+        for f in fields(cls):
+            name = f.metadata["env"]
+            raw = env.get(name)
+            if raw is None or raw.strip() == "":
+                continue
+            values[f.name] = _PARSERS.get(f.name, _parser_for(f.default))(name, raw.strip())
+        settings = cls(**values)
+        settings._check()
+        if settings.alert_rules is None:
+            object.__setattr__(settings, "alert_rules", _load_rules_file(settings.alert_rules_file))
+        return settings
+
+    def _check(self) -> None:
+        if self.log_level not in LOG_LEVELS:
+            raise ConfigError("LOG_LEVEL", f"must be one of {', '.join(LOG_LEVELS)}")
+        if self.kafka_security_protocol not in ("PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"):
+            raise ConfigError("KAFKA_SECURITY_PROTOCOL", "unknown protocol")
+        if not self.embedded_store and not self.mongo_url.startswith(
+            ("mongodb://", "mongodb+srv://")
+        ):
+            raise ConfigError("MONGO_URL", "must start with mongodb://, mongodb+srv:// or memory://")
+        if self.query_default_limit > self.query_max_limit:
+            raise ConfigError("QUERY_DEFAULT_LIMIT", "must not exceed QUERY_MAX_LIMIT")
+
+    @classmethod
+    def variables(cls) -> list[tuple[str, str, str]]:
+        """(variable, default, meaning) of every setting, for the README and `--help`."""
+        out = []
+        for f in fields(cls):
+            default = f.default
+            shown = "(defaults)" if f.name == "alert_rules" else str(default)
+            out.append((f.metadata["env"], shown, f.metadata["doc"]))
+        return out
+
+
+def _positive(parse: Callable[[str], T]) -> Callable[[str, str], T]:
+    def check(name: str, raw: str) -> T:
+        try:
+            value = parse(raw)
+        except ValueError:
+            raise ConfigError(name, f"{raw!r} is not a number") from None
+        if not value > 0:  # type: ignore[operator]
+            raise ConfigError(name, "must be greater than 0")
+        return value
+
+    return check
+
+
+def _text(name: str, raw: str) -> str:
+    return raw
+
+
+def _level(name: str, raw: str) -> str:
+    return raw.upper()
+
+
+def _rules(name: str, raw: str) -> tuple[AlertRule, ...]:
+    try:
+        return parse_rules(json.loads(raw))
+    except (ValueError, TypeError) as exc:
+        raise ConfigError(name, str(exc)) from None
+
+
+def _parser_for(default: Any) -> Callable[[str, str], Any]:
+    if isinstance(default, bool):
+        raise TypeError("boolean settings need an explicit parser")
+    if isinstance(default, int):
+        return _positive(int)
+    if isinstance(default, float):
+        return _positive(float)
+    return _text
+
+
+_PARSERS: dict[str, Callable[[str, str], Any]] = {"log_level": _level, "alert_rules": _rules}
+
+
+def _load_rules_file(path: str) -> tuple[AlertRule, ...]:
+    if not path:
+        return default_rules()
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError("ALERT_RULES_FILE", f"cannot read {path}: {exc.strerror}") from None
+    return _rules("ALERT_RULES_FILE", text)

@@ -1,0 +1,179 @@
+"""The MongoDB-API store: one client per process, collections, indexes, outage mapping."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import threading
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Final
+
+import pymongo
+from pymongo import ASCENDING, DESCENDING, UpdateOne
+from pymongo.collection import Collection
+from pymongo.errors import (
+    AutoReconnect,
+    BulkWriteError,
+    ConnectionFailure,
+    DuplicateKeyError,
+    NetworkTimeout,
+    OperationFailure,
+    ServerSelectionTimeoutError,
+)
+
+from .errors import DependencyUnavailable
+from .settings import Settings
+
+log = logging.getLogger(__name__)
+
+DUPLICATE_KEY: Final = 11000
+#: Collections, by what they hold.
+ROLLUP_COLLECTIONS: Final = {"1m": "rollup_1m", "1h": "rollup_1h", "1d": "rollup_1d"}
+DEVICES: Final = "devices"
+ALERTS: Final = "alerts"
+ALERT_STATE: Final = "alert_state"
+
+_embedded_lock = threading.RLock()
+_embedded_client: Any = None
+
+
+def _embedded() -> Any:
+    """The process-wide in-process store of the local run (mongomock; not persistent)."""
+    global _embedded_client
+    with _embedded_lock:
+        if _embedded_client is None:
+            import mongomock
+
+            _embedded_client = mongomock.MongoClient(tz_aware=True)
+        return _embedded_client
+
+
+def reset_embedded() -> None:
+    """Forget the in-process store (tests)."""
+    global _embedded_client
+    with _embedded_lock:
+        _embedded_client = None
+
+
+@dataclass(frozen=True)
+class Update:
+    """One update of a bulk write; kept apart from pymongo so the in-process store can run it."""
+
+    filter: dict[str, Any]
+    update: dict[str, Any]
+    upsert: bool = False
+
+
+@dataclass
+class BulkOutcome:
+    """What a bulk write did: indexes of ops refused as duplicate keys, and matched count."""
+
+    duplicates: list[int] = field(default_factory=list)
+    matched: int = 0
+    upserted: int = 0
+
+
+class Store:
+    """Collections of the telemetry database, shared by every thread of the process."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.embedded = settings.embedded_store
+        self._retry_after = settings.ingest_retry_after_seconds
+        if self.embedded:
+            self.client = _embedded()
+        else:
+            self.client = pymongo.MongoClient(
+                settings.mongo_url,
+                serverSelectionTimeoutMS=settings.mongo_timeout_ms,
+                connectTimeoutMS=settings.mongo_timeout_ms,
+                socketTimeoutMS=settings.mongo_timeout_ms,
+                tz_aware=True,
+                appname="iot-telemetry",
+                retryWrites=False,  # FerretDB 1.x has no sessions; our writes are idempotent
+            )
+        self.db = self.client[settings.mongo_db]
+        self._indexed = False
+        self._index_lock = threading.Lock()
+
+    def collection(self, name: str) -> Collection[dict[str, Any]]:
+        return self.db[name]
+
+    @contextlib.contextmanager
+    def guard(self) -> Iterator[None]:
+        """Run store calls; an unreachable store becomes DependencyUnavailable (503, retried)."""
+        lock = _embedded_lock if self.embedded else contextlib.nullcontext()
+        try:
+            with lock:
+                yield
+        except (AutoReconnect, ConnectionFailure, NetworkTimeout,
+                ServerSelectionTimeoutError) as exc:
+            raise DependencyUnavailable(f"store unreachable: {exc}", self._retry_after) from None
+        except OperationFailure as exc:
+            if exc.code == DUPLICATE_KEY:
+                raise
+            raise DependencyUnavailable(f"store refused: {exc}", self._retry_after) from None
+
+    def ensure_indexes(self) -> None:
+        """Create the indexes once per process (idempotent on the server)."""
+        if self._indexed:
+            return
+        with self._index_lock, self.guard():
+            for name in ROLLUP_COLLECTIONS.values():
+                self.db[name].create_index(
+                    [("device_id", ASCENDING), ("metric", ASCENDING), ("t", ASCENDING)],
+                    name="series", unique=True)
+            self.db[ALERTS].create_index(
+                [("raised_at", DESCENDING), ("_id", DESCENDING)], name="newest")
+            self.db[ALERTS].create_index(
+                [("device_id", ASCENDING), ("raised_at", DESCENDING)], name="by_device")
+            self.db[DEVICES].create_index([("last_seen", DESCENDING)], name="recent")
+            self._indexed = True
+
+    def ping(self) -> bool:
+        try:
+            with self.guard():
+                self.client.admin.command("ping")
+            return True
+        except DependencyUnavailable:
+            return False
+
+    def bulk(self, name: str, ops: Sequence[Update], ordered: bool = False) -> BulkOutcome:
+        """Run updates in one round trip; duplicate-key refusals are reported, not raised."""
+        outcome = BulkOutcome()
+        if not ops:
+            return outcome
+        collection = self.db[name]
+        with self.guard():
+            if self.embedded:  # mongomock's bulk_write lags pymongo's; run them one by one
+                for i, op in enumerate(ops):
+                    try:
+                        result = collection.update_one(op.filter, op.update, upsert=op.upsert)
+                    except DuplicateKeyError:
+                        outcome.duplicates.append(i)
+                        if ordered:
+                            break
+                        continue
+                    outcome.matched += result.matched_count
+                    outcome.upserted += 1 if result.upserted_id is not None else 0
+                return outcome
+            try:
+                result = collection.bulk_write(
+                    [UpdateOne(op.filter, op.update, upsert=op.upsert) for op in ops],
+                    ordered=ordered)
+                outcome.matched, outcome.upserted = result.matched_count, result.upserted_count
+            except BulkWriteError as exc:
+                errors = exc.details.get("writeErrors", [])
+                other = [e for e in errors if e.get("code") != DUPLICATE_KEY]
+                if other:
+                    raise DependencyUnavailable(
+                        f"store refused a write: {other[0].get('errmsg')}", self._retry_after
+                    ) from None
+                outcome.duplicates = [int(e["index"]) for e in errors]
+                outcome.matched = int(exc.details.get("nMatched", 0))
+                outcome.upserted = int(exc.details.get("nUpserted", 0))
+        return outcome
+
+    def close(self) -> None:
+        if not self.embedded:
+            self.client.close()
