@@ -140,7 +140,8 @@ def from_kafka(key: bytes | None, headers: Iterable[tuple[str, bytes]], value: b
         decoded = _sdk_from_kafka(message)
     except Exception as exc:
         raise BadRequest(f"not a CloudEvent record: {exc}") from None
-    attributes = dict(decoded.get_attributes())
+    attributes = {k: v.decode() if isinstance(v, bytes) else v
+                  for k, v in decoded.get_attributes().items()}
     data = decoded.get_data()
     if isinstance(data, bytes | str):
         data = loads(data) if data else None

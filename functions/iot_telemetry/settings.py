@@ -93,9 +93,10 @@ class Settings:
         return self.mongo_url.startswith(MEMORY_URL)
 
     @classmethod
-    def from_environ(cls, env: Mapping[str, str] | None = None) -> Settings:
+    def from_environ(cls, env: Mapping[str, str] | None = None,
+                     overrides: Mapping[str, str] | None = None) -> Settings:
         """Read and check every variable; raise ConfigError naming the first bad one."""
-        env = os.environ if env is None else env
+        env = {**(os.environ if env is None else env), **(overrides or {})}
         values: dict[str, Any] = {}
         for f in fields(cls):
             name = f.metadata["env"]

@@ -1,0 +1,1 @@
+"""Local runs: the embedded pipeline, real mode on Kafka and FerretDB, the device simulator."""

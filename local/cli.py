@@ -1,0 +1,130 @@
+"""`iot-telemetry`: run the pipeline locally, simulate devices, list settings."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import sys
+import threading
+from collections.abc import Sequence
+from pathlib import Path
+
+from iot_telemetry.settings import ConfigError, Settings
+
+from .layout import EVENTING_DIR, PORTS
+
+
+def _settings_table() -> str:
+    rows = ["| variable | default | meaning |", "|---|---|---|"]
+    rows += [f"| `{name}` | `{default}` | {doc} |" for name, default, doc in Settings.variables()]
+    return "\n".join(rows)
+
+
+def _banner(mode: str, urls: dict[str, str], simulator: bool, extra: str) -> str:
+    lines = [f"iot-telemetry local ({mode})", *[f"  {name:<10}{u}" for name, u in urls.items()],
+             extra]
+    q = urls["query"]
+    lines += ["", "Look at:", f"  {q}devices", f"  {q}alerts?state=open",
+              f"  {q}devices/sim-0000/series?metric=temperature&step=1m", f"  {q}openapi.json",
+              f"  {urls['ingest']}metrics"]
+    if simulator:
+        lines.append("A device simulator is posting to ingest; stop everything with Ctrl-C.")
+    return "\n".join(lines)
+
+
+def _simulator_args(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("simulator")
+    group.add_argument("--no-simulator", action="store_true", help="run without the simulator")
+    group.add_argument("--devices", type=int, default=10, help="simulated devices (10)")
+    group.add_argument("--rate", type=float, default=5.0, help="events per second (5)")
+    group.add_argument("--anomaly-rate", type=float, default=0.02,
+                       help="chance a device starts an anomaly episode per reading (0.02)")
+    group.add_argument("--duration", type=float, default=0.0,
+                       help="stop the simulator after this many seconds (0 = never)")
+
+
+def _run_local(args: argparse.Namespace) -> int:
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    real = bool(args.kafka or args.mongo)
+    if real and not (args.kafka and args.mongo):
+        print("real mode needs both --kafka and --mongo", file=sys.stderr)
+        return 2
+    try:
+        if real:
+            from .realmode import RealPipeline
+
+            pipeline = RealPipeline(kafka=args.kafka, mongo=args.mongo,
+                                    eventing_dir=Path(args.eventing),
+                                    log_dir=Path(args.log_dir) if args.log_dir else None)
+            pipeline.start()
+            urls = {f: pipeline.url(f) for f in PORTS}
+            extra = (f"  kafka     {args.kafka}\n  store     {args.mongo}\n"
+                     f"  logs      {args.log_dir or '(this terminal)'}")
+        else:
+            from .embedded import EmbeddedPipeline
+
+            pipeline = EmbeddedPipeline(eventing_dir=Path(args.eventing)).start()  # type: ignore[assignment]
+            urls = {f: pipeline.url(f) for f in PORTS}
+            extra = ("  broker    in-process, applying the Triggers of eventing/\n"
+                     "  store     in-process MongoDB API (mongomock): NOT persistent, "
+                     "lost on exit")
+    except ConfigError as exc:
+        print(f"configuration error: {exc}", file=sys.stderr)
+        return 2
+    print(_banner("real mode" if real else "embedded", urls, not args.no_simulator, extra),
+          flush=True)
+    sim: threading.Thread | None = None
+    try:
+        if not args.no_simulator:
+            from .simulator import SimulatorOptions, simulate
+
+            options = SimulatorOptions(url=urls["ingest"], devices=args.devices, rate=args.rate,
+                                       duration=args.duration, anomaly_rate=args.anomaly_rate)
+            sim = threading.Thread(target=simulate, args=(options, stop), daemon=True)
+            sim.start()
+        while not stop.wait(0.5):
+            pass
+    except KeyboardInterrupt:
+        stop.set()
+    finally:
+        if sim is not None:
+            sim.join(timeout=10)
+        pipeline.stop()
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="iot-telemetry", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+    local = sub.add_parser(
+        "local", help="run all four functions and the eventing wiring locally",
+        description="Embedded by default (no Kafka or MongoDB needed); with --kafka and "
+                    "--mongo, real mode: one functions-framework process per function and a "
+                    "dispatcher playing KafkaSource + Broker + Triggers from eventing/.")
+    local.add_argument("--kafka", default=os.environ.get("LOCAL_KAFKA", ""),
+                       help="Kafka bootstrap servers for real mode (env LOCAL_KAFKA)")
+    local.add_argument("--mongo", default=os.environ.get("LOCAL_MONGO", ""),
+                       help="MongoDB-API URL for real mode (env LOCAL_MONGO)")
+    local.add_argument("--eventing", default=str(EVENTING_DIR), help="eventing/ manifests")
+    local.add_argument("--log-dir", default="", help="real mode: write each process's log here")
+    _simulator_args(local)
+    sub.add_parser("simulate", help="run the device simulator against an ingest URL",
+                   add_help=False)
+    sub.add_parser("settings", help="print every configuration variable as a Markdown table")
+    args, rest = parser.parse_known_args(argv)
+    if args.command == "simulate":
+        from .simulator import main as simulate_main
+
+        return simulate_main(rest)
+    if rest:
+        parser.error(f"unrecognized arguments: {' '.join(rest)}")
+    if args.command == "settings":
+        print(_settings_table())
+        return 0
+    return _run_local(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,24 @@
+"""Where the repository's parts are, and the local ports (those of the seed's port-forwards)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Final
+
+REPO: Final = Path(__file__).resolve().parent.parent
+FUNCTIONS_DIR: Final = REPO / "functions"
+EVENTING_DIR: Final = REPO / "eventing"
+SERVICES_DIR: Final = Path(__file__).resolve().parent / "services"
+
+PORTS: Final = {"ingest": 8001, "query": 8002, "aggregate": 8003, "alert": 8004}
+BROKER_PORT: Final = 8005
+FUNCTIONS: Final = tuple(PORTS)
+
+
+def source(function: str) -> Path:
+    """The functions-framework source file of a function."""
+    return FUNCTIONS_DIR / f"{function}.py"
+
+
+def url(function: str, host: str = "127.0.0.1", ports: dict[str, int] | None = None) -> str:
+    return f"http://{host}:{(ports or PORTS)[function]}/"

@@ -1,0 +1,129 @@
+"""Real mode: each function its own functions-framework process, plus the dispatcher."""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .layout import BROKER_PORT, EVENTING_DIR, FUNCTIONS, PORTS, source
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class RealPipeline:
+    """The four functions served by functions-framework (gunicorn) and the dispatcher.
+
+    Each is a child process that can be killed and restarted on its own (fault tests).
+    """
+
+    kafka: str
+    mongo: str
+    ports: Mapping[str, int] = field(default_factory=lambda: dict(PORTS))
+    broker_port: int = BROKER_PORT
+    host: str = "127.0.0.1"
+    eventing_dir: Path = EVENTING_DIR
+    environ: Mapping[str, str] = field(default_factory=lambda: dict(os.environ))
+    dispatcher_args: tuple[str, ...] = ()
+    log_dir: Path | None = None
+    processes: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
+
+    def url(self, function: str) -> str:
+        return f"http://{self.host}:{self.ports[function]}/"
+
+    def _env(self) -> dict[str, str]:
+        return {**self.environ, "KAFKA_BOOTSTRAP_SERVERS": self.kafka, "MONGO_URL": self.mongo,
+                "K_SINK": f"http://{self.host}:{self.broker_port}/", "PYTHONUNBUFFERED": "1"}
+
+    def _output(self, name: str) -> int | None:
+        if self.log_dir is None:
+            return None
+        self.log_dir.mkdir(parents=True, exist_ok=True)
+        return os.open(self.log_dir / f"{name}.log", os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+
+    def start_function(self, function: str) -> None:
+        cmd = [sys.executable, "-m", "functions_framework", "--target", function,
+               "--source", str(source(function)), "--signature-type", "http",
+               "--host", self.host, "--port", str(self.ports[function])]
+        out = self._output(function)
+        self.processes[function] = subprocess.Popen(
+            cmd, env=self._env(), stdout=out, stderr=out, start_new_session=True)
+        if out is not None:
+            os.close(out)
+
+    def start_dispatcher(self) -> None:
+        cmd = [sys.executable, "-m", "iot_telemetry.local.dispatcher",
+               "--eventing", str(self.eventing_dir), "--bootstrap", self.kafka,
+               "--ingress-port", str(self.broker_port),
+               "--subscriber", f"aggregate={self.url('aggregate')}",
+               "--subscriber", f"alert={self.url('alert')}", *self.dispatcher_args]
+        out = self._output("dispatcher")
+        self.processes["dispatcher"] = subprocess.Popen(
+            cmd, env=self._env(), stdout=out, stderr=out, start_new_session=True)
+        if out is not None:
+            os.close(out)
+
+    def start(self, timeout: float = 60.0) -> RealPipeline:
+        for function in FUNCTIONS:
+            self.start_function(function)
+        self.wait_healthy(FUNCTIONS, timeout)
+        self.start_dispatcher()
+        return self
+
+    def wait_healthy(self, functions: tuple[str, ...] | list[str], timeout: float) -> None:
+        """Wait until each function answers /healthz; fail naming the one that did not."""
+        deadline = time.monotonic() + timeout
+        for function in functions:
+            while True:
+                proc = self.processes[function]
+                if proc.poll() is not None:
+                    raise RuntimeError(f"{function} exited with {proc.returncode} at start")
+                try:
+                    with urllib.request.urlopen(self.url(function) + "healthz", timeout=2):  # noqa: S310
+                        break
+                except (urllib.error.URLError, OSError):
+                    if time.monotonic() > deadline:
+                        raise RuntimeError(f"{function} did not become healthy") from None
+                    time.sleep(0.2)
+
+    def kill(self, name: str, sig: int = signal.SIGKILL) -> None:
+        """Kill one process (and its gunicorn children) without letting it clean up."""
+        proc = self.processes[name]
+        try:
+            os.killpg(proc.pid, sig)
+        except ProcessLookupError:
+            pass
+        proc.wait(timeout=30)
+
+    def restart(self, name: str, timeout: float = 60.0) -> None:
+        if name == "dispatcher":
+            self.start_dispatcher()
+        else:
+            self.start_function(name)
+            self.wait_healthy([name], timeout)
+
+    def stop(self) -> None:
+        for name in list(self.processes):
+            proc = self.processes[name]
+            if proc.poll() is None:
+                try:
+                    os.killpg(proc.pid, signal.SIGTERM)
+                    proc.wait(timeout=15)
+                except (ProcessLookupError, subprocess.TimeoutExpired):
+                    self.kill(name)
+        self.processes.clear()
+
+    def __enter__(self) -> RealPipeline:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()

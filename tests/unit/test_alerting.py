@@ -1,0 +1,201 @@
+"""Alert rules: hysteresis, consecutive counts, durations, lifecycle, redelivery, replies."""
+
+import json
+import threading
+from datetime import UTC, datetime, timedelta
+from http.server import BaseHTTPRequestHandler, HTTPServer
+
+import pytest
+
+from iot_telemetry.alerting import AlertBook, RuleState, evaluate
+from iot_telemetry.rules import AlertRule, parse_rule
+from iot_telemetry.telemetry import DataPoint
+from tests.conftest import Apps, make_runtime, record
+
+T0 = datetime(2026, 11, 26, 10, 0, tzinfo=UTC)
+HIGH = AlertRule("t-high", "temperature", ">", 30.0, "warning", 28.0, for_count=1)
+
+
+def pts(values, metric="temperature", start=T0, every=10):
+    return [DataPoint(metric, start + timedelta(seconds=every * i), float(v))
+            for i, v in enumerate(values)]
+
+
+def kinds(effects):
+    return [e.kind for e in effects]
+
+
+def test_hysteresis_does_not_flap_around_the_threshold() -> None:
+    state, effects = evaluate(HIGH, "d", RuleState(), pts([29, 31, 29.5, 30.5, 29, 31, 27.9, 29]))
+    assert kinds(effects) == ["raised", "updated", "updated", "resolved"]
+    assert not state.firing
+
+
+def test_consecutive_count_before_raising() -> None:
+    rule = AlertRule("h", "humidity", ">", 80, "warning", 75, for_count=3)
+    _, effects = evaluate(rule, "d", RuleState(), pts([81, 82, 70, 81, 82, 83], "humidity"))
+    raised = [e for e in effects if e.kind == "raised"]
+    assert len(raised) == 1
+    assert raised[0].count == 3
+    assert raised[0].first_seen == T0 + timedelta(seconds=30)
+
+
+def test_duration_before_raising() -> None:
+    rule = AlertRule("h", "temperature", ">", 30, "critical", 30, for_seconds=60)
+    _, effects = evaluate(rule, "d", RuleState(), pts([31] * 6))  # 50 s of violation
+    assert effects == []
+    _, effects = evaluate(rule, "d", RuleState(), pts([31] * 7))  # 60 s
+    assert kinds(effects) == ["raised"]
+
+
+def test_falling_rule_and_peak() -> None:
+    rule = AlertRule("low", "humidity", "<", 20, "warning", 25)
+    state, effects = evaluate(rule, "d", RuleState(), pts([19, 15, 17, 22, 26], "humidity"))
+    assert kinds(effects) == ["raised", "updated", "updated", "resolved"]
+    assert effects[-1].peak == 15
+
+
+def test_readings_already_evaluated_are_skipped() -> None:
+    state, first = evaluate(HIGH, "d", RuleState(), pts([31, 32]))
+    again, second = evaluate(HIGH, "d", state, pts([31, 32]))
+    assert second == [] and again == state
+    late, effects = evaluate(HIGH, "d", state, pts([10], start=T0 - timedelta(minutes=1)))
+    assert effects == [] and late.firing
+
+
+def test_rule_validation_requires_hysteresis_on_the_right_side() -> None:
+    with pytest.raises(ValueError, match="clear_threshold"):
+        parse_rule({"name": "x", "metric": "t", "condition": ">", "threshold": 10,
+                    "clear_threshold": 11})
+
+
+class SinkServer:
+    """A stand-in Broker ingress (K_SINK) that records posted events."""
+
+    def __init__(self) -> None:
+        received = self.received = []
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self):
+                body = self.rfile.read(int(self.headers["Content-Length"]))
+                received.append((dict(self.headers), json.loads(body)))
+                self.send_response(202)
+                self.end_headers()
+
+            def log_message(self, *args):
+                pass
+
+        self.server = HTTPServer(("127.0.0.1", 0), Handler)
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+        self.url = f"http://127.0.0.1:{self.server.server_port}/"
+
+
+@pytest.fixture
+def sink_server():
+    server = SinkServer()
+    yield server
+    server.server.shutdown()
+
+
+def readings(device, values, start, metric="temperature", prefix="e"):
+    return [record(device, start + timedelta(seconds=10 * i), {metric: v}, f"{prefix}{i}")
+            for i, v in enumerate(values)]
+
+
+def test_raise_and_resolve_are_replied_as_alert_events(runtime, now, sink_server) -> None:
+    from iot_telemetry.runtime import set_runtime
+
+    set_runtime(make_runtime(K_SINK=sink_server.url))
+    apps = Apps()
+    # temperature-high needs 3 readings over 30; 41 also crosses temperature-critical (>= 40)
+    recs = readings("dev-1", [31, 32, 41, 33, 20], now)
+    replies = []
+    for rec in recs:
+        response = apps.deliver("alert", rec)
+        assert response.status_code in (200, 204)
+        if response.status_code == 200:
+            replies.append((response.headers, response.get_json()))
+    assert [h["ce-type"] for h, _ in replies] == ["iot.alert.v1"] * 3
+    assert [(d["rule"], d["state"]) for _, d in replies] == [
+        ("temperature-high", "raised"), ("temperature-critical", "resolved"),
+        ("temperature-high", "resolved")]
+    assert replies[0][0]["ce-subject"] == "dev-1"
+    assert replies[0][0]["ce-id"] == "dev-1:temperature-high:1/raised"
+    # the second change of one event (critical raised at 41) went to the Broker ingress
+    [(headers, data)] = sink_server.received
+    assert (data["rule"], data["state"], data["severity"]) == (
+        "temperature-critical", "raised", "critical")
+    assert headers["ce-type"] == "iot.alert.v1"
+    alerts = apps.query.get("/alerts?device_id=dev-1").get_json()["alerts"]
+    assert {(a["rule"], a["state"]) for a in alerts} == {
+        ("temperature-high", "resolved"), ("temperature-critical", "resolved")}
+    high = next(a for a in alerts if a["rule"] == "temperature-high")
+    assert high["count"] == 4 and high["peak"] == 41.0
+
+
+def test_one_open_alert_per_device_metric_rule_under_duplicates(apps, now) -> None:
+    recs = readings("dev-2", [31, 32, 33, 34, 35], now)
+    for rec in recs + recs + recs[::-1]:
+        assert apps.deliver("alert", rec).status_code in (200, 204)
+    alerts = apps.query.get("/alerts?device_id=dev-2").get_json()["alerts"]
+    assert len(alerts) == 1
+    assert alerts[0]["count"] == 5 and alerts[0]["state"] == "open"
+    assert alerts[0]["peak"] == 35.0
+
+
+def test_concurrent_instances_raise_once(apps, now) -> None:
+    recs = readings("dev-3", [31, 32, 33, 34, 35, 36], now)
+    work = recs * 4
+
+    def worker(chunk):
+        for rec in chunk:
+            apps.deliver("alert", rec)
+
+    threads = [threading.Thread(target=worker, args=(work[i::4],)) for i in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    alerts = apps.query.get("/alerts?device_id=dev-3").get_json()["alerts"]
+    assert len(alerts) == 1
+
+
+def test_a_crash_before_effects_then_redelivery_replies_again(apps, runtime, now,
+                                                              monkeypatch) -> None:
+    recs = readings("dev-4", [31, 32, 33], now)
+    apps.deliver("alert", recs[0])
+    apps.deliver("alert", recs[1])
+    original = AlertBook._apply
+
+    def crash(self, *args, **kwargs):
+        raise RuntimeError("killed after the state was committed")
+
+    monkeypatch.setattr(AlertBook, "_apply", crash)
+    assert apps.deliver("alert", recs[2]).status_code == 500
+    assert apps.query.get("/alerts?device_id=dev-4").get_json()["alerts"] == []
+    monkeypatch.setattr(AlertBook, "_apply", original)
+    response = apps.deliver("alert", recs[2])
+    assert response.status_code == 200
+    assert response.get_json()["state"] == "raised"
+    [alert] = apps.query.get("/alerts?device_id=dev-4").get_json()["alerts"]
+    assert alert["state"] == "open" and alert["count"] == 3
+
+
+def test_acknowledge_lifecycle(apps, now) -> None:
+    recs = readings("dev-5", [31, 32, 33], now)
+    for rec in recs:
+        apps.deliver("alert", rec)
+    [alert] = apps.query.get("/alerts?state=open&device_id=dev-5").get_json()["alerts"]
+    url = f"/alerts/{alert['id']}/ack"
+    acked = apps.query.post(url, json={"by": "ops@example.com"})
+    assert acked.status_code == 200
+    assert acked.get_json()["state"] == "acknowledged"
+    assert acked.get_json()["acknowledged_by"] == "ops@example.com"
+    assert apps.query.post(url).status_code == 200  # repeating is harmless
+    assert apps.query.post(url).get_json()["acknowledged_by"] == "ops@example.com"
+    # readings clear: acknowledged -> resolved
+    apps.deliver("alert", record("dev-5", now + timedelta(minutes=5), {"temperature": 20}, "z"))
+    assert apps.query.get(f"/alerts/{alert['id']}").get_json()["state"] == "resolved"
+    assert apps.query.post(url).status_code == 409
+    assert apps.query.post("/alerts/nope/ack").status_code == 404
+    assert apps.query.post(url, json={"by": {"$ne": 1}}).status_code == 400
