@@ -78,7 +78,7 @@ class SinkServer:
         class Handler(BaseHTTPRequestHandler):
             def do_POST(self):
                 body = self.rfile.read(int(self.headers["Content-Length"]))
-                received.append((dict(self.headers), json.loads(body)))
+                received.append(({k.lower(): v for k, v in self.headers.items()}, json.loads(body)))
                 self.send_response(202)
                 self.end_headers()
 
