@@ -50,7 +50,7 @@ class EmbeddedPipeline:
         store.reset_embedded()
         set_runtime(Runtime(settings))
         for function in FUNCTIONS:
-            app = create_app(function, str(source(function)), "http")
+            app = create_app(function, str(source(function)), "http")  # type: ignore[no-untyped-call]
             server = make_server(self.host, self.ports[function], app, threaded=True)
             self.servers[function] = server
             thread = threading.Thread(target=server.serve_forever, name=f"http-{function}",

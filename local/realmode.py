@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import signal
@@ -98,10 +99,8 @@ class RealPipeline:
     def kill(self, name: str, sig: int = signal.SIGKILL) -> None:
         """Kill one process (and its gunicorn children) without letting it clean up."""
         proc = self.processes[name]
-        try:
+        with contextlib.suppress(ProcessLookupError):
             os.killpg(proc.pid, sig)
-        except ProcessLookupError:
-            pass
         proc.wait(timeout=30)
 
     def restart(self, name: str, timeout: float = 60.0) -> None:

@@ -11,7 +11,10 @@ STEPS = {"1m": timedelta(minutes=1), "1h": timedelta(hours=1), "1d": timedelta(d
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 
-def points_of(attributes: dict[str, Any], data: dict[str, Any]) -> list[tuple[str, str, datetime, float]]:
+Point = tuple[str, str, datetime, float]
+
+
+def points_of(attributes: dict[str, Any], data: dict[str, Any]) -> list[Point]:
     """(device, metric, time, value) of one event as sent."""
     device = attributes["subject"]
     t = datetime.fromisoformat(attributes["time"])
@@ -29,7 +32,8 @@ def expected(points: Iterable[tuple[str, str, datetime, float]], step: str,
     groups: dict[tuple[str, str, str], list[float]] = defaultdict(list)
     for device, metric, t, v in points:
         start = EPOCH + ((t.astimezone(UTC) - EPOCH) // width) * width
-        groups[(device, metric, start.isoformat(timespec="milliseconds").replace("+00:00", "Z"))].append(v)
+        label = start.isoformat(timespec="milliseconds").replace("+00:00", "Z")
+        groups[(device, metric, label)].append(v)
     return {k: {"count": len(v), "sum": sum(v), "min": min(v), "max": max(v)}
             for k, v in groups.items()}
 
@@ -44,8 +48,8 @@ def close(a: dict[Any, dict[str, float]], b: dict[Any, dict[str, float]]) -> boo
     """Same buckets, same counts, min and max; sums equal up to float rounding."""
     if a.keys() != b.keys():
         return False
-    for k in a:
-        x, y = a[k], b[k]
+    for k, x in a.items():
+        y = b[k]
         if x["count"] != y["count"] or x["min"] != y["min"] or x["max"] != y["max"]:
             return False
         if abs(x["sum"] - y["sum"]) > 1e-9 * max(1.0, abs(x["sum"])):

@@ -51,8 +51,8 @@ class RuleState:
         if not doc:
             return cls()
         names = cls.__dataclass_fields__
-        values = {k: _utc(v) if isinstance(v, datetime) else v
-                  for k, v in doc.get("state", {}).items() if k in names}
+        values: dict[str, Any] = {k: _utc(v) if isinstance(v, datetime) else v
+                                  for k, v in doc.get("state", {}).items() if k in names}
         return cls(**values)
 
 
@@ -73,7 +73,8 @@ class Effect:
 
     @classmethod
     def from_doc(cls, doc: Mapping[str, Any]) -> Effect:
-        values = {k: _utc(v) if isinstance(v, datetime) else v for k, v in doc.items()}
+        values: dict[str, Any] = {k: _utc(v) if isinstance(v, datetime) else v
+                                  for k, v in doc.items()}
         return cls(**values)
 
 
@@ -159,7 +160,8 @@ class AlertBook:
             with self.store.guard():
                 doc = states.find_one({"_id": _id})
             if doc and not doc.get("applied", True):
-                self._apply(rule, event.device_id, doc, [Effect.from_doc(e) for e in doc["effects"]])
+                pending = [Effect.from_doc(e) for e in doc["effects"]]
+                self._apply(rule, event.device_id, doc, pending)
             if doc and doc.get("event") == event.key:
                 # Redelivery of the event that made the last change: answer the same again.
                 effects = [Effect.from_doc(e) for e in doc.get("effects", [])]

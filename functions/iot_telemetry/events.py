@@ -63,7 +63,7 @@ def loads(body: bytes | str) -> Any:
         raise BadRequest(f"body is not valid JSON: {exc}") from None
 
 
-def read_http(headers: Mapping[str, str], body: bytes) -> list[RawEvent]:
+def read_http(headers: Mapping[str, str] | Any, body: bytes) -> list[RawEvent]:
     """Decode an HTTP request in binary, structured or batch mode into raw events."""
     ctype = media_type(headers.get("Content-Type"))
     if ctype == BATCH:
@@ -109,7 +109,7 @@ def _structured(item: Any) -> RawEvent:
     return RawEvent(attributes, item.get("data"), problems)
 
 
-def read_delivery(headers: Mapping[str, str], body: bytes) -> RawEvent:
+def read_delivery(headers: Mapping[str, str] | Any, body: bytes) -> RawEvent:
     """Decode an event delivered by the Broker (binary or structured mode)."""
     try:
         event = _sdk_from_http(dict(headers), body)
@@ -130,7 +130,8 @@ def to_kafka(topic: str, attributes: Mapping[str, Any], data: Any) -> KafkaRecor
     message = _sdk_to_kafka(CloudEvent(attrs, data), key_mapper=lambda _e: key)
     headers = dict(message.headers)
     headers["ce_partitionkey"] = key.encode()
-    return KafkaRecord(topic, key.encode(), tuple(headers.items()), message.value)
+    value = message.value if isinstance(message.value, bytes) else message.value.encode()
+    return KafkaRecord(topic, key.encode(), tuple(headers.items()), value)
 
 
 def from_kafka(key: bytes | None, headers: Iterable[tuple[str, bytes]], value: bytes) -> RawEvent:

@@ -140,6 +140,8 @@ def document(settings: Settings) -> dict[str, Any]:
                                                      "pattern": r"^[\w .@:-]{1,100}$"}}}}}},
                 "responses": {"200": _json(_ref("Alert"), "The acknowledged alert"),
                               **_errors(400, 404, 409, 503)}}},
+            "/openapi.json": {"get": {"summary": "This document",
+                                      "responses": {"200": {"description": "OpenAPI 3.1"}}}},
             "/healthz": {"get": {"summary": "Process alive",
                                  "responses": {"200": {"description": "Alive"}}}},
             "/readyz": {"get": {"summary": "Store reachable",

@@ -31,8 +31,6 @@ class KafkaSink:
     """kafka-python producer with acks=all, idempotent retries, one per process."""
 
     def __init__(self, settings: Settings) -> None:
-        from kafka import KafkaProducer
-
         self._settings = settings
         options: dict[str, Any] = {
             "bootstrap_servers": settings.kafka_bootstrap_servers.split(","),

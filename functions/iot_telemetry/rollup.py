@@ -20,7 +20,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any, Final
 
 from .store import DEVICES, ROLLUP_COLLECTIONS, Store, Update
-from .telemetry import DataPoint, TelemetryEvent
+from .telemetry import DataPoint, TelemetryEvent, parse_time
 
 STEPS: Final = {"1m": timedelta(minutes=1), "1h": timedelta(hours=1), "1d": timedelta(days=1)}
 _EPOCH: Final = datetime(1970, 1, 1, tzinfo=UTC)
@@ -131,7 +131,8 @@ class RollupWriter:
                 upsert=True))
             # After the $max above, `last` equals ours only if ours is the newest reading;
             # then the bucket's last value is ours. Idempotent, so run on every delivery.
-            lasts.append(Update({"_id": _id, "last": s.last}, {"$set": {"last_value": s.last_value}}))
+            lasts.append(Update({"_id": _id, "last": s.last},
+                                {"$set": {"last_value": s.last_value}}))
         outcome = self.store.bulk(ROLLUP_COLLECTIONS["1m"], adds)
         self.store.bulk(ROLLUP_COLLECTIONS["1m"], lasts)
         return len(outcome.duplicates) < len(adds)
@@ -189,7 +190,7 @@ class RollupWriter:
             if cur is None or (p.time, p.value) > (cur.time, cur.value):
                 newest[p.metric] = p
         received = event.attributes.get("ingesttime")
-        seen = _parse(received) or event.time
+        seen = parse_time(received) or event.time
         ops = [Update(
             {"_id": event.device_id},
             {"$setOnInsert": {"first_seen": seen},
@@ -203,8 +204,3 @@ class RollupWriter:
                 {"$set": {path: {"value": p.value, "time": p.time}}}))
         self._bulk_until_done(DEVICES, ops)
 
-
-def _parse(value: Any) -> datetime | None:
-    from .telemetry import parse_time
-
-    return parse_time(value)

@@ -67,7 +67,8 @@ class Settings:
     ingest_retry_after_seconds: int = _setting(
         "INGEST_RETRY_AFTER_SECONDS", 5, "Retry-After sent with 503 when Kafka cannot take a write")
     alert_rules: tuple[AlertRule, ...] | None = _setting(
-        "ALERT_RULES", None, "Alert rules as a JSON list (see Alert rules); unset = file or defaults")
+        "ALERT_RULES", None,
+        "Alert rules as a JSON list (see Alert rules); unset = ALERT_RULES_FILE or defaults")
     alert_rules_file: str = _setting(
         "ALERT_RULES_FILE", "", "Path of a JSON file of alert rules (e.g. a mounted ConfigMap)")
     alert_sink: str = _setting(

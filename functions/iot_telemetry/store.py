@@ -97,7 +97,8 @@ class Store:
         self._index_lock = threading.Lock()
 
     def collection(self, name: str) -> Collection[dict[str, Any]]:
-        return self.db[name]
+        collection: Collection[dict[str, Any]] = self.db[name]
+        return collection
 
     @contextlib.contextmanager
     def guard(self) -> Iterator[None]:

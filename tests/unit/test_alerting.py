@@ -50,13 +50,13 @@ def test_duration_before_raising() -> None:
 
 def test_falling_rule_and_peak() -> None:
     rule = AlertRule("low", "humidity", "<", 20, "warning", 25)
-    state, effects = evaluate(rule, "d", RuleState(), pts([19, 15, 17, 22, 26], "humidity"))
+    _, effects = evaluate(rule, "d", RuleState(), pts([19, 15, 17, 22, 26], "humidity"))
     assert kinds(effects) == ["raised", "updated", "updated", "resolved"]
     assert effects[-1].peak == 15
 
 
 def test_readings_already_evaluated_are_skipped() -> None:
-    state, first = evaluate(HIGH, "d", RuleState(), pts([31, 32]))
+    state, _ = evaluate(HIGH, "d", RuleState(), pts([31, 32]))
     again, second = evaluate(HIGH, "d", state, pts([31, 32]))
     assert second == [] and again == state
     late, effects = evaluate(HIGH, "d", state, pts([10], start=T0 - timedelta(minutes=1)))

@@ -145,8 +145,8 @@ def test_duplicate_ids_within_a_batch(apps, sink) -> None:
 
 
 def test_oversize_body_is_413(runtime, sink) -> None:
-    from tests.conftest import Apps, make_runtime
     from iot_telemetry.runtime import set_runtime
+    from tests.conftest import Apps, make_runtime
 
     set_runtime(make_runtime(INGEST_MAX_BODY_BYTES="200"))
     attributes, data = now_event()

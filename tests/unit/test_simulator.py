@@ -12,14 +12,11 @@ from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from itertools import pairwise
 from typing import Any
 
 import pytest
-from werkzeug.datastructures import Headers
-from werkzeug.serving import WSGIRequestHandler, make_server
-from werkzeug.wrappers import Request, Response
-
-from iot_telemetry.events import BATCH, JSON, STRUCTURED, RawEvent, read_http
 from iot_telemetry.local.simulator import (
     Device,
     SimulationResult,
@@ -27,7 +24,12 @@ from iot_telemetry.local.simulator import (
     main,
     simulate,
 )
-from iot_telemetry.telemetry import Limits, TelemetryEvent, parse_time, validate_all
+from werkzeug.datastructures import Headers
+from werkzeug.serving import WSGIRequestHandler, make_server
+from werkzeug.wrappers import Request, Response
+
+from iot_telemetry.events import BATCH, JSON, STRUCTURED, RawEvent, read_http
+from iot_telemetry.telemetry import Limits, TelemetryEvent, validate_all
 
 RFC3339_MS = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z$")
 
@@ -166,11 +168,11 @@ def test_samples_are_buffered_readings_between_events(ingest: Callable[..., Inge
     for event in events:
         samples = event.data["samples"]
         assert len(samples) == 3
-        times = [parse_time(s["time"]) for s in samples]
         assert all(RFC3339_MS.match(s["time"]) for s in samples)
-        assert times == sorted(times)
+        times = [datetime.fromisoformat(s["time"]) for s in samples]
+        assert all(a < b for a, b in pairwise(times))
         assert previous.get(event.device_id, start - timedelta(minutes=1)) < times[0]
-        assert times[-1] is not None and times[-1] < event.time
+        assert times[-1] < event.time
         previous[event.device_id] = event.time
 
 
@@ -220,6 +222,53 @@ def test_503_with_retry_after_is_retried_with_the_same_events(
     recorded = {json.loads(line)["attributes"]["id"] for line in record.read_text().splitlines()}
     assert recorded == {e.attributes["id"] for e in stub.accepted_events()}
     assert len(recorded) == 6
+
+
+@pytest.mark.parametrize(("status", "retry_after"), [(429, "0"), (408, None), (500, None)])
+def test_overload_timeouts_and_server_errors_are_retried(
+    ingest: Callable[..., IngestStub], status: int, retry_after: str | None
+) -> None:
+    headers = {"Retry-After": retry_after} if retry_after else {}
+
+    def fail_twice(n: int) -> tuple[int, dict[str, str], bytes]:
+        return (status, headers, b"busy") if n < 2 else (202, {}, b"")
+
+    stub = ingest(fail_twice)
+    result = run(stub.url, devices=1, events=3, concurrency=1)
+
+    assert result.retries == 2 and result.errors == {str(status): 2}
+    assert result.accepted_events == 3 and result.rejected_events == 0
+    assert stub.requests[0].body == stub.requests[1].body == stub.requests[2].body
+
+
+def test_idle_keep_alive_closed_by_server_is_reopened_quietly() -> None:
+    bodies: list[bytes] = []
+
+    class CloseAfterEachRequest(BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+
+        def do_POST(self) -> None:
+            bodies.append(self.rfile.read(int(self.headers["Content-Length"])))
+            self.send_response(202)
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+            # Like a server whose keep-alive timeout expired: close without saying so.
+            self.close_connection = True
+
+        def log_message(self, *args: Any) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), CloseAfterEachRequest)
+    threading.Thread(target=server.serve_forever, args=(0.05,), daemon=True).start()
+    try:
+        result = run(f"http://127.0.0.1:{server.server_port}/", devices=1, events=5,
+                     concurrency=1)
+    finally:
+        server.shutdown()
+        server.server_close()
+
+    assert result.accepted_events == len(bodies) == 5
+    assert result.retries == 0 and result.errors == {}
 
 
 def test_400_is_counted_as_rejected_and_its_reason_printed_once(
@@ -296,7 +345,7 @@ def test_rate_paces_measurements_on_schedule(ingest: Callable[..., IngestStub]) 
     # Measurement times follow the schedule: one event every 1/rate seconds across the fleet.
     assert abs(times[0] - start) < timedelta(milliseconds=1)
     assert all(timedelta(milliseconds=49) <= b - a <= timedelta(milliseconds=51)
-               for a, b in zip(times, times[1:], strict=False))
+               for a, b in pairwise(times))
 
 
 def test_disorder_sends_late_readings(ingest: Callable[..., IngestStub]) -> None:
