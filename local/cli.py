@@ -56,6 +56,7 @@ def _run_local(args: argparse.Namespace) -> int:
             from .realmode import RealPipeline
 
             pipeline = RealPipeline(kafka=args.kafka, mongo=args.mongo,
+                                    environ={**os.environ, "LOG_LEVEL": args.log_level},
                                     eventing_dir=Path(args.eventing),
                                     log_dir=Path(args.log_dir) if args.log_dir else None)
             pipeline.start()
@@ -65,7 +66,9 @@ def _run_local(args: argparse.Namespace) -> int:
         else:
             from .embedded import EmbeddedPipeline
 
-            pipeline = EmbeddedPipeline(eventing_dir=Path(args.eventing)).start()  # type: ignore[assignment]
+            pipeline = EmbeddedPipeline(  # type: ignore[assignment]
+                eventing_dir=Path(args.eventing),
+                environ={**os.environ, "LOG_LEVEL": args.log_level}).start()
             urls = {f: pipeline.url(f) for f in PORTS}
             extra = ("  broker    in-process, applying the Triggers of eventing/\n"
                      "  store     in-process MongoDB API (mongomock): NOT persistent, "
@@ -109,6 +112,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                        help="MongoDB-API URL for real mode (env LOCAL_MONGO)")
     local.add_argument("--eventing", default=str(EVENTING_DIR), help="eventing/ manifests")
     local.add_argument("--log-dir", default="", help="real mode: write each process's log here")
+    local.add_argument("--log-level", default=os.environ.get("LOG_LEVEL", "WARNING"),
+                       help="log level of the functions (env LOG_LEVEL; WARNING here so the "
+                            "simulator's progress line stays readable)")
     _simulator_args(local)
     sub.add_parser("simulate", help="run the device simulator against an ingest URL",
                    add_help=False)

@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from functions_framework import create_app
-from werkzeug.serving import BaseWSGIServer, make_server
+from werkzeug.serving import BaseWSGIServer, WSGIRequestHandler, make_server
 
 from iot_telemetry import publisher, store
 from iot_telemetry.runtime import Runtime, set_runtime
@@ -21,6 +21,13 @@ from .layout import BROKER_PORT, EVENTING_DIR, FUNCTIONS, PORTS, source
 from .memory_broker import MemoryBroker
 
 log = logging.getLogger(__name__)
+
+
+class _QuietHandler(WSGIRequestHandler):
+    """No access log per request: the functions log what matters as JSON lines."""
+
+    def log_request(self, code: int | str = "-", size: int | str = "-") -> None:
+        return None
 
 
 @dataclass
@@ -51,7 +58,8 @@ class EmbeddedPipeline:
         set_runtime(Runtime(settings))
         for function in FUNCTIONS:
             app = create_app(function, str(source(function)), "http")  # type: ignore[no-untyped-call]
-            server = make_server(self.host, self.ports[function], app, threaded=True)
+            server = make_server(self.host, self.ports[function], app, threaded=True,
+                                 request_handler=_QuietHandler)
             self.servers[function] = server
             thread = threading.Thread(target=server.serve_forever, name=f"http-{function}",
                                       daemon=True)

@@ -73,9 +73,11 @@ class IngestStub:
     def app(self, environ: dict[str, Any], start_response: Any) -> Any:
         request = Request(environ)
         body = request.get_data()
+        received = Received(Headers(request.headers), body, 0)
         with self.lock:
-            status, headers, reply = self.respond(len(self.requests))
-            self.requests.append(Received(Headers(request.headers), body, status))
+            self.requests.append(received)
+            received.status, headers, reply = self.respond(len(self.requests) - 1)
+        status = received.status
         return Response(reply, status=status, headers=headers)(environ, start_response)
 
     @property
@@ -289,6 +291,21 @@ def test_400_is_counted_as_rejected_and_its_reason_printed_once(
     rejected_bodies = {r.body for r in stub.requests[:2]}
     assert not rejected_bodies & {r.body for r in stub.accepted}
     assert capsys.readouterr().err.count("time: older than 7 days") == 1
+
+
+def test_batch_too_large_for_ingest_is_split_not_dropped(
+    ingest: Callable[..., IngestStub],
+) -> None:
+    def at_most_three(n: int) -> tuple[int, dict[str, str], bytes]:
+        return (413, {}, b"too large") if stub.requests[n].body.count(b'"specversion"') > 3 else (
+            202, {}, b"")
+
+    stub = ingest(at_most_three)
+    result = run(stub.url, mode="batch", devices=1, events=10, batch_size=10, concurrency=1)
+
+    assert result.accepted_events == 10 and result.rejected_events == 0
+    assert len(stub.accepted_events()) == 10
+    assert stub.requests[0].status == 413
 
 
 @pytest.mark.parametrize(("mode", "concurrency"), [("binary", 4), ("batch", 3)])
