@@ -17,7 +17,8 @@ from .layout import EVENTING_DIR, PORTS
 
 def _settings_table() -> str:
     rows = ["| variable | default | meaning |", "|---|---|---|"]
-    rows += [f"| `{name}` | `{default}` | {doc} |" for name, default, doc in Settings.variables()]
+    rows += [f"| `{name}` | {f'`{default}`' if default else '(empty)'} | {doc} |"
+             for name, default, doc in Settings.variables()]
     return "\n".join(rows)
 
 

@@ -77,8 +77,7 @@ class IngestStub:
         with self.lock:
             self.requests.append(received)
             received.status, headers, reply = self.respond(len(self.requests) - 1)
-        status = received.status
-        return Response(reply, status=status, headers=headers)(environ, start_response)
+        return Response(reply, status=received.status, headers=headers)(environ, start_response)
 
     @property
     def accepted(self) -> list[Received]:

@@ -1,0 +1,314 @@
+"""The eventing/ manifests as the local runner reads them: model, filters, backoff, retries."""
+
+from __future__ import annotations
+
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from iot_telemetry.local.eventing import (
+    Delivery,
+    EventingError,
+    load_eventing,
+    parse_duration,
+    retriable,
+)
+
+EVENTING = Path(__file__).resolve().parents[2] / "eventing"
+
+TELEMETRY = {"specversion": "1.0", "type": "iot.telemetry.v1", "source": "/devices/dev-1",
+             "id": "1", "subject": "dev-1"}
+ALERT = {**TELEMETRY, "type": "iot.alert.v1", "source": "/iot/alert"}
+
+
+# --- the real manifests ---------------------------------------------------------------------
+
+def test_the_real_manifests_load_with_their_values() -> None:
+    eventing = load_eventing(EVENTING)
+
+    broker = eventing.broker
+    assert (broker.name, broker.namespace, broker.partitions) == ("iot-broker", "iot", 6)
+    assert broker.topic == "knative-broker-iot-iot-broker"
+    assert broker.replication_factor == 3
+    [source] = eventing.sources
+    assert source.topics == ("iot.telemetry",)
+    assert source.consumer_group == "iot-telemetry-source"
+    assert source.sink.name == "iot-broker" and source.ordered
+    assert {t.name for t in eventing.triggers} == {"aggregate", "alert", "alerts-to-kafka"}
+    assert eventing.sink_topic("iot-dead-letters") == "iot.telemetry.dlq"
+    assert eventing.sink_topic("iot-alerts") == "iot.alerts"
+    assert eventing.services == ("aggregate", "alert")
+
+
+@pytest.mark.parametrize("name", ["aggregate", "alert"])
+def test_function_triggers_take_telemetry_in_order_with_the_manifest_delivery(name: str) -> None:
+    trigger = load_eventing(EVENTING).trigger(name)
+
+    assert trigger.service == name and trigger.sink is None
+    assert trigger.consumer_group == f"knative-trigger-iot-{name}"
+    assert trigger.ordered
+    assert trigger.matches(TELEMETRY)
+    assert not trigger.matches(ALERT)
+    assert trigger.delivery == Delivery(retry=10, backoff_policy="exponential",
+                                        backoff_delay=0.2, timeout=30.0,
+                                        dead_letter_sink="iot-dead-letters")
+
+
+def test_alert_events_go_to_the_alerts_kafka_sink() -> None:
+    trigger = load_eventing(EVENTING).trigger("alerts-to-kafka")
+
+    assert trigger.sink == "iot-alerts" and trigger.service is None
+    assert trigger.matches(ALERT)
+    assert not trigger.matches(TELEMETRY)
+
+
+# --- backoff and retries --------------------------------------------------------------------
+
+def test_exponential_backoff_doubles_from_twice_the_delay_like_the_kafka_broker() -> None:
+    delivery = Delivery(retry=10, backoff_policy="exponential", backoff_delay=0.2)
+
+    assert [delivery.backoff(n) for n in (1, 2, 3, 10)] == pytest.approx([0.4, 0.8, 1.6, 204.8])
+    assert delivery.retry_budget() == pytest.approx(409.2)
+
+
+def test_linear_backoff_grows_by_the_delay() -> None:
+    delivery = Delivery(retry=3, backoff_policy="linear", backoff_delay=0.5)
+
+    assert [delivery.backoff(n) for n in (1, 2, 3)] == pytest.approx([0.5, 1.0, 1.5])
+    assert delivery.retry_budget() == pytest.approx(3.0)
+
+
+def test_backoff_counts_retries_from_one() -> None:
+    with pytest.raises(ValueError, match="from 1"):
+        Delivery(backoff_delay=1).backoff(0)
+
+
+@pytest.mark.parametrize("status", [None, 500, 502, 503, 504, 404, 408, 409, 429])
+def test_server_errors_some_4xx_and_network_errors_are_retried(status: int | None) -> None:
+    assert retriable(status)
+
+
+@pytest.mark.parametrize("status", [400, 401, 403, 405, 410, 413, 415, 422, 301])
+def test_other_answers_are_not_retried(status: int) -> None:
+    assert not retriable(status)
+
+
+@pytest.mark.parametrize(("text", "seconds"), [
+    ("PT0.2S", 0.2), ("PT1S", 1.0), ("PT1M", 60.0), ("PT1M30S", 90.0), ("PT2H", 7200.0),
+    ("P1D", 86400.0), ("P1DT1S", 86401.0), ("P1W", 604800.0), ("PT0,5S", 0.5), ("pt30s", 30.0),
+])
+def test_iso8601_durations(text: str, seconds: float) -> None:
+    assert parse_duration(text) == pytest.approx(seconds)
+
+
+@pytest.mark.parametrize("text", ["", "P", "PT", "1S", "PT1", "P1Y", "P1M", "PT-1S", "soon"])
+def test_bad_durations_are_refused(text: str) -> None:
+    with pytest.raises(ValueError, match="ISO-8601"):
+        parse_duration(text)
+
+
+# --- filters --------------------------------------------------------------------------------
+
+BASE = """
+apiVersion: v1
+kind: ConfigMap
+metadata: {name: cfg, namespace: iot}
+data:
+  default.topic.partitions: "3"
+  default.topic.replication.factor: "1"
+  bootstrap.servers: "localhost:9092"
+---
+apiVersion: eventing.knative.dev/v1
+kind: Broker
+metadata:
+  name: b
+  namespace: iot
+  annotations: {eventing.knative.dev/broker.class: Kafka}
+spec:
+  config: {apiVersion: v1, kind: ConfigMap, name: cfg, namespace: iot}
+  delivery:
+    retry: 3
+    backoffPolicy: linear
+    backoffDelay: PT1S
+    deadLetterSink:
+      ref: {apiVersion: eventing.knative.dev/v1alpha1, kind: KafkaSink, name: dlq}
+---
+apiVersion: eventing.knative.dev/v1alpha1
+kind: KafkaSink
+metadata: {name: dlq, namespace: iot}
+spec: {topic: dead, bootstrapServers: ["localhost:9092"]}
+"""
+
+
+def _trigger_yaml(spec: str, name: str = "t", annotations: str = "") -> str:
+    return BASE + textwrap.dedent(f"""
+        ---
+        apiVersion: eventing.knative.dev/v1
+        kind: Trigger
+        metadata:
+          name: {name}
+          namespace: iot
+          annotations: {{{annotations}}}
+        spec:
+          broker: b
+          subscriber:
+            ref: {{apiVersion: serving.knative.dev/v1, kind: Service, name: fn}}
+        """) + textwrap.indent(textwrap.dedent(spec), "  ")
+
+
+def _load(tmp_path: Path, text: str):  # type: ignore[no-untyped-def]
+    (tmp_path / "all.yaml").write_text(text)
+    return load_eventing(tmp_path)
+
+
+def test_attribute_filter_needs_every_attribute_equal(tmp_path: Path) -> None:
+    trigger = _load(tmp_path, _trigger_yaml("""
+        filter:
+          attributes: {type: iot.telemetry.v1, subject: dev-1}
+        """)).trigger("t")
+
+    assert trigger.matches(TELEMETRY)
+    assert not trigger.matches({**TELEMETRY, "subject": "dev-2"})
+    assert not trigger.matches({k: v for k, v in TELEMETRY.items() if k != "subject"})
+
+
+def test_attribute_filter_empty_value_means_present_with_any_value(tmp_path: Path) -> None:
+    trigger = _load(tmp_path, _trigger_yaml("""
+        filter:
+          attributes: {severity: ""}
+        """)).trigger("t")
+
+    assert trigger.matches({**ALERT, "severity": "critical"})
+    assert not trigger.matches(ALERT)
+    assert not trigger.matches({**ALERT, "severity": ""})
+
+
+def test_no_filter_matches_everything(tmp_path: Path) -> None:
+    trigger = _load(tmp_path, _trigger_yaml("")).trigger("t")
+
+    assert trigger.matches(TELEMETRY) and trigger.matches(ALERT)
+
+
+def test_exact_prefix_and_suffix_filters(tmp_path: Path) -> None:
+    trigger = _load(tmp_path, _trigger_yaml("""
+        filters:
+          - exact: {type: iot.telemetry.v1}
+          - prefix: {source: /devices/}
+          - suffix: {subject: "-1"}
+        """)).trigger("t")
+
+    assert trigger.matches(TELEMETRY)
+    assert not trigger.matches({**TELEMETRY, "type": "iot.telemetry.v2"})
+    assert not trigger.matches({**TELEMETRY, "source": "/gateways/g-1"})
+    assert not trigger.matches({**TELEMETRY, "subject": "dev-2"})
+    assert not trigger.matches({k: v for k, v in TELEMETRY.items() if k != "subject"})
+
+
+def test_any_all_and_not_filters_nest(tmp_path: Path) -> None:
+    trigger = _load(tmp_path, _trigger_yaml("""
+        filters:
+          - any:
+              - exact: {type: iot.alert.v1}
+              - all:
+                  - prefix: {type: iot.telemetry.}
+                  - not:
+                      suffix: {subject: "-test"}
+        """)).trigger("t")
+
+    assert trigger.matches(ALERT)
+    assert trigger.matches(TELEMETRY)
+    assert not trigger.matches({**TELEMETRY, "subject": "dev-test"})
+    assert not trigger.matches({**TELEMETRY, "type": "other"})
+
+
+def test_filters_take_precedence_over_filter(tmp_path: Path) -> None:
+    trigger = _load(tmp_path, _trigger_yaml("""
+        filter:
+          attributes: {type: iot.alert.v1}
+        filters:
+          - exact: {type: iot.telemetry.v1}
+        """)).trigger("t")
+
+    assert trigger.matches(TELEMETRY) and not trigger.matches(ALERT)
+
+
+def test_filters_compare_bytes_attributes_as_text(tmp_path: Path) -> None:
+    trigger = _load(tmp_path, _trigger_yaml("""
+        filters:
+          - exact: {partitionkey: dev-1}
+        """)).trigger("t")
+
+    assert trigger.matches({**TELEMETRY, "partitionkey": b"dev-1"})
+
+
+def test_cesql_is_refused_at_load_time(tmp_path: Path) -> None:
+    with pytest.raises(NotImplementedError, match="CESQL"):
+        _load(tmp_path, _trigger_yaml("""
+            filters:
+              - cesql: "type = 'iot.telemetry.v1'"
+            """))
+
+
+# --- delivery merge, ordering, validation ---------------------------------------------------
+
+def test_a_trigger_without_delivery_takes_the_broker_default(tmp_path: Path) -> None:
+    trigger = _load(tmp_path, _trigger_yaml("")).trigger("t")
+
+    assert trigger.delivery == Delivery(retry=3, backoff_policy="linear", backoff_delay=1.0,
+                                        dead_letter_sink="dlq")
+    assert not trigger.ordered
+
+
+def test_trigger_delivery_fields_override_the_broker_one_by_one(tmp_path: Path) -> None:
+    trigger = _load(tmp_path, _trigger_yaml("""
+        delivery:
+          retry: 1
+          timeout: PT5S
+        """, annotations="kafka.eventing.knative.dev/delivery.order: ordered")).trigger("t")
+
+    assert trigger.delivery == Delivery(retry=1, backoff_policy="linear", backoff_delay=1.0,
+                                        timeout=5.0, dead_letter_sink="dlq")
+    assert trigger.ordered
+
+
+def test_every_problem_is_reported_at_once(tmp_path: Path) -> None:
+    with pytest.raises(EventingError) as info:
+        _load(tmp_path, _trigger_yaml("""
+            filters:
+              - exact: {type: ""}
+            delivery:
+              retry: -1
+              backoffPolicy: fibonacci
+              backoffDelay: soon
+              deadLetterSink:
+                ref: {apiVersion: eventing.knative.dev/v1alpha1, kind: KafkaSink, name: nope}
+            """, annotations="kafka.eventing.knative.dev/delivery.order: sorted"))
+
+    text = str(info.value)
+    for expected in ("value must not be empty", "retry", "backoffPolicy", "backoffDelay",
+                     "deadLetterSink", "delivery.order"):
+        assert expected in text
+    assert len(info.value.problems) == 6
+
+
+def test_dangling_references_are_refused(tmp_path: Path) -> None:
+    text = _trigger_yaml("").replace("broker: b", "broker: other").replace(
+        "kind: Service, name: fn", "kind: KafkaSink, name: missing").replace(
+        "serving.knative.dev/v1", "eventing.knative.dev/v1alpha1")
+    with pytest.raises(EventingError) as info:
+        _load(tmp_path, text)
+
+    assert "spec.broker must be b" in str(info.value)
+    assert "KafkaSink missing is not defined" in str(info.value)
+
+
+def test_a_broker_of_another_class_is_refused(tmp_path: Path) -> None:
+    with pytest.raises(EventingError, match="Kafka-class"):
+        _load(tmp_path, BASE.replace("broker.class: Kafka", "broker.class: MTChannelBasedBroker"))
+
+
+def test_unknown_kinds_are_refused(tmp_path: Path) -> None:
+    with pytest.raises(EventingError, match="PingSource"):
+        _load(tmp_path, BASE + "---\napiVersion: sources.knative.dev/v1\nkind: PingSource\n"
+                               "metadata: {name: p}\n")
