@@ -17,6 +17,11 @@ from itertools import pairwise
 from typing import Any
 
 import pytest
+from werkzeug.datastructures import Headers
+from werkzeug.serving import WSGIRequestHandler, make_server
+from werkzeug.wrappers import Request, Response
+
+from iot_telemetry.events import BATCH, JSON, STRUCTURED, RawEvent, read_http
 from iot_telemetry.local.simulator import (
     Device,
     SimulationResult,
@@ -24,11 +29,6 @@ from iot_telemetry.local.simulator import (
     main,
     simulate,
 )
-from werkzeug.datastructures import Headers
-from werkzeug.serving import WSGIRequestHandler, make_server
-from werkzeug.wrappers import Request, Response
-
-from iot_telemetry.events import BATCH, JSON, STRUCTURED, RawEvent, read_http
 from iot_telemetry.telemetry import Limits, TelemetryEvent, validate_all
 
 RFC3339_MS = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z$")
