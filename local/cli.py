@@ -27,7 +27,7 @@ def _banner(mode: str, urls: dict[str, str], simulator: bool, extra: str) -> str
              extra]
     q = urls["query"]
     lines += ["", "Look at:", f"  {q}devices", f"  {q}alerts?state=open",
-              f"  {q}devices/sim-0000/series?metric=temperature&step=1m", f"  {q}openapi.json",
+              f"  {q}devices/sim-0001/series?metric=temperature&step=1m", f"  {q}openapi.json",
               f"  {urls['ingest']}metrics"]
     if simulator:
         lines.append("A device simulator is posting to ingest; stop everything with Ctrl-C.")
