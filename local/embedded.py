@@ -51,11 +51,8 @@ class EmbeddedPipeline:
 
     def start(self) -> EmbeddedPipeline:
         overrides = {"KAFKA_BOOTSTRAP_SERVERS": MEMORY_URL, "MONGO_URL": MEMORY_URL}
-        if self.broker_port:
-            overrides["K_SINK"] = f"http://{self.host}:{self.broker_port}/"
-        settings = Settings.from_environ(self.environ, overrides)
         store.reset_embedded()
-        set_runtime(Runtime(settings))
+        set_runtime(Runtime(Settings.from_environ(self.environ, overrides)))
         for function in FUNCTIONS:
             app = create_app(function, str(source(function)), "http")  # type: ignore[no-untyped-call]
             server = make_server(self.host, self.ports[function], app, threaded=True,
@@ -72,6 +69,10 @@ class EmbeddedPipeline:
         )
         self.broker.start()
         publisher.set_memory_sink(self.broker)
+        if self.broker.ingress_url:
+            # alert posts its second and further alert events of one delivery here
+            overrides["K_SINK"] = self.broker.ingress_url
+            set_runtime(Runtime(Settings.from_environ(self.environ, overrides)))
         return self
 
     def wait_idle(self, timeout: float = 30.0) -> bool:

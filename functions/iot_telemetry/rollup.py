@@ -130,9 +130,13 @@ class RollupWriter:
                  "$push": {"ids": event.key}},
                 upsert=True))
             # After the $max above, `last` equals ours only if ours is the newest reading;
-            # then the bucket's last value is ours. Idempotent, so run on every delivery.
-            lasts.append(Update({"_id": _id, "last": s.last},
-                                {"$set": {"last_value": s.last_value}}))
+            # then the bucket's last value is ours (ties: the larger value, so the outcome
+            # does not depend on arrival order). Idempotent, so run on every delivery.
+            lasts.append(Update(
+                {"_id": _id, "last": s.last, "$or": [
+                    {"last_at": {"$lt": s.last}}, {"last_at": {"$exists": False}},
+                    {"last_at": s.last, "last_value": {"$lt": s.last_value}}]},
+                {"$set": {"last_value": s.last_value, "last_at": s.last}}))
         outcome = self.store.bulk(ROLLUP_COLLECTIONS["1m"], adds)
         self.store.bulk(ROLLUP_COLLECTIONS["1m"], lasts)
         return len(outcome.duplicates) < len(adds)
@@ -200,7 +204,8 @@ class RollupWriter:
             path = f"metrics.{metric}"
             ops.append(Update(
                 {"_id": event.device_id,
-                 "$or": [{f"{path}.time": {"$lt": p.time}}, {path: {"$exists": False}}]},
+                 "$or": [{f"{path}.time": {"$lt": p.time}}, {path: {"$exists": False}},
+                         {f"{path}.time": p.time, f"{path}.value": {"$lt": p.value}}]},
                 {"$set": {path: {"value": p.value, "time": p.time}}}))
         self._bulk_until_done(DEVICES, ops)
 
