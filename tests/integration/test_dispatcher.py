@@ -1,0 +1,345 @@
+"""The real-mode dispatcher on the real Kafka: order, dead letters, outages, restarts.
+
+Every test gets its own topics and consumer groups (a name suffix), so reruns and
+parallel runs do not see each other's records.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+import urllib.request
+import uuid
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import pytest
+from kafka import KafkaConsumer, TopicPartition
+from kafka.admin import KafkaAdminClient
+
+from iot_telemetry.events import KafkaRecord, RawEvent, to_http
+from iot_telemetry.local.dispatcher import Dispatcher, Naming, RecordWriter
+from iot_telemetry.local.eventing import Eventing, load_eventing
+from iot_telemetry.local.memory_broker import partition_for
+from tests.unit.test_memory_broker import Subscriber, record
+
+pytestmark = pytest.mark.integration
+
+REPO = Path(__file__).resolve().parents[2]
+EVENTING = REPO / "eventing"
+
+
+@pytest.fixture(scope="module")
+def eventing() -> Eventing:
+    return load_eventing(EVENTING)
+
+
+@pytest.fixture
+def naming(kafka_bootstrap: str) -> Iterator[Naming]:
+    naming = Naming(f".test-{uuid.uuid4().hex[:10]}")
+    yield naming
+    admin = KafkaAdminClient(bootstrap_servers=kafka_bootstrap)
+    try:
+        mine = [t for t in admin.list_topics() if t.endswith(naming.suffix)]
+        if mine:
+            admin.delete_topics(mine)
+    finally:
+        admin.close()
+
+
+@pytest.fixture
+def subscribers() -> Iterator[dict[str, Subscriber]]:
+    subs = {"aggregate": Subscriber(), "alert": Subscriber()}
+    yield subs
+    for sub in subs.values():
+        sub.close()
+
+
+class Pipeline:
+    """A dispatcher for one test, plus what the test needs to feed and watch it."""
+
+    def __init__(self, eventing: Eventing, bootstrap: str, naming: Naming,
+                 subscribers: Mapping[str, Subscriber]) -> None:
+        self.eventing, self.bootstrap, self.naming = eventing, bootstrap, naming
+        self.subscribers = subscribers
+        self.writer = RecordWriter([bootstrap], client_id="test-producer")
+        self.dispatcher: Dispatcher | None = None
+
+    def start(self) -> Dispatcher:
+        self.dispatcher = Dispatcher(
+            self.eventing, [self.bootstrap], {n: s.url for n, s in self.subscribers.items()},
+            ingress_port=0, naming=self.naming)
+        self.dispatcher.start()
+        wait_for(self.dispatcher.ready, 60, "the dispatcher did not get its partitions")
+        return self.dispatcher
+
+    def stop(self) -> None:
+        if self.dispatcher is not None:
+            self.dispatcher.stop()
+            self.dispatcher = None
+
+    def create_source_topic(self) -> None:
+        """Create iot.telemetry (6 partitions) before any dispatcher runs, as kafka.sh does."""
+        admin = KafkaAdminClient(bootstrap_servers=[self.bootstrap])
+        try:
+            admin.create_topics({self.naming.topic("iot.telemetry"): {
+                "num_partitions": 6, "replication_factor": 1}}, wait_for_metadata=True)
+        finally:
+            admin.close()
+
+    def produce(self, records: list[KafkaRecord]) -> None:
+        """Write telemetry as ingest does (to the suffixed iot.telemetry)."""
+        topic = self.naming.topic("iot.telemetry")
+        self.writer.write([replace(r, topic=topic) for r in records], threading.Event(),
+                          timeout=30)
+
+    def read(self, topic: str, count: int, timeout: float = 30) -> list[Any]:
+        """At least `count` records of a topic, read from the beginning."""
+        consumer = KafkaConsumer(bootstrap_servers=[self.bootstrap], enable_auto_commit=False)
+        try:
+            name = self.naming.topic(topic)
+            wait_for(lambda: bool(consumer.partitions_for_topic(name)), 30, f"no topic {name}")
+            tps = [TopicPartition(name, p) for p in consumer.partitions_for_topic(name)]
+            consumer.assign(tps)
+            consumer.seek_to_beginning(*tps)
+            found: list[Any] = []
+            deadline = time.monotonic() + timeout
+            while len(found) < count and time.monotonic() < deadline:
+                for batch in consumer.poll(timeout_ms=200).values():
+                    found += batch
+            return found
+        finally:
+            consumer.close()
+
+    def committed(self, trigger: str) -> dict[int, int]:
+        group = self.naming.group(f"knative-trigger-iot-{trigger}")
+        admin = KafkaAdminClient(bootstrap_servers=[self.bootstrap])
+        try:
+            offsets = admin.list_group_offsets({group: None}).get(group, {})
+        finally:
+            admin.close()
+        return {tp.partition: meta.offset for tp, meta in offsets.items()}
+
+    def close(self) -> None:
+        self.stop()
+        self.writer.close()
+
+
+@pytest.fixture
+def pipeline(eventing: Eventing, kafka_bootstrap: str, naming: Naming,
+             subscribers: dict[str, Subscriber]) -> Iterator[Pipeline]:
+    p = Pipeline(eventing, kafka_bootstrap, naming, subscribers)
+    yield p
+    p.close()
+
+
+def wait_for(condition: Callable[[], bool], timeout: float, message: str) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(message)
+        time.sleep(0.05)
+
+
+def delivered_ids(sub: Subscriber) -> set[str]:
+    return set(sub.ids())
+
+
+def assert_in_order_per_device(sub: Subscriber, devices: list[str], count: int) -> None:
+    """Each device's first deliveries are 0..count-1 in order (redeliveries may follow)."""
+    for device in devices:
+        seqs = [e.data["seq"] for e in sub.delivered if e.attributes["subject"] == device]
+        firsts = list(dict.fromkeys(seqs))
+        assert firsts == list(range(count)), (device, seqs)
+
+
+# --- end to end -----------------------------------------------------------------------------
+
+def test_records_reach_both_functions_in_order_per_device(
+        pipeline: Pipeline, subscribers: dict[str, Subscriber]) -> None:
+    pipeline.start()
+    devices = [f"dev-{i}" for i in range(10)]
+    pipeline.produce([record(d, seq) for seq in range(20) for d in devices])
+
+    expected = {f"{d}-{s}" for d in devices for s in range(20)}
+    for sub in subscribers.values():
+        wait_for(lambda s=sub: delivered_ids(s) >= expected, 60, "not every event arrived")
+        assert_in_order_per_device(sub, devices, 20)
+    # The broker topic is keyed like iot.telemetry: a device stays on its partition.
+    broker_records = pipeline.read(pipeline.eventing.broker.topic, len(expected))
+    for r in broker_records:
+        assert r.partition == partition_for(r.key, 6)
+    assert pipeline.dispatcher is not None
+    stats = pipeline.dispatcher.stats()
+    assert stats["aggregate"].dead_lettered == stats["alert"].dead_lettered == 0
+
+
+def test_a_reply_is_published_on_the_alerts_topic(
+        pipeline: Pipeline, subscribers: dict[str, Subscriber]) -> None:
+    def reply_once(event: RawEvent, _attempt: int) -> tuple[int, Mapping[str, str], bytes]:
+        if event.data["seq"] != 1:
+            return 204, {}, b""
+        device = event.attributes["subject"]
+        headers, body = to_http({"specversion": "1.0", "type": "iot.alert.v1",
+                                 "source": "/iot/alert", "id": f"{device}/raised",
+                                 "subject": device, "partitionkey": device,
+                                 "datacontenttype": "application/json"}, {"state": "raised"})
+        return 200, headers, body
+
+    subscribers["alert"].answer = reply_once
+    pipeline.start()
+    pipeline.produce([record("dev-1", 0), record("dev-1", 1), record("dev-1", 2)])
+
+    [published] = pipeline.read("iot.alerts", 1)
+    headers = dict(published.headers)
+    assert headers["ce_type"] == b"iot.alert.v1" and published.key == b"dev-1"
+    wait_for(lambda: len(subscribers["aggregate"].delivered) == 3, 30, "aggregate missed some")
+    assert all(e.attributes["type"] == "iot.telemetry.v1"
+               for e in subscribers["aggregate"].attempts)
+
+
+def test_the_ingress_writes_posted_events_into_the_broker_topic(
+        pipeline: Pipeline, subscribers: dict[str, Subscriber]) -> None:
+    dispatcher = pipeline.start()
+    assert dispatcher.ingress_url is not None
+    attributes = {"specversion": "1.0", "type": "iot.telemetry.v1", "source": "/devices/dev-9",
+                  "id": "posted-1", "subject": "dev-9", "datacontenttype": "application/json"}
+    headers, body = to_http(attributes, {"seq": 0})
+    request = urllib.request.Request(dispatcher.ingress_url + "/iot/iot-broker", data=body,
+                                     headers=headers, method="POST")
+    with urllib.request.urlopen(request, timeout=15) as response:
+        assert response.status == 202
+
+    wait_for(lambda: subscribers["aggregate"].ids() == ["posted-1"], 30, "not delivered")
+    [stored] = pipeline.read(pipeline.eventing.broker.topic, 1)
+    assert stored.key == b"dev-9"
+
+
+# --- dead letters ---------------------------------------------------------------------------
+
+def test_a_poison_event_goes_to_the_dlq_and_its_partition_moves_on(
+        pipeline: Pipeline, subscribers: dict[str, Subscriber]) -> None:
+    def picky(event: RawEvent, _attempt: int) -> tuple[int, Mapping[str, str], bytes]:
+        if event.attributes["id"] == "poison":
+            return 400, {"Content-Type": "application/json"}, b'{"error":"invalid"}'
+        return 202, {}, b""
+
+    subscribers["aggregate"].answer = picky
+    pipeline.start()
+    pipeline.produce([record("dev-1", 0), record("dev-1", 1, "poison"), record("dev-1", 2),
+                      record("dev-1", 3)])
+
+    wait_for(lambda: subscribers["aggregate"].ids() == ["dev-1-0", "dev-1-2", "dev-1-3"], 30,
+             "later events of the poisoned partition were not delivered")
+    [dead] = pipeline.read("iot.telemetry.dlq", 1)
+    headers = dict(dead.headers)
+    assert headers["ce_id"] == b"poison" and dead.key == b"dev-1"
+    assert headers["ce_knativeerrorcode"] == b"400"
+    assert headers["ce_knativeerrordest"] == subscribers["aggregate"].url.encode()
+    assert subscribers["aggregate"].tries("poison") == 1
+    assert pipeline.dispatcher is not None
+    assert pipeline.dispatcher.stats()["aggregate"].dead_lettered == 1
+
+
+def test_a_record_that_is_not_a_cloudevent_is_dead_lettered_not_skipped_silently(
+        pipeline: Pipeline, subscribers: dict[str, Subscriber]) -> None:
+    pipeline.start()
+    garbage = KafkaRecord("iot.telemetry", b"dev-1", (("content-type", b"text/plain"),), b"hi")
+    pipeline.produce([garbage, record("dev-1", 0)])
+
+    wait_for(lambda: subscribers["aggregate"].ids() == ["dev-1-0"], 30, "next event missing")
+    dead = pipeline.read("iot.telemetry.dlq", 2)
+    assert {r.value for r in dead} == {b"hi"}
+    assert all(b"ce_knativeerrordata" in {k.encode() for k, _ in r.headers} for r in dead)
+
+
+# --- outages and restarts -------------------------------------------------------------------
+
+def test_a_subscriber_down_for_seconds_loses_nothing(
+        pipeline: Pipeline, subscribers: dict[str, Subscriber]) -> None:
+    pipeline.start()
+    aggregate = subscribers["aggregate"]
+    port = aggregate.port
+    aggregate.close()
+    devices = ["dev-1", "dev-2", "dev-3"]
+    pipeline.produce([record(d, seq) for seq in range(10) for d in devices])
+    time.sleep(4)
+    revived = Subscriber(port=port)
+    try:
+        expected = {f"{d}-{s}" for d in devices for s in range(10)}
+        wait_for(lambda: delivered_ids(revived) >= expected, 60, "events were lost")
+        assert_in_order_per_device(revived, devices, 10)
+        assert pipeline.dispatcher is not None
+        stats = pipeline.dispatcher.stats()["aggregate"]
+        assert stats.retried >= 1 and stats.dead_lettered == 0
+    finally:
+        revived.close()
+
+
+def test_an_offset_is_committed_only_once_its_record_is_done(
+        pipeline: Pipeline, subscribers: dict[str, Subscriber]) -> None:
+    release = threading.Event()
+
+    def hold(event: RawEvent, _attempt: int) -> tuple[int, Mapping[str, str], bytes]:
+        if event.attributes["id"] == "dev-1-1":
+            release.wait(30)
+        return 202, {}, b""
+
+    subscribers["aggregate"].answer = hold
+    pipeline.start()
+    pipeline.produce([record("dev-1", s) for s in range(3)])
+    partition = partition_for(b"dev-1", 6)
+
+    wait_for(lambda: pipeline.committed("aggregate").get(partition) == 1, 30,
+             "the first record's offset was not committed")
+    time.sleep(1)  # several commit intervals while dev-1-1 is in flight
+    assert pipeline.committed("aggregate").get(partition) == 1
+    release.set()
+    wait_for(lambda: pipeline.committed("aggregate").get(partition) == 3, 30,
+             "offsets did not move on once the records were done")
+
+
+def test_a_killed_dispatcher_resumes_where_it_left_off(
+        eventing: Eventing, kafka_bootstrap: str, naming: Naming,
+        subscribers: dict[str, Subscriber], pipeline: Pipeline) -> None:
+    def slow(_event: RawEvent, _attempt: int) -> tuple[int, Mapping[str, str], bytes]:
+        time.sleep(0.02)
+        return 202, {}, b""
+
+    for sub in subscribers.values():
+        sub.answer = slow
+    devices = [f"dev-{i}" for i in range(6)]
+    pipeline.create_source_topic()
+    pipeline.produce([record(d, seq) for seq in range(40) for d in devices])
+    expected = {f"{d}-{s}" for d in devices for s in range(40)}
+
+    process = start_dispatcher_process(kafka_bootstrap, naming, subscribers)
+    try:
+        wait_for(lambda: len(subscribers["aggregate"].delivered) >= 40, 60, "no progress")
+        process.send_signal(signal.SIGKILL)
+        process.wait(10)
+        before = len(subscribers["aggregate"].delivered)
+        assert before < len(expected), "finished before it could be killed"
+        process = start_dispatcher_process(kafka_bootstrap, naming, subscribers)
+        for sub in subscribers.values():
+            wait_for(lambda s=sub: delivered_ids(s) >= expected, 90, "events were lost")
+            assert_in_order_per_device(sub, devices, 40)
+    finally:
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(30) == 0
+
+
+def start_dispatcher_process(bootstrap: str, naming: Naming,
+                             subscribers: Mapping[str, Subscriber]) -> subprocess.Popen[bytes]:
+    command = [sys.executable, "-m", "iot_telemetry.local.dispatcher", "--eventing",
+               str(EVENTING), "--bootstrap", bootstrap, "--ingress-port", "0",
+               "--name-suffix", naming.suffix]
+    for name, sub in subscribers.items():
+        command += ["--subscriber", f"{name}={sub.url}"]
+    return subprocess.Popen(command, cwd=REPO, env={**os.environ, "LOG_LEVEL": "WARNING"})
