@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from typing import Any, Final
 from urllib.parse import urlsplit
 
-from werkzeug.serving import BaseWSGIServer, make_server
+from werkzeug.serving import BaseWSGIServer, WSGIRequestHandler, make_server
 from werkzeug.wrappers import Request, Response
 
 from iot_telemetry.errors import BadRequest, DependencyUnavailable
@@ -293,11 +293,19 @@ def _json(body: Any, status: int, headers: Mapping[str, str] | None = None) -> R
                     mimetype="application/json")
 
 
+class QuietHandler(WSGIRequestHandler):
+    """No access log line per request: what matters is logged as JSON lines."""
+
+    def log_request(self, code: int | str = "-", size: int | str = "-") -> None:
+        return None
+
+
 class IngressServer:
     """The ingress app served by werkzeug on a background thread (port 0 = pick a free one)."""
 
     def __init__(self, app: Callable[..., Any], host: str, port: int) -> None:
-        self._server: BaseWSGIServer = make_server(host, port, app, threaded=True)
+        self._server: BaseWSGIServer = make_server(host, port, app, threaded=True,
+                                                   request_handler=QuietHandler)
         self._thread = threading.Thread(target=self._server.serve_forever, args=(0.1,),
                                          name=f"ingress-{self.port}", daemon=True)
 

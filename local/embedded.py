@@ -10,24 +10,18 @@ from pathlib import Path
 from typing import Any
 
 from functions_framework import create_app
-from werkzeug.serving import BaseWSGIServer, WSGIRequestHandler, make_server
+from werkzeug.serving import BaseWSGIServer, make_server
 
 from iot_telemetry import publisher, store
 from iot_telemetry.runtime import Runtime, set_runtime
 from iot_telemetry.settings import MEMORY_URL, Settings
 
+from .delivery import QuietHandler
 from .eventing import load_eventing
 from .layout import BROKER_PORT, EVENTING_DIR, FUNCTIONS, PORTS, source
 from .memory_broker import MemoryBroker
 
 log = logging.getLogger(__name__)
-
-
-class _QuietHandler(WSGIRequestHandler):
-    """No access log per request: the functions log what matters as JSON lines."""
-
-    def log_request(self, code: int | str = "-", size: int | str = "-") -> None:
-        return None
 
 
 @dataclass
@@ -56,7 +50,7 @@ class EmbeddedPipeline:
         for function in FUNCTIONS:
             app = create_app(function, str(source(function)), "http")  # type: ignore[no-untyped-call]
             server = make_server(self.host, self.ports[function], app, threaded=True,
-                                 request_handler=_QuietHandler)
+                                 request_handler=QuietHandler)
             self.servers[function] = server
             thread = threading.Thread(target=server.serve_forever, name=f"http-{function}",
                                       daemon=True)

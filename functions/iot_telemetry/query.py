@@ -16,7 +16,7 @@ from werkzeug.exceptions import MethodNotAllowed as RouteMethodNotAllowed
 from werkzeug.exceptions import NotFound as RouteNotFound
 from werkzeug.routing import Map, Rule
 
-from . import openapi
+from . import dashboard, openapi
 from .alerting import ACKNOWLEDGED, OPEN, RESOLVED, AlertBook, public
 from .errors import BadRequest, MethodNotAllowed, NotFound, TelemetryError
 from .events import loads
@@ -43,6 +43,9 @@ ROUTES = Map([
     Rule("/openapi.json", endpoint="openapi", methods=["GET"]),
     Rule("/", endpoint="index", methods=["GET"]),
 ], strict_slashes=False)
+# What the function serves: the API above (described by openapi.py) and the dashboard's files.
+_SERVED = Map([*(rule.empty() for rule in ROUTES.iter_rules()), *dashboard.rules()],
+              strict_slashes=False)
 
 
 def handle(request: flask.Request, runtime: Runtime | None = None) -> flask.Response:
@@ -96,7 +99,7 @@ def _route(request: flask.Request, rt: Runtime) -> flask.Response:
     route, status = "unmatched", 500
     try:
         try:
-            rule, args = ROUTES.bind("", url_scheme="http").match(
+            rule, args = _SERVED.bind("", url_scheme="http").match(
                 request.path, method=request.method, return_rule=True)
         except RouteNotFound:
             raise NotFound(f"no route {request.path}") from None
@@ -116,8 +119,12 @@ def _route(request: flask.Request, rt: Runtime) -> flask.Response:
 
 def _index(request: flask.Request, rt: Runtime) -> flask.Response:
     Params(request, set())
-    return json_response({"service": "iot-telemetry query", "openapi": "/openapi.json",
-                          "routes": [r.rule for r in ROUTES.iter_rules()]})
+    if dashboard.wants_page(request):
+        return dashboard.page(request)
+    response = json_response({"service": "iot-telemetry query", "openapi": "/openapi.json",
+                              "routes": [r.rule for r in ROUTES.iter_rules()]})
+    response.vary.add("Accept")
+    return response
 
 
 def _openapi(request: flask.Request, rt: Runtime) -> flask.Response:
@@ -315,4 +322,5 @@ def _ack(request: flask.Request, rt: Runtime, alert_id: str) -> flask.Response:
 _ENDPOINTS: dict[str, Callable[..., flask.Response]] = {
     "index": _index, "openapi": _openapi, "devices": _devices, "device": _device,
     "series": _series, "alerts": _alerts, "alert": _alert, "ack": _ack,
+    **dashboard.ENDPOINTS,
 }
