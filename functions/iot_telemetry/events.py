@@ -124,7 +124,7 @@ def read_delivery(headers: Mapping[str, str] | Any, body: bytes) -> RawEvent:
 
 def to_kafka(topic: str, attributes: Mapping[str, Any], data: Any) -> KafkaRecord:
     """Encode one event as a binary-mode Kafka record keyed by its partition key."""
-    attrs = dict(attributes)
+    attrs = {"datacontenttype": JSON, **attributes}
     key = str(attrs.get("partitionkey") or attrs.get("subject") or "")
     attrs["partitionkey"] = key
     message = _sdk_to_kafka(CloudEvent(attrs, data), key_mapper=lambda _e: key)
