@@ -1,0 +1,58 @@
+#!/usr/bin/env bash
+# Start/stop/check both real services (Kafka + FerretDB) for local runs and CI.
+#
+#   bash local/services/services.sh start|stop|restart|status
+#
+# start runs both starts in parallel (on a cold machine the Maven fetch and the
+# Go build overlap) and fails if either fails. Env vars: see README.md here.
+set -euo pipefail
+
+HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+SERVICES=(kafka ferretdb)
+
+log() { echo "[services] $*" >&2; }
+
+# run CMD on every service in parallel; non-zero if any failed
+parallel() {
+  local cmd="$1" s rc=0
+  declare -A pids=()
+  for s in "${SERVICES[@]}"; do
+    bash "$HERE/$s.sh" "$cmd" &
+    pids[$s]=$!
+  done
+  for s in "${SERVICES[@]}"; do
+    if ! wait "${pids[$s]}"; then
+      log "$s $cmd FAILED"
+      rc=1
+    fi
+  done
+  return "$rc"
+}
+
+case "${1:-}" in
+  start)
+    t0=$(date +%s%3N)
+    if parallel start; then
+      d=$(( $(date +%s%3N) - t0 ))
+      log "all services ready in $((d / 1000)).$(((d % 1000) / 100))s"
+    else
+      exit 1
+    fi
+    ;;
+  stop)
+    parallel stop
+    ;;
+  restart)
+    parallel stop
+    parallel start
+    ;;
+  status)
+    rc=0
+    for s in "${SERVICES[@]}"; do bash "$HERE/$s.sh" status || rc=$?; done
+    exit "$rc"
+    ;;
+  *)
+    echo "usage: $0 start|stop|restart|status" >&2
+    exit 2
+    ;;
+esac
