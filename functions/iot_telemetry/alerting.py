@@ -195,7 +195,7 @@ class AlertBook:
         with self.store.guard():
             for e in effects:
                 if e.kind == "raised":
-                    alerts.update_one({"_id": e.alert_id}, {
+                    _upsert(alerts, {"_id": e.alert_id}, {
                         "$setOnInsert": {
                             "device_id": device_id, "metric": rule.metric, "rule": rule.name,
                             "severity": rule.severity, "condition": rule.condition,
@@ -205,7 +205,7 @@ class AlertBook:
                             "resolved_at": None, "resolved_value": None},
                         "$max": {"last_seen": e.time, "count": e.count},
                         "$set": {"last_value": e.value, "peak": e.peak},
-                    }, upsert=True)
+                    })
                 elif e.kind == "updated":
                     alerts.update_one({"_id": e.alert_id, "last_seen": {"$lte": e.time}},
                                       {"$set": {"last_value": e.value, "peak": e.peak,
@@ -242,6 +242,14 @@ class AlertBook:
         if doc["state"] == RESOLVED:
             raise Conflict(f"alert {alert_id!r} is already resolved")
         return public(doc)
+
+
+def _upsert(collection: Any, filter: dict[str, Any], update: dict[str, Any]) -> None:
+    """Upsert; when another instance inserted the same document first, update it instead."""
+    try:
+        collection.update_one(filter, update, upsert=True)
+    except DuplicateKeyError:
+        collection.update_one(filter, update)
 
 
 def public(doc: Mapping[str, Any]) -> dict[str, Any]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import socket
 import threading
 from collections.abc import Sequence
 from typing import Any, Protocol
@@ -32,14 +33,17 @@ class KafkaSink:
 
     def __init__(self, settings: Settings) -> None:
         self._settings = settings
+        timeout_ms = int(settings.kafka_send_timeout_seconds * 1000)
         options: dict[str, Any] = {
             "bootstrap_servers": settings.kafka_bootstrap_servers.split(","),
             "acks": "all",
             "linger_ms": 2,
             "retries": 5,
             "max_in_flight_requests_per_connection": 1,  # keeps each device's order on retry
-            "request_timeout_ms": int(settings.kafka_send_timeout_seconds * 1000),
-            "max_block_ms": int(settings.kafka_send_timeout_seconds * 1000),
+            "request_timeout_ms": timeout_ms,
+            "delivery_timeout_ms": timeout_ms + 100,
+            "max_block_ms": timeout_ms,
+            "bootstrap_timeout_ms": timeout_ms,
             "reconnect_backoff_max_ms": 2000,
             "client_id": "iot-ingest",
             "security_protocol": settings.kafka_security_protocol,
@@ -89,13 +93,15 @@ class KafkaSink:
             ) from None
 
     def ready(self) -> bool:
-        try:
-            producer = self._get()
-            return bool(producer.bootstrap_connected()) or bool(
-                producer.partitions_for(self._settings.kafka_topic)
-            )
-        except Exception:
-            return False
+        """Whether a bootstrap server accepts connections (fast: a probe waits 1 s at most)."""
+        for server in self._settings.kafka_bootstrap_servers.split(","):
+            host, _, port = server.strip().rpartition(":")
+            try:
+                with socket.create_connection((host or "localhost", int(port)), timeout=1):
+                    return True
+            except (OSError, ValueError):
+                continue
+        return False
 
     def close(self) -> None:
         with self._lock:

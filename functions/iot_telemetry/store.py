@@ -10,11 +10,10 @@ from dataclasses import dataclass, field
 from typing import Any, Final
 
 import pymongo
-from pymongo import ASCENDING, DESCENDING, UpdateOne
+from pymongo import ASCENDING, DESCENDING
 from pymongo.collection import Collection
 from pymongo.errors import (
     AutoReconnect,
-    BulkWriteError,
     ConnectionFailure,
     DuplicateKeyError,
     NetworkTimeout,
@@ -158,21 +157,27 @@ class Store:
                     outcome.matched += result.matched_count
                     outcome.upserted += 1 if result.upserted_id is not None else 0
                 return outcome
-            try:
-                result = collection.bulk_write(
-                    [UpdateOne(op.filter, op.update, upsert=op.upsert) for op in ops],
-                    ordered=ordered)
-                outcome.matched, outcome.upserted = result.matched_count, result.upserted_count
-            except BulkWriteError as exc:
-                errors = exc.details.get("writeErrors", [])
-                other = [e for e in errors if e.get("code") != DUPLICATE_KEY]
-                if other:
-                    raise DependencyUnavailable(
-                        f"store refused a write: {other[0].get('errmsg')}", self._retry_after
-                    ) from None
-                outcome.duplicates = [int(e["index"]) for e in errors]
-                outcome.matched = int(exc.details.get("nMatched", 0))
-                outcome.upserted = int(exc.details.get("nUpserted", 0))
+            # The update command itself rather than bulk_write: FerretDB 1.x leaves `n` and
+            # `nModified` out of a reply that has writeErrors, and pymongo's bulk_write then
+            # raises KeyError('nModified') instead of reporting the duplicate keys, so every
+            # redelivery of an already-counted event failed with 500 until dead-lettered.
+            reply = self.db.command({
+                "update": collection.name,
+                "updates": [{"q": op.filter, "u": op.update, "upsert": op.upsert} for op in ops],
+                "ordered": ordered,
+            })
+            errors = reply.get("writeErrors") or []
+            other = [e for e in errors if e.get("code") != DUPLICATE_KEY]
+            if other:
+                raise DependencyUnavailable(
+                    f"store refused a write: {other[0].get('errmsg')}", self._retry_after)
+            if reply.get("writeConcernError"):
+                raise DependencyUnavailable(
+                    f"store write concern failed: {reply['writeConcernError']}",
+                    self._retry_after)
+            outcome.duplicates = sorted(int(e["index"]) for e in errors)
+            outcome.upserted = len(reply.get("upserted") or [])
+            outcome.matched = max(0, int(reply.get("n", 0)) - outcome.upserted)
         return outcome
 
     def close(self) -> None:

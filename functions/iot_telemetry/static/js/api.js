@@ -1,0 +1,109 @@
+// The query API beside the page. URLs are relative, so the page also works under a path prefix.
+// Every call has a timeout; a failure says whether the API is unreachable or refused the request.
+
+const TIMEOUT_MS = 4000;
+const FALLBACK_LIMIT = 50;
+
+export class ApiError extends Error {
+  /** `unreachable`: no answer, a 5xx, or not JSON (the banner's business); else a 4xx. */
+  constructor(message, { status = 0, unreachable = false } = {}) {
+    super(message);
+    this.name = "ApiError";
+    this.status = status;
+    this.unreachable = unreachable;
+  }
+}
+
+export function url(path, params = {}) {
+  const query = new URLSearchParams();
+  for (const [name, value] of Object.entries(params)) {
+    if (value !== undefined && value !== null && value !== "") query.set(name, String(value));
+  }
+  const text = query.toString();
+  return text ? `${path}?${text}` : path;
+}
+
+export async function call(path, { method = "GET", body } = {}) {
+  const controller = new AbortController();
+  const timer = setTimeout(() => controller.abort(), TIMEOUT_MS);
+  let response;
+  try {
+    response = await fetch(path, {
+      method,
+      cache: "no-store",
+      headers: body === undefined ? { Accept: "application/json" }
+        : { Accept: "application/json", "Content-Type": "application/json" },
+      body: body === undefined ? undefined : JSON.stringify(body),
+      signal: controller.signal,
+    });
+  } catch (err) {
+    const reason = controller.signal.aborted ? `no answer within ${TIMEOUT_MS / 1000} s`
+      : "connection failed";
+    throw new ApiError(reason, { unreachable: true });
+  } finally {
+    clearTimeout(timer);
+  }
+  let payload = null;
+  if ((response.headers.get("Content-Type") || "").includes("json")) {
+    try { payload = await response.json(); } catch { payload = null; }
+  }
+  if (!response.ok) {
+    const message = (payload && payload.message) || `HTTP ${response.status}`;
+    // 5xx: the API's store is down (503) or a proxy found no function behind it (502/504).
+    throw new ApiError(message, { status: response.status, unreachable: response.status >= 500 });
+  }
+  if (payload === null) {
+    throw new ApiError(`answer to ${path} is not JSON`, { status: response.status, unreachable: true });
+  }
+  return payload;
+}
+
+let maxLimit = null;
+
+/** The largest page size the API accepts (QUERY_MAX_LIMIT), read once from its OpenAPI document. */
+export async function pageLimit() {
+  if (maxLimit === null) {
+    try {
+      const doc = await call("openapi.json");
+      const limit = doc.paths["/devices"].get.parameters.find((p) => p.name === "limit");
+      maxLimit = Number(limit.schema.maximum) || FALLBACK_LIMIT;
+    } catch (err) {
+      if (err instanceof ApiError && err.unreachable) throw err;
+      maxLimit = FALLBACK_LIMIT;
+    }
+  }
+  return maxLimit;
+}
+
+/** Every device, following `next_cursor`, up to `cap` of them. */
+export async function allDevices(cap = 5000) {
+  const limit = await pageLimit();
+  const devices = [];
+  let cursor = null;
+  do {
+    const page = await call(url("devices", { limit, cursor }));
+    devices.push(...page.devices);
+    cursor = page.next_cursor;
+  } while (cursor && devices.length < cap);
+  return { devices, truncated: Boolean(cursor) };
+}
+
+export function device(id) {
+  return call(`devices/${encodeURIComponent(id)}`);
+}
+
+export function series(id, params) {
+  return call(url(`devices/${encodeURIComponent(id)}/series`, params));
+}
+
+export function alerts(params) {
+  return call(url("alerts", params));
+}
+
+export function alert(id) {
+  return call(`alerts/${encodeURIComponent(id)}`);
+}
+
+export function acknowledge(id, by) {
+  return call(`alerts/${encodeURIComponent(id)}/ack`, { method: "POST", body: { by } });
+}

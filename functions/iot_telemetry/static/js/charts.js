@@ -1,0 +1,195 @@
+// One chart per metric: the average of each bucket as a line over a band from its min to max.
+// Drawn with uPlot (static/vendor/uplot, loaded by the page as the global `uPlot`).
+
+import { el, full, number } from "./format.js";
+
+export const STEP_SECONDS = { "1m": 60, "1h": 3600, "1d": 86400 };
+const STEP_NAMES = { "1m": "1 minute", "1h": "1 hour", "1d": "1 day" };
+const HEIGHT = 220;
+const LINE = "#1d4ed8";
+const EDGE = "rgba(29, 78, 216, 0.5)";
+const BAND = "rgba(29, 78, 216, 0.15)";
+const _ = null;
+// uPlot's time-axis labels, in 24-hour time: [tick spacing (s), label, then the label where
+// the year, month, day, hour, minute or second changes, mode]
+const TIME_TICKS = [
+  [3600 * 24 * 365, "{YYYY}", _, _, _, _, _, _, 1],
+  [3600 * 24 * 28, "{MMM}", "\n{YYYY}", _, _, _, _, _, 1],
+  [3600 * 24, "{D} {MMM}", "\n{YYYY}", _, _, _, _, _, 1],
+  [3600, "{HH}:{mm}", "\n{D} {MMM} {YYYY}", _, "\n{D} {MMM}", _, _, _, 1],
+  [60, "{HH}:{mm}", "\n{D} {MMM} {YYYY}", _, "\n{D} {MMM}", _, _, _, 1],
+  [1, ":{ss}", "\n{D} {MMM} {YYYY} {HH}:{mm}", _, "\n{D} {MMM} {HH}:{mm}", _, "\n{HH}:{mm}", _, 1],
+];
+
+/** uPlot columns [time, max, min, avg]. A null row breaks the line where readings are missing
+ * for longer than 3 buckets and 1/20 of the range: a device that reports every few minutes
+ * still draws a line, one that was offline for a while shows the hole. */
+export function columns(buckets, step, span) {
+  const width = Math.max(3 * STEP_SECONDS[step], span / 20);
+  const xs = [];
+  const max = [];
+  const min = [];
+  const avg = [];
+  let previous = null;
+  for (const bucket of buckets) {
+    const t = Date.parse(bucket.t) / 1000;
+    if (previous !== null && t - previous > width) {
+      xs.push(previous + STEP_SECONDS[step]); max.push(null); min.push(null); avg.push(null);
+    }
+    xs.push(t); max.push(bucket.max); min.push(bucket.min); avg.push(bucket.avg);
+    previous = t;
+  }
+  return [xs, max, min, avg];
+}
+
+function summary(buckets) {
+  let count = 0;
+  let sum = 0;
+  let low = Infinity;
+  let high = -Infinity;
+  for (const b of buckets) {
+    count += b.count;
+    sum += b.avg * b.count;
+    low = Math.min(low, b.min);
+    high = Math.max(high, b.max);
+  }
+  return count ? { count, avg: sum / count, min: low, max: high } : null;
+}
+
+export class MetricChart {
+  constructor(metric) {
+    this.metric = metric;
+    this.plot = null;
+    this.series = null;
+    this.zoomed = false;
+    this.range = [0, 1];
+    this.meta = el("p", { class: "chart-meta muted" });
+    this.area = el("div", { class: "chart-area", role: "img" });
+    this.empty = el("p", { class: "chart-empty", hidden: true });
+    this.table = el("div", { class: "table-wrap" });
+    this.details = el("details", { class: "chart-data" },
+      el("summary", { text: `${metric} as a table` }), this.table);
+    this.details.addEventListener("toggle", () => this.renderTable());
+    this.figure = el("figure", { class: "chart", "data-metric": metric },
+      el("figcaption", {}, el("h3", { text: metric }), this.meta), this.area, this.empty,
+      this.details);
+    this.resizer = new ResizeObserver(() => this.fit());
+    this.resizer.observe(this.figure);
+  }
+
+  width() {
+    return Math.max(280, this.figure.clientWidth - 24);
+  }
+
+  fit() {
+    if (this.plot && Math.abs(this.plot.width - this.width()) > 1) {
+      this.plot.setSize({ width: this.width(), height: HEIGHT });
+    }
+  }
+
+  create(data) {
+    const format = (u, v) => (v === null || v === undefined ? "–" : number(v));
+    const options = {
+      width: this.width(),
+      height: HEIGHT,
+      scales: { x: { time: true } },
+      series: [
+        { label: "Time", value: (u, v) => (v === null || v === undefined ? "–" : full(new Date(v * 1000))) },
+        { label: "Max", stroke: EDGE, width: 1, dash: [4, 3], value: format, points: { show: false } },
+        { label: "Min", stroke: EDGE, width: 1, dash: [4, 3], value: format, points: { show: false } },
+        { label: "Average", stroke: LINE, width: 2, value: format },
+      ],
+      bands: [{ series: [1, 2], fill: BAND }],
+      axes: [{ values: TIME_TICKS }, { size: 60 }],
+      cursor: { drag: { x: true, y: false } },
+      hooks: {
+        // uPlot commits scale changes in a microtask: a time scale other than the requested
+        // range once committed means the user zoomed in (drag) or out (double-click autoscale).
+        setScale: [(u, key) => {
+          if (key === "x") {
+            this.zoomed = Math.abs(u.scales.x.min - this.range[0]) > 1
+              || Math.abs(u.scales.x.max - this.range[1]) > 1;
+          }
+        }],
+      },
+    };
+    this.plot = new globalThis.uPlot(options, data, this.area);
+    // Registered after uPlot's own double-click (which autoscales): back to the whole range.
+    this.plot.over.addEventListener("dblclick", () => {
+      this.zoomed = false;
+      this.showRange();
+    });
+  }
+
+  /** Show the whole requested range, not only the part with readings. */
+  showRange() {
+    this.plot.setScale("x", { min: this.range[0], max: this.range[1] });
+  }
+
+  /** Draw a series answer of the API (GET /devices/{id}/series). */
+  update(series) {
+    this.series = series;
+    const from = Date.parse(series.from) / 1000;
+    const to = Date.parse(series.to) / 1000;
+    this.range = [from, to];
+    const data = columns(series.buckets, series.step, to - from);
+    if (this.plot) {
+      this.plot.setData(data, !this.zoomed);
+    } else {
+      this.create(data);
+    }
+    if (!this.zoomed) this.showRange();
+    const drawn = this.plot.data[3].filter((v) => v !== null).length;
+    Object.assign(this.figure.dataset, {
+      points: String(drawn), step: series.step, from: series.from, to: series.to,
+    });
+    const stats = summary(series.buckets);
+    const step = STEP_NAMES[series.step] || series.step;
+    this.meta.textContent = stats
+      ? `${drawn} buckets of ${step} · average ${number(stats.avg)} · lowest ${number(stats.min)} · `
+        + `highest ${number(stats.max)} · drag to zoom, double-click to reset`
+      : `No readings in this range (step ${step}).`;
+    this.area.setAttribute("aria-label", stats
+      ? `${this.metric} from ${full(new Date(from * 1000))} to ${full(new Date(to * 1000))}: `
+        + `${drawn} buckets of ${step}, average ${number(stats.avg)}, lowest ${number(stats.min)}, `
+        + `highest ${number(stats.max)}`
+      : `${this.metric}: no readings in this range`);
+    this.empty.hidden = true;
+    this.area.hidden = false;
+    if (this.details.open) this.renderTable();
+  }
+
+  /** Show why there is no chart (for example a range too long for the chosen step). */
+  fail(message) {
+    this.series = null;
+    this.figure.dataset.points = "0";
+    this.meta.textContent = "";
+    this.empty.textContent = message;
+    this.empty.hidden = false;
+    this.area.hidden = true;
+    this.table.replaceChildren();
+  }
+
+  renderTable() {
+    if (!this.details.open || !this.series) return;
+    const rows = this.series.buckets.map((b) => el("tr", {},
+      el("th", { scope: "row" }, el("time", { datetime: b.t, text: full(new Date(b.t)) })),
+      el("td", { class: "num", text: String(b.count) }),
+      el("td", { class: "num", text: number(b.min) }),
+      el("td", { class: "num", text: number(b.avg) }),
+      el("td", { class: "num", text: number(b.max) })));
+    this.table.replaceChildren(el("table", { class: "data compact" },
+      el("caption", { class: "visually-hidden", text: `${this.metric} by bucket` }),
+      el("thead", {}, el("tr", {},
+        ["Bucket start", "Readings", "Min", "Average", "Max"].map((h, i) => el("th", {
+          scope: "col", class: i ? "num" : "", text: h,
+        })))),
+      el("tbody", {}, rows)));
+  }
+
+  destroy() {
+    this.resizer.disconnect();
+    if (this.plot) this.plot.destroy();
+    this.figure.remove();
+  }
+}

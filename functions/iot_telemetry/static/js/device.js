@@ -1,0 +1,196 @@
+// One device: its facts, latest readings, and a chart per metric over a chosen range.
+
+import * as api from "./api.js";
+import { MetricChart } from "./charts.js";
+import { status } from "./fleet.js";
+import { at, el, keepFocus, number, say, when } from "./format.js";
+
+const $ = (id) => document.getElementById(id);
+
+export const RANGES = {
+  "1h": { label: "Last hour", ms: 3600e3 },
+  "1d": { label: "Last day", ms: 86400e3 },
+  "1w": { label: "Last week", ms: 7 * 86400e3 },
+};
+const STEP_NAMES = { "1m": "1 minute", "1h": "1 hour", "1d": "1 day" };
+
+/** "2026-11-26T10:00" (local time, as a datetime-local input holds it) for an ISO time. */
+function localInput(iso) {
+  const d = new Date(iso);
+  const pad = (n) => String(n).padStart(2, "0");
+  return `${d.getFullYear()}-${pad(d.getMonth() + 1)}-${pad(d.getDate())}T${pad(d.getHours())}:`
+    + `${pad(d.getMinutes())}`;
+}
+
+export class DeviceView {
+  constructor(app) {
+    this.app = app;
+    this.section = $("view-device");
+    this.id = null;
+    this.params = {};
+    this.device = null;
+    this.charts = new Map();
+    this.seq = 0;
+    this.form = $("range-form");
+    this.form.addEventListener("change", (event) => {
+      if (event.target.name !== "range") return;
+      if (event.target.value === "custom") {
+        this.showCustom(true);
+        $("range-from").focus();
+      } else {
+        this.app.go(this.link({ range: event.target.value }));
+      }
+    });
+    this.form.addEventListener("submit", (event) => {
+      event.preventDefault();
+      const from = new Date($("range-from").value);
+      const to = new Date($("range-to").value);
+      if (Number.isNaN(from.getTime()) || Number.isNaN(to.getTime()) || from >= to) {
+        $("range-note").textContent = "Choose a start before the end.";
+        $("range-from").focus();
+        return;
+      }
+      this.app.go(this.link({
+        range: "custom", from: from.toISOString(), to: to.toISOString(), step: $("range-step").value,
+      }));
+    });
+  }
+
+  link(params) {
+    const query = new URLSearchParams(Object.entries(params).filter(([, v]) => v));
+    const text = query.toString();
+    return `#/devices/${encodeURIComponent(this.id)}${text && text !== "range=1h" ? `?${text}` : ""}`;
+  }
+
+  title() {
+    return this.id || "Device";
+  }
+
+  enter({ id, query }) {
+    if (id !== this.id) {
+      for (const chart of this.charts.values()) chart.destroy();
+      this.charts.clear();
+      this.device = null;
+      $("device-facts").replaceChildren();
+      $("device-latest").tBodies[0].replaceChildren();
+      $("device-status").replaceChildren();
+    }
+    this.id = id;
+    const range = query.get("range") || "1h";
+    this.params = {
+      range: range === "custom" || RANGES[range] ? range : "1h",
+      from: query.get("from") || "",
+      to: query.get("to") || "",
+      step: query.get("step") || "",
+    };
+    $("device-title").textContent = id;
+    $("device-crumb").textContent = id;
+    for (const radio of this.form.elements.range) radio.checked = radio.value === this.params.range;
+    this.showCustom(this.params.range === "custom");
+    if (this.params.range === "custom") {
+      if (this.params.from) $("range-from").value = localInput(this.params.from);
+      if (this.params.to) $("range-to").value = localInput(this.params.to);
+      $("range-step").value = this.params.step;
+    }
+  }
+
+  showCustom(show) {
+    $("custom-range").hidden = !show;
+    if (show && !$("range-from").value) {
+      const span = RANGES[this.params.range] ? RANGES[this.params.range].ms : RANGES["1h"].ms;
+      $("range-from").value = localInput(new Date(Date.now() - span).toISOString());
+      $("range-to").value = localInput(new Date().toISOString());
+    }
+  }
+
+  /** Parameters of the series requests: a preset ends now (the API's clock); custom is fixed. */
+  seriesParams() {
+    const { range, from, to, step } = this.params;
+    if (range === "custom") return { from, to, step };
+    return { from: new Date(Date.now() - RANGES[range].ms).toISOString() };
+  }
+
+  staleNote() {
+    if (!this.device || !this.device.stale) return "";
+    return this.device.last_seen
+      ? `${this.device.id} is stale: its last report arrived ${new Date(this.device.last_seen).toLocaleString()}.`
+      : `${this.device.id} has not reported yet.`;
+  }
+
+  async refresh() {
+    const seq = ++this.seq;
+    let device;
+    try {
+      device = await api.device(this.id);
+    } catch (err) {
+      if (err.status !== 404 && err.status !== 400) throw err;
+      if (seq !== this.seq) return;
+      this.device = null;
+      say($("device-message"), err.status === 404 ? `No device “${this.id}” has reported.`
+        : err.message);
+      $("device-body").hidden = true;
+      return;
+    }
+    const metrics = Object.keys(device.metrics || {}).sort();
+    const params = this.seriesParams();
+    const answers = await Promise.all(metrics.map((metric) => api.series(this.id, { metric, ...params })
+      .then((series) => ({ metric, series }), (error) => ({ metric, error }))));
+    if (seq !== this.seq) return; // the view moved on while these were in flight
+    const lost = answers.find((a) => a.error && a.error.unreachable);
+    if (lost) throw lost.error;
+    this.device = device;
+    say($("device-message"), "");
+    $("device-body").hidden = false;
+    keepFocus(this.section, () => this.render(device, metrics));
+    this.renderCharts(answers);
+  }
+
+  render(device, metrics) {
+    $("device-status").replaceChildren(status(device.stale));
+    const open = device.open_alerts || 0;
+    const fact = (term, ...value) => [el("dt", { text: term }), el("dd", {}, ...value)];
+    $("device-facts").replaceChildren(
+      ...fact("Last seen", when(device.last_seen)),
+      ...fact("First seen", at(device.first_seen)),
+      ...fact("Open alerts", open ? `${open} (open or acknowledged) · ` : "none · ", el("a", {
+        href: `#/alerts?device=${encodeURIComponent(device.id)}`,
+        "data-key": "device-alerts",
+      }, "see its alerts")));
+    $("device-latest").tBodies[0].replaceChildren(...metrics.map((m) => el("tr", { "data-metric": m },
+      el("th", { scope: "row", text: m }),
+      el("td", { class: "num", text: number(device.metrics[m].value) }),
+      el("td", {}, when(device.metrics[m].time)))));
+  }
+
+  renderCharts(answers) {
+    const container = $("charts");
+    for (const [metric, chart] of this.charts) {
+      if (!answers.some((a) => a.metric === metric)) {
+        chart.destroy();
+        this.charts.delete(metric);
+      }
+    }
+    let steps = new Set();
+    answers.forEach(({ metric }, index) => {
+      if (!this.charts.has(metric)) this.charts.set(metric, new MetricChart(metric));
+      const figure = this.charts.get(metric).figure;
+      // Figures stay in metric order; one already in place is not moved (it may hold focus).
+      if (container.children[index] !== figure) container.insertBefore(figure, container.children[index] || null);
+    });
+    for (const { metric, series, error } of answers) {
+      const chart = this.charts.get(metric);
+      if (error) chart.fail(error.message);
+      else {
+        chart.update(series);
+        steps.add(series.step);
+      }
+    }
+    steps = [...steps].map((s) => STEP_NAMES[s] || s).join(", ");
+    const range = this.params.range === "custom" ? "Custom range" : RANGES[this.params.range].label;
+    const chosen = this.params.range === "custom" && this.params.step ? "chosen" : "chosen for the range";
+    $("range-note").textContent = answers.length
+      ? `${range}: one bucket per ${steps || "–"} (${chosen}); band from lowest to highest, `
+        + "line the average."
+      : "This device has no metrics yet.";
+  }
+}
