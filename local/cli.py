@@ -15,7 +15,7 @@ from iot_telemetry.settings import ConfigError, Settings
 from .layout import EVENTING_DIR, PORTS
 
 
-def _settings_table() -> str:
+def settings_table() -> str:
     rows = ["| variable | default | meaning |", "|---|---|---|"]
     rows += [f"| `{name}` | {f'`{default}`' if default else '(empty)'} | {doc} |"
              for name, default, doc in Settings.variables()]
@@ -99,6 +99,36 @@ def _run_local(args: argparse.Namespace) -> int:
     return 0
 
 
+def _devices(args: argparse.Namespace) -> int:
+    from iot_telemetry.devices import Registry
+    from iot_telemetry.errors import TelemetryError
+    from iot_telemetry.store import Store
+
+    try:
+        settings = Settings.from_environ()
+        registry = Registry(Store(settings))
+        if args.action == "add":
+            units = dict(u.split("=", 1) for u in args.unit if "=" in u)
+            metadata = {k: v for k, v in (("location", args.location), ("units", units)) if v}
+            token = registry.add(args.device_id, args.name, metadata)
+            print(f"registered {args.device_id}; its token (shown only now):\n{token}")
+        elif args.action == "list":
+            for d in registry.list():
+                seen = d.last_seen.isoformat() if d.last_seen else "never"
+                state = "enabled" if d.enabled else "DISABLED"
+                print(f"{d.id:<24} {state:<9} last seen {seen:<32} {d.name} {d.metadata or ''}")
+        elif args.action == "rotate-token":
+            print(f"new token for {args.device_id} (the old one no longer works):\n"
+                  f"{registry.rotate(args.device_id)}")
+        else:
+            registry.set_enabled(args.device_id, args.action == "enable")
+            print(f"{args.device_id} {args.action}d")
+    except (ConfigError, TelemetryError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="iot-telemetry", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -120,6 +150,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     sub.add_parser("simulate", help="run the device simulator against an ingest URL",
                    add_help=False)
     sub.add_parser("settings", help="print every configuration variable as a Markdown table")
+    devices = sub.add_parser(
+        "devices", help="manage the device registry in the configured store (MONGO_URL)")
+    dsub = devices.add_subparsers(dest="action", required=True)
+    add = dsub.add_parser("add", help="register a device and print its token (shown once)")
+    add.add_argument("device_id")
+    add.add_argument("--name", default="", help="display name")
+    add.add_argument("--location", default="", help="where the device is")
+    add.add_argument("--unit", action="append", default=[], metavar="METRIC=UNIT",
+                     help="unit of a metric, e.g. temperature=celsius (repeatable)")
+    dsub.add_parser("list", help="list registered devices")
+    for action, text in (("disable", "refuse the device's writes (403)"),
+                         ("enable", "accept the device's writes again"),
+                         ("rotate-token", "issue a new token; the old one stops working")):
+        dsub.add_parser(action, help=text).add_argument("device_id")
     args, rest = parser.parse_known_args(argv)
     if args.command == "simulate":
         from .simulator import main as simulate_main
@@ -128,8 +172,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     if rest:
         parser.error(f"unrecognized arguments: {' '.join(rest)}")
     if args.command == "settings":
-        print(_settings_table())
+        print(settings_table())
         return 0
+    if args.command == "devices":
+        return _devices(args)
     return _run_local(args)
 
 

@@ -36,6 +36,22 @@ class Unauthorized(TelemetryError):
     reason = "unauthorized"
 
 
+class Forbidden(TelemetryError):
+    status = 403
+    reason = "forbidden"
+
+
+class TooManyRequests(TelemetryError):
+    """A device sends faster than its rate limit: answered 429 with Retry-After."""
+
+    status = 429
+    reason = "rate_limited"
+
+    def __init__(self, message: str, retry_after: int = 1) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
 class NotFound(TelemetryError, LookupError):
     status = 404
     reason = "not_found"

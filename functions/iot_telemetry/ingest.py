@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import logging
+from collections import Counter
 from datetime import UTC, datetime, timedelta
 
 import flask
 
-from .errors import BadRequest, PayloadTooLarge, TelemetryError
+from .devices import bearer
+from .errors import BadRequest, Forbidden, PayloadTooLarge, TelemetryError, TooManyRequests
 from .events import BATCH, STRUCTURED, media_type, read_http, to_kafka
 from .observability import EVENTS_ACCEPTED, EVENTS_REJECTED, POINTS_ACCEPTED
 from .runtime import Runtime, get_runtime
@@ -24,7 +26,10 @@ def handle(request: flask.Request, runtime: Runtime | None = None) -> flask.Resp
 
 
 def _ready(rt: Runtime) -> dict[str, bool]:
-    return {"kafka": rt.sink.ready()}
+    checks = {"kafka": rt.sink.ready()}
+    if rt.settings.ingest_auth == "registered":
+        checks["store"] = rt.store.ping()
+    return checks
 
 
 def _mode(request: flask.Request) -> str:
@@ -52,6 +57,9 @@ def _accept(request: flask.Request, rt: Runtime) -> flask.Response:
     body = request.stream.read(s.ingest_max_body_bytes + 1)
     if len(body) > s.ingest_max_body_bytes:
         raise PayloadTooLarge(f"body exceeds {s.ingest_max_body_bytes} bytes")
+    # Once per request, not per event: who is writing (registered mode only).
+    writer = rt.registry.authenticate(bearer(request.headers)) if (
+        s.ingest_auth == "registered") else None
     # 2. Decode and validate every event; any problem rejects the whole request.
     raws = read_http(request.headers, body)
     if len(raws) > s.ingest_max_batch_events:
@@ -60,6 +68,16 @@ def _accept(request: flask.Request, rt: Runtime) -> flask.Response:
     limits = Limits(timedelta(seconds=s.ingest_max_age_seconds),
                     timedelta(seconds=s.ingest_max_future_seconds), s.ingest_max_samples)
     events = validate_all(raws, now, limits)
+    if writer is not None:
+        others = [f"event[{i}]: device {writer!r} cannot write for {e.device_id!r}"
+                  for i, e in enumerate(events) if e.device_id != writer]
+        if others:
+            raise Forbidden("; ".join(others))
+    for device_id, count in Counter(e.device_id for e in events).items():
+        wait = rt.rate_limiter.take(device_id, count)
+        if wait:
+            raise TooManyRequests(f"device {device_id!r} exceeds {s.ingest_rate_limit:g} "
+                                  "events/s", wait)
     # 3. Write all of them, keyed by device, and wait for the broker's acknowledgement.
     received = format_time(now)
     records = [to_kafka(s.kafka_topic, {**e.attributes, "partitionkey": e.device_id,

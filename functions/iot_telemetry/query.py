@@ -145,6 +145,9 @@ def _device_view(doc: Mapping[str, Any], now: datetime, stale_after: int,
                             if doc.get("last_event_time") else None),
         "stale": last_seen is None or (now - last_seen).total_seconds() > stale_after,
         "metrics": metrics,
+        "name": doc.get("name") or doc["_id"],
+        "enabled": doc.get("enabled", True),
+        "metadata": doc.get("metadata") or {},
     }
     if open_alerts is not None:
         view["open_alerts"] = open_alerts
@@ -172,7 +175,7 @@ def _devices(request: flask.Request, rt: Runtime) -> flask.Response:
     if prefix:
         filt.setdefault("_id", {})["$regex"] = "^" + re.escape(prefix)
     with rt.store.guard():
-        docs = list(rt.store.collection(DEVICES).find(filt).sort("_id", 1).limit(limit + 1))
+        docs = list(rt.store.collection(DEVICES).find(filt, {"token": 0}).sort("_id", 1).limit(limit + 1))
     page, more = docs[:limit], len(docs) > limit
     counts = _open_alert_counts(rt, [d["_id"] for d in page])
     now = datetime.now(UTC)
@@ -193,7 +196,7 @@ def _device(request: flask.Request, rt: Runtime, device_id: str) -> flask.Respon
     Params(request, set())
     device_id = _device_id(device_id)
     with rt.store.guard():
-        doc = rt.store.collection(DEVICES).find_one({"_id": device_id})
+        doc = rt.store.collection(DEVICES).find_one({"_id": device_id}, {"token": 0})
     if doc is None:
         raise NotFound(f"device {device_id!r} not found")
     counts = _open_alert_counts(rt, [device_id])

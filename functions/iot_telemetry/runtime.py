@@ -6,8 +6,10 @@ import logging
 import threading
 from functools import cached_property
 
+from .devices import Registry
 from .observability import configure_logging
 from .publisher import RecordSink, make_sink
+from .ratelimit import RateLimiter
 from .settings import Settings
 from .store import Store
 
@@ -19,12 +21,22 @@ class Runtime:
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
-        self._lock = threading.Lock()
+        self._lock = threading.RLock()  # a client may be built while building another
 
     @cached_property
     def store(self) -> Store:
         with self._lock:
             return Store(self.settings)
+
+    @cached_property
+    def registry(self) -> Registry:
+        with self._lock:
+            return Registry(self.store, self.settings.auth_cache_seconds)
+
+    @cached_property
+    def rate_limiter(self) -> RateLimiter:
+        with self._lock:
+            return RateLimiter(self.settings.ingest_rate_limit, self.settings.ingest_rate_burst)
 
     @cached_property
     def sink(self) -> RecordSink:
@@ -45,6 +57,8 @@ def get_runtime() -> Runtime:
             configure_logging(settings.log_level)
             if settings.embedded_store:
                 log.warning("store: in-process MongoDB-API store, NOT persistent (memory://)")
+            log.info("device access: %s; query access: %s", settings.ingest_auth,
+                     settings.query_auth)
             _runtime = Runtime(settings)
         return _runtime
 

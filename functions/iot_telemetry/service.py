@@ -9,7 +9,14 @@ from typing import Any
 
 import flask
 
-from .errors import DependencyUnavailable, MethodNotAllowed, NotFound, TelemetryError
+from .errors import (
+    DependencyUnavailable,
+    MethodNotAllowed,
+    NotFound,
+    TelemetryError,
+    TooManyRequests,
+    Unauthorized,
+)
 from .observability import DEPENDENCY_ERRORS, PROCESSING_SECONDS, Timer, metrics_body
 
 log = logging.getLogger(__name__)
@@ -25,8 +32,11 @@ def json_response(body: Any, status: int = 200, headers: dict[str, str] | None =
 
 def error_response(exc: TelemetryError) -> flask.Response:
     headers = {}
-    if isinstance(exc, DependencyUnavailable):
+    if isinstance(exc, DependencyUnavailable | TooManyRequests):
         headers["Retry-After"] = str(exc.retry_after)
+    if isinstance(exc, Unauthorized):
+        headers["WWW-Authenticate"] = 'Bearer realm="iot-telemetry"'
+
     return json_response(exc.payload(), exc.status, headers)
 
 

@@ -66,6 +66,29 @@ class Settings:
         "INGEST_MAX_FUTURE_SECONDS", 300, "Furthest accepted reading, seconds after now")
     ingest_retry_after_seconds: int = _setting(
         "INGEST_RETRY_AFTER_SECONDS", 5, "Retry-After sent with 503 when Kafka cannot take a write")
+    ingest_auth: str = _setting(
+        "INGEST_AUTH", "open",
+        "`open`: any well-formed device is accepted (and registered on first data); "
+        "`registered`: only enabled devices presenting their own token")
+    ingest_rate_limit: float = _setting(
+        "INGEST_RATE_LIMIT", 50.0,
+        "Events per second one device may send, per instance (429 past it)")
+    ingest_rate_burst: int = _setting(
+        "INGEST_RATE_BURST", 1000, "Events a device may send at once before its rate limit applies")
+    auth_cache_seconds: float = _setting(
+        "AUTH_CACHE_SECONDS", 5.0,
+        "How long a verified device token is trusted without checking the store again "
+        "(a disabled device or rotated token stops working within this time)")
+    query_auth: str = _setting(
+        "QUERY_AUTH", "open", "`open`: no token needed; `token`: bearer tokens below required")
+    query_read_tokens: str = _setting(
+        "QUERY_READ_TOKENS", "", "Comma-separated bearer tokens allowed to read (from a Secret)")
+    query_operate_tokens: str = _setting(
+        "QUERY_OPERATE_TOKENS", "",
+        "Comma-separated bearer tokens allowed to read and acknowledge alerts (from a Secret)")
+    query_cors_origins: str = _setting(
+        "QUERY_CORS_ORIGINS", "", "Origins allowed to call the query API from a browser "
+        "(comma-separated; empty = no cross-origin access)")
     alert_rules: tuple[AlertRule, ...] | None = _setting(
         "ALERT_RULES", None,
         "Alert rules as a JSON list (see Alert rules); unset = ALERT_RULES_FILE or defaults")
@@ -80,6 +103,18 @@ class Settings:
     query_max_limit: int = _setting("QUERY_MAX_LIMIT", 500, "Largest page size of /alerts")
     device_stale_seconds: int = _setting(
         "DEVICE_STALE_SECONDS", 300, "A device not heard from for this long is reported stale")
+
+    @property
+    def read_tokens(self) -> tuple[str, ...]:
+        return tuple(t.strip() for t in self.query_read_tokens.split(",") if t.strip())
+
+    @property
+    def operate_tokens(self) -> tuple[str, ...]:
+        return tuple(t.strip() for t in self.query_operate_tokens.split(",") if t.strip())
+
+    @property
+    def cors_origins(self) -> tuple[str, ...]:
+        return tuple(o.strip() for o in self.query_cors_origins.split(",") if o.strip())
 
     @property
     def rules(self) -> tuple[AlertRule, ...]:
@@ -120,6 +155,13 @@ class Settings:
             ("mongodb://", "mongodb+srv://")
         ):
             raise ConfigError("MONGO_URL", "must start with mongodb://, mongodb+srv:// or memory://")
+        if self.ingest_auth not in ("open", "registered"):
+            raise ConfigError("INGEST_AUTH", "must be `open` or `registered`")
+        if self.query_auth not in ("open", "token"):
+            raise ConfigError("QUERY_AUTH", "must be `open` or `token`")
+        if self.query_auth == "token" and not (self.read_tokens or self.operate_tokens):
+            raise ConfigError("QUERY_READ_TOKENS",
+                              "QUERY_AUTH=token needs QUERY_READ_TOKENS or QUERY_OPERATE_TOKENS")
         if self.query_default_limit > self.query_max_limit:
             raise ConfigError("QUERY_DEFAULT_LIMIT", "must not exceed QUERY_MAX_LIMIT")
 
@@ -172,7 +214,12 @@ def _parser_for(default: Any) -> Callable[[str, str], Any]:
     return _text
 
 
-_PARSERS: dict[str, Callable[[str, str], Any]] = {"log_level": _level, "alert_rules": _rules}
+def _lower(name: str, raw: str) -> str:
+    return raw.lower()
+
+
+_PARSERS: dict[str, Callable[[str, str], Any]] = {
+    "log_level": _level, "alert_rules": _rules, "ingest_auth": _lower, "query_auth": _lower}
 
 
 def _load_rules_file(path: str) -> tuple[AlertRule, ...]:

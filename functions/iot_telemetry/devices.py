@@ -1,0 +1,173 @@
+"""The device registry: who may write readings, with per-device tokens kept only as hashes.
+
+A token is `<device id>.<secret>`: the id says whose hash to check it against, so a token
+of one device presented for another is told apart (403) from a wrong token (401). The
+secret is 32 random bytes; the store keeps a salted scrypt hash of it, never the secret.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import secrets
+import threading
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any, Final
+
+from .errors import BadRequest, Conflict, Forbidden, NotFound, Unauthorized
+from .store import DEVICES, Store
+from .telemetry import DEVICE_ID
+
+# scrypt cost: ~15 ms per check here; verified tokens are then cached for a few seconds.
+SCRYPT: Final = {"n": 2**14, "r": 8, "p": 1}
+_MAX_CACHE: Final = 100_000
+#: Fields of a device document that the registry owns (telemetry fields are aggregate's).
+REGISTRY_FIELDS: Final = ("name", "metadata", "enabled", "registered_at", "token_rotated_at")
+
+
+def _hash(secret: str, salt: bytes, n: int, r: int, p: int) -> bytes:
+    return hashlib.scrypt(secret.encode(), salt=salt, n=n, r=r, p=p, dklen=32)
+
+
+def new_credential(device_id: str) -> tuple[str, dict[str, Any]]:
+    """A fresh token and the hash record stored for it."""
+    secret = secrets.token_urlsafe(32)
+    salt = secrets.token_bytes(16)
+    record = {"salt": base64.b64encode(salt).decode(), **SCRYPT,
+              "hash": base64.b64encode(_hash(secret, salt, **SCRYPT)).decode()}
+    return f"{device_id}.{secret}", record
+
+
+def matches(secret: str, record: Mapping[str, Any]) -> bool:
+    """Constant-time check of a secret against a stored hash record."""
+    try:
+        salt = base64.b64decode(record["salt"])
+        expected = base64.b64decode(record["hash"])
+        actual = _hash(secret, salt, int(record["n"]), int(record["r"]), int(record["p"]))
+    except (KeyError, ValueError, TypeError):
+        return False
+    return hmac.compare_digest(actual, expected)
+
+
+def split_token(token: str) -> tuple[str, str]:
+    device_id, _, secret = token.rpartition(".")
+    if not device_id or not secret or not DEVICE_ID.match(device_id):
+        raise Unauthorized("malformed device token")
+    return device_id, secret
+
+
+def bearer(headers: Mapping[str, str] | Any) -> str | None:
+    value = headers.get("Authorization")
+    if not value:
+        return None
+    scheme, _, token = value.partition(" ")
+    if scheme.lower() != "bearer" or not token.strip():
+        raise Unauthorized("Authorization must be `Bearer <token>`")
+    return token.strip()
+
+
+@dataclass(frozen=True)
+class Device:
+    """A registered device as the CLI and API show it (never with its hash)."""
+
+    id: str
+    name: str
+    metadata: dict[str, Any]
+    enabled: bool
+    registered_at: datetime | None
+    last_seen: datetime | None
+
+    @classmethod
+    def from_doc(cls, doc: Mapping[str, Any]) -> Device:
+        return cls(doc["_id"], doc.get("name") or doc["_id"], dict(doc.get("metadata") or {}),
+                   doc.get("enabled", True), doc.get("registered_at"), doc.get("last_seen"))
+
+
+class Registry:
+    """Registry operations on the `devices` collection, and token checks with a short cache."""
+
+    def __init__(self, store: Store, cache_seconds: float = 5.0) -> None:
+        self.store = store
+        self.cache_seconds = cache_seconds
+        self._verified: dict[tuple[str, bytes], float] = {}
+        self._lock = threading.Lock()
+
+    def add(self, device_id: str, name: str = "", metadata: Mapping[str, Any] | None = None,
+            now: datetime | None = None) -> str:
+        """Register a device; return its token (shown once, never stored)."""
+        if not DEVICE_ID.match(device_id):
+            raise BadRequest(f"device id must match {DEVICE_ID.pattern}")
+        token, record = new_credential(device_id)
+        now = now or datetime.now(UTC)
+        with self.store.guard():
+            result = self.store.collection(DEVICES).update_one(
+                {"_id": device_id, "token": {"$exists": False}},
+                {"$set": {"name": name or device_id, "metadata": dict(metadata or {}),
+                          "enabled": True, "registered_at": now, "token": record,
+                          "token_rotated_at": now}},
+                upsert=False)
+            if result.matched_count == 0:
+                existing = self.store.collection(DEVICES).find_one({"_id": device_id})
+                if existing is not None and "token" in existing:
+                    raise Conflict(f"device {device_id!r} is already registered")
+                self.store.collection(DEVICES).insert_one(
+                    {"_id": device_id, "name": name or device_id,
+                     "metadata": dict(metadata or {}), "enabled": True, "registered_at": now,
+                     "token": record, "token_rotated_at": now})
+        return token
+
+    def list(self) -> list[Device]:
+        with self.store.guard():
+            docs = self.store.collection(DEVICES).find({}, {"token": 0, "metrics": 0}).sort("_id")
+            return [Device.from_doc(d) for d in docs]
+
+    def set_enabled(self, device_id: str, enabled: bool) -> None:
+        with self.store.guard():
+            result = self.store.collection(DEVICES).update_one(
+                {"_id": device_id}, {"$set": {"enabled": enabled}})
+        if result.matched_count == 0:
+            raise NotFound(f"device {device_id!r} not found")
+        self.forget(device_id)
+
+    def rotate(self, device_id: str, now: datetime | None = None) -> str:
+        token, record = new_credential(device_id)
+        with self.store.guard():
+            result = self.store.collection(DEVICES).update_one(
+                {"_id": device_id},
+                {"$set": {"token": record, "token_rotated_at": now or datetime.now(UTC)}})
+        if result.matched_count == 0:
+            raise NotFound(f"device {device_id!r} not found")
+        self.forget(device_id)
+        return token
+
+    def forget(self, device_id: str) -> None:
+        with self._lock:
+            for key in [k for k in self._verified if k[0] == device_id]:
+                del self._verified[key]
+
+    def authenticate(self, token: str | None) -> str:
+        """The device a token belongs to; 401 if missing or wrong, 403 if disabled."""
+        if token is None:
+            raise Unauthorized("a device token is required: Authorization: Bearer <token>")
+        device_id, secret = split_token(token)
+        key = (device_id, hashlib.sha256(secret.encode()).digest())
+        now = time.monotonic()
+        with self._lock:
+            if self._verified.get(key, 0.0) > now:
+                return device_id
+        with self.store.guard():
+            doc = self.store.collection(DEVICES).find_one(
+                {"_id": device_id}, {"token": 1, "enabled": 1})
+        if doc is None or "token" not in doc or not matches(secret, doc["token"]):
+            raise Unauthorized("unknown device or wrong token")
+        if not doc.get("enabled", True):
+            raise Forbidden(f"device {device_id!r} is disabled")
+        with self._lock:
+            if len(self._verified) >= _MAX_CACHE:
+                self._verified.clear()
+            self._verified[key] = now + self.cache_seconds
+        return device_id
