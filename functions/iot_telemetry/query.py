@@ -175,7 +175,8 @@ def _devices(request: flask.Request, rt: Runtime) -> flask.Response:
     if prefix:
         filt.setdefault("_id", {})["$regex"] = "^" + re.escape(prefix)
     with rt.store.guard():
-        docs = list(rt.store.collection(DEVICES).find(filt, {"token": 0}).sort("_id", 1).limit(limit + 1))
+        docs = list(rt.store.collection(DEVICES).find(filt, {"token": 0})
+                    .sort("_id", 1).limit(limit + 1))
     page, more = docs[:limit], len(docs) > limit
     counts = _open_alert_counts(rt, [d["_id"] for d in page])
     now = datetime.now(UTC)

@@ -12,7 +12,7 @@ const ACTOR = /^[\p{L}\p{N}_ .@:-]{1,100}$/u;
 const ACK_BY_KEY = "iot-telemetry.ack-by";
 const SEVERITY = {
   critical: { icon: "▲", label: "Critical" },
-  warning: { icon: "●", label: "Warning" },
+  warning: { icon: "◆", label: "Warning" },
 };
 const CLEARS = { ">": "≤", ">=": "≤", "<": "≥", "<=": "≥" };
 

@@ -140,7 +140,7 @@ class App {
     banner.dataset.kind = kind;
     banner.hidden = !kind;
     banner.replaceChildren(...(kind ? [
-      el("span", { class: "icon", "aria-hidden": "true", text: kind === "unreachable" ? "⛔" : "⏸" }),
+      el("span", { class: "icon", "aria-hidden": "true", text: kind === "unreachable" ? "✕" : "⚠" }),
       el("strong", { text: title }), " ", text] : []));
   }
 

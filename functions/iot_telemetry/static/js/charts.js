@@ -7,8 +7,8 @@ export const STEP_SECONDS = { "1m": 60, "1h": 3600, "1d": 86400 };
 const STEP_NAMES = { "1m": "1 minute", "1h": "1 hour", "1d": "1 day" };
 const HEIGHT = 220;
 const LINE = "#1d4ed8";
-const EDGE = "rgba(29, 78, 216, 0.5)";
-const BAND = "rgba(29, 78, 216, 0.15)";
+const EDGE = "rgba(29, 78, 216, 0.55)";
+const BAND = "rgba(29, 78, 216, 0.22)";
 const _ = null;
 // uPlot's time-axis labels, in 24-hour time: [tick spacing (s), label, then the label where
 // the year, month, day, hour, minute or second changes, mode]

@@ -3,7 +3,7 @@
 import * as api from "./api.js";
 import { MetricChart } from "./charts.js";
 import { status } from "./fleet.js";
-import { at, el, keepFocus, number, say, when } from "./format.js";
+import { at, el, full, keepFocus, number, say, when } from "./format.js";
 
 const $ = (id) => document.getElementById(id);
 
@@ -113,7 +113,7 @@ export class DeviceView {
   staleNote() {
     if (!this.device || !this.device.stale) return "";
     return this.device.last_seen
-      ? `${this.device.id} is stale: its last report arrived ${new Date(this.device.last_seen).toLocaleString()}.`
+      ? `${this.device.id} is stale: its last report arrived ${full(new Date(this.device.last_seen))}.`
       : `${this.device.id} has not reported yet.`;
   }
 
@@ -192,5 +192,6 @@ export class DeviceView {
       ? `${range}: one bucket per ${steps || "–"} (${chosen}); band from lowest to highest, `
         + "line the average."
       : "This device has no metrics yet.";
+    container.dataset.range = this.params.range; // what the charts now show (tests wait on it)
   }
 }

@@ -1,7 +1,7 @@
 // The fleet: every device with its last report, latest metric values and open alerts.
 
 import * as api from "./api.js";
-import { el, keepFocus, number, say, when } from "./format.js";
+import { el, full, keepFocus, number, say, when } from "./format.js";
 
 const $ = (id) => document.getElementById(id);
 
@@ -46,7 +46,7 @@ export class FleetView {
     if (!this.devices.length || this.devices.some((d) => !d.stale)) return "";
     const newest = this.devices.map((d) => d.last_seen).filter(Boolean).sort().pop();
     return newest
-      ? `Every device is stale: the newest report arrived ${new Date(newest).toLocaleString()}.`
+      ? `Every device is stale: the newest report arrived ${full(new Date(newest))}.`
       : "No device has reported yet.";
   }
 
@@ -130,7 +130,7 @@ export class FleetView {
       metrics.map((m) => {
         const reading = (device.metrics || {})[m];
         return el("td", { class: "num", "data-metric": m },
-          reading ? el("span", { title: `measured ${new Date(reading.time).toLocaleString()}` },
+          reading ? el("span", { title: `measured ${full(new Date(reading.time))}` },
             number(reading.value)) : el("span", { class: "muted", text: "–" }));
       }),
       el("td", { class: "num" }, open
@@ -147,6 +147,6 @@ export class FleetView {
 /** A device's reporting status as text and symbol, not only colour. */
 export function status(stale) {
   return stale
-    ? el("span", { class: "badge stale" }, el("span", { "aria-hidden": "true", text: "⏸ " }), "Stale")
+    ? el("span", { class: "badge stale" }, el("span", { "aria-hidden": "true", text: "○ " }), "Stale")
     : el("span", { class: "badge ok" }, el("span", { "aria-hidden": "true", text: "● " }), "Reporting");
 }
