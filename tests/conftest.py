@@ -78,7 +78,10 @@ class Apps:
                         .test_client() for name in ("ingest", "aggregate", "alert", "query")}
 
     def __getattr__(self, name: str) -> Any:
-        return self.clients[name]
+        try:
+            return self.clients[name]
+        except KeyError:
+            raise AttributeError(name) from None
 
     def deliver(self, function: str, record: KafkaRecord, structured: bool = False) -> Any:
         """Deliver a Kafka record to a consumer function as the Broker would."""

@@ -1,0 +1,76 @@
+"""Who may use the query API: bearer tokens with `read` and `operate` scopes, and CORS."""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+from typing import Final
+
+import flask
+
+from .devices import bearer
+from .errors import Forbidden, Unauthorized
+from .settings import Settings
+
+READ: Final = "read"
+OPERATE: Final = "operate"
+CORS_METHODS: Final = "GET, POST, OPTIONS"
+CORS_HEADERS: Final = "Authorization, Content-Type"
+
+
+def _digest(token: str) -> bytes:
+    return hashlib.sha256(token.encode()).digest()
+
+
+def _known(token: str, tokens: tuple[str, ...]) -> bool:
+    # Compare digests of equal length in constant time; check every token, found or not.
+    digest = _digest(token)
+    found = False
+    for candidate in tokens:
+        found |= hmac.compare_digest(digest, _digest(candidate))
+    return found
+
+
+def scope_of(token: str, settings: Settings) -> str | None:
+    if _known(token, settings.operate_tokens):
+        return OPERATE
+    if _known(token, settings.read_tokens):
+        return READ
+    return None
+
+
+def authorize(request: flask.Request, settings: Settings, needed: str) -> None:
+    """401 without a known token, 403 when the token's scope is too small."""
+    if settings.query_auth == "open":
+        return
+    token = bearer(request.headers)
+    if token is None:
+        raise Unauthorized("a bearer token is required: Authorization: Bearer <token>")
+    scope = scope_of(token, settings)
+    if scope is None:
+        raise Unauthorized("unknown token")
+    if needed == OPERATE and scope != OPERATE:
+        raise Forbidden("this token may read but not acknowledge alerts (needs `operate`)")
+
+
+def allowed_origin(request: flask.Request, settings: Settings) -> str | None:
+    origin = request.headers.get("Origin")
+    return origin if origin and origin in settings.cors_origins else None
+
+
+def preflight(request: flask.Request, settings: Settings) -> flask.Response:
+    """Answer a CORS preflight: allowed origins only; others get no CORS headers."""
+    response = flask.Response(status=204)
+    add_cors(request, response, settings)
+    if allowed_origin(request, settings):
+        response.headers["Access-Control-Allow-Methods"] = CORS_METHODS
+        response.headers["Access-Control-Allow-Headers"] = CORS_HEADERS
+        response.headers["Access-Control-Max-Age"] = "600"
+    return response
+
+
+def add_cors(request: flask.Request, response: flask.Response, settings: Settings) -> None:
+    origin = allowed_origin(request, settings)
+    if origin:
+        response.headers["Access-Control-Allow-Origin"] = origin
+        response.headers["Vary"] = "Origin"
