@@ -15,7 +15,7 @@ def test_fuzzing_ingest_finds_no_crash(tmp_path) -> None:
     run = subprocess.run(
         [sys.executable, str(HERE / "fuzz_ingest.py"), "-max_total_time=20",
          f"-artifact_prefix={tmp_path}/", str(corpus)],
-        capture_output=True, text=True, timeout=300, cwd=tmp_path)
+        capture_output=True, text=True, timeout=300, cwd=tmp_path, check=False)
     done = re.search(r"Done (\d+) runs", run.stderr)
     assert run.returncode == 0, run.stderr[-3000:]
     assert done and int(done.group(1)) > 1000, run.stderr[-2000:]
