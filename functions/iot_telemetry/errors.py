@@ -61,6 +61,10 @@ class MethodNotAllowed(TelemetryError):
     status = 405
     reason = "method_not_allowed"
 
+    def __init__(self, message: str, allowed: Sequence[str] = ()) -> None:
+        super().__init__(message)
+        self.allowed = tuple(allowed)
+
 
 class Conflict(TelemetryError):
     status = 409

@@ -87,7 +87,9 @@ def document(settings: Settings) -> dict[str, Any]:
                 "parameters": [
                     _param("limit", "query", limit, "Page size"),
                     _param("cursor", "query", device_id, "next_cursor of the previous page"),
-                    _param("prefix", "query", {"type": "string"}, "Device id prefix")],
+                    _param("prefix", "query",
+                           {"type": "string", "pattern": r"^[A-Za-z0-9._:-]{1,128}$"},
+                           "Device id prefix")],
                 "responses": {"200": _json({"type": "object", "properties": {
                     "devices": {"type": "array", "items": _ref("Device")},
                     "next_cursor": {"type": ["string", "null"]}}}, "A page of devices"),
@@ -122,7 +124,7 @@ def document(settings: Settings) -> dict[str, Any]:
                     _param("device_id", "query", device_id, "Device id"),
                     _param("severity", "query", {"enum": ["warning", "critical"]}, "Severity"),
                     _param("limit", "query", limit, "Page size"),
-                    _param("cursor", "query", {"type": "string"},
+                    _param("cursor", "query", {"type": "string", "minLength": 1},
                            "next_cursor of the previous page")],
                 "responses": {"200": _json({"type": "object", "properties": {
                     "alerts": {"type": "array", "items": _ref("Alert")},

@@ -64,10 +64,16 @@ class Params:
         if problems:
             raise BadRequest(problems)
 
+    def _get(self, name: str) -> str | None:
+        value = self.args.get(name)
+        if value == "":
+            raise BadRequest(f"{name}: must not be empty (leave it out instead)")
+        return value
+
     def text(self, name: str, pattern: re.Pattern[str] | None = None,
              choices: tuple[str, ...] = ()) -> str | None:
-        value = self.args.get(name)
-        if value is None or value == "":
+        value = self._get(name)
+        if value is None:
             return None
         if choices and value not in choices:
             raise BadRequest(f"{name}: must be one of {', '.join(choices)}")
@@ -76,8 +82,8 @@ class Params:
         return value
 
     def time(self, name: str) -> datetime | None:
-        value = self.args.get(name)
-        if value is None or value == "":
+        value = self._get(name)
+        if value is None:
             return None
         parsed = parse_time(value)
         if parsed is None:
@@ -86,8 +92,8 @@ class Params:
         return parsed
 
     def integer(self, name: str, default: int, low: int, high: int) -> int:
-        value = self.args.get(name)
-        if value is None or value == "":
+        value = self._get(name)
+        if value is None:
             return default
         if not value.isdigit() or not low <= int(value) <= high:
             raise BadRequest(f"{name}: must be an integer from {low} to {high}")
@@ -104,8 +110,9 @@ def _route(request: flask.Request, rt: Runtime) -> flask.Response:
         except RouteNotFound:
             raise NotFound(f"no route {request.path}") from None
         except RouteMethodNotAllowed as exc:
-            raise MethodNotAllowed(
-                f"{request.path} answers {', '.join(sorted(exc.valid_methods or []))}") from None
+            allowed = sorted(exc.valid_methods or [])
+            raise MethodNotAllowed(f"{request.path} answers {', '.join(allowed)}",
+                                   allowed) from None
         route = rule.rule
         response = _ENDPOINTS[str(rule.endpoint)](request, rt, **args)
         status = response.status_code

@@ -34,6 +34,8 @@ def error_response(exc: TelemetryError) -> flask.Response:
     headers = {}
     if isinstance(exc, DependencyUnavailable | TooManyRequests):
         headers["Retry-After"] = str(exc.retry_after)
+    if isinstance(exc, MethodNotAllowed) and exc.allowed:
+        headers["Allow"] = ", ".join(exc.allowed)
     if isinstance(exc, Unauthorized):
         headers["WWW-Authenticate"] = 'Bearer realm="iot-telemetry"'
 
@@ -45,7 +47,7 @@ def serve(function: str, request: flask.Request, handle: Handler,
     """Answer /healthz, /readyz and /metrics; hand everything else to `handle`."""
     path = request.path.rstrip("/") or "/"
     if path in ("/healthz", "/readyz", "/metrics") and request.method not in ("GET", "HEAD"):
-        return error_response(MethodNotAllowed(f"{path} answers GET only"))
+        return error_response(MethodNotAllowed(f"{path} answers GET only", ("GET", "HEAD")))
     if path == "/healthz":
         return json_response({"status": "ok", "function": function})
     if path == "/readyz":
@@ -82,4 +84,4 @@ def require(request: flask.Request, path: str, method: str) -> None:
     if (request.path.rstrip("/") or "/") != path:
         raise NotFound(f"no route {request.path}")
     if request.method != method:
-        raise MethodNotAllowed(f"{path} answers {method} only")
+        raise MethodNotAllowed(f"{path} answers {method} only", (method,))
