@@ -79,7 +79,9 @@ def test_any_event_gets_an_answer_and_rejects_store_nothing(apps: Apps, sink, ba
         response = apps.ingest.post("/", data=body, headers={"Content-Type": events.STRUCTURED})
     else:
         attributes, data = batch[0]
-        headers = {f"ce-{k}": str(v).encode("utf-8", "replace").decode("latin-1", "replace")
+        # HTTP cannot carry CR/LF in a header value, so neither does the test.
+        headers = {f"ce-{k}": str(v).replace("\r", "").replace("\n", "")
+                   .encode("utf-8", "replace").decode("latin-1", "replace")
                    for k, v in attributes.items()}
         headers["Content-Type"] = "application/json"
         response = apps.ingest.post("/", data=json.dumps(data, default=str), headers=headers)

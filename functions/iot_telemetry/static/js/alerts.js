@@ -205,7 +205,6 @@ export class AlertsView {
       $("ack-by").focus();
       return;
     }
-    const row = button.closest("tr");
     button.disabled = true;
     button.textContent = "Acknowledging…";
     let updated;
@@ -223,8 +222,10 @@ export class AlertsView {
         return;
       }
     }
-    const fresh = this.row(updated);
-    if (row && row.isConnected) {
+    // The table may have been refreshed meanwhile: update the alert's row as it is now.
+    const row = $("alerts-body").querySelector(`tr[data-alert="${CSS.escape(alert.id)}"]`);
+    if (row) {
+      const fresh = this.row(updated);
       row.replaceWith(fresh);
       fresh.querySelector(".state-cell").focus();
     }
