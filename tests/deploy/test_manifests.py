@@ -36,7 +36,8 @@ SCHEMA_LOCATIONS = (
     str(KNATIVE / "schemas/kubernetes/{{ .ResourceKind }}{{ .KindSuffix }}.json"),
     str(KNATIVE / "schemas/crds/{{ .Group }}/{{ .ResourceKind }}_{{ .ResourceAPIVersion }}.json"),
 )
-SECRET_SETTINGS = {"MONGO_URL", "KAFKA_SASL_USERNAME", "KAFKA_SASL_PASSWORD"}
+SECRET_SETTINGS = {"MONGO_URL", "KAFKA_SASL_USERNAME", "KAFKA_SASL_PASSWORD",
+                   "QUERY_READ_TOKENS", "QUERY_OPERATE_TOKENS"}
 # Read by functions-framework (and gunicorn), not by the Settings object.
 FRAMEWORK_ENV = {"FUNCTION_TARGET", "FUNCTION_SOURCE", "THREADS"}
 # Knative refuses these in a container's env.
