@@ -185,6 +185,7 @@ export class DeviceView {
         steps.add(series.step);
       }
     }
+    if (!steps.size && this.params.step) steps.add(this.params.step);
     steps = [...steps].map((s) => STEP_NAMES[s] || s).join(", ");
     const range = this.params.range === "custom" ? "Custom range" : RANGES[this.params.range].label;
     const chosen = this.params.range === "custom" && this.params.step ? "chosen" : "chosen for the range";

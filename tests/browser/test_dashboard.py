@@ -1,0 +1,279 @@
+"""The dashboard in headless Chromium, against a running pipeline with simulated devices."""
+
+from __future__ import annotations
+
+import re
+import urllib.error
+import urllib.request
+from datetime import UTC, datetime, timedelta
+from typing import Any
+from urllib.parse import quote, urlencode
+
+import pytest
+
+from tests.browser.conftest import Dashboard, screenshot
+
+sync_api = pytest.importorskip("playwright.sync_api",
+                               reason="playwright not installed (bash tests/browser/install.sh)")
+expect = sync_api.expect
+
+pytestmark = pytest.mark.browser
+
+BROWSER_ACCEPT = "text/html,application/xhtml+xml,application/xml;q=0.9,*/*;q=0.8"
+PAGE_SIZE = 25  # alerts per page (static/js/alerts.js)
+NEWER, OLDER = "\u2039 Newer", "Older \u203a"  # the pager's buttons
+
+
+def open_view(page: Any, dashboard: Dashboard, fragment: str = "") -> None:
+    page.goto(dashboard.url + fragment)
+    expect(page.locator("#updated")).to_contain_text("Updated")
+
+
+def fetch(url: str, headers: dict[str, str] | None = None) -> tuple[int, dict[str, str], bytes]:
+    request = urllib.request.Request(url, headers=headers or {})
+    try:
+        with urllib.request.urlopen(request, timeout=10) as response:
+            return response.status, dict(response.headers), response.read()
+    except urllib.error.HTTPError as exc:
+        return exc.code, dict(exc.headers), exc.read()
+
+
+def series(dashboard: Dashboard, device: str, metric: str, figure: Any) -> list[dict[str, Any]]:
+    """The API's buckets for what a chart says it shows (its range and step)."""
+    query = urlencode({"metric": metric, "from": figure.get_attribute("data-from"),
+                       "to": figure.get_attribute("data-to"),
+                       "step": figure.get_attribute("data-step")})
+    buckets: list[dict[str, Any]] = dashboard.api(f"devices/{device}/series?{query}")["buckets"]
+    return buckets
+
+
+def test_query_serves_the_page_to_browsers_and_json_to_api_clients(dashboard: Dashboard) -> None:
+    status, headers, body = fetch(dashboard.url, {"Accept": BROWSER_ACCEPT})
+    assert status == 200 and headers["Content-Type"].startswith("text/html")
+    assert b'<script type="module" src="assets/js/app.js">' in body
+    assert "script-src 'self'" in headers["Content-Security-Policy"]
+    assert "Accept" in headers["Vary"]
+    for accept in ({}, {"Accept": "*/*"}, {"Accept": "application/json"}):
+        status, headers, body = fetch(dashboard.url, accept)
+        assert status == 200 and headers["Content-Type"] == "application/json", accept
+        assert "/devices" in body.decode()
+
+    status, headers, body = fetch(dashboard.url + "assets/js/app.js")
+    assert status == 200 and headers["Content-Type"].startswith("text/javascript")
+    again, _, _ = fetch(dashboard.url + "assets/js/app.js", {"If-None-Match": headers["ETag"]})
+    assert again == 304
+    status, headers, _ = fetch(dashboard.url + "assets/vendor/uplot/uPlot.iife.min.js")
+    assert status == 200
+    for hidden in ("assets/vendor/fetch.sh", "assets/vendor/README.md", "assets/../dashboard.py",
+                   "assets/nothing.js"):
+        status, headers, body = fetch(dashboard.url + hidden)
+        assert status == 404 and headers["Content-Type"] == "application/json", hidden
+
+
+def test_fleet_lists_what_the_api_lists(page: Any, dashboard: Dashboard) -> None:
+    devices = dashboard.api("devices?limit=500")["devices"]
+    assert len(devices) == 6
+    open_view(page, dashboard)
+    rows = page.locator("#fleet-body tr")
+    expect(rows).to_have_count(len(devices))
+    assert rows.evaluate_all("rows => rows.map(r => r.dataset.device)") == [
+        d["id"] for d in devices]
+    for device in devices:
+        row = page.locator(f'#fleet-body tr[data-device="{device["id"]}"]')
+        expect(row.locator("td").first).to_contain_text(
+            "Stale" if device["stale"] else "Reporting")
+        for metric, reading in device["metrics"].items():
+            shown = row.locator(f'td[data-metric="{metric}"]').inner_text()
+            assert float(shown.replace(",", "")) == pytest.approx(reading["value"], abs=0.006)
+        expect(row.locator("td").last).to_have_text(str(device["open_alerts"]))
+    alerts = sum(d["open_alerts"] for d in devices)
+    expect(page.locator("#fleet-summary")).to_have_text(
+        f"{len(devices)} devices · 0 stale · {alerts} open alert{'' if alerts == 1 else 's'}")
+    screenshot(page, "fleet")
+
+    page.get_by_label("Search devices").fill("0003")
+    expect(rows).to_have_count(1)
+    expect(rows.first).to_have_attribute("data-device", "sim-0003")
+    expect(page.locator("#fleet-count")).to_have_text(f"1 of {len(devices)} shown")
+    page.get_by_label("Search devices").fill("")
+    expect(rows).to_have_count(len(devices))
+
+    # Sorting by a column header, twice for descending: the most alerts first.
+    header = page.get_by_role("button", name="Open alerts")
+    header.click()
+    header.click()
+    expect(page.locator("#fleet-table th[aria-sort]")).to_have_attribute("aria-sort", "descending")
+    most = max(devices, key=lambda d: d["open_alerts"])
+    expect(rows.first).to_have_attribute("data-device", most["id"])
+
+    # Keyboard: a device link opens the device view.
+    page.locator('a[data-key="device:sim-0002"]').focus()
+    page.keyboard.press("Enter")
+    expect(page).to_have_url(re.compile(r"#/devices/sim-0002$"))
+    expect(page.locator("#device-title")).to_have_text("sim-0002")
+
+
+def test_each_chart_draws_one_point_per_bucket_of_the_api(page: Any, dashboard: Dashboard) -> None:
+    device = dashboard.api("devices/sim-0001")
+    metrics = sorted(device["metrics"])
+    open_view(page, dashboard, "#/devices/sim-0001")
+    expect(page.locator("#charts figure.chart")).to_have_count(len(metrics))
+    for metric in metrics:
+        row = page.locator(f'#device-latest tr[data-metric="{metric}"] td').first
+        assert float(row.inner_text().replace(",", "")) == pytest.approx(
+            device["metrics"][metric]["value"], abs=0.006)
+
+    for label, range_, step, least in (("Last hour", "1h", "1m", 55), ("Last day", "1d", "1m", 100),
+                                       ("Last week", "1w", "1h", 60)):
+        page.get_by_label(label, exact=True).check()
+        expect(page.locator("#charts")).to_have_attribute("data-range", range_)
+        for metric in metrics:
+            figure = page.locator(f'figure[data-metric="{metric}"]')
+            expect(figure).to_have_attribute("data-step", step)
+            expect(figure.locator("canvas").first).to_be_visible()
+            buckets = series(dashboard, "sim-0001", metric, figure)
+            assert len(buckets) >= least, (label, metric, len(buckets))
+            assert figure.get_attribute("data-points") == str(len(buckets)), (label, metric)
+        if range_ == "1h":
+            screenshot(page, "device")
+            # The chart's data as a table: one row per bucket, the API's averages.
+            figure = page.locator('figure[data-metric="temperature"]')
+            figure.get_by_text("temperature as a table").click()
+            table_rows = figure.locator("details tbody tr")
+            buckets = series(dashboard, "sim-0001", "temperature", figure)
+            expect(table_rows).to_have_count(len(buckets))
+            average = table_rows.first.locator("td").nth(2).inner_text()
+            assert float(average) == pytest.approx(buckets[0]["avg"], abs=0.006)
+        if range_ == "1w":
+            screenshot(page, "device-week")
+
+    # A custom range with a chosen step.
+    now = datetime.now(UTC).replace(second=0, microsecond=0)
+    page.get_by_label("Custom", exact=True).check()
+    local = "%Y-%m-%dT%H:%M"  # a datetime-local input's value; the browser runs in UTC
+    page.get_by_label("From", exact=True).fill((now - timedelta(hours=30)).strftime(local))
+    page.get_by_label("To", exact=True).fill((now - timedelta(hours=2)).strftime(local))
+    page.get_by_label("Step", exact=True).select_option("1h")
+    page.get_by_role("button", name="Show").click()
+    expect(page).to_have_url(re.compile(r"range=custom"))
+    expect(page.locator("#charts")).to_have_attribute("data-range", "custom")
+    figure = page.locator('figure[data-metric="humidity"]')
+    expect(figure).to_have_attribute("data-step", "1h")
+    buckets = series(dashboard, "sim-0001", "humidity", figure)
+    assert 20 <= len(buckets) <= 29
+    assert figure.get_attribute("data-points") == str(len(buckets))
+
+
+def test_acknowledging_an_alert_changes_it_in_the_api_and_on_the_page(
+        page: Any, dashboard: Dashboard) -> None:
+    open_alerts = dashboard.api("alerts?state=open")["alerts"]
+    assert open_alerts, "the simulation left no open alert"
+    open_view(page, dashboard, "#/alerts")
+    rows = page.locator("#alerts-body tr")
+    expect(rows).to_have_count(len(open_alerts))
+    assert rows.evaluate_all("rows => rows.map(r => r.dataset.alert)") == [
+        a["id"] for a in open_alerts]
+    critical = next(a for a in open_alerts if a["severity"] == "critical")
+    row = page.locator(f'#alerts-body tr[data-alert="{critical["id"]}"]')
+    expect(row.locator("td").first).to_have_text("▲ Critical")  # not colour alone
+    screenshot(page, "alerts")
+
+    # Paused, so that no refresh takes the row away (out of "Open") before it is checked.
+    page.get_by_label("Auto-refresh every 5 s").uncheck()
+    page.get_by_label("Acknowledge as").fill("ops on call")
+    row.get_by_role("button", name=f"Acknowledge {critical['rule']} on {critical['device_id']}"
+                    ).click()
+    expect(row).to_have_attribute("data-state", "acknowledged")
+    expect(row.locator(".state-cell")).to_contain_text("Acknowledged by ops on call")
+    expect(page.locator("#status")).to_have_text(
+        f"{critical['rule']} on {critical['device_id']} acknowledged by ops on call.")
+    stored = dashboard.api(f"alerts/{quote(critical['id'], safe='')}")
+    assert stored["state"] == "acknowledged" and stored["acknowledged_by"] == "ops on call"
+
+    page.get_by_role("button", name="Refresh now").click()
+    expect(row).to_have_count(0)
+    expect(rows).to_have_count(len(open_alerts) - 1)
+    page.get_by_role("tab", name="Acknowledged").click()
+    expect(page).to_have_url(re.compile(r"#/alerts\?state=acknowledged$"))
+    expect(row).to_have_attribute("data-state", "acknowledged")
+    expect(row.get_by_role("button")).to_have_count(0)
+
+
+def test_alerts_filter_and_page_with_the_api_cursor(page: Any, dashboard: Dashboard) -> None:
+    pages, cursor = [], None
+    while True:
+        answer = dashboard.api("alerts?" + urlencode(
+            {"state": "resolved", "limit": PAGE_SIZE, **({"cursor": cursor} if cursor else {})}))
+        pages.append([a["id"] for a in answer["alerts"]])
+        if not (cursor := answer["next_cursor"]):
+            break
+    assert len(pages) >= 2, "the simulation resolved too few alerts to page"
+    open_view(page, dashboard, "#/alerts?state=resolved")
+    rows = page.locator("#alerts-body tr")
+    ids = "rows => rows.map(r => r.dataset.alert)"
+    expect(rows).to_have_count(len(pages[0]))
+    assert rows.evaluate_all(ids) == pages[0]
+    expect(page.get_by_role("button", name=NEWER)).to_be_disabled()
+    page.get_by_role("button", name=OLDER).click()
+    expect(page.locator("#alerts-page")).to_have_text("Page 2")
+    expect(rows).to_have_count(len(pages[1]))
+    assert rows.evaluate_all(ids) == pages[1]
+    page.get_by_role("button", name=NEWER).click()
+    expect(page.locator("#alerts-page")).to_have_text("Page 1")
+    expect(rows).to_have_count(len(pages[0]))
+
+    page.get_by_label("Severity", exact=True).select_option("critical")
+    expect(page).to_have_url(re.compile(r"severity=critical"))
+    critical = dashboard.api(f"alerts?state=resolved&severity=critical&limit={PAGE_SIZE}")
+    expect(rows).to_have_count(len(critical["alerts"]))
+    assert rows.evaluate_all(ids) == [a["id"] for a in critical["alerts"]]
+    page.get_by_label("Device", exact=True).fill("sim-0006")
+    page.get_by_role("button", name="Filter", exact=True).click()
+    expect(page).to_have_url(re.compile(r"device=sim-0006"))
+    one = dashboard.api(
+        f"alerts?state=resolved&severity=critical&device_id=sim-0006&limit={PAGE_SIZE}")
+    expect(rows).to_have_count(len(one["alerts"]))
+    for text in rows.all_inner_texts():
+        assert "sim-0006" in text and "Critical" in text
+
+    # Tabs follow the arrow keys.
+    page.get_by_role("tab", name="Resolved").focus()
+    page.keyboard.press("ArrowLeft")
+    expect(page.get_by_role("tab", name="Acknowledged")).to_have_attribute("aria-selected", "true")
+    expect(page.get_by_role("tab", name="Acknowledged")).to_be_focused()
+
+
+def test_the_page_says_when_the_data_is_stale(page: Any, dashboard: Dashboard) -> None:
+    # Staleness is the API's verdict (DEVICE_STALE_SECONDS); here it says so of every device.
+    def every_device_stale(route: Any) -> None:
+        response = route.fetch()
+        body = response.json()
+        for device in body["devices"]:
+            device["stale"] = True
+        route.fulfill(response=response, json=body)
+
+    page.route(re.compile(r"/devices\?"), every_device_stale)
+    open_view(page, dashboard)
+    banner = page.locator("#banner")
+    expect(banner).to_be_visible()
+    expect(banner).to_contain_text("Data is stale. Every device is stale")
+    expect(page.locator("#fleet-body tr.stale")).to_have_count(6)
+    expect(page.locator("#fleet-body tr").first.locator("td").first).to_have_text("○ Stale")
+    screenshot(page, "stale")
+
+
+def test_the_page_says_when_the_api_is_unreachable(page: Any, dashboard: Dashboard) -> None:
+    open_view(page, dashboard)
+    banner = page.locator("#banner")
+    expect(banner).to_be_hidden()
+    dashboard.stop_query()
+    try:
+        expect(banner).to_be_visible(timeout=20_000)
+        expect(banner).to_contain_text("The API cannot be reached")
+        expect(page.locator("body")).to_have_attribute("data-api", "unreachable")
+        expect(page.locator("#fleet-body tr")).to_have_count(6)  # the last data stays
+        screenshot(page, "unreachable")
+    finally:
+        dashboard.start_query()
+    expect(banner).to_be_hidden(timeout=20_000)
+    expect(page.locator("body")).to_have_attribute("data-api", "ok")
