@@ -13,6 +13,9 @@ echo "==> installing the project and its test tools" >&2
 # second checkout running beside the first: KAFKA_PORT, KAFKA_CONTROLLER_PORT, FERRETDB_PORT).
 export TEST_KAFKA_BOOTSTRAP="127.0.0.1:${KAFKA_PORT:-9092}"
 export TEST_MONGO_URL="mongodb://127.0.0.1:${FERRETDB_PORT:-27017}"
+echo "==> installing headless Chromium and Playwright for the browser tests" >&2
+PYTHON="$PYTHON" bash tests/browser/install.sh
+
 echo "==> starting Kafka and FerretDB (first run downloads and builds them)" >&2
 bash local/services/services.sh start
 if [[ "${IOT_KEEP_SERVICES:-0}" != "1" ]]; then

@@ -180,10 +180,14 @@ def dashboard() -> Iterator[Dashboard]:
 
 @pytest.fixture(scope="module")
 def browser() -> Iterator[Any]:
+    # A missing browser is a failure, never a skip: tests/run.sh installs both.
     if not Path(CHROMIUM).exists():
-        pytest.skip(f"{CHROMIUM} not installed (bash tests/browser/install.sh)")
-    playwright_api = pytest.importorskip(
-        "playwright.sync_api", reason="playwright not installed (bash tests/browser/install.sh)")
+        pytest.fail(f"{CHROMIUM} not installed: run bash tests/browser/install.sh",
+                    pytrace=False)
+    try:
+        import playwright.sync_api as playwright_api
+    except ImportError:
+        pytest.fail("playwright not installed: run bash tests/browser/install.sh", pytrace=False)
     profile = tempfile.mkdtemp(prefix="iot-chromium-")
     with playwright_api.sync_playwright() as pw:
         context = pw.chromium.launch_persistent_context(
