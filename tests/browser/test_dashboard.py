@@ -13,9 +13,7 @@ import pytest
 
 from tests.browser.conftest import Dashboard, screenshot
 
-sync_api = pytest.importorskip("playwright.sync_api",
-                               reason="playwright not installed (bash tests/browser/install.sh)")
-expect = sync_api.expect
+from playwright.sync_api import expect
 
 pytestmark = pytest.mark.browser
 
