@@ -10,10 +10,9 @@ from typing import Any
 from urllib.parse import quote, urlencode
 
 import pytest
+from playwright.sync_api import expect
 
 from tests.browser.conftest import Dashboard, screenshot
-
-from playwright.sync_api import expect
 
 pytestmark = pytest.mark.browser
 
