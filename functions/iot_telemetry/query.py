@@ -16,7 +16,7 @@ from werkzeug.exceptions import MethodNotAllowed as RouteMethodNotAllowed
 from werkzeug.exceptions import NotFound as RouteNotFound
 from werkzeug.routing import Map, Rule
 
-from . import dashboard, openapi
+from . import access, dashboard, openapi
 from .alerting import ACKNOWLEDGED, OPEN, RESOLVED, AlertBook, public
 from .errors import BadRequest, MethodNotAllowed, NotFound, TelemetryError
 from .events import loads
@@ -50,7 +50,25 @@ _SERVED = Map([*(rule.empty() for rule in ROUTES.iter_rules()), *dashboard.rules
 
 def handle(request: flask.Request, runtime: Runtime | None = None) -> flask.Response:
     rt = runtime or get_runtime()
-    return serve(FUNCTION, request, lambda r: _route(r, rt), lambda: {"store": rt.store.ping()})
+    return serve(FUNCTION, request, lambda r: _guarded(r, rt), lambda: {"store": rt.store.ping()})
+
+
+def _public(request: flask.Request) -> bool:
+    """The page, its files and the API description need no token (the page asks for one)."""
+    path = request.path
+    return path in ("/", "/openapi.json") or path.startswith(dashboard.ASSET_PREFIX + "/")
+
+
+def _guarded(request: flask.Request, rt: Runtime) -> flask.Response:
+    """Token check by scope (GET: read, POST: operate) and CORS around the routes."""
+    if request.method == "OPTIONS":
+        return access.preflight(request, rt.settings)
+    if not _public(request):
+        needed = access.OPERATE if request.method == "POST" else access.READ
+        access.authorize(request, rt.settings, needed)
+    response = _route(request, rt)
+    access.add_cors(request, response, rt.settings)
+    return response
 
 
 class Params:

@@ -75,6 +75,27 @@ def serve(function: str, request: flask.Request, handle: Handler,
         PROCESSING_SECONDS.labels(function).observe(timer.elapsed())
 
 
+def use_json_errors() -> None:
+    """Make the framework's own errors (a path no route takes, say) JSON like ours.
+
+    Call from a function's entry module: functions-framework exposes its app's
+    `errorhandler` while it imports that module.
+    """
+    import functions_framework
+    from werkzeug.exceptions import HTTPException
+
+    register = getattr(functions_framework, "errorhandler", None)
+    if register is None:  # imported outside functions-framework (tests of the library)
+        return
+
+    def as_json(exc: HTTPException) -> flask.Response:
+        code = exc.code or 500
+        return json_response({"error": (exc.name or "error").lower().replace(" ", "_"),
+                              "message": exc.description or exc.name}, code)
+
+    register(HTTPException)(as_json)
+
+
 def _event_id(request: flask.Request) -> str | None:
     return request.headers.get("ce-id")
 

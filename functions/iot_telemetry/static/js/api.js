@@ -23,16 +23,30 @@ export function url(path, params = {}) {
   return text ? `${path}?${text}` : path;
 }
 
+const TOKEN_KEY = "iot-telemetry-token";
+
+/** The API token the operator typed, kept for this browser session only. */
+export function token() {
+  return sessionStorage.getItem(TOKEN_KEY) || "";
+}
+
+export function setToken(value) {
+  if (value) sessionStorage.setItem(TOKEN_KEY, value);
+  else sessionStorage.removeItem(TOKEN_KEY);
+}
+
 export async function call(path, { method = "GET", body } = {}) {
   const controller = new AbortController();
   const timer = setTimeout(() => controller.abort(), TIMEOUT_MS);
   let response;
   try {
+    const headers = body === undefined ? { Accept: "application/json" }
+      : { Accept: "application/json", "Content-Type": "application/json" };
+    if (token()) headers.Authorization = `Bearer ${token()}`;
     response = await fetch(path, {
       method,
       cache: "no-store",
-      headers: body === undefined ? { Accept: "application/json" }
-        : { Accept: "application/json", "Content-Type": "application/json" },
+      headers,
       body: body === undefined ? undefined : JSON.stringify(body),
       signal: controller.signal,
     });
@@ -50,7 +64,10 @@ export async function call(path, { method = "GET", body } = {}) {
   if (!response.ok) {
     const message = (payload && payload.message) || `HTTP ${response.status}`;
     // 5xx: the API's store is down (503) or a proxy found no function behind it (502/504).
-    throw new ApiError(message, { status: response.status, unreachable: response.status >= 500 });
+    const error = new ApiError(message, { status: response.status, unreachable: response.status >= 500 });
+    // 401: no or unknown token; 403 on a POST: the token may read but not acknowledge.
+    error.needsToken = response.status === 401 || (response.status === 403 && method !== "GET");
+    throw error;
   }
   if (payload === null) {
     throw new ApiError(`answer to ${path} is not JSON`, { status: response.status, unreachable: true });

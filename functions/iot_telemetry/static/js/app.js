@@ -110,7 +110,25 @@ class App {
 
   failed(error) {
     this.failure = { error, since: this.failure ? this.failure.since : new Date() };
+    if (error.needsToken) this.askToken(error.message);
     this.renderBanner();
+  }
+
+  /** Show the token form; the token is kept in sessionStorage and sent as a bearer token. */
+  askToken(reason) {
+    const form = $("token-form");
+    $("token-why").textContent = `The API refused the request (${reason}): enter an API token.`;
+    if (!form.hidden) return;
+    form.hidden = false;
+    form.onsubmit = (event) => {
+      event.preventDefault();
+      api.setToken($("token-input").value.trim());
+      $("token-input").value = "";
+      form.hidden = true;
+      this.failure = null;
+      this.refreshNow();
+    };
+    $("token-input").focus();
   }
 
   renderBanner() {
