@@ -40,6 +40,12 @@ class KafkaSink:
             "linger_ms": 2,
             "retries": 5,
             "max_in_flight_requests_per_connection": 1,  # keeps each device's order on retry
+            # kafka-python (3.0.x) enables idempotence by default, and its idempotent producer
+            # never sends again once a batch that was in retry expires (a Kafka restart during
+            # a write): it resets its producer id and every later send waits forever, so ingest
+            # would answer 503 until restarted. Without it a retry may write a record twice,
+            # which the consumers' (source, id) dedup absorbs.
+            "enable_idempotence": False,
             "request_timeout_ms": timeout_ms,
             "delivery_timeout_ms": timeout_ms + 100,
             "max_block_ms": timeout_ms,
