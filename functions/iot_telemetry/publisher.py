@@ -29,7 +29,7 @@ class RecordSink(Protocol):
 
 
 class KafkaSink:
-    """kafka-python producer with acks=all, idempotent retries, one per process."""
+    """kafka-python producer with acks=all, in-order retries, one per process."""
 
     def __init__(self, settings: Settings) -> None:
         self._settings = settings

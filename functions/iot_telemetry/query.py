@@ -21,11 +21,11 @@ from .alerting import ACKNOWLEDGED, OPEN, RESOLVED, AlertBook, public
 from .errors import BadRequest, MethodNotAllowed, NotFound, TelemetryError
 from .events import loads
 from .observability import ALERTS_ACKNOWLEDGED, QUERY_SECONDS, Timer
-from .rollup import STEPS, bucket_start, summarize
+from .rollup import STEPS, bucket_start, read_series
 from .rules import SEVERITIES
 from .runtime import Runtime, get_runtime
 from .service import json_response, serve
-from .store import ALERTS, DEVICES, ROLLUP_COLLECTIONS
+from .store import ALERTS, DEVICES
 from .telemetry import DEVICE_ID, METRIC_NAME, format_time, parse_time
 
 FUNCTION = "query"
@@ -255,18 +255,10 @@ def _series(request: flask.Request, rt: Runtime, device_id: str) -> flask.Respon
     if buckets > rt.settings.query_max_buckets:
         raise BadRequest(f"{buckets} buckets of {step} requested, at most "
                          f"{rt.settings.query_max_buckets}: use a larger step or shorter range")
-    with rt.store.guard():
-        docs = list(rt.store.collection(ROLLUP_COLLECTIONS[step]).find(
-            {"device_id": device_id, "metric": metric, "t": {"$gte": first, "$lt": to}},
-            {"ids": 0}).sort("t", 1))
-    points = []
-    for doc in docs:
-        s = summarize(doc, step)
-        if s is None:
-            continue
-        points.append({"t": format_time(doc["t"]), "count": s.count, "min": s.min,
-                       "max": s.max, "avg": s.avg, "sum": s.sum, "first": format_time(s.first),
-                       "last": format_time(s.last), "last_value": s.last_value})
+    points = [{"t": format_time(t), "count": s.count, "min": s.min, "max": s.max,
+               "avg": s.avg, "sum": s.sum, "first": format_time(s.first),
+               "last": format_time(s.last), "last_value": s.last_value}
+              for t, s in read_series(rt.store, device_id, metric, step, first=first, to=to)]
     return json_response({"device_id": device_id, "metric": metric, "step": step,
                           "from": format_time(first), "to": format_time(to), "buckets": points})
 
