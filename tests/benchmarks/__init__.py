@@ -1,0 +1,1 @@
+"""Benchmarks: figures printed by `python -m tests.benchmarks.run`, never collected by pytest."""

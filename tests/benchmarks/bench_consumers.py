@@ -1,0 +1,424 @@
+"""Figure 2: aggregate and alert through their HTTP apps against FerretDB, with references.
+
+For each function and event shape, the same events are handled three ways, each on a fresh
+database, one after the other in the same run:
+1. library: the handler's library code (validate + RollupWriter / AlertBook) called
+   in-process, no HTTP; every store call it makes is recorded, per event;
+2. raw pymongo: the recorded calls replayed with a bare pymongo client, nothing around them
+   ("the same writes with no framework": same documents, operators and round trips);
+3. HTTP: the events delivered in binary mode, as the dispatcher delivers them, to the
+   function served by functions-framework's gunicorn.
+Each way uses the same number of threads, each thread owning its devices and sending their
+events in order, as the dispatcher does per partition.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+import uuid
+from collections import Counter, defaultdict
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from pymongo.errors import BulkWriteError, DuplicateKeyError
+
+from iot_telemetry.alerting import AlertBook
+from iot_telemetry.events import JSON, SPECVERSION, TELEMETRY_TYPE, RawEvent, to_http
+from iot_telemetry.local.simulator import Device
+from iot_telemetry.rollup import RollupWriter
+from iot_telemetry.settings import Settings
+from iot_telemetry.store import ALERT_STATE, ALERTS, DEVICES, ROLLUP_COLLECTIONS, Store
+from iot_telemetry.telemetry import TelemetryEvent, format_time, validate
+
+from .common import (
+    FUNCTIONS_DIR,
+    Context,
+    FunctionServer,
+    fresh_db,
+    mongo_client,
+    percentile,
+    profiled,
+    python_load,
+)
+
+THREADS = 3  # the dispatcher delivers one event at a time per partition; 3 partitions
+DEVICES_PER_THREAD = 20
+EVENT_INTERVAL = timedelta(seconds=10)  # each device reports every 10 s of event time
+DB_COMMAND = ""  # the "collection" of a recorded database command
+RECORDED = frozenset({"bulk_write", "find", "find_one", "insert_one", "update_one",
+                      "find_one_and_update", "update_many", "replace_one", "delete_one"})
+
+
+# --- events ---------------------------------------------------------------------------------
+
+Record = tuple[dict[str, Any], dict[str, Any]]
+
+
+def make_events(shape: str, per_thread: int, seed: str) -> list[list[Record]]:
+    """Per thread, its devices' events in order: realistic readings (the simulator's walk)."""
+    import random
+
+    samples = 9 if shape == "samples" else 0
+    start = datetime.now(UTC).replace(second=0, microsecond=0) - timedelta(hours=2)
+    received = format_time(datetime.now(UTC))
+    out: list[list[Record]] = []
+    for t in range(THREADS):
+        devices = [Device(f"b{seed}-{t}-{d:03d}", random.Random(f"{seed}{t}{d}"), t)
+                   for d in range(DEVICES_PER_THREAD)]
+        events: list[Record] = []
+        for n in range(per_thread):
+            device = devices[n % len(devices)]
+            at = start + EVENT_INTERVAL * (n // len(devices) + 1)
+            data = device.measure(at, samples, anomaly_rate=0.02)
+            attributes = {"specversion": SPECVERSION, "type": TELEMETRY_TYPE,
+                          "source": f"/devices/{device.device_id}", "id": str(uuid.uuid4()),
+                          "subject": device.device_id, "time": format_time(at),
+                          "datacontenttype": JSON, "partitionkey": device.device_id,
+                          "ingesttime": received}
+            events.append((attributes, data))
+        out.append(events)
+    return out
+
+
+def points_of(data: dict[str, Any]) -> int:
+    return len(data.get("metrics", {})) + sum(len(s["metrics"]) for s in data.get("samples", []))
+
+
+# --- recording the store calls of the library ------------------------------------------------
+
+class Recorder:
+    """The store calls of the event a thread is handling."""
+
+    def __init__(self) -> None:
+        self.local = threading.local()
+
+    def begin(self) -> list[tuple[str, str, tuple[Any, ...], dict[str, Any]]]:
+        self.local.ops = []
+        ops: list[tuple[str, str, tuple[Any, ...], dict[str, Any]]] = self.local.ops
+        return ops
+
+
+class _RecordingCollection:
+    def __init__(self, collection: Any, recorder: Recorder) -> None:
+        self._collection, self._recorder = collection, recorder
+
+    def __getattr__(self, name: str) -> Any:
+        attr = getattr(self._collection, name)
+        if name not in RECORDED:
+            return attr
+
+        def call(*args: Any, **kwargs: Any) -> Any:
+            ops = getattr(self._recorder.local, "ops", None)
+            if ops is not None:
+                ops.append((self._collection.name, name, args, kwargs))
+            return attr(*args, **kwargs)
+
+        return call
+
+
+class _RecordingDatabase:
+    def __init__(self, db: Any, recorder: Recorder) -> None:
+        self._db, self._recorder = db, recorder
+
+    def __getitem__(self, name: str) -> _RecordingCollection:
+        return _RecordingCollection(self._db[name], self._recorder)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._db, name)
+
+    def command(self, *args: Any, **kwargs: Any) -> Any:
+        ops = getattr(self._recorder.local, "ops", None)
+        if ops is not None:
+            ops.append((DB_COMMAND, "command", args, kwargs))
+        return self._db.command(*args, **kwargs)
+
+
+def store_for(ctx: Context, db: str, recorder: Recorder | None = None) -> Store:
+    settings = Settings.from_environ({"MONGO_URL": ctx.mongo, "MONGO_DB": db,
+                                      "KAFKA_BOOTSTRAP_SERVERS": ctx.kafka})
+    store = Store(settings)
+    store.ensure_indexes()
+    if recorder is not None:
+        store.db = _RecordingDatabase(store.db, recorder)  # type: ignore[assignment]
+    return store
+
+
+# --- the three ways -------------------------------------------------------------------------
+
+@dataclass
+class Way:
+    events: int
+    points: int
+    seconds: float
+    p50_ms: float
+    p99_ms: float
+    errors: int = 0
+    calls: dict[str, Any] | None = None
+
+    @property
+    def events_per_s(self) -> float:
+        return self.events / self.seconds
+
+    @property
+    def points_per_s(self) -> float:
+        return self.points / self.seconds
+
+
+def _threads(work: Callable[[int], list[float]]) -> tuple[float, list[float]]:
+    results: list[list[float]] = [[] for _ in range(THREADS)]
+    gate = threading.Barrier(THREADS + 1)
+
+    def body(i: int) -> None:
+        gate.wait()
+        results[i] = work(i)
+
+    threads = [threading.Thread(target=body, args=(i,), daemon=True) for i in range(THREADS)]
+    for t in threads:
+        t.start()
+    gate.wait()
+    t0 = time.perf_counter()
+    for t in threads:
+        t.join()
+    return time.perf_counter() - t0, [x for r in results for x in r]
+
+
+Ops = list[tuple[str, str, tuple[Any, ...], dict[str, Any]]]
+
+
+def library(ctx: Context, function: str, db: str, events: list[list[Record]],
+            ) -> tuple[Way, list[list[Ops]]]:
+    recorder = Recorder()
+    store = store_for(ctx, db, recorder)
+    rules = Settings.from_environ({}).rules
+    recorded: list[list[Ops]] = [[] for _ in range(THREADS)]
+    handler: Callable[[TelemetryEvent], Any] = (
+        RollupWriter(store).apply if function == "aggregate"
+        else AlertBook(store, rules).handle)
+
+    def work(i: int) -> list[float]:
+        latencies = []
+        for attributes, data in events[i]:
+            t0 = time.perf_counter()
+            ops = recorder.begin()
+            event = validate(RawEvent(dict(attributes), data), datetime.now(UTC), limits=None)
+            assert isinstance(event, TelemetryEvent), event
+            handler(event)
+            recorded[i].append(ops)
+            latencies.append((time.perf_counter() - t0) * 1000)
+        return latencies
+
+    seconds, latencies = _threads(work)
+    store.close()
+    n, pts = _count(events)
+    return Way(n, pts, seconds, percentile(latencies, 50), percentile(latencies, 99)), recorded
+
+
+def split_in(ops: Ops) -> Ops:
+    """The what-if of RollupWriter._fetch: a find by `_id $in` as one find_one per id."""
+    out: Ops = []
+    for collection, method, args, kwargs in ops:
+        filt = args[0] if args and isinstance(args[0], dict) else {}
+        if method == "find" and set(filt) == {"_id"} and isinstance(filt["_id"], dict):
+            out += [(collection, "find_one", ({"_id": i}, *args[1:]), kwargs)
+                    for i in filt["_id"]["$in"]]
+        else:
+            out.append((collection, method, args, kwargs))
+    return out
+
+
+def raw_pymongo(ctx: Context, db: str, events: list[list[Record]], recorded: list[list[Ops]],
+                ) -> Way:
+    client = mongo_client(ctx)
+    store_for(ctx, db).close()  # the same indexes as the other ways
+    database = client[db]
+    errors = Counter[str]()
+    by_kind: dict[str, list[float]] = defaultdict(list)
+    lock = threading.Lock()
+
+    def work(i: int) -> list[float]:
+        latencies = []
+        for ops in recorded[i]:
+            t0 = time.perf_counter()
+            for collection, method, args, kwargs in ops:
+                t1 = time.perf_counter()
+                try:
+                    target = database if collection == DB_COMMAND else database[collection]
+                    result = getattr(target, method)(*args, **kwargs)
+                    if method == "find":
+                        list(result)
+                except (DuplicateKeyError, BulkWriteError) as exc:
+                    errors[type(exc).__name__] += 1
+                with lock:
+                    by_kind[op_kind(collection, method, args)].append(
+                        (time.perf_counter() - t1) * 1000)
+            latencies.append((time.perf_counter() - t0) * 1000)
+        return latencies
+
+    seconds, latencies = _threads(work)
+    client.close()
+    n, pts = _count(events)
+    way = Way(n, pts, seconds, percentile(latencies, 50), percentile(latencies, 99),
+              sum(errors.values()))
+    way.calls = {k: {"calls_per_event": round(len(v) / n, 2),
+                     "ms_per_event": round(sum(v) / n, 2),
+                     "p50_ms": round(percentile(v, 50), 2)}
+                 for k, v in sorted(by_kind.items(), key=lambda kv: -sum(kv[1]))}
+    return way
+
+
+def op_kind(collection: str, method: str, args: tuple[Any, ...]) -> str:
+    """What a store call is, by the shape of its filter: `_id` alone or more."""
+    if collection == DB_COMMAND and args and isinstance(args[0], dict) and "update" in args[0]:
+        updates = args[0]["updates"]
+        shapes = sorted({"_id only" if set(u["q"]) == {"_id"} else "_id+conditions"
+                         for u in updates})
+        return f"{args[0]['update']}.update x{len(updates)} ({', '.join(shapes)})"
+    if method.startswith("insert"):
+        return f"{collection}.{method}"
+    filt = args[0] if args and isinstance(args[0], dict) else {}
+    if set(filt) == {"_id"}:
+        shape = "_id $in" if isinstance(filt["_id"], dict) else "_id"
+    else:
+        shape = "_id+conditions" if "_id" in filt else "other filter"
+    return f"{collection}.{method} ({shape})"
+
+
+def store_scaling(ctx: Context) -> dict[str, Any]:
+    """Latency of single store calls against collection size: what FerretDB itself costs."""
+    client = mongo_client(ctx)
+    db = client[fresh_db(ctx, "scaling")]
+    coll = db["rollup_1m"]
+    out: dict[str, Any] = {}
+    t = datetime(2026, 1, 1, tzinfo=UTC)
+    inserted = 0
+    probe = "dev|temperature|probe"
+    for size in ctx.pick((1000, 4000), (1000, 4000, 16000)):
+        while inserted < size:
+            coll.insert_many([{
+                "_id": f"dev-{i % 50}|temperature|{i}", "device_id": f"dev-{i % 50}",
+                "metric": "temperature", "t": t + timedelta(minutes=i), "count": 6,
+                "sum": 130.0, "min": 21.0, "max": 22.5, "first": t, "last": t, "v": 6,
+                "ids": [f"/devices/dev\x1f{i}-{k}" for k in range(6)], "last_value": 22.0,
+                "last_at": t} for i in range(inserted, inserted + 1000)])
+            inserted += 1000
+        coll.update_one({"_id": probe}, {"$setOnInsert": {"count": 0}}, upsert=True)
+        calls: dict[str, Callable[[], Any]] = {
+            "find_one by _id": lambda: coll.find_one({"_id": probe}),
+            "find by _id $in (2 ids)": lambda: list(coll.find(
+                {"_id": {"$in": [probe, "dev-1|temperature|1"]}})),
+            "update_one by _id ($inc)": lambda: coll.update_one({"_id": probe},
+                                                                {"$inc": {"count": 1}}),
+            "update_one by _id + condition": lambda: coll.update_one(
+                {"_id": probe, "ids": {"$ne": "x"}}, {"$inc": {"count": 1}}),
+            "insert_one": lambda: coll.insert_one({"count": 1}),
+        }
+        row = {}
+        for name, call in calls.items():
+            times = []
+            for _ in range(ctx.pick(3, 5)):
+                t0 = time.perf_counter()
+                call()
+                times.append((time.perf_counter() - t0) * 1000)
+            row[name] = round(percentile(times, 50), 2)
+        out[str(size)] = row
+        ctx.say(f"  store calls at {size:,} documents: " +
+                ", ".join(f"{k} {v:.1f} ms" for k, v in row.items()))
+    client.close()
+    return out
+
+
+def over_http(ctx: Context, function: str, db: str, events: list[list[Record]], profile: str,
+              ) -> Way:
+    env = {"KAFKA_BOOTSTRAP_SERVERS": ctx.kafka, "MONGO_URL": ctx.mongo, "MONGO_DB": db,
+           "LOG_LEVEL": "INFO"}
+    server = FunctionServer(ctx, function, FUNCTIONS_DIR / f"{function}.py", env,
+                            label=f"{function}-{db}").start()
+    encoded = [[to_http(a, d) for a, d in thread] for thread in events]
+
+    def make(i: int, n: int) -> tuple[str, str, dict[str, str], bytes] | None:
+        if n >= len(encoded[i]):
+            return None
+        headers, body = encoded[i][n]
+        return "POST", "/", headers, body
+
+    try:
+        with profiled(ctx, profile, server.worker_pid(), 20):
+            res = python_load(server.url, make, THREADS, 3600, lambda s: s in (200, 204))
+    finally:
+        server.stop()
+    n, pts = _count(events)
+    bad = res.requests - res.ok
+    if bad:
+        ctx.say(f"  warning: {bad} deliveries not answered 200/204: {res.statuses}")
+    return Way(n, pts, res.seconds, res.p50_ms, res.p99_ms, bad)
+
+
+def _count(events: Sequence[Sequence[Record]]) -> tuple[int, int]:
+    flat = [e for thread in events for e in thread]
+    return len(flat), sum(points_of(d) for _a, d in flat)
+
+
+def sizes(ctx: Context, db: str) -> dict[str, int]:
+    client = mongo_client(ctx)
+    try:
+        return {name: client[db][name].estimated_document_count()
+                for name in (*ROLLUP_COLLECTIONS.values(), DEVICES, ALERTS, ALERT_STATE)}
+    finally:
+        client.close()
+
+
+def run(ctx: Context) -> None:
+    per_thread = {"single": ctx.pick(15, 40), "samples": ctx.pick(10, 25)}
+    raw: dict[str, Any] = {"threads": THREADS, "devices": THREADS * DEVICES_PER_THREAD,
+                           "events_per_thread": per_thread}
+    for function in ("aggregate", "alert"):
+        for shape in ("single", "samples"):
+            events = make_events(shape, per_thread[shape], uuid.uuid4().hex[:4])
+            n, pts = _count(events)
+            label = f"{function} {shape}"
+            ctx.say(f"fig 2: {label}: {n} events, {pts} points, {THREADS} threads")
+            db_lib = fresh_db(ctx, f"{function}_{shape}_lib")
+            lib, recorded = library(ctx, function, db_lib, events)
+            ctx.say(f"  library in-process: {lib.events_per_s:,.1f} ev/s")
+            db_raw = fresh_db(ctx, f"{function}_{shape}_raw")
+            ref = raw_pymongo(ctx, db_raw, events, recorded)
+            ctx.say(f"  raw pymongo replay: {ref.events_per_s:,.1f} ev/s")
+            db_http = fresh_db(ctx, f"{function}_{shape}_http")
+            web = over_http(ctx, function, db_http, events, f"fig2-{function}-{shape}")
+            ctx.say(f"  HTTP (gunicorn): {web.events_per_s:,.1f} ev/s")
+            round_trips = sum(len(ops) for t in recorded for ops in t) / n
+            size = sizes(ctx, db_http)
+            ctx.add("2", f"{label} over HTTP: events/s", web.events_per_s, "ev/s",
+                    f"{web.points_per_s:,.0f} pt/s; p50 {web.p50_ms:.1f} / p99 "
+                    f"{web.p99_ms:.1f} ms per delivery")
+            ctx.add("2", "  library in-process: events/s", lib.events_per_s, "ev/s",
+                    f"{lib.points_per_s:,.0f} pt/s")
+            ctx.add("2", "  ref raw pymongo, same calls: events/s", ref.events_per_s, "ev/s",
+                    f"{ref.points_per_s:,.0f} pt/s; {round_trips:.1f} store calls/event")
+            ctx.add("2", f"  ratio HTTP / raw pymongo ({label})",
+                    web.events_per_s / ref.events_per_s, "x")
+            if function == "aggregate":
+                split = [[split_in(ops) for ops in t] for t in recorded]
+                what_if = raw_pymongo(ctx, fresh_db(ctx, f"{function}_{shape}_split"), events,
+                                      split)
+                ctx.say(f"  what-if replay, _id $in as find_one per id: "
+                        f"{what_if.events_per_s:,.1f} ev/s")
+                ctx.add("2", "  what-if: same calls, each find _id $in as find_one per id",
+                        what_if.events_per_s, "ev/s",
+                        f"x{what_if.events_per_s / ref.events_per_s:.2f} of the raw replay")
+                raw.setdefault("what_if_split_in", {})[label] = vars(what_if)
+            top = list((ref.calls or {}).items())[:3]
+            ctx.add("2", "  slowest store calls per event (raw replay)", None, "",
+                    "; ".join(f"{k}: {v['ms_per_event']:.0f} ms" for k, v in top))
+            raw[label] = {"events": n, "points": pts, "http": vars(web), "library": vars(lib),
+                          "raw_pymongo": vars(ref), "store_calls_per_event": round_trips,
+                          "collection_sizes_after_http": size}
+    ctx.say("fig 2: store calls alone against collection size (FerretDB)")
+    raw["store_scaling_ms"] = scaling = store_scaling(ctx)
+    for size, row in scaling.items():
+        for name, ms in row.items():
+            ctx.add("2", f"  store: {name} at {int(size):,} docs", ms, "ms")
+    ctx.raw["fig2_consumers"] = raw

@@ -1,0 +1,329 @@
+"""Figures 3 and 6: the whole pipeline in real mode, and peak RSS of each process under it.
+
+ingest -> Kafka -> dispatcher -> aggregate + alert -> FerretDB, each function its own
+functions-framework (gunicorn) process (local/realmode.py), all on this machine together with
+Kafka, FerretDB and the load generator (the project's device simulator).
+
+1. Ramp: the simulator offers a rising rate, step by step; a step is sustained when the
+   consumers kept up (their backlog grew by under 10% of what the step offered). The
+   highest sustained step is the figure.
+2. Latency at half that rate: probe events posted one at a time, each timed until its value
+   is visible through query's GET /devices/{id}.
+3. Nothing lost: once drained, every device's and metric's reading count through query's
+   series API equals what the simulator recorded as accepted.
+Peak RSS (figure 6) is sampled from every process during all three phases.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import threading
+import time
+import urllib.request
+import uuid
+from collections import defaultdict
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+from iot_telemetry.events import JSON, SPECVERSION, TELEMETRY_TYPE, to_http
+from iot_telemetry.local.dispatcher import Naming
+from iot_telemetry.local.layout import FUNCTIONS
+from iot_telemetry.local.realmode import RealPipeline
+from iot_telemetry.local.simulator import SimulatorOptions, simulate
+from iot_telemetry.settings import Settings
+from iot_telemetry.telemetry import format_time
+from tests.truth import points_of
+
+from .common import (
+    Context,
+    RssSampler,
+    fresh_db,
+    metric_sum,
+    metrics,
+    percentile,
+    profiled,
+)
+
+SAMPLES = 9  # buffered readings per event: a device sending every ~10 s, reading each second
+DEVICES = 60
+PROBE_DEVICE = "bench-probe"
+
+
+def _pipeline(ctx: Context) -> tuple[RealPipeline, str, str]:
+    suffix = f".b{ctx.run_id}"
+    db = fresh_db(ctx, "pipeline")
+    topic = Naming(suffix).topic("iot.telemetry")
+    settings = {name for name, _default, _doc in Settings.variables()}
+    env = {k: v for k, v in os.environ.items() if k not in settings}
+    env.update({"MONGO_DB": db, "KAFKA_TOPIC": topic, "LOG_LEVEL": "INFO",
+                # One simulated device may send more than the per-device default here.
+                "INGEST_RATE_LIMIT": "1000000"})
+    ports = {f: ctx.port() for f in FUNCTIONS}
+    pipeline = RealPipeline(kafka=ctx.kafka, mongo=ctx.mongo, ports=ports,
+                            broker_port=ctx.port(), environ=env,
+                            dispatcher_args=("--name-suffix", suffix), log_dir=ctx.log_dir)
+    return pipeline, suffix, db
+
+
+def _wait_ready(url: str, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        with contextlib.suppress(OSError), urllib.request.urlopen(
+                url + "readyz", timeout=2) as resp:
+            if resp.status == 200:
+                return
+        time.sleep(0.2)
+    raise RuntimeError(f"{url} not ready after {timeout:.0f}s")
+
+
+class Counts:
+    """Events accepted by ingest and handled by each consumer, from their /metrics."""
+
+    def __init__(self, pipeline: RealPipeline) -> None:
+        self.pipeline = pipeline
+
+    def read(self) -> dict[str, float]:
+        ingest = metrics(self.pipeline.url("ingest"))
+        out = {"accepted": metric_sum(ingest, "iot_events_accepted_total"),
+               "points": metric_sum(ingest, "iot_points_accepted_total")}
+        for function in ("aggregate", "alert"):
+            values = metrics(self.pipeline.url(function))
+            out[function] = metric_sum(values, "iot_events_processed_total", function=function)
+        return out
+
+    def backlog(self) -> float:
+        c = self.read()
+        return c["accepted"] - min(c["aggregate"], c["alert"])
+
+
+def _simulate(url: str, rate: float, seconds: float, record: Path, seed: int) -> Any:
+    options = SimulatorOptions(url=url, devices=DEVICES, rate=rate, duration=seconds,
+                               mode="batch", batch_size=20, samples=SAMPLES,
+                               anomaly_rate=0.02, seed=seed, concurrency=4, progress=False,
+                               record=str(record))
+    return simulate(options)
+
+
+def ramp(ctx: Context, pipeline: RealPipeline, records: list[Path]) -> dict[str, Any]:
+    counts = Counts(pipeline)
+    step_s = ctx.pick(8.0, 15.0)
+    rate = 1.0  # events/s; x1.4 per step
+    steps: list[dict[str, Any]] = []
+    best: dict[str, Any] | None = None
+    for n in range(ctx.pick(6, 10)):
+        before = counts.read()
+        record = ctx.log_dir / f"pipeline-step{n}.jsonl"
+        records.append(record)
+        t0 = time.monotonic()
+        result = _simulate(pipeline.url("ingest"), rate, step_s, record, seed=n)
+        elapsed = time.monotonic() - t0
+        after = counts.read()
+        offered = after["accepted"] - before["accepted"]
+        handled = min(after[f] - before[f] for f in ("aggregate", "alert"))
+        grew = (after["accepted"] - min(after["aggregate"], after["alert"])) - (
+            before["accepted"] - min(before["aggregate"], before["alert"]))
+        points_per_event = (after["points"] - before["points"]) / max(1.0, offered)
+        step = {"rate_ev_s": rate, "seconds": round(elapsed, 1), "accepted": offered,
+                "handled": handled, "backlog_growth": grew,
+                "points_per_event": round(points_per_event, 2),
+                "handled_points_per_s": handled * points_per_event / elapsed,
+                "accepted_points_per_s": offered * points_per_event / elapsed,
+                "sim_errors": result.errors}
+        # Events still in flight at the step's end (batch linger, delivery) are no backlog.
+        step["sustained"] = offered > 0 and grew <= max(0.1 * offered, 3 * rate)
+        steps.append(step)
+        ctx.say(f"fig 3 step {n + 1}: offered {rate:.1f} ev/s "
+                f"({step['accepted_points_per_s']:,.0f} pt/s) -> handled "
+                f"{handled / elapsed:.1f} ev/s ({step['handled_points_per_s']:,.0f} pt/s), "
+                f"backlog +{grew:.0f}: {'kept up' if step['sustained'] else 'FELL BEHIND'}")
+        if not step["sustained"]:
+            break
+        best = step
+        rate *= 1.4
+    return {"steps": steps, "best": best}
+
+
+def drain(ctx: Context, pipeline: RealPipeline, timeout: float) -> float:
+    counts = Counts(pipeline)
+    t0 = time.monotonic()
+    last = -1.0
+    while time.monotonic() - t0 < timeout:
+        backlog = counts.backlog()
+        if backlog <= 0:
+            return time.monotonic() - t0
+        if backlog != last:
+            ctx.say(f"  draining: {backlog:.0f} events behind")
+            last = backlog
+        time.sleep(2)
+    raise RuntimeError(f"backlog not drained after {timeout:.0f}s")
+
+
+def probe_latency(ctx: Context, pipeline: RealPipeline, seconds: float) -> list[float]:
+    """POST one reading at a time; time until query shows it as the probe's latest value."""
+    ingest, query = pipeline.url("ingest"), pipeline.url("query")
+    latencies: list[float] = []
+    deadline = time.monotonic() + seconds
+    n = 0
+    while time.monotonic() < deadline:
+        n += 1
+        at = datetime.now(UTC)
+        attributes = {"specversion": SPECVERSION, "type": TELEMETRY_TYPE,
+                      "source": f"/devices/{PROBE_DEVICE}", "id": str(uuid.uuid4()),
+                      "subject": PROBE_DEVICE, "time": format_time(at), "datacontenttype": JSON}
+        headers, body = to_http(attributes, {"metrics": {"probe": float(n)}})
+        t0 = time.perf_counter()
+        req = urllib.request.Request(ingest, data=body, headers=headers, method="POST")
+        with urllib.request.urlopen(req, timeout=30) as resp:
+            if resp.status != 202:
+                raise RuntimeError(f"probe answered {resp.status}")
+        while True:
+            with contextlib.suppress(OSError, ValueError, KeyError), urllib.request.urlopen(
+                    query + f"devices/{PROBE_DEVICE}", timeout=30) as resp:
+                if json.loads(resp.read())["metrics"]["probe"]["value"] == float(n):
+                    break
+            if time.perf_counter() - t0 > 60:
+                raise RuntimeError("probe not visible after 60 s")
+            time.sleep(0.01)
+        latencies.append((time.perf_counter() - t0) * 1000)
+        time.sleep(0.3)
+    return latencies
+
+
+def verify(ctx: Context, pipeline: RealPipeline, records: list[Path]) -> dict[str, Any]:
+    """Every device's and metric's count through the query API equals what was accepted."""
+    expected: dict[tuple[str, str], int] = defaultdict(int)
+    times: list[datetime] = []
+    seen: set[tuple[str, str]] = set()
+    for path in records:
+        if not path.exists():
+            continue
+        with path.open(encoding="utf-8") as f:
+            for line in f:
+                rec = json.loads(line)
+                key = (rec["attributes"]["source"], rec["attributes"]["id"])
+                if key in seen:
+                    continue
+                seen.add(key)
+                for device, metric, t, _v in points_of(rec["attributes"], rec["data"]):
+                    expected[(device, metric)] += 1
+                    times.append(t)
+    if not times:
+        return {"expected_points": 0, "found_points": 0, "mismatches": []}
+    start = (min(times) - timedelta(days=1)).strftime("%Y-%m-%dT00:00:00Z")
+    end = (max(times) + timedelta(days=1)).strftime("%Y-%m-%dT00:00:00Z")
+    query = pipeline.url("query")
+    found = 0
+    mismatches = []
+    for (device, metric), count in sorted(expected.items()):
+        url = f"{query}devices/{device}/series?metric={metric}&from={start}&to={end}&step=1d"
+        with urllib.request.urlopen(url, timeout=60) as resp:
+            got = sum(b["count"] for b in json.loads(resp.read())["buckets"])
+        found += got
+        if got != count:
+            mismatches.append({"device": device, "metric": metric, "expected": count,
+                               "found": got})
+    return {"expected_points": sum(expected.values()), "found_points": found,
+            "series_checked": len(expected), "mismatches": mismatches[:20],
+            "events": len(seen)}
+
+
+def run(ctx: Context) -> None:
+    pipeline, suffix, db = _pipeline(ctx)
+    ctx.on_exit(pipeline.stop)
+    ctx.say("fig 3: starting the pipeline (4 functions + dispatcher) in real mode")
+    t0 = time.monotonic()
+    pipeline.start(timeout=90)
+    _wait_ready(f"http://127.0.0.1:{pipeline.broker_port}/", 90)
+    ctx.say(f"  started in {time.monotonic() - t0:.1f}s")
+    ctx.on_exit(lambda: _delete_kafka(ctx, suffix))
+    roots = {name: proc.pid for name, proc in pipeline.processes.items()}
+    records: list[Path] = []
+    raw: dict[str, Any] = {"devices": DEVICES, "samples_per_event": SAMPLES, "mode": "batch",
+                           "batch_size": 20}
+    with RssSampler(roots) as rss:
+        worker = _worker(pipeline, "aggregate")
+        with profiled(ctx, "fig3-aggregate-under-ramp", worker, ctx.pick(30, 60)):
+            raw["ramp"] = ramp(ctx, pipeline, records)
+        raw["drain_after_ramp_s"] = round(drain(ctx, pipeline, ctx.pick(180, 300)), 1)
+        best = raw["ramp"]["best"]
+        half = (best["rate_ev_s"] if best else 1.0) / 2
+        latency_s = ctx.pick(12.0, 30.0)
+        ctx.say(f"fig 3: latency probes at half load ({half:.1f} ev/s) for {latency_s:.0f}s")
+        record = ctx.log_dir / "pipeline-half.jsonl"
+        records.append(record)
+        background = threading.Thread(
+            target=_simulate, args=(pipeline.url("ingest"), half, latency_s + 5, record, 99),
+            daemon=True)
+        background.start()
+        time.sleep(3)
+        latencies = probe_latency(ctx, pipeline, latency_s)
+        background.join()
+        raw["drain_after_half_s"] = round(drain(ctx, pipeline, ctx.pick(180, 300)), 1)
+        raw["latency_ms"] = latencies
+        ctx.say("fig 3: verifying counts through the query API")
+        raw["verify"] = check = verify(ctx, pipeline, records)
+    raw["peak_rss_kib"] = {k: dict(v) for k, v in rss.peak.items()}
+    raw["collection_sizes"] = _sizes(ctx, db)
+    pipeline.stop()
+
+    lost = check["expected_points"] - check["found_points"]
+    sustained_pts = best["handled_points_per_s"] if best else 0.0
+    ctx.add("3", "pipeline: highest sustained data points/s", sustained_pts, "pt/s",
+            f"{best['rate_ev_s'] if best else 0:.1f} ev/s x {SAMPLES + 1} readings; "
+            "all on this 2-core machine (Kafka, FerretDB, load generator too)")
+    ctx.add("3", "pipeline: points checked through query after the run",
+            check["found_points"], "pt",
+            f"expected {check['expected_points']}; {len(check['mismatches'])} series differ")
+    p50, p99 = percentile(latencies, 50), percentile(latencies, 99)
+    ctx.add("3", f"POST -> visible in query at half load: p50 ({len(latencies)} probes)",
+            p50, "ms", f"p99 {p99:.0f} ms")
+    ctx.goal("whole pipeline sustained, nothing lost", ">= 15,000 pt/s",
+             f"{sustained_pts:,.0f} pt/s; lost {lost}",
+             sustained_pts >= 15000 and lost == 0 and not check["mismatches"])
+    ctx.goal("POST-to-visible p99 at half load", "< 1000 ms", f"{p99:.0f} ms", p99 < 1000)
+    worst = 0.0
+    for name in FUNCTIONS:
+        peaks = raw["peak_rss_kib"].get(name, {})
+        workers = [v for k, v in peaks.items() if k.startswith("worker")]
+        peak = max(workers or [0]) / 1024
+        worst = max(worst, peak)
+        ctx.add("6", f"peak RSS {name} (gunicorn worker)", peak, "MiB",
+                f"+ arbiter {peaks.get('arbiter', 0) / 1024:.0f} MiB")
+    disp = raw["peak_rss_kib"].get("dispatcher", {})
+    ctx.add("6", "peak RSS dispatcher (local stand-in for Knative's data plane)",
+            disp.get("arbiter", 0) / 1024, "MiB")
+    ctx.goal("peak RSS per function", "< 120 MB", f"worst {worst * 1.048576:.0f} MB",
+             worst * 1.048576 < 120, "serving worker; measured under the load of figure 3")
+    ctx.raw["fig3_pipeline"] = raw
+
+
+def _worker(pipeline: RealPipeline, name: str) -> int:
+    from .common import children
+
+    pid = pipeline.processes[name].pid
+    kids = children(pid)
+    return kids[0] if kids else pid
+
+
+def _sizes(ctx: Context, db: str) -> dict[str, int]:
+    from .bench_consumers import sizes
+
+    return sizes(ctx, db)
+
+
+def _delete_kafka(ctx: Context, suffix: str) -> None:
+    from kafka.admin import KafkaAdminClient
+
+    admin = KafkaAdminClient(bootstrap_servers=ctx.kafka, request_timeout_ms=20000)
+    try:
+        topics = [t for t in admin.list_topics() if t.endswith(suffix)]
+        if topics:
+            admin.delete_topics(topics)
+        groups = [g for g, _ in admin.list_consumer_groups() if g.endswith(suffix)]
+        if groups:
+            admin.delete_consumer_groups(groups)
+    finally:
+        admin.close()

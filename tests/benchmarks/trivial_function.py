@@ -1,0 +1,13 @@
+"""The reference of figure 1: a functions-framework HTTP function that does nothing useful.
+
+It reads the body and answers 202 with a small JSON body, as ingest does, so the two differ
+only by what ingest does in between (decode, validate, encode, write to Kafka).
+"""
+
+import flask
+
+
+def trivial(request: flask.Request) -> flask.Response:
+    body = request.get_data()
+    return flask.Response(b'{"accepted": 1, "bytes": %d}' % len(body), status=202,
+                          mimetype="application/json")
