@@ -24,6 +24,8 @@ from .telemetry import DataPoint, TelemetryEvent, parse_time
 
 STEPS: Final = {"1m": timedelta(minutes=1), "1h": timedelta(hours=1), "1d": timedelta(days=1)}
 _EPOCH: Final = datetime(1970, 1, 1, tzinfo=UTC)
+#: Most parent buckets a series reads one by one by _id (beyond: one range query).
+_MAX_ID_READS: Final = 100
 #: Rounds of re-running an idempotent bulk when concurrent upserts of one bucket collide.
 _RETRIES: Final = 5
 
@@ -108,10 +110,23 @@ def read_series(store: Store, device_id: str, metric: str, step: str, *, first: 
     else:
         parent_step = "1h" if step == "1m" else "1d"
         slot_field, width = ("m", STEPS["1m"]) if step == "1m" else ("h", STEPS["1h"])
+    collection = store.collection(ROLLUP_COLLECTIONS[parent_step])
+    starts: list[datetime] = []
+    t = bucket_start(first, parent_step)
+    while t < to and len(starts) <= _MAX_ID_READS:
+        starts.append(t)
+        t += STEPS[parent_step]
     with store.guard():
-        docs = list(store.collection(ROLLUP_COLLECTIONS[parent_step]).find(
-            {"device_id": device_id, "metric": metric,
-             "t": {"$gte": bucket_start(first, parent_step), "$lt": to}}).sort("t", 1))
+        if len(starts) <= _MAX_ID_READS:
+            # Exact _id reads: the one filter FerretDB hands to its backend's primary key
+            # (a range on other fields scans the collection; see BENCHMARKS.md).
+            found = (collection.find_one({"_id": bucket_id(device_id, metric, s)}, {"ids": 0})
+                     for s in starts)
+            docs = [d for d in found if d is not None]
+        else:
+            docs = list(collection.find(
+                {"device_id": device_id, "metric": metric,
+                 "t": {"$gte": starts[0], "$lt": to}}, {"ids": 0}).sort("t", 1))
     out: list[tuple[datetime, Summary]] = []
     for doc in docs:
         start = _utc(doc["t"])

@@ -120,3 +120,11 @@ def test_query_latency_is_measured_by_route(seeded) -> None:
     count = REGISTRY.get_sample_value(
         "iot_query_seconds_count", {"route": "/devices/<device_id>", "status": "200"})
     assert count and count >= 1
+
+
+@pytest.mark.parametrize(("days", "step"), [(3, "1d"), (300, "1d"), (20, "1h")])
+def test_series_long_ranges_read_by_id_or_by_range(seeded, now, days, step) -> None:
+    url = (f"/devices/dev-1/series?metric=temperature&step={step}"
+           f"&from={iso(now - timedelta(days=days))}&to={iso(now + timedelta(days=1))}")
+    body = seeded.query.get(url).get_json()
+    assert [(b["count"], b["avg"]) for b in body["buckets"]] == [(1, 21.0)]
