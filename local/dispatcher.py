@@ -102,13 +102,17 @@ def _kafka_errors() -> tuple[type[BaseException], ...]:
 # --- writing --------------------------------------------------------------------------------
 
 class RecordWriter:
-    """One idempotent producer (acks=all) shared by every thread; writes until acknowledged."""
+    """One producer (acks=all) shared by every thread; writes until acknowledged."""
 
     def __init__(self, bootstrap: Sequence[str], client_id: str = "iot-dispatcher") -> None:
         self._options: dict[str, Any] = {
             "bootstrap_servers": list(bootstrap), "client_id": client_id, "acks": "all",
             "linger_ms": 2, "max_block_ms": 5000, "delivery_timeout_ms": 30000,
             "request_timeout_ms": 10000, "reconnect_backoff_max_ms": 2000,
+            # kafka-python's idempotent producer stops sending for good once a retried
+            # batch expires across a broker restart; a duplicate write is harmless here
+            # (every consumer deduplicates), a wedged dispatcher is not.
+            "enable_idempotence": False,
         }
         self._producer: Any = None
         self._lock = threading.Lock()

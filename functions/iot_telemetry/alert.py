@@ -37,7 +37,8 @@ def alert_event(transition: Mapping[str, Any]) -> tuple[dict[str, str], dict[str
     attributes = {
         "specversion": SPECVERSION, "type": ALERT_TYPE, "source": SOURCE,
         "id": f"{alert['id']}/{state}", "subject": alert["device_id"],
-        "time": alert["resolved_at"] if state == "resolved" else alert["raised_at"],
+        "time": (alert.get("resolved_at") or alert["raised_at"]) if state == "resolved"
+        else alert["raised_at"],
         "datacontenttype": "application/json", "partitionkey": alert["device_id"],
     }
     return attributes, {**alert, "state": state, "lifecycle": alert["state"]}

@@ -163,8 +163,11 @@ class AlertBook:
                 pending = [Effect.from_doc(e) for e in doc["effects"]]
                 self._apply(rule, event.device_id, doc, pending)
             if doc and doc.get("event") == event.key:
-                # Redelivery of the event that made the last change: answer the same again.
+                # Redelivery of the event that made the last change: make sure its effects
+                # are in place (they are idempotent), then answer the same events again.
                 effects = [Effect.from_doc(e) for e in doc.get("effects", [])]
+                if effects:
+                    self._apply(rule, event.device_id, doc, effects)
                 outcome.transitions += self._transitions(effects)
             state = RuleState.from_doc(doc)
             new_state, effects = evaluate(rule, event.device_id, state, event.points)
@@ -252,9 +255,13 @@ def _upsert(collection: Any, filter: dict[str, Any], update: dict[str, Any]) -> 
         collection.update_one(filter, update)
 
 
+#: Fields every alert shows, null until they apply (FerretDB drops nulls set on insert).
+_OPTIONAL: Final = ("acknowledged_at", "acknowledged_by", "resolved_at", "resolved_value")
+
+
 def public(doc: Mapping[str, Any]) -> dict[str, Any]:
     """An alert document as the API and alert events show it (times as RFC 3339)."""
-    out: dict[str, Any] = {"id": doc["_id"]}
+    out: dict[str, Any] = {"id": doc["_id"], **dict.fromkeys(_OPTIONAL)}
     for key, value in doc.items():
         if key != "_id":
             out[key] = format_time(value) if isinstance(value, datetime) else value
