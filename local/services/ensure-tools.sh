@@ -3,8 +3,8 @@
 #
 #   bash local/services/ensure-tools.sh [java] [mvn] [go]   # default: all three
 #
-# Also meant to be sourced (kafka.sh / ferretdb.sh do this), so PATH changes
-# such as adding /usr/local/go/bin reach the caller:
+# Also meant to be sourced (common.sh does this for kafka.sh and ferretdb.sh),
+# so PATH changes such as adding /usr/local/go/bin reach the caller:
 #
 #   source local/services/ensure-tools.sh && ensure_tools java mvn
 #

@@ -10,9 +10,8 @@
 set -euo pipefail
 
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
-REPO="$(cd "$HERE/../.." && pwd)"
-# shellcheck source=ensure-tools.sh
-source "$HERE/ensure-tools.sh"
+# shellcheck source-path=SCRIPTDIR source=common.sh
+source "$HERE/common.sh"
 
 FERRETDB_VERSION="${FERRETDB_VERSION:-v1.24.2}"
 FERRETDB_MODULE=github.com/FerretDB/FerretDB
@@ -24,49 +23,28 @@ FERRETDB_DEBUG_ADDR="${FERRETDB_DEBUG_ADDR:--}"
 FERRETDB_LOG_LEVEL="${FERRETDB_LOG_LEVEL:-error}"   # warn: also logs every failed command
 FERRETDB_START_TIMEOUT="${FERRETDB_START_TIMEOUT:-60}"
 FERRETDB_STOP_TIMEOUT="${FERRETDB_STOP_TIMEOUT:-15}"
-PY="${IOT_PYTHON:-python3}"
 
-CACHE_DIR="${IOT_CACHE_DIR:-${HOME:-/root}/.cache/iot-telemetry}"
 FHOME="$CACHE_DIR/ferretdb-$FERRETDB_VERSION"
 BIN="$FHOME/bin/ferretdb"
 
-DATA_ROOT="${IOT_DATA_DIR:-$REPO/.data}"
 FDIR="$DATA_ROOT/ferretdb"
 SQLITE_DIR="$FDIR/sqlite"
-PID_FILE="$FDIR/ferretdb.pid"
-LOG_FILE="$FDIR/ferretdb.log"
 ADDR="$FERRETDB_HOST:$FERRETDB_PORT"
 
-log() { echo "[ferretdb] $*" >&2; }
-die() { echo "[ferretdb] ERROR: $*" >&2; exit 1; }
-ms_now() { date +%s%3N; }
-elapsed() { local d=$(( $(ms_now) - $1 )); printf '%d.%ds' $((d / 1000)) $(((d % 1000) / 100)); }
-
-# Serialize start/stop on one data dir (fd 9) and fetch/build into the shared
-# cache (fd 8) across concurrent invocations; the server gets neither fd.
-lock_data() {
-  mkdir -p "$FDIR"
-  exec 9>"$FDIR/.lock"
-  flock -w 900 9 || die "another ferretdb.sh holds $FDIR/.lock"
-}
-lock_cache() {
-  mkdir -p "$CACHE_DIR"
-  exec 8>"$CACHE_DIR/.$1.lock"
-  flock -w 900 8 || die "another process holds $CACHE_DIR/.$1.lock"
-}
-
-running_pid() {
-  [ -f "$PID_FILE" ] || return 0
-  local pid; pid="$(cat "$PID_FILE" 2>/dev/null || true)"
-  if [ -n "$pid" ] && kill -0 "$pid" 2>/dev/null \
-     && tr '\0' ' ' <"/proc/$pid/cmdline" 2>/dev/null | grep -q -- "--state-dir=$FDIR "; then
-    echo "$pid"
-  else
-    rm -f "$PID_FILE"
-  fi
-}
-
-port_open() { (exec 3<>"/dev/tcp/$FERRETDB_HOST/$1") 2>/dev/null; }
+# For common.sh (the variables are described there).
+SVC_NAME=ferretdb
+SVC_TITLE=FerretDB
+SVC_PROC=
+SVC_VERSION="$FERRETDB_VERSION"
+SVC_DIR="$FDIR"
+SVC_DATA="$SQLITE_DIR"
+SVC_PID_FILE="$FDIR/ferretdb.pid"
+SVC_LOG_FILE="$FDIR/ferretdb.log"
+SVC_HOST="$FERRETDB_HOST"
+SVC_PORT="$FERRETDB_PORT"
+SVC_CMDLINE_MATCH="--state-dir=$FDIR "
+SVC_START_TIMEOUT="$FERRETDB_START_TIMEOUT"
+SVC_STOP_TIMEOUT="$FERRETDB_STOP_TIMEOUT"
 
 # ---------------------------------------------------------------- build
 
@@ -86,7 +64,7 @@ build_ferretdb() {
   json="$(GOFLAGS=-mod=mod go mod download -json "$FERRETDB_MODULE@$FERRETDB_VERSION")" \
     || die "go mod download $FERRETDB_MODULE@$FERRETDB_VERSION failed"
   moddir="$(printf '%s\n' "$json" | sed -n 's/^[[:space:]]*"Dir": "\(.*\)",\{0,1\}$/\1/p' | head -n 1)"
-  [ -n "$moddir" ] && [ -d "$moddir" ] || die "could not locate the downloaded module ($json)"
+  [ -d "$moddir" ] || die "could not locate the downloaded module ($json)"  # also when empty
   rm -rf "$src"
   mkdir -p "$FHOME"
   cp -R "$moddir" "$src"
@@ -107,139 +85,43 @@ build_ferretdb() {
 
 # ---------------------------------------------------------------- readiness
 
-have_pymongo() { "$PY" -c 'import pymongo' >/dev/null 2>&1; }
-
-wait_ready() {
-  local pid="$1" timeout="$2"
-  if have_pymongo; then
-    "$PY" - "$FERRETDB_HOST" "$FERRETDB_PORT" "$pid" "$timeout" <<'PYEOF'
-import os, socket, sys, time
-host, port, pid, timeout = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), float(sys.argv[4])
+# Ready means it answers a pymongo ping, or, without pymongo, that the port is open.
+SVC_PY_MODULE=pymongo
+SVC_PY_PROBE='
 from pymongo import MongoClient
-deadline = time.time() + timeout
-last = "port not open"
-while time.time() < deadline:
+
+def probe(host, port):
+    c = MongoClient(host, port, serverSelectionTimeoutMS=2000, connectTimeoutMS=2000,
+                    directConnection=True)
     try:
-        os.kill(pid, 0)
-    except OSError:
-        print("ferretdb process exited", file=sys.stderr)
-        sys.exit(2)
-    try:
-        socket.create_connection((host, port), timeout=1).close()
-    except OSError:
-        time.sleep(0.1)
-        continue
-    try:
-        c = MongoClient(host, port, serverSelectionTimeoutMS=2000, connectTimeoutMS=2000,
-                        directConnection=True)
-        try:
-            c.admin.command("ping")
-        finally:
-            c.close()
-        sys.exit(0)
-    except Exception as e:
-        last = repr(e)
-        time.sleep(0.2)
-print("last error: " + last, file=sys.stderr)
-sys.exit(1)
-PYEOF
-    return
-  fi
-  local deadline=$(( $(ms_now) + timeout * 1000 ))
-  while [ "$(ms_now)" -lt "$deadline" ]; do
-    kill -0 "$pid" 2>/dev/null || { log "ferretdb process exited"; return 1; }
-    port_open "$FERRETDB_PORT" && return 0
-    sleep 0.2
-  done
-  return 1
-}
+        c.admin.command("ping")
+    finally:
+        c.close()
+'
+svc_probe() { port_open "$FERRETDB_PORT"; }
 
 # ---------------------------------------------------------------- commands
 
-cmd_start() {
-  lock_data
-  local pid; pid="$(running_pid)"
-  if [ -n "$pid" ]; then
-    if wait_ready "$pid" "$FERRETDB_START_TIMEOUT"; then
-      log "already running (pid $pid) on $ADDR"
-      return 0
-    fi
-    die "pid $pid is running but not answering on $ADDR; try: $0 restart (log: $LOG_FILE)"
-  fi
+# Hooks called by svc_start in common.sh.
+svc_prepare() {
   build_ferretdb
   if port_open "$FERRETDB_PORT"; then
     die "port $FERRETDB_PORT is already in use by another process (not the FerretDB in $FDIR); set FERRETDB_PORT or stop it"
   fi
   mkdir -p "$SQLITE_DIR"
-  [ -f "$LOG_FILE" ] && mv -f "$LOG_FILE" "$LOG_FILE.1"
-  local t0; t0=$(ms_now)
+}
+
+svc_launch() {
   log "starting FerretDB $FERRETDB_VERSION (sqlite) on $ADDR, data $SQLITE_DIR"
-  # shellcheck disable=SC2016  # $$ and $1 belong to the inner bash
-  setsid bash -c 'echo $$ >"$1"; shift; exec "$@"' _ "$PID_FILE" \
-    env DO_NOT_TRACK=1 "$BIN" \
-      --handler=sqlite \
-      --sqlite-url="file:$SQLITE_DIR/" \
-      --listen-addr="$ADDR" \
-      --state-dir="$FDIR" \
-      --debug-addr="$FERRETDB_DEBUG_ADDR" \
-      --telemetry=disable \
-      --log-level="$FERRETDB_LOG_LEVEL" \
-      --log-format=text \
-      </dev/null >>"$LOG_FILE" 2>&1 8>&- 9>&- &
-  for _ in $(seq 1 50); do [ -s "$PID_FILE" ] && break; sleep 0.1; done
-  pid="$(cat "$PID_FILE" 2>/dev/null || true)"
-  [ -n "$pid" ] || die "ferretdb did not start (log: $LOG_FILE)"
-  if ! wait_ready "$pid" "$FERRETDB_START_TIMEOUT"; then
-    log "not ready after ${FERRETDB_START_TIMEOUT}s; last lines of $LOG_FILE:"
-    tail -n 40 "$LOG_FILE" >&2 || true
-    kill -0 "$pid" 2>/dev/null || rm -f "$PID_FILE"
-    die "FerretDB failed to start"
-  fi
-  log "ready on $ADDR (pid $pid) after $(elapsed "$t0")"
+  svc_spawn env DO_NOT_TRACK=1 "$BIN" \
+    --handler=sqlite \
+    --sqlite-url="file:$SQLITE_DIR/" \
+    --listen-addr="$ADDR" \
+    --state-dir="$FDIR" \
+    --debug-addr="$FERRETDB_DEBUG_ADDR" \
+    --telemetry=disable \
+    --log-level="$FERRETDB_LOG_LEVEL" \
+    --log-format=text
 }
 
-cmd_stop() {
-  lock_data
-  local pid; pid="$(running_pid)"
-  if [ -z "$pid" ]; then log "not running"; return 0; fi
-  log "stopping (pid $pid)"
-  kill -TERM "$pid" 2>/dev/null || true
-  local deadline=$(( $(ms_now) + FERRETDB_STOP_TIMEOUT * 1000 ))
-  while kill -0 "$pid" 2>/dev/null; do
-    if [ "$(ms_now)" -ge "$deadline" ]; then
-      log "still running after ${FERRETDB_STOP_TIMEOUT}s; sending SIGKILL"
-      kill -KILL "$pid" 2>/dev/null || true
-      sleep 0.3
-      break
-    fi
-    sleep 0.1
-  done
-  rm -f "$PID_FILE"
-  log "stopped"
-}
-
-cmd_status() {
-  local pid; pid="$(running_pid)"
-  if [ -z "$pid" ]; then echo "ferretdb: stopped"; return 3; fi
-  if port_open "$FERRETDB_PORT"; then
-    echo "ferretdb: running (pid $pid) on $ADDR, version $FERRETDB_VERSION, data $SQLITE_DIR"
-    return 0
-  fi
-  echo "ferretdb: process running (pid $pid) but $ADDR is not open (starting?)"
-  return 1
-}
-
-cmd_logs() {
-  [ -f "$LOG_FILE" ] || die "no log yet ($LOG_FILE)"
-  if [ "${1:-}" = "-f" ]; then exec tail -n 100 -f "$LOG_FILE"; fi
-  tail -n "${LINES_TO_SHOW:-100}" "$LOG_FILE"
-}
-
-case "${1:-}" in
-  start) cmd_start ;;
-  stop) cmd_stop ;;
-  restart) cmd_stop; cmd_start ;;
-  status) cmd_status ;;
-  logs) shift; cmd_logs "$@" ;;
-  *) echo "usage: $0 start|stop|restart|status|logs [-f]" >&2; exit 2 ;;
-esac
+svc_main "$@"

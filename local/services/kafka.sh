@@ -10,9 +10,8 @@
 set -euo pipefail
 
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
-REPO="$(cd "$HERE/../.." && pwd)"
-# shellcheck source=ensure-tools.sh
-source "$HERE/ensure-tools.sh"
+# shellcheck source-path=SCRIPTDIR source=common.sh
+source "$HERE/common.sh"
 
 KAFKA_VERSION="${KAFKA_VERSION:-4.3.1}"
 KAFKA_HOST=127.0.0.1
@@ -24,60 +23,33 @@ KAFKA_STOP_TIMEOUT="${KAFKA_STOP_TIMEOUT:-30}"
 KAFKA_HEAP_OPTS="${KAFKA_HEAP_OPTS:--Xms128m -Xmx512m}"
 KAFKA_JVM_OPTS="${KAFKA_JVM_OPTS:-}"
 KAFKA_CDS="${KAFKA_CDS:-1}"          # 1: keep an AppCDS archive for a faster JVM start
-PY="${IOT_PYTHON:-python3}"
 
-CACHE_DIR="${IOT_CACHE_DIR:-${HOME:-/root}/.cache/iot-telemetry}"
 KAFKA_HOME="$CACHE_DIR/kafka-$KAFKA_VERSION"
 LIB="$KAFKA_HOME/lib"
 POM="$HERE/kafka-pom.xml"
 
-DATA_ROOT="${IOT_DATA_DIR:-$REPO/.data}"
 KDIR="$DATA_ROOT/kafka"
 LOG_DIRS="$KDIR/data"
 CONF="$KDIR/server.properties"
 LOG4J_CONF="$KDIR/log4j2.properties"
-PID_FILE="$KDIR/kafka.pid"
-LOG_FILE="$KDIR/kafka.log"
 BOOTSTRAP="$KAFKA_HOST:$KAFKA_PORT"
 
-log() { echo "[kafka] $*" >&2; }
-die() { echo "[kafka] ERROR: $*" >&2; exit 1; }
+# For common.sh (the variables are described there).
+SVC_NAME=kafka
+SVC_TITLE=Kafka
+SVC_PROC=broker
+SVC_VERSION="$KAFKA_VERSION"
+SVC_DIR="$KDIR"
+SVC_DATA="$LOG_DIRS"
+SVC_PID_FILE="$KDIR/kafka.pid"
+SVC_LOG_FILE="$KDIR/kafka.log"
+SVC_HOST="$KAFKA_HOST"
+SVC_PORT="$KAFKA_PORT"
+SVC_CMDLINE_MATCH="kafka.Kafka $CONF"
+SVC_START_TIMEOUT="$KAFKA_START_TIMEOUT"
+SVC_STOP_TIMEOUT="$KAFKA_STOP_TIMEOUT"
 
 # ---------------------------------------------------------------- helpers
-
-ms_now() { date +%s%3N; }
-elapsed() { local d=$(( $(ms_now) - $1 )); printf '%d.%ds' $((d / 1000)) $(((d % 1000) / 100)); }
-
-# Serialize start/stop on one data dir (fd 9) and fetch/build into the shared
-# cache (fd 8) across concurrent invocations; the server gets neither fd.
-lock_data() {
-  mkdir -p "$KDIR"
-  exec 9>"$KDIR/.lock"
-  flock -w 900 9 || die "another kafka.sh holds $KDIR/.lock"
-}
-lock_cache() {
-  mkdir -p "$CACHE_DIR"
-  exec 8>"$CACHE_DIR/.$1.lock"
-  flock -w 900 8 || die "another process holds $CACHE_DIR/.$1.lock"
-}
-
-# pid of our broker if it is alive, else nothing (cleans a stale pid file).
-running_pid() {
-  [ -f "$PID_FILE" ] || return 0
-  local pid; pid="$(cat "$PID_FILE" 2>/dev/null || true)"
-  if [ -n "$pid" ] && kill -0 "$pid" 2>/dev/null \
-     && tr '\0' ' ' <"/proc/$pid/cmdline" 2>/dev/null | grep -q "kafka.Kafka $CONF"; then
-    echo "$pid"
-  else
-    rm -f "$PID_FILE"
-  fi
-}
-
-port_open() {  # port_open PORT -> 0 if something listens on 127.0.0.1:PORT
-  (exec 3<>"/dev/tcp/$KAFKA_HOST/$1") 2>/dev/null
-}
-
-have_kafka_python() { "$PY" -c 'import kafka' >/dev/null 2>&1; }
 
 java_cp() { echo "$LIB/*"; }
 
@@ -180,62 +152,30 @@ format_storage() {
 
 # ---------------------------------------------------------------- readiness
 
-# Wait until the broker answers a metadata request (kafka-python), or, without
-# kafka-python, until the port is open and the Java topic tool can list topics.
-wait_ready() {
-  local pid="$1" timeout="$2"
-  if have_kafka_python; then
-    if "$PY" - "$BOOTSTRAP" "$pid" "$timeout" <<'PYEOF'
-import os, socket, sys, time
-bootstrap, pid, timeout = sys.argv[1], int(sys.argv[2]), float(sys.argv[3])
-host, port = bootstrap.rsplit(":", 1)
+# Ready means the broker answers a metadata request (kafka-python), or, without
+# kafka-python, that the port is open and the Java topic tool can list topics.
+SVC_PY_MODULE=kafka
+SVC_PY_PROBE='
 import logging
 logging.disable(logging.CRITICAL)
 from kafka.admin import KafkaAdminClient
-deadline = time.time() + timeout
-last = "port not open"
-while time.time() < deadline:
+
+def probe(host, port):
+    a = KafkaAdminClient(bootstrap_servers=f"{host}:{port}", client_id="iot-readiness",
+                         request_timeout_ms=3000)
     try:
-        os.kill(pid, 0)
-    except OSError:
-        print("broker process exited", file=sys.stderr)
-        sys.exit(2)
-    try:
-        socket.create_connection((host, int(port)), timeout=1).close()
-    except OSError:
-        time.sleep(0.2)
-        continue
-    try:
-        a = KafkaAdminClient(bootstrap_servers=bootstrap, client_id="iot-readiness",
-                             request_timeout_ms=3000)
-        try:
-            a.list_topics()
-        finally:
-            a.close()
-        sys.exit(0)
-    except Exception as e:  # not ready yet
-        last = repr(e)
-        time.sleep(0.3)
-print("last error: " + last, file=sys.stderr)
-sys.exit(1)
-PYEOF
-    then return 0; else return 1; fi
-  fi
-  local deadline=$(( $(ms_now) + timeout * 1000 ))
-  while [ "$(ms_now)" -lt "$deadline" ]; do
-    kill -0 "$pid" 2>/dev/null || { log "broker process exited"; return 1; }
-    if port_open "$KAFKA_PORT" && run_tool org.apache.kafka.tools.TopicCommand \
-         --bootstrap-server "$BOOTSTRAP" --list >/dev/null 2>&1; then
-      return 0
-    fi
-    sleep 0.5
-  done
-  return 1
+        a.list_topics()
+    finally:
+        a.close()
+'
+svc_probe() {
+  port_open "$KAFKA_PORT" && run_tool org.apache.kafka.tools.TopicCommand \
+    --bootstrap-server "$BOOTSTRAP" --list >/dev/null 2>&1
 }
 
 ensure_topics() {
   [ -n "$KAFKA_TOPICS" ] || return 0
-  if have_kafka_python; then
+  if py_has kafka; then
     "$PY" - "$BOOTSTRAP" "$KAFKA_TOPICS" <<'PYEOF'
 import sys, logging
 logging.disable(logging.CRITICAL)
@@ -312,18 +252,8 @@ publish_cds() {
   done
 }
 
-cmd_start() {
-  lock_data
-  local pid; pid="$(running_pid)"
-  if [ -n "$pid" ]; then
-    if wait_ready "$pid" "$KAFKA_START_TIMEOUT"; then
-      log "already running (pid $pid) on $BOOTSTRAP"
-      ensure_topics
-      return 0
-    fi
-    die "broker pid $pid is running but not answering on $BOOTSTRAP; try: $0 restart (log: $LOG_FILE)"
-  fi
-
+# Hooks called by svc_start / svc_stop in common.sh.
+svc_prepare() {
   ensure_tools java
   fetch_jars
   if port_open "$KAFKA_PORT"; then
@@ -334,88 +264,26 @@ cmd_start() {
   fi
   write_config
   format_storage
+}
 
-  [ -f "$LOG_FILE" ] && mv -f "$LOG_FILE" "$LOG_FILE.1"
-  local t0; t0=$(ms_now)
+svc_launch() {
   log "starting Kafka $KAFKA_VERSION on $BOOTSTRAP (controller :$KAFKA_CONTROLLER_PORT, data $LOG_DIRS)"
   local jvm=() cds
   read -r -a jvm <<<"$KAFKA_HEAP_OPTS $KAFKA_JVM_OPTS"
   cds="$(cds_opts)"
   [ -z "$cds" ] || jvm+=("$cds")
-  # shellcheck disable=SC2016  # $$ and $1 belong to the inner bash
-  setsid bash -c 'echo $$ >"$1"; shift; exec "$@"' _ "$PID_FILE" \
-    java "${jvm[@]}" \
-      -XX:+ExitOnOutOfMemoryError -Djava.awt.headless=true \
-      -Dlog4j2.configurationFile="$LOG4J_CONF" -Dkafka.logs.dir="$KDIR" \
-      -cp "$(java_cp)" kafka.Kafka "$CONF" \
-      </dev/null >>"$LOG_FILE" 2>&1 8>&- 9>&- &
-  for _ in $(seq 1 50); do [ -s "$PID_FILE" ] && break; sleep 0.1; done
-  pid="$(cat "$PID_FILE" 2>/dev/null || true)"
-  [ -n "$pid" ] || die "broker did not start (log: $LOG_FILE)"
-
-  if ! wait_ready "$pid" "$KAFKA_START_TIMEOUT"; then
-    log "broker not ready after ${KAFKA_START_TIMEOUT}s; last lines of $LOG_FILE:"
-    tail -n 40 "$LOG_FILE" >&2 || true
-    kill -0 "$pid" 2>/dev/null || rm -f "$PID_FILE"
-    die "Kafka failed to start"
-  fi
-  log "ready on $BOOTSTRAP (pid $pid) after $(elapsed "$t0")"
-  ensure_topics
+  svc_spawn java "${jvm[@]}" \
+    -XX:+ExitOnOutOfMemoryError -Djava.awt.headless=true \
+    -Dlog4j2.configurationFile="$LOG4J_CONF" -Dkafka.logs.dir="$KDIR" \
+    -cp "$(java_cp)" kafka.Kafka "$CONF"
 }
 
-cmd_stop() {
-  lock_data
-  local pid; pid="$(running_pid)"
-  if [ -z "$pid" ]; then
-    log "not running"
-    publish_cds 0
-    return 0
-  fi
-  log "stopping (pid $pid)"
-  kill -TERM "$pid" 2>/dev/null || true
-  local deadline=$(( $(ms_now) + KAFKA_STOP_TIMEOUT * 1000 )) clean=1
-  while kill -0 "$pid" 2>/dev/null; do
-    if [ "$(ms_now)" -ge "$deadline" ]; then
-      log "still running after ${KAFKA_STOP_TIMEOUT}s; sending SIGKILL"
-      kill -KILL "$pid" 2>/dev/null || true
-      clean=0
-      sleep 0.5
-      break
-    fi
-    sleep 0.1
-  done
-  rm -f "$PID_FILE"
-  publish_cds "$clean"
+svc_after_ready() { ensure_topics; }
+
+svc_after_stop() {
+  publish_cds "$1"
   # archives written by brokers started by an older version of this script
   rm -f "$KAFKA_HOME"/cds-*.jsa.tmp 2>/dev/null || true
-  log "stopped"
 }
 
-cmd_status() {
-  local pid; pid="$(running_pid)"
-  if [ -z "$pid" ]; then
-    echo "kafka: stopped"
-    return 3
-  fi
-  if port_open "$KAFKA_PORT"; then
-    echo "kafka: running (pid $pid) on $BOOTSTRAP, version $KAFKA_VERSION, data $LOG_DIRS"
-    return 0
-  fi
-  echo "kafka: process running (pid $pid) but $BOOTSTRAP is not open (starting?)"
-  return 1
-}
-
-cmd_logs() {
-  [ -f "$LOG_FILE" ] || die "no log yet ($LOG_FILE)"
-  if [ "${1:-}" = "-f" ]; then exec tail -n 100 -f "$LOG_FILE"; fi
-  tail -n "${LINES_TO_SHOW:-100}" "$LOG_FILE"
-}
-
-case "${1:-}" in
-  start) cmd_start ;;
-  stop) cmd_stop ;;
-  restart) cmd_stop; cmd_start ;;
-  status) cmd_status ;;
-  logs) shift; cmd_logs "$@" ;;
-  *) echo "usage: $0 start|stop|restart|status|logs [-f]" >&2; exit 2 ;;
-esac
+svc_main "$@"

@@ -10,7 +10,10 @@ set -euo pipefail
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 SERVICES=(kafka ferretdb)
 
-log() { echo "[services] $*" >&2; }
+# Only for log, ms_now and elapsed; the service scripts do the real work.
+SVC_NAME=services
+# shellcheck source-path=SCRIPTDIR source=common.sh
+source "$HERE/common.sh"
 
 # run CMD on every service in parallel; non-zero if any failed
 parallel() {
@@ -31,10 +34,9 @@ parallel() {
 
 case "${1:-}" in
   start)
-    t0=$(date +%s%3N)
+    t0=$(ms_now)
     if parallel start; then
-      d=$(( $(date +%s%3N) - t0 ))
-      log "all services ready in $((d / 1000)).$(((d % 1000) / 100))s"
+      log "all services ready in $(elapsed "$t0")"
     else
       exit 1
     fi
