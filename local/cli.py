@@ -26,7 +26,7 @@ def _banner(mode: str, urls: dict[str, str], simulator: bool, extra: str) -> str
     lines = [f"iot-telemetry local ({mode})", *[f"  {name:<10}{u}" for name, u in urls.items()],
              extra]
     q = urls["query"]
-    lines += ["", "Look at:", f"  {q}devices", f"  {q}alerts?state=open",
+    lines += ["", "Look at:", f"  {q}  (the dashboard)", f"  {q}devices", f"  {q}alerts?state=open",
               f"  {q}devices/sim-0001/series?metric=temperature&step=1m", f"  {q}openapi.json",
               f"  {urls['ingest']}metrics"]
     if simulator:
@@ -74,9 +74,12 @@ def _run_local(args: argparse.Namespace) -> int:
             extra = ("  broker    in-process, applying the Triggers of eventing/\n"
                      "  store     in-process MongoDB API (mongomock): NOT persistent, "
                      "lost on exit")
+        access = Settings.from_environ()
     except ConfigError as exc:
         print(f"configuration error: {exc}", file=sys.stderr)
         return 2
+    extra += (f"\n  access    devices: {access.ingest_auth} (INGEST_AUTH), "
+              f"query API: {access.query_auth} (QUERY_AUTH)")
     print(_banner("real mode" if real else "embedded", urls, not args.no_simulator, extra),
           flush=True)
     sim: threading.Thread | None = None
