@@ -159,16 +159,16 @@ class AlertBook:
         for _ in range(_CAS_ATTEMPTS):
             with self.store.guard():
                 doc = states.find_one({"_id": _id})
-            if doc and not doc.get("applied", True):
-                pending = [Effect.from_doc(e) for e in doc["effects"]]
-                self._apply(rule, event.device_id, doc, pending)
-            if doc and doc.get("event") == event.key:
-                # Redelivery of the event that made the last change: make sure its effects
-                # are in place (they are idempotent), then answer the same events again.
-                effects = [Effect.from_doc(e) for e in doc.get("effects", [])]
-                if effects:
-                    self._apply(rule, event.device_id, doc, effects)
-                outcome.transitions += self._transitions(effects)
+            redelivered = doc is not None and doc.get("event") == event.key
+            if doc and (redelivered or not doc.get("applied", True)):
+                # Effects committed but not marked applied (a crash in between), or a
+                # redelivery of the event that made them: apply them (idempotent), and to a
+                # redelivery answer the same alert events again.
+                pending = [Effect.from_doc(e) for e in doc.get("effects", [])]
+                if pending:
+                    self._apply(rule, event.device_id, doc, pending)
+                if redelivered:
+                    outcome.transitions += self._transitions(pending)
             state = RuleState.from_doc(doc)
             new_state, effects = evaluate(rule, event.device_id, state, event.points)
             if new_state == state:
@@ -231,20 +231,24 @@ class AlertBook:
         return [{"transition": "raised" if e.kind == "raised" else RESOLVED,
                  "alert": public(docs[e.alert_id])} for e in changes if e.alert_id in docs]
 
-    def acknowledge(self, alert_id: str, by: str, now: datetime) -> dict[str, Any]:
-        """open -> acknowledged; repeating it is harmless; a resolved alert is a conflict."""
+    def acknowledge(self, alert_id: str, by: str, now: datetime) -> tuple[dict[str, Any], bool]:
+        """open -> acknowledged; repeating it is harmless; a resolved alert is a conflict.
+
+        Returns the alert and whether this call acknowledged it.
+        """
         with self.store.guard():
             doc = self.store.collection(ALERTS).find_one_and_update(
                 {"_id": alert_id, "state": OPEN},
                 {"$set": {"state": ACKNOWLEDGED, "acknowledged_at": now, "acknowledged_by": by}},
                 return_document=ReturnDocument.AFTER)
+            changed = doc is not None
             if doc is None:
                 doc = self.store.collection(ALERTS).find_one({"_id": alert_id})
         if doc is None:
             raise NotFound(f"alert {alert_id!r} not found")
         if doc["state"] == RESOLVED:
             raise Conflict(f"alert {alert_id!r} is already resolved")
-        return public(doc)
+        return public(doc), changed
 
 
 def _upsert(collection: Any, filter: dict[str, Any], update: dict[str, Any]) -> None:

@@ -330,12 +330,9 @@ def _ack(request: flask.Request, rt: Runtime, alert_id: str) -> flask.Response:
             if not isinstance(payload["by"], str) or not ACTOR.match(payload["by"]):
                 raise BadRequest(f"by: must match {ACTOR.pattern}")
             by = payload["by"]
-    was_open = False
-    with rt.store.guard():
-        current = rt.store.collection(ALERTS).find_one({"_id": alert_id}, {"state": 1})
-        was_open = bool(current) and current is not None and current.get("state") == OPEN
-    doc = AlertBook(rt.store, rt.settings.rules).acknowledge(alert_id, by, datetime.now(UTC))
-    if was_open:
+    doc, changed = AlertBook(rt.store, rt.settings.rules).acknowledge(
+        alert_id, by, datetime.now(UTC))
+    if changed:
         ALERTS_ACKNOWLEDGED.inc()
     return json_response(doc)
 

@@ -106,15 +106,15 @@ class Settings:
 
     @property
     def read_tokens(self) -> tuple[str, ...]:
-        return tuple(t.strip() for t in self.query_read_tokens.split(",") if t.strip())
+        return _items(self.query_read_tokens)
 
     @property
     def operate_tokens(self) -> tuple[str, ...]:
-        return tuple(t.strip() for t in self.query_operate_tokens.split(",") if t.strip())
+        return _items(self.query_operate_tokens)
 
     @property
     def cors_origins(self) -> tuple[str, ...]:
-        return tuple(o.strip() for o in self.query_cors_origins.split(",") if o.strip())
+        return _items(self.query_cors_origins)
 
     @property
     def rules(self) -> tuple[AlertRule, ...]:
@@ -174,6 +174,11 @@ class Settings:
             shown = "(defaults)" if f.name == "alert_rules" else str(default)
             out.append((f.metadata["env"], shown, f.metadata["doc"]))
         return out
+
+
+def _items(text: str) -> tuple[str, ...]:
+    """The non-empty entries of a comma-separated setting."""
+    return tuple(item.strip() for item in text.split(",") if item.strip())
 
 
 def _positive(parse: Callable[[str], T]) -> Callable[[str, str], T]:
