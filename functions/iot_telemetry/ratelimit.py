@@ -23,6 +23,9 @@ class RateLimiter:
         now = time.monotonic() if now is None else now
         with self._lock:
             tokens, at = self._buckets.get(device_id, (self.burst, now))
+            # A thread that read the clock before another one took the lock sees `now`
+            # earlier than the bucket's time: no refill then, rather than a negative one.
+            now = max(now, at)
             tokens = min(self.burst, tokens + (now - at) * self.rate)
             if events > tokens:
                 self._buckets[device_id] = (tokens, now)

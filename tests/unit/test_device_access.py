@@ -105,3 +105,13 @@ def test_token_bucket_refills() -> None:
     assert limiter.take("d", 1, now=0.0) == 1
     assert limiter.take("d", 10, now=1.0) == 0
     assert limiter.take("d", 30, now=100.0) > 0  # more than a burst never fits
+
+
+def test_token_bucket_clock_read_before_another_thread_is_not_a_debt() -> None:
+    # Two request threads read the clock, the later one takes the lock first: the earlier
+    # reading must not refill negatively (with a high rate that rejected a fresh device).
+    limiter = RateLimiter(rate=1e9, burst=20)
+    assert limiter.take("d", 1, now=5.0) == 0
+    assert limiter.take("d", 1, now=4.9) == 0
+    assert limiter.take("d", 18, now=4.8) == 0
+    assert limiter.take("d", 1, now=4.7) == 1  # the burst is spent, no refill from the past
