@@ -21,6 +21,7 @@ from .common import (
     FUNCTIONS_DIR,
     HERE,
     Context,
+    CpuMeter,
     FunctionServer,
     LoadResult,
     create_topic,
@@ -60,11 +61,11 @@ def bodies() -> dict[str, tuple[dict[str, str], bytes, int, int]]:
 
 
 def producer(ctx: Context, topic: str, body_file: str, seconds: float, flush_every: int,
-             ) -> dict[str, Any]:
+             threads: int = 0) -> dict[str, Any]:
     done = subprocess.run(
         [sys.executable, "-m", "tests.benchmarks.producer_ref", "--bootstrap", ctx.kafka,
          "--topic", topic, "--body", body_file, "--seconds", str(seconds),
-         "--flush-every", str(flush_every)],
+         "--flush-every", str(flush_every), "--threads", str(threads)],
         capture_output=True, text=True, timeout=seconds + 120, check=False,
         cwd=str(HERE.parents[1]))
     if done.returncode != 0:
@@ -95,23 +96,32 @@ def run(ctx: Context, tool: str) -> None:
             load(server.url, "POST", headers, body, connections, 2, status, tool)
 
     results: dict[str, list[LoadResult]] = {}
-    refs: dict[str, list[dict[str, Any]]] = {"stream": [], "flush100": []}
+    # CPU milliseconds the serving worker (and Kafka's broker) spent per accepted request.
+    cpu_ms: dict[str, list[dict[str, float]]] = {}
+    meter = CpuMeter({"worker": ingest.worker_pid()})
+    meters = {"ingest": meter, "trivial": CpuMeter({"worker": trivial.worker_pid()})}
+    refs: dict[str, list[dict[str, Any]]] = {"stream": [], "flush100": [], "one_by_one": []}
     for r in range(rounds):
         for shape, (headers, body, _events, _points) in shapes.items():
             for label, server in (("trivial", trivial), ("ingest", ingest)):
                 ctx.say(f"fig 1 round {r + 1}/{rounds}: {label} {shape}, {connections} "
                         f"connections, {seconds:.0f}s ({tool})")
                 name = f"{label}-{shape}"
+                before = meters[label].snapshot()
                 res = load(server.url, "POST", headers, body, connections, seconds, 202, tool)
+                cores = CpuMeter.cores(before, meters[label].snapshot())
+                per_request = {k: v * seconds * 1000 / max(1, res.ok) for k, v in cores.items()}
+                cpu_ms.setdefault(name, []).append(per_request)
                 if res.ok < res.requests:
                     ctx.say(f"  warning: {res.requests - res.ok} answers were not 202: "
                             f"{res.statuses}")
                 results.setdefault(name, []).append(res)
                 ctx.say(f"  {res.ok_per_s:,.0f} req/s, p50 {res.p50_ms:.1f} ms, "
                         f"p99 {res.p99_ms:.1f} ms")
-        for mode, every in (("stream", 0), ("flush100", BATCH_EVENTS)):
+        for mode, every, threads in (("stream", 0, 0), ("flush100", BATCH_EVENTS, 0),
+                                     ("one_by_one", 0, connections)):
             ctx.say(f"fig 1 round {r + 1}/{rounds}: raw producer ({mode}), {seconds:.0f}s")
-            ref = producer(ctx, topic, str(body_file), seconds, every)
+            ref = producer(ctx, topic, str(body_file), seconds, every, threads)
             refs[mode].append(ref)
             ctx.say(f"  {ref['records_per_s']:,.0f} records/s")
     if ctx.profile:  # an extra load, not measured: the sampler takes CPU of its own
@@ -131,7 +141,8 @@ def run(ctx: Context, tool: str) -> None:
     raw: dict[str, Any] = {"connections": connections, "seconds": seconds, "rounds": rounds,
                            "tool": tool, "loads": {k: [x.to_dict() for x in v]
                                                    for k, v in results.items()},
-                           "producer": refs, "batch_events": BATCH_EVENTS,
+                           "producer": refs, "cpu_ms_per_request": cpu_ms,
+                           "batch_events": BATCH_EVENTS,
                            "points_per_event": len(METRICS)}
     for shape, (_h, body, events, points) in shapes.items():
         rps = rate(f"ingest-{shape}")
@@ -148,11 +159,23 @@ def run(ctx: Context, tool: str) -> None:
                 f"p99 {lat(f'trivial-{shape}', 'p99_ms'):.1f} ms")
         ctx.add("1", f"  ratio ingest/trivial requests/s ({shape})",
                 rps / rate(f"trivial-{shape}"), "x")
+        worker = {label: median([x["worker"] for x in cpu_ms[f"{label}-{shape}"]])
+                  for label in ("ingest", "trivial")}
+        kafka = median([x.get("kafka", 0.0) for x in cpu_ms[f"ingest-{shape}"]])
+        ctx.add("1", f"  CPU per request ({shape}): ingest's worker", worker["ingest"], "ms",
+                f"trivial's {worker['trivial']:.2f} ms; Kafka's broker {kafka:.2f} ms "
+                "per ingest request")
     stream = median([x["records_per_s"] for x in refs["stream"]])
     flush100 = median([x["records_per_s"] for x in refs["flush100"]])
     ctx.add("1", "  ref raw producer, streaming (acks=all): records/s", stream, "rec/s")
     ctx.add("1", "  ref raw producer, flush per 100 records: records/s", flush100, "rec/s",
             "what one ingest request thread can do alone")
+    one = refs["one_by_one"]
+    ctx.add("1", f"  ref raw producer, {connections} threads, one record per ack: records/s",
+            median([x["records_per_s"] for x in one]), "rec/s",
+            f"{median([x['cpu_us_per_record'] for x in one]):.0f} us CPU per record "
+            f"(streaming: {median([x['cpu_us_per_record'] for x in refs['stream']]):.0f} us): "
+            "what single-event ingest asks of kafka-python")
     batch_events = rate("ingest-batch") * BATCH_EVENTS
     batch_points = batch_events * len(METRICS)
     ratio_points = batch_points / stream

@@ -39,7 +39,9 @@ from tests.truth import points_of
 
 from .common import (
     Context,
+    CpuMeter,
     RssSampler,
+    cpu_summary,
     fresh_db,
     metric_sum,
     metrics,
@@ -109,6 +111,7 @@ def _simulate(url: str, rate: float, seconds: float, record: Path, seed: int) ->
 
 def ramp(ctx: Context, pipeline: RealPipeline, records: list[Path]) -> dict[str, Any]:
     counts = Counts(pipeline)
+    meter = CpuMeter({name: proc.pid for name, proc in pipeline.processes.items()})
     step_s = ctx.pick(8.0, 15.0)
     rate = 1.0  # events/s; x1.4 per step
     steps: list[dict[str, Any]] = []
@@ -117,9 +120,11 @@ def ramp(ctx: Context, pipeline: RealPipeline, records: list[Path]) -> dict[str,
         before = counts.read()
         record = ctx.log_dir / f"pipeline-step{n}.jsonl"
         records.append(record)
+        cpu_before = meter.snapshot()
         t0 = time.monotonic()
         result = _simulate(pipeline.url("ingest"), rate, step_s, record, seed=n)
         elapsed = time.monotonic() - t0
+        cores = CpuMeter.cores(cpu_before, meter.snapshot())
         after = counts.read()
         offered = after["accepted"] - before["accepted"]
         handled = min(after[f] - before[f] for f in ("aggregate", "alert"))
@@ -131,7 +136,7 @@ def ramp(ctx: Context, pipeline: RealPipeline, records: list[Path]) -> dict[str,
                 "points_per_event": round(points_per_event, 2),
                 "handled_points_per_s": handled * points_per_event / elapsed,
                 "accepted_points_per_s": offered * points_per_event / elapsed,
-                "sim_errors": result.errors}
+                "sim_errors": result.errors, "cpu_cores": cores}
         # Events still in flight at the step's end (batch linger, delivery) are no backlog.
         step["sustained"] = offered > 0 and grew <= max(0.1 * offered, 3 * rate)
         steps.append(step)
@@ -139,11 +144,13 @@ def ramp(ctx: Context, pipeline: RealPipeline, records: list[Path]) -> dict[str,
                 f"({step['accepted_points_per_s']:,.0f} pt/s) -> handled "
                 f"{handled / elapsed:.1f} ev/s ({step['handled_points_per_s']:,.0f} pt/s), "
                 f"backlog +{grew:.0f}: {'kept up' if step['sustained'] else 'FELL BEHIND'}")
+        ctx.say(f"  CPU (cores): {cpu_summary(cores)}")
         if not step["sustained"]:
             break
         best = step
         rate *= 1.4
-    return {"steps": steps, "best": best}
+    return {"steps": steps, "best": best,
+            "limit": steps[-1] if steps and not steps[-1]["sustained"] else None}
 
 
 def drain(ctx: Context, pipeline: RealPipeline, timeout: float) -> float:
@@ -274,6 +281,11 @@ def run(ctx: Context) -> None:
     ctx.add("3", "pipeline: highest sustained data points/s", sustained_pts, "pt/s",
             f"{best['rate_ev_s'] if best else 0:.1f} ev/s x {SAMPLES + 1} readings; "
             "all on this 2-core machine (Kafka, FerretDB, load generator too)")
+    for label, step in (("at the highest sustained step", best),
+                        ("at the step that fell behind", raw["ramp"]["limit"])):
+        if step:
+            ctx.add("3", f"  CPU {label}", step["cpu_cores"].get("machine", 0.0), "cores",
+                    cpu_summary(step["cpu_cores"]))
     ctx.add("3", "pipeline: points checked through query after the run",
             check["found_points"], "pt",
             f"expected {check['expected_points']}; {len(check['mismatches'])} series differ")

@@ -207,6 +207,93 @@ def memory_kb(pid: int) -> dict[str, int]:
     return {key: int(_first(rf"^{key}:\s+(\d+)", text) or 0) for key in ("VmRSS", "VmHWM")}
 
 
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds a process has used so far (all its threads); 0 if gone."""
+    try:
+        text = Path(f"/proc/{pid}/stat").read_text(encoding="utf-8")
+    except OSError:
+        return 0.0
+    fields = text.rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / _CLOCK_TICKS
+
+
+_CLOCK_TICKS: Final = os.sysconf("SC_CLK_TCK")
+
+
+def descendants(pid: int) -> list[int]:
+    """`pid` and every process under it."""
+    out, todo = [], [pid]
+    while todo:
+        p = todo.pop()
+        out.append(p)
+        todo += children(p)
+    return out
+
+
+def service_pids() -> dict[str, list[int]]:
+    """Kafka's, FerretDB's and PostgreSQL's processes on this machine, by command line."""
+    found: dict[str, list[int]] = defaultdict(list)
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            cmdline = Path(f"/proc/{entry}/cmdline").read_bytes()
+        except OSError:
+            continue
+        head = cmdline.split(b"\x00", 1)[0]
+        if b"kafka.Kafka" in cmdline:
+            found["kafka"].append(int(entry))
+        elif head.endswith(b"/ferretdb"):
+            found["ferretdb"].append(int(entry))
+        elif head.startswith(b"postgres") or head.endswith(b"/postgres"):
+            found["postgresql"].append(int(entry))  # the server, its backends ("postgres: ...")
+    return dict(found)
+
+
+def machine_busy_seconds() -> float:
+    """CPU seconds the whole machine has spent busy (all cores), from /proc/stat."""
+    fields = Path("/proc/stat").read_text(encoding="utf-8").splitlines()[0].split()[1:]
+    ticks = [int(x) for x in fields]
+    idle = ticks[3] + (ticks[4] if len(ticks) > 4 else 0)  # idle + iowait
+    return (sum(ticks[:8]) - idle) / _CLOCK_TICKS
+
+
+class CpuMeter:
+    """Where the machine's CPU goes during a phase, in cores, by process group.
+
+    Groups: each root's process tree (the functions, the dispatcher), the services found by
+    command line (Kafka, FerretDB, PostgreSQL), this process (the load generator), and the
+    whole machine. A process that exits during the phase drops out of its group's sum.
+    """
+
+    def __init__(self, roots: Mapping[str, int]) -> None:
+        self.roots = dict(roots)
+
+    def snapshot(self) -> dict[str, float]:
+        out = {name: sum(cpu_seconds(p) for p in descendants(pid))
+               for name, pid in self.roots.items()}
+        for name, pids in service_pids().items():
+            out[name] = sum(cpu_seconds(p) for p in pids)
+        out["load generator"] = cpu_seconds(os.getpid())
+        out["machine"] = machine_busy_seconds()
+        out["at"] = time.monotonic()
+        return out
+
+    @staticmethod
+    def cores(before: Mapping[str, float], after: Mapping[str, float]) -> dict[str, float]:
+        """Cores used by each group between two snapshots (1.0 = one core all the time)."""
+        seconds = max(1e-6, after["at"] - before["at"])
+        return {k: round(max(0.0, after[k] - before.get(k, 0.0)) / seconds, 2)
+                for k in after if k != "at"}
+
+
+def cpu_summary(cores: Mapping[str, float], top: int = 6) -> str:
+    """'ferretdb 1.10, kafka 0.20, ... of 1.90 busy' for a report row."""
+    parts = sorted(((v, k) for k, v in cores.items() if k != "machine"), reverse=True)[:top]
+    text = ", ".join(f"{k} {v:.2f}" for v, k in parts)
+    return f"{text} (machine {cores.get('machine', 0):.2f} of {os.cpu_count()} cores busy)"
+
+
 class RssSampler:
     """Samples RSS of process trees once a second; keeps each process's peak (VmHWM)."""
 
