@@ -98,8 +98,8 @@ def run(ctx: Context, tool: str) -> None:
     results: dict[str, list[LoadResult]] = {}
     # CPU milliseconds the serving worker (and Kafka's broker) spent per accepted request.
     cpu_ms: dict[str, list[dict[str, float]]] = {}
-    meter = CpuMeter({"worker": ingest.worker_pid()})
-    meters = {"ingest": meter, "trivial": CpuMeter({"worker": trivial.worker_pid()})}
+    meters = {label: CpuMeter({"worker": server.worker_pid()}, ctx.kafka, ctx.mongo)
+              for label, server in (("ingest", ingest), ("trivial", trivial))}
     refs: dict[str, list[dict[str, Any]]] = {"stream": [], "flush100": [], "one_by_one": []}
     for r in range(rounds):
         for shape, (headers, body, _events, _points) in shapes.items():

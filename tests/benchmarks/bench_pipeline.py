@@ -111,7 +111,8 @@ def _simulate(url: str, rate: float, seconds: float, record: Path, seed: int) ->
 
 def ramp(ctx: Context, pipeline: RealPipeline, records: list[Path]) -> dict[str, Any]:
     counts = Counts(pipeline)
-    meter = CpuMeter({name: proc.pid for name, proc in pipeline.processes.items()})
+    meter = CpuMeter({name: proc.pid for name, proc in pipeline.processes.items()},
+                     ctx.kafka, ctx.mongo)
     step_s = ctx.pick(8.0, 15.0)
     rate = 1.0  # events/s; x1.4 per step
     steps: list[dict[str, Any]] = []

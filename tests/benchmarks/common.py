@@ -230,24 +230,50 @@ def descendants(pid: int) -> list[int]:
     return out
 
 
-def service_pids() -> dict[str, list[int]]:
-    """Kafka's, FerretDB's and PostgreSQL's processes on this machine, by command line."""
-    found: dict[str, list[int]] = defaultdict(list)
+def listener_pid(port: int) -> int | None:
+    """The process listening on 127.0.0.1/0.0.0.0:`port` (TCP, IPv4 or IPv6), if any."""
+    inodes: set[str] = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        with contextlib.suppress(OSError):
+            for line in Path(table).read_text(encoding="utf-8").splitlines()[1:]:
+                cols = line.split()
+                if cols[3] == "0A" and int(cols[1].rsplit(":", 1)[1], 16) == port:
+                    inodes.add(f"socket:[{cols[9]}]")
+    if not inodes:
+        return None
     for entry in os.listdir("/proc"):
         if not entry.isdigit():
             continue
-        try:
-            cmdline = Path(f"/proc/{entry}/cmdline").read_bytes()
-        except OSError:
-            continue
-        head = cmdline.split(b"\x00", 1)[0]
-        if b"kafka.Kafka" in cmdline:
-            found["kafka"].append(int(entry))
-        elif head.endswith(b"/ferretdb"):
-            found["ferretdb"].append(int(entry))
-        elif head.startswith(b"postgres") or head.endswith(b"/postgres"):
-            found["postgresql"].append(int(entry))  # the server, its backends ("postgres: ...")
-    return dict(found)
+        with contextlib.suppress(OSError):
+            for fd in os.listdir(f"/proc/{entry}/fd"):
+                with contextlib.suppress(OSError):
+                    if os.readlink(f"/proc/{entry}/fd/{fd}") in inodes:
+                        return int(entry)
+    return None
+
+
+def service_pids(kafka: str, mongo: str) -> dict[str, list[int]]:
+    """The processes of the Kafka broker and the store server this run uses, by their ports.
+
+    With FerretDB on PostgreSQL, PostgreSQL's server and backends count as "postgresql".
+    """
+    found: dict[str, list[int]] = {}
+    port = kafka.split(",", maxsplit=1)[0].rsplit(":", 1)[-1]
+    pid = listener_pid(int(port)) if port.isdigit() else None
+    if pid:
+        found["kafka"] = [pid]
+    m = re.search(r"@?[\w.-]+:(\d+)", mongo.split("://", 1)[-1])
+    pid = listener_pid(int(m.group(1))) if m else None
+    if pid:
+        found["ferretdb"] = [pid]
+        with contextlib.suppress(OSError):
+            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace")
+            pg = re.search(r"--postgresql-url=\S*?:(\d+)/", cmdline.replace("\x00", " "))
+            pg_pid = listener_pid(int(pg.group(1))) if pg and "--handler=postgresql" in cmdline \
+                else None
+            if pg_pid:
+                found["postgresql"] = descendants(pg_pid)
+    return found
 
 
 def machine_busy_seconds() -> float:
@@ -261,18 +287,20 @@ def machine_busy_seconds() -> float:
 class CpuMeter:
     """Where the machine's CPU goes during a phase, in cores, by process group.
 
-    Groups: each root's process tree (the functions, the dispatcher), the services found by
-    command line (Kafka, FerretDB, PostgreSQL), this process (the load generator), and the
-    whole machine. A process that exits during the phase drops out of its group's sum.
+    Groups: each root's process tree (the functions, the dispatcher), the services of this run
+    found by their ports (Kafka, FerretDB, PostgreSQL behind it), this process (the load
+    generator), and the whole machine. A process that exits during the phase drops out of its
+    group's sum.
     """
 
-    def __init__(self, roots: Mapping[str, int]) -> None:
+    def __init__(self, roots: Mapping[str, int], kafka: str = "", mongo: str = "") -> None:
         self.roots = dict(roots)
+        self.kafka, self.mongo = kafka, mongo
 
     def snapshot(self) -> dict[str, float]:
         out = {name: sum(cpu_seconds(p) for p in descendants(pid))
                for name, pid in self.roots.items()}
-        for name, pids in service_pids().items():
+        for name, pids in service_pids(self.kafka, self.mongo).items():
             out[name] = sum(cpu_seconds(p) for p in pids)
         out["load generator"] = cpu_seconds(os.getpid())
         out["machine"] = machine_busy_seconds()
