@@ -155,7 +155,7 @@ class RollupWriter:
         fresh = self._minutes(event)
         minutes = self._fetch("1m", {bucket_start(p.time, "1m") for p in event.points}, event)
         hours = self._propagate("1h", minutes, event)
-        self._propagate("1d", hours, event)
+        self._propagate("1d", hours, event, fetch=False)
         self._latest(event)
         return fresh
 
@@ -199,8 +199,11 @@ class RollupWriter:
             return [doc for doc in found if doc is not None]
 
     def _propagate(self, step: str, sources: Sequence[dict[str, Any]], event: TelemetryEvent,
-                   ) -> list[dict[str, Any]]:
-        """Copy each source bucket's snapshot into its parent bucket, newer versions only."""
+                   fetch: bool = True) -> list[dict[str, Any]]:
+        """Copy each source bucket's snapshot into its parent bucket, newer versions only.
+
+        Returns the parent buckets as they are now (when `fetch`), to propagate them further.
+        """
         child_step = "1m" if step == "1h" else "1h"
         slot_field = "m" if step == "1h" else "h"
         ops: list[Update] = []
@@ -225,7 +228,7 @@ class RollupWriter:
                 {"$set": {slot: snapshot}, "$inc": {"v": 1}}))
             parents.add(parent)
         self._bulk_until_done(ROLLUP_COLLECTIONS[step], ops)
-        return self._fetch(step, parents, event) if parents else []
+        return self._fetch(step, parents, event) if parents and fetch else []
 
     def _bulk_until_done(self, name: str, ops: Sequence[Update]) -> None:
         # Two instances upserting the same new bucket: one gets a duplicate-key refusal.

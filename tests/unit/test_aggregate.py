@@ -68,11 +68,11 @@ def test_a_crash_halfway_then_redelivery_counts_once(apps, now, monkeypatch) -> 
     original = RollupWriter._propagate
     crashes = {"left": 0}
 
-    def crash_after_minutes(self, step, sources, event):
+    def crash_after_minutes(self, step, sources, event, **kwargs):
         if crashes["left"] > 0 and step == "1h":
             crashes["left"] -= 1
             raise RuntimeError("killed between the minute and hour updates")
-        return original(self, step, sources, event)
+        return original(self, step, sources, event, **kwargs)
 
     monkeypatch.setattr(RollupWriter, "_propagate", crash_after_minutes)
     for rec in recs:
