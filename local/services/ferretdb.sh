@@ -1,12 +1,15 @@
 #!/usr/bin/env bash
-# Real MongoDB-API server for local runs and CI: FerretDB 1.x, SQLite backend.
+# Real MongoDB-API server for local runs and CI: FerretDB 1.x, with the SQLite
+# backend (default) or a private PostgreSQL (FERRETDB_BACKEND=postgresql).
 #
 #   bash local/services/ferretdb.sh start|stop|restart|status|logs [-f]
 #
 # First start: builds FerretDB from its Go module (go install) into
 # $IOT_CACHE_DIR/ferretdb-<version>/bin, then runs it in the background with
 # data in $IOT_DATA_DIR/ferretdb and waits until it answers a ping.
-# See README.md here.
+# FERRETDB_BACKEND=postgresql: start first starts postgresql.sh's cluster
+# ($IOT_DATA_DIR/postgresql, 127.0.0.1:$POSTGRES_PORT); stop stops it after
+# FerretDB; status shows both. See README.md here.
 set -euo pipefail
 
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
@@ -23,6 +26,7 @@ FERRETDB_DEBUG_ADDR="${FERRETDB_DEBUG_ADDR:--}"
 FERRETDB_LOG_LEVEL="${FERRETDB_LOG_LEVEL:-error}"   # warn: also logs every failed command
 FERRETDB_START_TIMEOUT="${FERRETDB_START_TIMEOUT:-60}"
 FERRETDB_STOP_TIMEOUT="${FERRETDB_STOP_TIMEOUT:-15}"
+FERRETDB_BACKEND="${FERRETDB_BACKEND:-sqlite}"      # sqlite | postgresql
 
 FHOME="$CACHE_DIR/ferretdb-$FERRETDB_VERSION"
 BIN="$FHOME/bin/ferretdb"
@@ -37,7 +41,6 @@ SVC_TITLE=FerretDB
 SVC_PROC=
 SVC_VERSION="$FERRETDB_VERSION"
 SVC_DIR="$FDIR"
-SVC_DATA="$SQLITE_DIR"
 SVC_PID_FILE="$FDIR/ferretdb.pid"
 SVC_LOG_FILE="$FDIR/ferretdb.log"
 SVC_HOST="$FERRETDB_HOST"
@@ -45,6 +48,23 @@ SVC_PORT="$FERRETDB_PORT"
 SVC_CMDLINE_MATCH="--state-dir=$FDIR "
 SVC_START_TIMEOUT="$FERRETDB_START_TIMEOUT"
 SVC_STOP_TIMEOUT="$FERRETDB_STOP_TIMEOUT"
+
+# The backend's FerretDB flags; SVC_DATA says where the documents are.
+PG_SCRIPT="$HERE/postgresql.sh"
+PG_DATA="$DATA_ROOT/postgresql/data"
+case "$FERRETDB_BACKEND" in
+  sqlite)
+    BACKEND_ARGS=(--handler=sqlite "--sqlite-url=file:$SQLITE_DIR/")
+    SVC_DATA="$SQLITE_DIR"
+    ;;
+  postgresql)
+    PG_URL="$(bash "$PG_SCRIPT" url)"
+    BACKEND_ARGS=(--handler=postgresql "--postgresql-url=$PG_URL")
+    SVC_DATA="$PG_URL"
+    ;;
+  *) log "ERROR: FERRETDB_BACKEND must be sqlite (the default) or postgresql, not '$FERRETDB_BACKEND'"
+     exit 2 ;;
+esac
 
 # ---------------------------------------------------------------- build
 
@@ -100,22 +120,41 @@ def probe(host, port):
 '
 svc_probe() { port_open "$FERRETDB_PORT"; }
 
+# ---------------------------------------------------------------- backend
+
+# The backend flags a running FerretDB was started with ("--handler=... --...-url=...").
+running_backend() {
+  tr '\0' '\n' <"/proc/$1/cmdline" 2>/dev/null \
+    | grep -E -- '^--(handler|sqlite-url|postgresql-url)=' | paste -sd' ' || true
+}
+
+pg() {  # pg COMMAND: postgresql.sh, without our lock fds
+  bash "$PG_SCRIPT" "$@" 8>&- 9>&-
+}
+
 # ---------------------------------------------------------------- commands
 
-# Hooks called by svc_start in common.sh.
+PG_STARTED=0
+
+# Hooks called by svc_start / svc_stop in common.sh.
 svc_prepare() {
   build_ferretdb
   if port_open "$FERRETDB_PORT"; then
     die "port $FERRETDB_PORT is already in use by another process (not the FerretDB in $FDIR); set FERRETDB_PORT or stop it"
   fi
-  mkdir -p "$SQLITE_DIR"
+  case "$FERRETDB_BACKEND" in
+    sqlite) mkdir -p "$SQLITE_DIR" ;;
+    postgresql)
+      pg start || die "PostgreSQL did not start, so FerretDB was not started"
+      PG_STARTED=1
+      ;;
+  esac
 }
 
 svc_launch() {
-  log "starting FerretDB $FERRETDB_VERSION (sqlite) on $ADDR, data $SQLITE_DIR"
+  log "starting FerretDB $FERRETDB_VERSION ($FERRETDB_BACKEND) on $ADDR, data $SVC_DATA"
   svc_spawn env DO_NOT_TRACK=1 "$BIN" \
-    --handler=sqlite \
-    --sqlite-url="file:$SQLITE_DIR/" \
+    "${BACKEND_ARGS[@]}" \
     --listen-addr="$ADDR" \
     --state-dir="$FDIR" \
     --debug-addr="$FERRETDB_DEBUG_ADDR" \
@@ -124,4 +163,68 @@ svc_launch() {
     --log-format=text
 }
 
-svc_main "$@"
+# Refuse a running FerretDB on the other backend (or another PostgreSQL URL)
+# instead of silently keeping it.
+check_backend() {
+  local pid running
+  pid="$(running_pid)"
+  [ -n "$pid" ] || return 0
+  running="$(running_backend "$pid")"
+  if [ "$running" != "${BACKEND_ARGS[*]}" ]; then
+    die "the FerretDB in $FDIR (pid $pid) runs with '$running', but FERRETDB_BACKEND=$FERRETDB_BACKEND" \
+        "wants '${BACKEND_ARGS[*]}'; stop it first, or switch with: FERRETDB_BACKEND=$FERRETDB_BACKEND $0 restart"
+  fi
+}
+
+# After a start, also when it was already running: the backend check again
+# (start checks before it takes the lock, too), and make sure its PostgreSQL runs.
+svc_after_ready() {
+  check_backend
+  if [ "$FERRETDB_BACKEND" = postgresql ] && [ "$PG_STARTED" = 0 ]; then
+    pg start || die "PostgreSQL did not start"
+  fi
+}
+
+# After FerretDB stopped, whatever its backend: stop this data dir's
+# PostgreSQL too when there is one (a plain `stop` must not leave it running).
+svc_after_stop() {
+  if [ -d "$PG_DATA" ]; then pg stop; fi
+}
+
+# status: FerretDB as common.sh reports it, then its PostgreSQL. The exit code
+# is FerretDB's, except 1 when FerretDB runs on PostgreSQL but PostgreSQL does not.
+ferretdb_status() {
+  local pid backend="$FERRETDB_BACKEND" rc=0 pgrc=0 pgline
+  pid="$(running_pid)"
+  if [ -n "$pid" ]; then  # what runs, not what the environment asks for
+    case "$(running_backend "$pid")" in
+      --handler=postgresql*)
+        backend=postgresql
+        SVC_DATA="$(running_backend "$pid" | sed -n 's/.*--postgresql-url=\([^ ]*\).*/\1/p')" ;;
+      --handler=sqlite*) backend=sqlite; SVC_DATA="$SQLITE_DIR" ;;
+    esac
+  fi
+  svc_status || rc=$?
+  if [ "$backend" = postgresql ] || [ -d "$PG_DATA" ]; then
+    pgline="$(pg status)" || pgrc=$?
+    if [ "$backend" = postgresql ] || [ "$pgrc" != 3 ]; then echo "$pgline"; fi
+    if [ "$backend" = postgresql ] && [ "$rc" = 0 ] && [ "$pgrc" != 0 ]; then rc=1; fi
+  fi
+  return "$rc"
+}
+
+# Before start takes the lock: the backend check, and a FerretDB already
+# running on PostgreSQL needs PostgreSQL up to answer the readiness ping.
+before_start() {
+  check_backend
+  if [ "$FERRETDB_BACKEND" = postgresql ] && [ -n "$(running_pid)" ]; then
+    pg start || die "PostgreSQL did not start"
+    PG_STARTED=1
+  fi
+}
+
+case "${1:-}" in
+  start) before_start; svc_main "$@" ;;
+  status) SVC_ADDR="$ADDR"; ferretdb_status ;;
+  *) svc_main "$@" ;;
+esac
