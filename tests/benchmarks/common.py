@@ -170,9 +170,21 @@ def machine_info(mongo: str) -> dict[str, Any]:
         build = client.admin.command("buildInfo")
         info["ferretdb"] = build.get("ferretdbVersion") or build.get("version")
         client.close()
+    info["store_backend"] = store_backend(mongo)
     info["wrk"] = shutil.which("wrk") is not None
     info["py-spy"] = shutil.which("py-spy") is not None
     return info
+
+
+def store_backend(mongo: str) -> str:
+    """FerretDB's backend (sqlite, postgresql) when this machine runs the server; else ''."""
+    pid = service_pids("", mongo).get("ferretdb", [None])[0]
+    if pid is None:
+        return ""
+    with contextlib.suppress(OSError):
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace")
+        return _first(r"--handler=(\w+)", cmdline.replace("\x00", " ")) or ""
+    return ""
 
 
 def git_commit() -> dict[str, Any]:

@@ -123,7 +123,8 @@ def main(argv: list[str] | None = None) -> int:
             f"{', '.join(names)}; logs in {ctx.log_dir}")
     machine = machine_info(args.mongo)
     ctx.say(f"machine: {machine['nproc']} cores, {machine['memory_gib']} GiB, "
-            f"{machine['cpu_model']}; load average {machine['loadavg_at_start']}")
+            f"{machine['cpu_model']}; load average {machine['loadavg_at_start']}; store "
+            f"FerretDB {machine.get('ferretdb')} on {machine.get('store_backend') or '?'}")
     # SIGTERM as Ctrl-C, so servers, databases and topics of the run are removed either way.
     signal.signal(signal.SIGTERM, signal.default_int_handler)
     failed: dict[str, str] = {}
@@ -154,7 +155,8 @@ def main(argv: list[str] | None = None) -> int:
     }
     out.write_text(json.dumps(report, indent=2, default=str) + "\n", encoding="utf-8")
     print(f"benchmarks {ctx.run_id} on {machine['nproc']} cores / {machine['memory_gib']} GiB "
-          f"({machine['cpu_model']}), commit {report['git']['describe']}, "
+          f"({machine['cpu_model']}), FerretDB on {machine.get('store_backend') or '?'}, "
+          f"commit {report['git']['describe']}, "
           f"load average {machine['loadavg_at_start']} -> {machine['loadavg_at_end']}")
     print(table(ctx))
     if failed:
