@@ -19,6 +19,9 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any, Final
 
+from pymongo import ReturnDocument
+from pymongo.errors import DuplicateKeyError
+
 from .store import DEVICES, ROLLUP_COLLECTIONS, Store, Update
 from .telemetry import DataPoint, TelemetryEvent, parse_time
 
@@ -152,29 +155,38 @@ class RollupWriter:
         """Apply one event; return False when every part of it had been applied before."""
         if not event.points:
             return False
-        fresh = self._minutes(event)
-        minutes = self._fetch("1m", {bucket_start(p.time, "1m") for p in event.points}, event)
-        hours = self._propagate("1h", minutes, event)
-        self._propagate("1d", hours, event, fetch=False)
+        fresh, minutes = self._minutes(event)
+        hours = self._propagate("1h", minutes)
+        self._propagate("1d", hours)
         self._latest(event)
         return fresh
 
-    def _minutes(self, event: TelemetryEvent) -> bool:
+    def _minutes(self, event: TelemetryEvent) -> tuple[bool, list[dict[str, Any]]]:
+        """Count the event into its minute buckets; return (any news, the buckets now)."""
         groups: dict[tuple[str, datetime], list[DataPoint]] = defaultdict(list)
         for p in event.points:
             groups[(p.metric, bucket_start(p.time, "1m"))].append(p)
-        adds, lasts = [], []
+        collection = self.store.collection(ROLLUP_COLLECTIONS["1m"])
+        docs: list[dict[str, Any]] = []
+        lasts: list[Update] = []
+        fresh = False
         for (metric, start), points in sorted(groups.items()):
             s = Summary.of(points)
             _id = bucket_id(event.device_id, metric, start)
-            adds.append(Update(
-                {"_id": _id, "ids": {"$ne": event.key}},
-                {"$setOnInsert": {"device_id": event.device_id, "metric": metric, "t": start},
-                 "$inc": {"count": s.count, "sum": s.sum, "v": 1},
-                 "$min": {"min": s.min, "first": s.first},
-                 "$max": {"max": s.max, "last": s.last},
-                 "$push": {"ids": event.key}},
-                upsert=True))
+            # One round trip counts the readings and returns the bucket as it is after.
+            doc = self._upsert_returning(collection, {"_id": _id, "ids": {"$ne": event.key}}, {
+                "$setOnInsert": {"device_id": event.device_id, "metric": metric, "t": start},
+                "$inc": {"count": s.count, "sum": s.sum, "v": 1},
+                "$min": {"min": s.min, "first": s.first},
+                "$max": {"max": s.max, "last": s.last},
+                "$push": {"ids": event.key}})
+            if doc is None:  # counted before: a redelivery; finish the rest of the work
+                with self.store.guard():
+                    doc = collection.find_one({"_id": _id}, {"ids": 0})
+                if doc is None:
+                    continue
+            else:
+                fresh = True
             # After the $max above, `last` equals ours only if ours is the newest reading;
             # then the bucket's last value is ours (ties: the larger value, so the outcome
             # does not depend on arrival order). Idempotent, so run on every delivery.
@@ -183,31 +195,49 @@ class RollupWriter:
                     {"last_at": {"$lt": s.last}}, {"last_at": {"$exists": False}},
                     {"last_at": s.last, "last_value": {"$lt": s.last_value}}]},
                 {"$set": {"last_value": s.last_value, "last_at": s.last}}))
-        outcome = self.store.bulk(ROLLUP_COLLECTIONS["1m"], adds)
+            # The same condition on our copy, so it need not be read again.
+            at = doc.get("last_at")
+            if _utc(doc["last"]) == s.last and (
+                    at is None or _utc(at) < s.last
+                    or (_utc(at) == s.last and doc["last_value"] < s.last_value)):
+                doc.update(last_value=s.last_value, last_at=s.last)
+            docs.append(doc)
         self.store.bulk(ROLLUP_COLLECTIONS["1m"], lasts)
-        return len(outcome.duplicates) < len(adds)
+        return fresh, docs
 
-    def _fetch(self, step: str, starts: Iterable[datetime], event: TelemetryEvent,
-               ) -> list[dict[str, Any]]:
-        metrics = {p.metric for p in event.points}
-        ids = [bucket_id(event.device_id, m, s) for m in metrics for s in starts]
-        collection = self.store.collection(ROLLUP_COLLECTIONS[step])
-        # One exact _id read each: FerretDB pushes `{_id: x}` down to its backend but not
-        # `{_id: {$in: [...]}}`, which scans the collection (see BENCHMARKS.md).
-        with self.store.guard():
-            found = (collection.find_one({"_id": i}, {"ids": 0}) for i in ids)
-            return [doc for doc in found if doc is not None]
+    def _upsert_returning(self, collection: Any, filter: dict[str, Any],
+                          update: dict[str, Any]) -> dict[str, Any] | None:
+        """Conditional upsert returning the document after it; None when the filter's
+        condition is false on the existing document.
 
-    def _propagate(self, step: str, sources: Sequence[dict[str, Any]], event: TelemetryEvent,
-                   fetch: bool = True) -> list[dict[str, Any]]:
+        An upsert whose condition is false on an existing document is refused as a
+        duplicate key; so is one that lost the race to insert a new document. The second
+        attempt tells them apart: by then the document exists, so a refusal means the
+        condition.
+        """
+        for attempt in range(2):
+            try:
+                with self.store.guard():
+                    # No projection: FerretDB 1.x refuses one in findAndModify.
+                    doc: dict[str, Any] | None = collection.find_one_and_update(
+                        filter, update, upsert=True, return_document=ReturnDocument.AFTER)
+                return doc
+            except DuplicateKeyError:
+                if attempt:
+                    return None
+        return None
+
+    def _propagate(self, step: str, sources: Sequence[dict[str, Any]],
+                   ) -> list[dict[str, Any]]:
         """Copy each source bucket's snapshot into its parent bucket, newer versions only.
 
-        Returns the parent buckets as they are now (when `fetch`), to propagate them further.
+        Returns the parent buckets as they are after it (for hours, to propagate further).
         """
         child_step = "1m" if step == "1h" else "1h"
         slot_field = "m" if step == "1h" else "h"
+        collection = self.store.collection(ROLLUP_COLLECTIONS[step])
+        parents: dict[str, dict[str, Any]] = {}
         ops: list[Update] = []
-        parents: set[datetime] = set()
         for doc in sources:
             summary = summarize(doc, child_step)
             if summary is None:
@@ -217,26 +247,35 @@ class RollupWriter:
             slot = f"{slot_field}.{start.strftime('%M' if step == '1h' else '%H')}"
             _id = bucket_id(doc["device_id"], doc["metric"], parent)
             snapshot = {**summary.to_doc(), "v": int(doc["v"])}
-            ops.append(Update(
-                {"_id": _id},
-                {"$setOnInsert": {"device_id": doc["device_id"], "metric": doc["metric"],
-                                  "t": parent, "v": 0}},
-                upsert=True))
-            ops.append(Update(
+            op = Update(
                 {"_id": _id, "$or": [{f"{slot}.v": {"$lt": snapshot["v"]}},
                                      {slot: {"$exists": False}}]},
-                {"$set": {slot: snapshot}, "$inc": {"v": 1}}))
-            parents.add(parent)
-        self._bulk_until_done(ROLLUP_COLLECTIONS[step], ops)
-        return self._fetch(step, parents, event) if parents and fetch else []
+                {"$setOnInsert": {"device_id": doc["device_id"], "metric": doc["metric"],
+                                  "t": parent},
+                 "$set": {slot: snapshot}, "$inc": {"v": 1}},
+                upsert=True)
+            if step == "1d":  # the top: nothing reads the day bucket back
+                ops.append(op)
+                continue
+            found = self._upsert_returning(collection, op.filter, op.update)
+            if found is None:  # holds this snapshot or a newer one already
+                with self.store.guard():
+                    found = collection.find_one({"_id": _id}, {"ids": 0})
+            if found is not None:
+                parents[_id] = found  # the latest state, when two minutes share an hour
+        if ops:
+            # A refusal is a lost insert race (run again) or an older snapshot (leave it).
+            retry = [ops[i] for i in self.store.bulk(ROLLUP_COLLECTIONS[step], ops).duplicates]
+            self.store.bulk(ROLLUP_COLLECTIONS[step], retry)
+        return list(parents.values())
 
     def _bulk_until_done(self, name: str, ops: Sequence[Update]) -> None:
-        # Two instances upserting the same new bucket: one gets a duplicate-key refusal.
+        # Two instances upserting the same new document: one gets a duplicate-key refusal.
         # Every op here is idempotent, so running the whole bulk again settles it.
         for _ in range(_RETRIES):
             if not self.store.bulk(name, ops, ordered=True).duplicates:
                 return
-        raise RuntimeError(f"{name}: bucket upserts kept colliding")
+        raise RuntimeError(f"{name}: upserts kept colliding")
 
     def _latest(self, event: TelemetryEvent) -> None:
         """Each metric's latest value by event time; a late, older reading never wins."""

@@ -75,7 +75,10 @@ def test_ingest_answers_503_when_kafka_cannot_take_the_write(mongo_url, mongo_db
 
 def test_rollups_exact_with_concurrent_instances_and_duplicates(mongo_url, mongo_db,
                                                                 now) -> None:
-    real_runtime(mongo_url, mongo_db)
+    # One connection (see one_connection): with a pool, FerretDB loses one of two concurrent
+    # writes to an hour bucket now and then (about 1 run in 10 on PostgreSQL), which MongoDB
+    # never does; the instances still interleave between their store calls.
+    real_runtime(one_connection(mongo_url), mongo_db)
     apps = Apps()
     recs, sent = fleet(now, n_events=48, devices=2, seed=3)
     work = recs * 3
@@ -109,8 +112,9 @@ def test_rollups_exact_with_concurrent_instances_and_duplicates(mongo_url, mongo
 def one_connection(url: str) -> str:
     """The URL with a pool of one connection.
 
-    FerretDB 1.x on SQLite does not apply concurrent updates of one document atomically
-    (MongoDB does): 400 concurrent $inc from 4 connections end at 100. Sharing one
+    FerretDB 1.x (on SQLite and on PostgreSQL) does not apply concurrent updates of one
+    document atomically (MongoDB does): 400 concurrent $inc from 4 connections end at 100
+    to 140: it reads the document, changes it and writes it back without a lock. Sharing one
     connection, the instances' commands reach the server one at a time, as they would be
     applied on MongoDB, while the instances still interleave between commands, which is
     what the compare-and-swap logic must survive.

@@ -8,6 +8,7 @@ import pytest
 
 from iot_telemetry import events
 from iot_telemetry.rollup import RollupWriter, bucket_start
+from iot_telemetry.store import ROLLUP_COLLECTIONS, Store
 from tests.conftest import record, telemetry
 from tests.truth import close, expected, observed, points_of
 
@@ -63,23 +64,43 @@ def test_redelivery_changes_nothing(apps, now) -> None:
     check_exact(apps, sent, now)
 
 
-def test_a_crash_halfway_then_redelivery_counts_once(apps, now, monkeypatch) -> None:
+@pytest.mark.parametrize("crash_at", ["last values", "1h", "1d"])
+def test_a_crash_halfway_then_redelivery_counts_once(apps, now, monkeypatch, crash_at) -> None:
+    """Killed after the minute buckets took the event (before their last values, before
+    the hour buckets, or before the day buckets): the redelivery finishes the work."""
     recs, sent = fleet(now, n_events=20)
-    original = RollupWriter._propagate
     crashes = {"left": 0}
+    original_propagate = RollupWriter._propagate
+    original_bulk = Store.bulk
 
-    def crash_after_minutes(self, step, sources, event, **kwargs):
-        if crashes["left"] > 0 and step == "1h":
+    def crash_before_propagate(self, step, sources):
+        if crashes["left"] > 0 and step == crash_at:
             crashes["left"] -= 1
-            raise RuntimeError("killed between the minute and hour updates")
-        return original(self, step, sources, event, **kwargs)
+            raise RuntimeError(f"killed before the {step} updates")
+        return original_propagate(self, step, sources)
 
-    monkeypatch.setattr(RollupWriter, "_propagate", crash_after_minutes)
+    def crash_before_lasts(self, name, ops, ordered=False):
+        if crashes["left"] > 0 and name == ROLLUP_COLLECTIONS["1m"]:
+            crashes["left"] -= 1
+            raise RuntimeError("killed before the minute buckets' last values")
+        return original_bulk(self, name, ops, ordered)
+
+    if crash_at == "last values":
+        monkeypatch.setattr(Store, "bulk", crash_before_lasts)
+    else:
+        monkeypatch.setattr(RollupWriter, "_propagate", crash_before_propagate)
     for rec in recs:
         crashes["left"] = 1
         assert apps.deliver("aggregate", rec).status_code == 500  # retried by the Broker
         assert apps.deliver("aggregate", rec).status_code == 204
     check_exact(apps, sent, now)
+    if crash_at == "last values":  # each bucket's last value is still the newest reading
+        for device in {p[0] for p in sent}:
+            for bucket in series(apps, device, "temperature", "1m", now):
+                newest = max((p for p in sent if p[0] == device and p[1] == "temperature"
+                              and bucket_start(p[2], "1m").isoformat()[:16]
+                              == bucket["t"][:16]), key=lambda p: (p[2], p[3]))
+                assert bucket["last_value"] == pytest.approx(newest[3])
 
 
 def test_concurrent_instances_with_duplicates(apps, now) -> None:
@@ -152,3 +173,31 @@ def test_bucket_start(now, step, minute) -> None:
     start = bucket_start(t, step)
     assert start.minute == minute and start.second == 0
     assert start <= t
+
+
+def test_lost_insert_race_is_retried_and_a_false_condition_is_not(apps, now) -> None:
+    """Another instance inserts the bucket between our match and our insert: the refusal is
+    retried against the now existing document, where it applies; a second refusal means
+    the condition (already counted / older snapshot)."""
+    from pymongo.errors import DuplicateKeyError
+
+    from iot_telemetry.runtime import get_runtime
+
+    writer = RollupWriter(get_runtime().store)
+
+    class RaceOnce:
+        def __init__(self, refusals):
+            self.calls, self.refusals = 0, refusals
+
+        def find_one_and_update(self, *args, **kwargs):
+            self.calls += 1
+            if self.calls <= self.refusals:
+                raise DuplicateKeyError("E11000 duplicate key", 11000)
+            return {"_id": "b", "count": 2}
+
+    lost_race = RaceOnce(refusals=1)
+    assert writer._upsert_returning(lost_race, {"_id": "b"}, {}) == {"_id": "b", "count": 2}
+    assert lost_race.calls == 2
+    condition_false = RaceOnce(refusals=5)
+    assert writer._upsert_returning(condition_false, {"_id": "b"}, {}) is None
+    assert condition_false.calls == 2
