@@ -38,9 +38,10 @@ PG_SOCKET_DIR="$PGROOT"
 ADDR="$POSTGRES_HOST:$POSTGRES_PORT"
 URL="postgres://$PG_ROLE@$ADDR/$PG_DB"
 
-# For common.sh's helpers (log, die, lock_data, port_open).
+# For common.sh's helpers (log, die, lock_data, port_open, svc_logs).
 SVC_NAME=postgresql
 SVC_DIR="$PGROOT"
+SVC_LOG_FILE="$PG_LOG"  # for svc_logs
 SVC_HOST="$POSTGRES_HOST"
 
 if [ "$(id -u)" = 0 ]; then AS_ROOT=1; else AS_ROOT=0; fi
@@ -297,18 +298,12 @@ pg_status() {
   return 1
 }
 
-pg_logs() {
-  [ -f "$PG_LOG" ] || die "no log yet ($PG_LOG)"
-  if [ "${1:-}" = "-f" ]; then exec tail -n 100 -f "$PG_LOG"; fi
-  tail -n "${LINES_TO_SHOW:-100}" "$PG_LOG"
-}
-
 case "${1:-}" in
   start) pg_start ;;
   stop) pg_stop ;;
   restart) pg_stop; pg_start ;;
   status) pg_status ;;
-  logs) shift; pg_logs "$@" ;;
+  logs) shift; svc_logs "$@" ;;
   url) echo "$URL" ;;
   *) echo "usage: $0 start|stop|restart|status|logs [-f]|url" >&2; exit 2 ;;
 esac

@@ -178,13 +178,7 @@ def machine_info(mongo: str) -> dict[str, Any]:
 
 def store_backend(mongo: str) -> str:
     """FerretDB's backend (sqlite, postgresql) when this machine runs the server; else ''."""
-    pid = service_pids("", mongo).get("ferretdb", [None])[0]
-    if pid is None:
-        return ""
-    with contextlib.suppress(OSError):
-        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace")
-        return _first(r"--handler=(\w+)", cmdline.replace("\x00", " ")) or ""
-    return ""
+    return ferretdb_flags(mongo).get("handler", "")
 
 
 def git_commit() -> dict[str, Any]:
@@ -219,6 +213,9 @@ def memory_kb(pid: int) -> dict[str, int]:
     return {key: int(_first(rf"^{key}:\s+(\d+)", text) or 0) for key in ("VmRSS", "VmHWM")}
 
 
+_CLOCK_TICKS: Final = os.sysconf("SC_CLK_TCK")
+
+
 def cpu_seconds(pid: int) -> float:
     """User + system CPU seconds a process has used so far (all its threads); 0 if gone."""
     try:
@@ -228,8 +225,6 @@ def cpu_seconds(pid: int) -> float:
     fields = text.rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / _CLOCK_TICKS
 
-
-_CLOCK_TICKS: Final = os.sysconf("SC_CLK_TCK")
 
 
 def descendants(pid: int) -> list[int]:
@@ -264,27 +259,41 @@ def listener_pid(port: int) -> int | None:
     return None
 
 
+def _listener(address: str) -> int | None:
+    """The process listening on the port of `host:port` or a URL holding one."""
+    host = address.split(",", maxsplit=1)[0].rsplit("@", maxsplit=1)[-1]
+    m = re.search(r":(\d+)(?:[/?]|$)", host)
+    return listener_pid(int(m.group(1))) if m else None
+
+
+def ferretdb_flags(mongo: str) -> dict[str, str]:
+    """The `--name=value` flags of the FerretDB serving `mongo` on this machine; {} if none."""
+    pid = _listener(mongo)
+    if pid is None:
+        return {}
+    try:
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace")
+    except OSError:
+        return {}
+    flags = (arg[2:].split("=", 1) for arg in cmdline.split("\x00") if arg.startswith("--"))
+    return {"pid": str(pid), **{f[0]: f[1] for f in flags if len(f) == 2}}
+
+
 def service_pids(kafka: str, mongo: str) -> dict[str, list[int]]:
     """The processes of the Kafka broker and the store server this run uses, by their ports.
 
     With FerretDB on PostgreSQL, PostgreSQL's server and backends count as "postgresql".
     """
     found: dict[str, list[int]] = {}
-    port = kafka.split(",", maxsplit=1)[0].rsplit(":", 1)[-1]
-    pid = listener_pid(int(port)) if port.isdigit() else None
+    pid = _listener(kafka)
     if pid:
         found["kafka"] = [pid]
-    m = re.search(r"@?[\w.-]+:(\d+)", mongo.split("://", 1)[-1])
-    pid = listener_pid(int(m.group(1))) if m else None
-    if pid:
-        found["ferretdb"] = [pid]
-        with contextlib.suppress(OSError):
-            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace")
-            pg = re.search(r"--postgresql-url=\S*?:(\d+)/", cmdline.replace("\x00", " "))
-            pg_pid = listener_pid(int(pg.group(1))) if pg and "--handler=postgresql" in cmdline \
-                else None
-            if pg_pid:
-                found["postgresql"] = descendants(pg_pid)
+    flags = ferretdb_flags(mongo)
+    if flags:
+        found["ferretdb"] = [int(flags["pid"])]
+        pg = _listener(flags["postgresql-url"]) if flags.get("handler") == "postgresql" else None
+        if pg:
+            found["postgresql"] = descendants(pg)
     return found
 
 

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import re
 import sqlite3
 import sys
 import time
@@ -26,21 +25,19 @@ from statistics import median
 
 import pymongo
 
-from .common import service_pids
+from .common import ferretdb_flags
 
 FERRETDB_EXPR = "_ferretdb_sjson->'$._id'"  # internal/backends/sqlite/metadata: IDColumn
 INDEX_EXPR = "_ferretdb_sjson->'_id'"  # the _id_ index is on ->"_id": the same to SQLite
 
 
 def sqlite_dir(mongo: str) -> Path:
-    pid = service_pids("", mongo).get("ferretdb", [None])[0]
-    if pid is None:
+    flags = ferretdb_flags(mongo)
+    if not flags:
         raise SystemExit(f"no FerretDB listening for {mongo} on this machine")
-    cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace")
-    found = re.search(r"--sqlite-url=file:([^\x00?]+)", cmdline)
-    if "--handler=sqlite" not in cmdline or not found:
+    if flags.get("handler") != "sqlite":
         raise SystemExit("that FerretDB does not run on SQLite")
-    return Path(found.group(1))
+    return Path(flags["sqlite-url"].removeprefix("file:").split("?", 1)[0])
 
 
 def timed(call, repeat: int = 15) -> float:
