@@ -10,7 +10,6 @@ import flask
 from .errors import BadRequest
 from .events import read_delivery
 from .observability import DUPLICATES_SKIPPED, EVENTS_PROCESSED, POINTS_AGGREGATED
-from .rollup import RollupWriter
 from .runtime import Runtime, get_runtime
 from .service import require, serve
 from .telemetry import TelemetryEvent, validate
@@ -45,7 +44,7 @@ def _aggregate(request: flask.Request, rt: Runtime) -> flask.Response:
     # 1. Decode; 2. apply idempotently; 3. answer 204 (nothing to reply).
     event = decode_telemetry(request, FUNCTION)
     rt.store.ensure_indexes()
-    fresh = RollupWriter(rt.store).apply(event)
+    fresh = rt.rollups.apply(event)
     if fresh:
         POINTS_AGGREGATED.inc(len(event.points))
         EVENTS_PROCESSED.labels(FUNCTION, "applied").inc()

@@ -122,7 +122,7 @@ class Registry:
 
     def list(self) -> list[Device]:
         with self.store.guard():
-            docs = self.store.collection(DEVICES).find({}, {"token": 0, "metrics": 0}).sort("_id")
+            docs = self.store.collection(DEVICES).find({}, {"token": 0, "latest": 0}).sort("_id")
             return [Device.from_doc(d) for d in docs]
 
     def set_enabled(self, device_id: str, enabled: bool) -> None:

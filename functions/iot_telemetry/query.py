@@ -21,9 +21,9 @@ from .alerting import ACKNOWLEDGED, OPEN, RESOLVED, AlertBook, public
 from .errors import BadRequest, MethodNotAllowed, NotFound, TelemetryError
 from .events import loads
 from .observability import ALERTS_ACKNOWLEDGED, QUERY_SECONDS, Timer
-from .rollup import STEPS, bucket_start, read_series
 from .rules import SEVERITIES
 from .runtime import Runtime, get_runtime
+from .series import STEPS, bucket_start, read_series, reading_of
 from .service import json_response, serve
 from .store import ALERTS, DEVICES
 from .telemetry import DEVICE_ID, METRIC_NAME, format_time, parse_time
@@ -160,8 +160,9 @@ def _openapi(request: flask.Request, rt: Runtime) -> flask.Response:
 def _device_view(doc: Mapping[str, Any], now: datetime, stale_after: int,
                  open_alerts: int | None = None) -> dict[str, Any]:
     last_seen = doc.get("last_seen")
-    metrics = {name: {"value": m["value"], "time": format_time(m["time"])}
-               for name, m in sorted((doc.get("metrics") or {}).items())}
+    metrics = {name: {"value": value, "time": format_time(at)}
+               for name, (at, value) in sorted(
+                   (name, reading_of(key)) for name, key in (doc.get("latest") or {}).items())}
     view: dict[str, Any] = {
         "id": doc["_id"],
         "first_seen": format_time(doc["first_seen"]) if doc.get("first_seen") else None,

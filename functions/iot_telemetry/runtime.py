@@ -10,6 +10,7 @@ from .devices import Registry
 from .observability import configure_logging
 from .publisher import RecordSink, make_sink
 from .ratelimit import RateLimiter
+from .rollup import RollupWriter
 from .settings import Settings
 from .store import Store
 
@@ -27,6 +28,12 @@ class Runtime:
     def store(self) -> Store:
         with self._lock:
             return Store(self.settings)
+
+    @cached_property
+    def rollups(self) -> RollupWriter:
+        """One writer per process, so concurrent deliveries share its group commit."""
+        with self._lock:
+            return RollupWriter(self.store)
 
     @cached_property
     def registry(self) -> Registry:

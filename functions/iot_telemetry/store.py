@@ -27,8 +27,11 @@ from .settings import Settings
 log = logging.getLogger(__name__)
 
 DUPLICATE_KEY: Final = 11000
-#: Collections, by what they hold.
-ROLLUP_COLLECTIONS: Final = {"1m": "rollup_1m", "1h": "rollup_1h", "1d": "rollup_1d"}
+#: Collections, by what they hold (the rollup layout is described in series.py).
+ROLLUP_HOURS: Final = "rollup_hours"
+ROLLUP_DAYS: Final = "rollup_days"
+#: The time ingest gave each event that came without one, by event key (see rollup.py).
+EVENT_TIMES: Final = "event_times"
 DEVICES: Final = "devices"
 ALERTS: Final = "alerts"
 ALERT_STATE: Final = "alert_state"
@@ -66,9 +69,11 @@ class Update:
 
 @dataclass
 class BulkOutcome:
-    """What a bulk write did: indexes of ops refused as duplicate keys, and matched count."""
+    """What a bulk write did: indexes of ops refused as duplicate keys, other refusals by
+    index (code, message), and matched count."""
 
     duplicates: list[int] = field(default_factory=list)
+    failed: dict[int, tuple[int, str]] = field(default_factory=dict)
     matched: int = 0
     upserted: int = 0
 
@@ -119,10 +124,8 @@ class Store:
         if self._indexed:
             return
         with self._index_lock, self.guard():
-            for name in ROLLUP_COLLECTIONS.values():
-                self.db[name].create_index(
-                    [("device_id", ASCENDING), ("metric", ASCENDING), ("t", ASCENDING)],
-                    name="series", unique=True)
+            # Rollup documents are only ever found by _id. Event times expire on their own.
+            self.db[EVENT_TIMES].create_index("exp", name="expiry", expireAfterSeconds=0)
             self.db[ALERTS].create_index(
                 [("raised_at", DESCENDING), ("_id", DESCENDING)], name="newest")
             self.db[ALERTS].create_index(
@@ -138,8 +141,13 @@ class Store:
         except DependencyUnavailable:
             return False
 
-    def bulk(self, name: str, ops: Sequence[Update], ordered: bool = False) -> BulkOutcome:
-        """Run updates in one round trip; duplicate-key refusals are reported, not raised."""
+    def bulk(self, name: str, ops: Sequence[Update], ordered: bool = False, *,
+             tolerate: bool = False) -> BulkOutcome:
+        """Run updates in one round trip; duplicate-key refusals are reported, not raised.
+
+        Other refusals of single ops raise DependencyUnavailable, or with `tolerate` are
+        reported in `failed` so the caller can fail only what they belong to.
+        """
         outcome = BulkOutcome()
         if not ops:
             return outcome
@@ -151,6 +159,13 @@ class Store:
                         result = collection.update_one(op.filter, op.update, upsert=op.upsert)
                     except DuplicateKeyError:
                         outcome.duplicates.append(i)
+                        if ordered:
+                            break
+                        continue
+                    except OperationFailure as exc:
+                        if not tolerate:
+                            raise
+                        outcome.failed[i] = (exc.code or 0, str(exc))
                         if ordered:
                             break
                         continue
@@ -168,14 +183,17 @@ class Store:
             })
             errors = reply.get("writeErrors") or []
             other = [e for e in errors if e.get("code") != DUPLICATE_KEY]
-            if other:
+            if other and not tolerate:
                 raise DependencyUnavailable(
                     f"store refused a write: {other[0].get('errmsg')}", self._retry_after)
+            outcome.failed = {int(e["index"]): (int(e.get("code", 0)), str(e.get("errmsg")))
+                              for e in other}
             if reply.get("writeConcernError"):
                 raise DependencyUnavailable(
                     f"store write concern failed: {reply['writeConcernError']}",
                     self._retry_after)
-            outcome.duplicates = sorted(int(e["index"]) for e in errors)
+            outcome.duplicates = sorted(int(e["index"]) for e in errors
+                                        if e.get("code") == DUPLICATE_KEY)
             outcome.upserted = len(reply.get("upserted") or [])
             outcome.matched = max(0, int(reply.get("n", 0)) - outcome.upserted)
         return outcome

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import re
 from collections.abc import Sequence
@@ -16,6 +17,9 @@ DEVICE_ID: Final = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}$")
 METRIC_NAME: Final = re.compile(r"^[a-z][a-z0-9_]{0,63}$")
 MAX_ID_LENGTH: Final = 256
 MAX_SOURCE_LENGTH: Final = 1024
+#: Extension ingest adds to an event that came without `time` (value TIME_SOURCE_INGEST).
+TIME_SOURCE: Final = "timesource"
+TIME_SOURCE_INGEST: Final = "ingest"
 # Largest magnitude kept: stored as a double and summed, so stay clear of overflow.
 MAX_ABS_VALUE: Final = 1e300
 
@@ -54,6 +58,19 @@ class TelemetryEvent:
     def key(self) -> str:
         """Identity for deduplication: (source, id)."""
         return f"{self.source}\x1f{self.id}"
+
+    @property
+    def receipt_stamped(self) -> bool:
+        """The device sent no `time`: ingest stamped the time of receipt (a resend of the
+        same event gets another one)."""
+        return self.attributes.get(TIME_SOURCE) == TIME_SOURCE_INGEST
+
+    def with_time(self, t: datetime) -> TelemetryEvent:
+        """The same event stamped `t`: its `metrics` move to `t`, its samples keep theirs."""
+        top = len(self.data.get("metrics") or {})
+        points = tuple(DataPoint(p.metric, t, p.value) for p in self.points[:top])
+        return dataclasses.replace(self, time=t, points=points + self.points[top:],
+                                   attributes={**self.attributes, "time": format_time(t)})
 
 
 def parse_time(value: Any) -> datetime | None:
@@ -160,6 +177,8 @@ def validate(raw: RawEvent, now: datetime, limits: Limits | None, where: str = "
         return check.problems
     assert event_time is not None
     attributes = {**attrs, "time": format_time(event_time), "datacontenttype": JSON}
+    if "time" not in attrs:  # consumers settle a resend's time by its key (rollup.py)
+        attributes[TIME_SOURCE] = TIME_SOURCE_INGEST
     return TelemetryEvent(str(source), str(event_id), str(subject), event_time,
                           tuple(points), attributes, dict(raw.data))
 

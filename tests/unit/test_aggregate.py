@@ -7,9 +7,9 @@ from datetime import timedelta
 import pytest
 
 from iot_telemetry import events
-from iot_telemetry.rollup import RollupWriter, bucket_start
-from iot_telemetry.store import ROLLUP_COLLECTIONS, Store
-from tests.conftest import record, telemetry
+from iot_telemetry.rollup import RollupWriter
+from iot_telemetry.series import bucket_start
+from tests.conftest import iso, record, telemetry
 from tests.truth import close, expected, observed, points_of
 
 
@@ -64,43 +64,47 @@ def test_redelivery_changes_nothing(apps, now) -> None:
     check_exact(apps, sent, now)
 
 
-@pytest.mark.parametrize("crash_at", ["last values", "1h", "1d"])
+@pytest.mark.parametrize("crash_at", ["_snapshot_days", "_latest"])
 def test_a_crash_halfway_then_redelivery_counts_once(apps, now, monkeypatch, crash_at) -> None:
-    """Killed after the minute buckets took the event (before their last values, before
-    the hour buckets, or before the day buckets): the redelivery finishes the work."""
+    """Killed after the hour documents took the event (before the day snapshots, or before
+    the latest values): the redelivery finishes the work without counting twice."""
     recs, sent = fleet(now, n_events=20)
     crashes = {"left": 0}
-    original_propagate = RollupWriter._propagate
-    original_bulk = Store.bulk
+    original = getattr(RollupWriter, crash_at)
 
-    def crash_before_propagate(self, step, sources):
-        if crashes["left"] > 0 and step == crash_at:
+    def crash_once(self, *args):
+        if crashes["left"] > 0:
             crashes["left"] -= 1
-            raise RuntimeError(f"killed before the {step} updates")
-        return original_propagate(self, step, sources)
+            raise RuntimeError(f"killed before {crash_at}")
+        return original(self, *args)
 
-    def crash_before_lasts(self, name, ops, ordered=False):
-        if crashes["left"] > 0 and name == ROLLUP_COLLECTIONS["1m"]:
-            crashes["left"] -= 1
-            raise RuntimeError("killed before the minute buckets' last values")
-        return original_bulk(self, name, ops, ordered)
-
-    if crash_at == "last values":
-        monkeypatch.setattr(Store, "bulk", crash_before_lasts)
-    else:
-        monkeypatch.setattr(RollupWriter, "_propagate", crash_before_propagate)
+    monkeypatch.setattr(RollupWriter, crash_at, crash_once)
     for rec in recs:
         crashes["left"] = 1
         assert apps.deliver("aggregate", rec).status_code == 500  # retried by the Broker
         assert apps.deliver("aggregate", rec).status_code == 204
     check_exact(apps, sent, now)
-    if crash_at == "last values":  # each bucket's last value is still the newest reading
+    check_last_values(apps, sent, now)
+
+
+def check_last_values(apps, sent, now):
+    """Every bucket's last value (every step) and each device's latest value is the reading
+    with the newest time, ties broken by the larger value."""
+    for step in ("1m", "1h", "1d"):
         for device in {p[0] for p in sent}:
-            for bucket in series(apps, device, "temperature", "1m", now):
-                newest = max((p for p in sent if p[0] == device and p[1] == "temperature"
-                              and bucket_start(p[2], "1m").isoformat()[:16]
-                              == bucket["t"][:16]), key=lambda p: (p[2], p[3]))
-                assert bucket["last_value"] == pytest.approx(newest[3])
+            for metric in {p[1] for p in sent if p[0] == device}:
+                for bucket in series(apps, device, metric, step, now):
+                    newest = max((p for p in sent if p[0] == device and p[1] == metric
+                                  and iso(bucket_start(p[2], step)) == bucket["t"]),
+                                 key=lambda p: (p[2], p[3]))
+                    assert bucket["last_value"] == newest[3], (step, bucket)
+                    assert bucket["last"] == iso(newest[2])
+    for device in {p[0] for p in sent}:
+        view = apps.query.get(f"/devices/{device}").get_json()
+        for metric, latest in view["metrics"].items():
+            newest = max((p for p in sent if p[0] == device and p[1] == metric),
+                         key=lambda p: (p[2], p[3]))
+            assert (latest["value"], latest["time"]) == (newest[3], iso(newest[2]))
 
 
 def test_concurrent_instances_with_duplicates(apps, now) -> None:
@@ -173,31 +177,3 @@ def test_bucket_start(now, step, minute) -> None:
     start = bucket_start(t, step)
     assert start.minute == minute and start.second == 0
     assert start <= t
-
-
-def test_lost_insert_race_is_retried_and_a_false_condition_is_not(apps, now) -> None:
-    """Another instance inserts the bucket between our match and our insert: the refusal is
-    retried against the now existing document, where it applies; a second refusal means
-    the condition (already counted / older snapshot)."""
-    from pymongo.errors import DuplicateKeyError
-
-    from iot_telemetry.runtime import get_runtime
-
-    writer = RollupWriter(get_runtime().store)
-
-    class RaceOnce:
-        def __init__(self, refusals):
-            self.calls, self.refusals = 0, refusals
-
-        def find_one_and_update(self, *args, **kwargs):
-            self.calls += 1
-            if self.calls <= self.refusals:
-                raise DuplicateKeyError("E11000 duplicate key", 11000)
-            return {"_id": "b", "count": 2}
-
-    lost_race = RaceOnce(refusals=1)
-    assert writer._upsert_returning(lost_race, {"_id": "b"}, {}) == {"_id": "b", "count": 2}
-    assert lost_race.calls == 2
-    condition_false = RaceOnce(refusals=5)
-    assert writer._upsert_returning(condition_false, {"_id": "b"}, {}) is None
-    assert condition_false.calls == 2

@@ -1,0 +1,203 @@
+"""The rollup layout (the bucket pattern) and reading series from it.
+
+Two collections, one document per device and period, every metric in it:
+
+- `rollup_hours`, `<device>|<YYYY-MM-DDTHH>`: the minute slots of every metric
+  (`min.<metric>.<MM>`), the hour totals of every metric (`tot.<metric>`), the version `v`
+  (one more for every event counted) and the keys of the events counted (`ids`, 64-bit
+  hashes, never returned by a read).
+- `rollup_days`, `<device>|<YYYY-MM-DD>`: a snapshot of each hour's totals per metric
+  (`h.<metric>.<HH>`), a string that starts with the hour document's version, so `$max`
+  keeps the newest snapshot whatever order the writes arrive in.
+
+A slot holds `c` (count), `s` (sum), `lo` (min), `hi` (max), `f` (first time) and `lv`
+(last time and value); `f` and `lv` are order-preserving strings (see `time_key` and
+`reading_key`), so `$min`/`$max` keep first and last exact in any arrival order without a
+second write.
+
+A series of 24 h at 1 m reads 25 hour documents, 30 d at 1 h reads 31 day documents, each
+in one `find` by `_id` with a projection of the one metric asked for.
+"""
+
+from __future__ import annotations
+
+import struct
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any, Final
+
+from .store import ROLLUP_DAYS, ROLLUP_HOURS, Store
+
+STEPS: Final = {"1m": timedelta(minutes=1), "1h": timedelta(hours=1), "1d": timedelta(days=1)}
+_EPOCH: Final = datetime(1970, 1, 1, tzinfo=UTC)
+#: Origin of the time keys: every datetime is after it, so keys are non-negative.
+_KEY_ORIGIN: Final = datetime(1, 1, 1, tzinfo=UTC)
+_US: Final = timedelta(microseconds=1)
+_TIME_DIGITS: Final = 15  # hex digits of microseconds since year 1 (year 9999 needs 15)
+_FLOAT_DIGITS: Final = 16
+_SIGN: Final = 1 << 63
+_ALL: Final = (1 << 64) - 1
+#: Hex digits of the version that leads a snapshot string.
+_VERSION_DIGITS: Final = 12
+
+
+def bucket_start(t: datetime, step: str) -> datetime:
+    """Start of the bucket of width `step` holding `t` (event time, UTC)."""
+    width = STEPS[step]
+    return _EPOCH + ((t - _EPOCH) // width) * width
+
+
+def hour_id(device_id: str, start: datetime) -> str:
+    return f"{device_id}|{start.strftime('%Y-%m-%dT%H')}"
+
+
+def day_id(device_id: str, start: datetime) -> str:
+    return f"{device_id}|{start.strftime('%Y-%m-%d')}"
+
+
+# --- order-preserving encodings ----------------------------------------------------------
+
+def time_key(t: datetime) -> str:
+    """`t` as fixed-width hex of microseconds: string order is time order."""
+    return f"{(t - _KEY_ORIGIN) // _US:0{_TIME_DIGITS}x}"
+
+
+def time_of(key: str) -> datetime:
+    return _KEY_ORIGIN + int(key[:_TIME_DIGITS], 16) * _US
+
+
+def _float_bits(x: float) -> int:
+    # IEEE 754 bits, flipped so that unsigned order is numeric order: negatives inverted,
+    # positives with the sign bit set.
+    bits: int = struct.unpack(">Q", struct.pack(">d", x))[0]
+    return bits ^ _ALL if bits & _SIGN else bits | _SIGN
+
+
+def _float_of(bits: int) -> float:
+    raw = bits ^ _SIGN if bits & _SIGN else bits ^ _ALL
+    value: float = struct.unpack(">d", struct.pack(">Q", raw))[0]
+    return value
+
+
+def reading_key(t: datetime, value: float) -> str:
+    """(time, value) as a string ordered like the pair: `$max` keeps the newest reading,
+    and of readings with the same time the larger value, in any arrival order."""
+    return f"{time_key(t)}{_float_bits(value):0{_FLOAT_DIGITS}x}"
+
+
+def reading_of(key: str) -> tuple[datetime, float]:
+    return time_of(key), _float_of(int(key[_TIME_DIGITS:], 16))
+
+
+# --- summaries ---------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Summary:
+    """count, sum, min, max, first and last time and last value of some readings."""
+
+    count: int
+    sum: float
+    min: float
+    max: float
+    first: datetime
+    last: datetime
+    last_value: float
+
+    @property
+    def avg(self) -> float:
+        return self.sum / self.count
+
+    @classmethod
+    def of(cls, readings: Iterable[tuple[datetime, float]]) -> Summary:
+        pts = sorted(readings)
+        values = [v for _, v in pts]
+        return cls(len(pts), sum(values), min(values), max(values), pts[0][0], pts[-1][0],
+                   pts[-1][1])
+
+    def merge(self, other: Summary) -> Summary:
+        newer = other if (other.last, other.last_value) > (self.last, self.last_value) else self
+        return Summary(self.count + other.count, self.sum + other.sum, min(self.min, other.min),
+                       max(self.max, other.max), min(self.first, other.first),
+                       newer.last, newer.last_value)
+
+    @classmethod
+    def merge_all(cls, parts: Iterable[Summary]) -> Summary | None:
+        total: Summary | None = None
+        for part in parts:
+            total = part if total is None else total.merge(part)
+        return total
+
+    # A stored slot: what one event adds, and what the slot holds after the updates.
+
+    def increments(self, path: str) -> dict[str, dict[str, Any]]:
+        """The update operators that add these readings to the slot at `path`."""
+        return {"$inc": {f"{path}.c": self.count, f"{path}.s": self.sum},
+                "$min": {f"{path}.lo": self.min, f"{path}.f": time_key(self.first)},
+                "$max": {f"{path}.hi": self.max,
+                         f"{path}.lv": reading_key(self.last, self.last_value)}}
+
+    @classmethod
+    def from_slot(cls, slot: Mapping[str, Any]) -> Summary | None:
+        if not slot.get("c"):
+            return None
+        last, last_value = reading_of(slot["lv"])
+        return cls(int(slot["c"]), float(slot["s"]), float(slot["lo"]), float(slot["hi"]),
+                   time_of(slot["f"]), last, last_value)
+
+    def snapshot(self, version: int) -> str:
+        """These totals as of `version`, as a string whose order is the version's."""
+        return "|".join((f"{version:0{_VERSION_DIGITS}x}", str(self.count), repr(self.sum),
+                         repr(self.min), repr(self.max), time_key(self.first),
+                         reading_key(self.last, self.last_value)))
+
+    @classmethod
+    def from_snapshot(cls, text: str) -> Summary:
+        _, count, total, low, high, first, last = text.split("|")
+        when, value = reading_of(last)
+        return cls(int(count), float(total), float(low), float(high), time_of(first), when,
+                   value)
+
+
+# --- reading -----------------------------------------------------------------------------
+
+def read_series(store: Store, device_id: str, metric: str, step: str, *, first: datetime,
+                to: datetime) -> list[tuple[datetime, Summary]]:
+    """Buckets of `step` in [first, to): minutes from hour documents, hours and days from
+    day documents, one `find` by `_id` for the whole range."""
+    parent = "1h" if step == "1m" else "1d"
+    starts: list[datetime] = []
+    t = bucket_start(first, parent)
+    while t < to:
+        starts.append(t)
+        t += STEPS[parent]
+    if not starts:
+        return []
+    if parent == "1h":
+        name, ids, field = ROLLUP_HOURS, [hour_id(device_id, s) for s in starts], "min"
+    else:
+        name, ids, field = ROLLUP_DAYS, [day_id(device_id, s) for s in starts], "h"
+    with store.guard():
+        docs = list(store.collection(name).find(
+            {"_id": {"$in": ids}}, {"t": 1, f"{field}.{metric}": 1}))
+    out: list[tuple[datetime, Summary]] = []
+    for doc in docs:
+        start = _utc(doc["t"])
+        slots: Mapping[str, Any] = (doc.get(field) or {}).get(metric) or {}
+        if step == "1m":
+            parts = ((start + int(k) * STEPS["1m"], Summary.from_slot(v))
+                     for k, v in slots.items())
+            out += [(t, s) for t, s in parts if s is not None and first <= t < to]
+        elif step == "1h":
+            out += [(t, Summary.from_snapshot(v)) for k, v in slots.items()
+                    if first <= (t := start + int(k) * STEPS["1h"]) < to]
+        else:
+            total = Summary.merge_all(Summary.from_snapshot(v) for v in slots.values())
+            if total is not None and first <= start < to:
+                out.append((start, total))
+    out.sort(key=lambda pair: pair[0])
+    return out
+
+
+def _utc(value: datetime) -> datetime:
+    return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
