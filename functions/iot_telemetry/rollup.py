@@ -30,6 +30,9 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Final
 
+from pymongo import ReturnDocument
+from pymongo.errors import DuplicateKeyError, OperationFailure
+
 from .errors import BadRequest, DependencyUnavailable
 from .eventtime import settled
 from .groupcommit import GroupCommit
@@ -45,6 +48,9 @@ log = logging.getLogger(__name__)
 #: default per-device rate limit (50/s). Past it an event is refused (400, dead-lettered)
 #: instead of failing every later write of that hour.
 MAX_EVENTS_PER_HOUR: Final = 200_000
+#: What the hour documents' read-back returns: never the keys or the minute slots.
+_TOTALS: Final = {"v": 1, "tot": 1}
+_NOT_IMPLEMENTED: Final = 238
 #: Server codes of a document that would grow past the size limit.
 _TOO_LARGE: Final = frozenset({10334, 17419, 17420})
 
@@ -97,6 +103,8 @@ class RollupWriter:
         self.store = store
         self.max_events_per_hour = max_events_per_hour
         self._commit: GroupCommit[TelemetryEvent, bool] = GroupCommit(self.apply_batch)
+        # findAndModify with a projection: MongoDB has it, FerretDB 1.x answers 238.
+        self._projected_find_and_modify = True
 
     def apply(self, event: TelemetryEvent) -> bool:
         """Apply one event, together with the others in flight; False when it had been
@@ -115,9 +123,13 @@ class RollupWriter:
                     failed[i] = exc
         writes = [w for i, e in enumerate(events) if i not in failed
                   for w in self._hour_writes(i, e)]
-        fresh = self._count(writes, failed)
+        hours: dict[str, dict[str, Any]] = {}
+        if len(writes) == 1 and self._projected_find_and_modify:
+            fresh = self._count_one(writes[0], hours, failed)
+        else:
+            fresh = self._count(writes, failed)
         writes = [w for w in writes if w.owner not in failed]
-        self._snapshot_days(writes, failed)
+        self._snapshot_days(writes, hours, failed)
         self._latest([(i, e) for i, e in enumerate(events) if i not in failed], failed)
         return [failed.get(i, i in fresh or not e.points) for i, e in enumerate(events)]
 
@@ -171,6 +183,31 @@ class RollupWriter:
         self._refuse_full([writes[j] for j in pending], failed)
         return applied
 
+    def _count_one(self, write: _HourWrite, hours: dict[str, dict[str, Any]],
+                   failed: dict[int, Exception]) -> set[int]:
+        """A lone hour update as findAndModify returning the totals: one round trip less."""
+        collection = self.store.collection(ROLLUP_HOURS)
+        for _ in range(2):  # the second round: as in _count
+            try:
+                with self.store.guard():
+                    try:
+                        doc = collection.find_one_and_update(
+                            write.update.filter, write.update.update, upsert=True,
+                            projection=_TOTALS, return_document=ReturnDocument.AFTER)
+                    except OperationFailure as exc:
+                        if exc.code != _NOT_IMPLEMENTED:
+                            raise
+                        self._projected_find_and_modify = False
+                        log.info("store: no projection in findAndModify; using update + find")
+                        return self._count([write], failed)
+            except DuplicateKeyError:
+                continue
+            if doc is not None:
+                hours[write.id] = doc
+            return {write.owner}
+        self._refuse_full([write], failed)
+        return set()
+
     def _refuse_full(self, refused: list[_HourWrite], failed: dict[int, Exception]) -> None:
         """Refused twice: counted before, or the hour document is full (a 400 for that event)."""
         if not refused:
@@ -197,13 +234,14 @@ class RollupWriter:
 
     # 2. days ------------------------------------------------------------------------------
 
-    def _snapshot_days(self, writes: list[_HourWrite], failed: dict[int, Exception]) -> None:
+    def _snapshot_days(self, writes: list[_HourWrite], hours: dict[str, dict[str, Any]],
+                       failed: dict[int, Exception]) -> None:
         """Copy each hour's totals, as of its version, into its day document."""
-        if not writes:
-            return
-        with self.store.guard():
-            hours = {d["_id"]: d for d in self.store.collection(ROLLUP_HOURS).find(
-                {"_id": {"$in": sorted({w.id for w in writes})}}, {"v": 1, "tot": 1})}
+        unread = sorted({w.id for w in writes} - set(hours))
+        if unread:
+            with self.store.guard():
+                hours.update((d["_id"], d) for d in self.store.collection(ROLLUP_HOURS).find(
+                    {"_id": {"$in": unread}}, _TOTALS))
         days: dict[str, _Merged] = {}
         for w in writes:
             doc = hours.get(w.id)
