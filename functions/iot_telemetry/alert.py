@@ -11,6 +11,7 @@ import flask
 
 from .aggregate import decode_telemetry
 from .alerting import AlertBook
+from .eventtime import settled
 from .events import ALERT_TYPE, SPECVERSION, to_http
 from .observability import ALERT_TRANSITIONS, DUPLICATES_SKIPPED, EVENTS_PROCESSED
 from .runtime import Runtime, get_runtime
@@ -47,6 +48,8 @@ def alert_event(transition: Mapping[str, Any]) -> tuple[dict[str, str], dict[str
 def _alert(request: flask.Request, rt: Runtime) -> flask.Response:
     # 1. Decode; 2. evaluate rules atomically; 3. reply with the first alert event.
     event = decode_telemetry(request, FUNCTION)
+    if event.points:  # a resend of an event without `time` is evaluated at the first time
+        event = settled(rt.store, event)
     outcome = AlertBook(rt.store, rt.settings.rules).handle(event)
     EVENTS_PROCESSED.labels(FUNCTION, "duplicate" if outcome.duplicate else "applied").inc()
     if outcome.duplicate:

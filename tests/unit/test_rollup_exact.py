@@ -123,6 +123,16 @@ def test_a_resend_without_time_counts_once_however_it_was_stamped(apps, sink, no
             f"&to={iso(now + timedelta(days=1))}").get_json()["buckets"]
         assert [(b["count"], b["last"]) for b in buckets] == [
             (1, iso(now + timedelta(minutes=1)))], step
+    # temperature > 30 three times raises: the resend must not be the second of them
+    second = ingested(*telemetry("dev-r", now + timedelta(minutes=76), {"temperature": 36.0},
+                                 "with-time-2"), now + timedelta(minutes=76))
+    for rec in (first, resend, second, resend):
+        assert apps.deliver("alert", rec).status_code in (200, 204)
+    assert apps.query.get("/alerts").get_json()["alerts"] == []
+    third = ingested(*telemetry("dev-r", now + timedelta(minutes=77), {"temperature": 37.0},
+                                "with-time-3"), now + timedelta(minutes=77))
+    assert apps.deliver("alert", third).status_code == 200
+    assert len(apps.query.get("/alerts").get_json()["alerts"]) == 1
 
 
 def test_hour_document_stays_bounded_at_one_event_per_second(writer, now) -> None:
