@@ -35,6 +35,7 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final
@@ -68,6 +69,9 @@ MAX_QUEUED: Final = 1000
 COMMIT_INTERVAL: Final = 0.2
 #: Longest pause between two attempts to reach Kafka.
 MAX_KAFKA_BACKOFF: Final = 5.0
+#: Deliveries in flight at once for one unordered Trigger, over all its partitions (the
+#: Kafka Broker's unordered dispatcher also keeps many in flight per partition).
+UNORDERED_IN_FLIGHT: Final = 64
 #: How often a consumer looks for partitions added to its topics (seconds).
 PARTITION_CHECK_INTERVAL: Final = 30.0
 #: How long the ingress waits for Kafka to acknowledge a posted event before answering 503.
@@ -407,6 +411,7 @@ class Dispatcher:
         self._stop = threading.Event()
         self._writer = RecordWriter(self._bootstrap)
         self._counters = {t.name: TriggerCounters() for t in eventing.triggers}
+        self._pools: list[ThreadPoolExecutor] = []
         self._consumers: dict[str, PartitionedConsumer] = {}
         self._ingress_port = ingress_port
         self._ingress_host = ingress_host
@@ -460,6 +465,8 @@ class Dispatcher:
         deadline = time.monotonic() + timeout
         for consumer in self._consumers.values():
             consumer.join(max(0.0, deadline - time.monotonic()))
+        for pool in self._pools:
+            pool.shutdown(wait=False, cancel_futures=True)
         self._writer.close()
 
     def request_stop(self) -> None:
@@ -562,16 +569,35 @@ class Dispatcher:
         url = self._subscribers.get(trigger.service or "", "")
         local = threading.local()
 
-        def process(batch: list[Any], done: Callable[[int], None],
-                    stop: threading.Event) -> None:
+        def dispatch(record: Any, stop: threading.Event) -> None:
             session = getattr(local, "session", None)
             if session is None:
                 session = local.session = HttpSession()
+            self._dispatch(trigger, record, url, session, counters=counters, stop=stop)
+
+        def process(batch: list[Any], done: Callable[[int], None],
+                    stop: threading.Event) -> None:
             for record in batch:
-                self._dispatch(trigger, record, url, session, counters=counters, stop=stop)
+                dispatch(record, stop)
                 done(record.offset + 1)
 
-        return process
+        if trigger.ordered:
+            return process
+        pool = ThreadPoolExecutor(UNORDERED_IN_FLIGHT, thread_name_prefix=f"deliver-{trigger.name}")
+        self._pools.append(pool)
+
+        def process_unordered(batch: list[Any], done: Callable[[int], None],
+                              stop: threading.Event) -> None:
+            # Many at once; the committed offset only moves past a window once every record
+            # of it is done, so a crash redelivers, never skips.
+            for start in range(0, len(batch), UNORDERED_IN_FLIGHT):
+                window = batch[start:start + UNORDERED_IN_FLIGHT]
+                futures = [pool.submit(dispatch, record, stop) for record in window]
+                for future in futures:
+                    future.result()
+                done(window[-1].offset + 1)
+
+        return process_unordered
 
     def _dispatch(self, trigger: Trigger, record: Any, url: str, session: HttpSession, *,
                   counters: TriggerCounters, stop: threading.Event) -> None:

@@ -221,6 +221,43 @@ def test_the_ingress_writes_posted_events_into_the_broker_topic(
     assert stored.key == b"dev-9"
 
 
+def test_an_unordered_trigger_keeps_many_in_flight_and_commits_only_what_is_done(
+        eventing: Eventing, kafka_bootstrap: str, naming: Naming,
+        subscribers: dict[str, Subscriber]) -> None:
+    """One device's events (one partition) reach an unordered Trigger's subscriber many at
+    a time; an ordered Trigger still gets them one by one, in order."""
+    unordered = replace(eventing, triggers=tuple(
+        replace(t, ordered=t.name != "aggregate") for t in eventing.triggers))
+    in_flight = {"now": 0, "most": 0}
+    lock = threading.Lock()
+
+    def slow(event: RawEvent, _attempt: int) -> tuple[int, Mapping[str, str], bytes]:
+        with lock:
+            in_flight["now"] += 1
+            in_flight["most"] = max(in_flight["most"], in_flight["now"])
+        time.sleep(0.1)
+        with lock:
+            in_flight["now"] -= 1
+        return 204, {}, b""
+
+    subscribers["aggregate"].answer = slow
+    pipeline = Pipeline(unordered, kafka_bootstrap, naming, subscribers)
+    try:
+        pipeline.start()
+        pipeline.produce([record("dev-1", seq) for seq in range(60)])
+        expected = {f"dev-1-{s}" for s in range(60)}
+        wait_for(lambda: delivered_ids(subscribers["aggregate"]) >= expected, 60,
+                 "the unordered Trigger missed events")
+        wait_for(lambda: delivered_ids(subscribers["alert"]) >= expected, 60,
+                 "the ordered Trigger missed events")
+        assert in_flight["most"] > 4
+        assert_in_order_per_device(subscribers["alert"], ["dev-1"], 60)
+        wait_for(lambda: sum(pipeline.committed("aggregate").values()) == 60, 30,
+                 "the unordered Trigger's offsets were not committed to the end")
+    finally:
+        pipeline.close()
+
+
 # --- dead letters ---------------------------------------------------------------------------
 
 def test_a_poison_event_goes_to_the_dlq_and_its_partition_moves_on(
