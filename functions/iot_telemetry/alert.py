@@ -11,8 +11,8 @@ import flask
 
 from .aggregate import decode_telemetry
 from .alerting import AlertBook
-from .eventtime import settled
 from .events import ALERT_TYPE, SPECVERSION, to_http
+from .eventtime import settled
 from .observability import ALERT_TRANSITIONS, DUPLICATES_SKIPPED, EVENTS_PROCESSED
 from .runtime import Runtime, get_runtime
 from .service import serve

@@ -24,6 +24,12 @@ EVENTS_PROCESSED = Counter(
 DUPLICATES_SKIPPED = Counter(
     "iot_duplicates_skipped_total", "Redelivered events that changed nothing", ["function"])
 POINTS_AGGREGATED = Counter("iot_points_aggregated_total", "Data points added to rollups")
+STORE_COMMANDS = Counter(
+    "iot_store_commands_total", "Commands sent to the store (round trips), by command name",
+    ["command"])
+AGGREGATE_BATCH_EVENTS = Histogram(
+    "iot_aggregate_batch_events", "Events written together by one group commit of aggregate",
+    buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256))
 ALERT_TRANSITIONS = Counter(
     "iot_alert_transitions_total", "Alerts raised and resolved", ["transition", "severity"])
 ALERTS_ACKNOWLEDGED = Counter("iot_alerts_acknowledged_total", "Alerts acknowledged via the API")

@@ -36,8 +36,9 @@ from pymongo.errors import DuplicateKeyError, OperationFailure
 from .errors import BadRequest, DependencyUnavailable
 from .eventtime import settled
 from .groupcommit import GroupCommit
+from .observability import AGGREGATE_BATCH_EVENTS
 from .series import Summary, bucket_start, day_id, hour_id, reading_key
-from .store import DEVICES, ROLLUP_DAYS, ROLLUP_HOURS, Store, Update
+from .store import DEVICES, NOT_IMPLEMENTED, ROLLUP_DAYS, ROLLUP_HOURS, Store, Update
 from .telemetry import DataPoint, TelemetryEvent, parse_time
 
 log = logging.getLogger(__name__)
@@ -50,7 +51,6 @@ log = logging.getLogger(__name__)
 MAX_EVENTS_PER_HOUR: Final = 200_000
 #: What the hour documents' read-back returns: never the keys or the minute slots.
 _TOTALS: Final = {"v": 1, "tot": 1}
-_NOT_IMPLEMENTED: Final = 238
 #: Server codes of a document that would grow past the size limit.
 _TOO_LARGE: Final = frozenset({10334, 17419, 17420})
 
@@ -114,6 +114,7 @@ class RollupWriter:
     def apply_batch(self, batch: Sequence[TelemetryEvent]) -> list[bool | Exception]:
         """Apply events together: four bulk round trips for the whole batch."""
         events = list(batch)
+        AGGREGATE_BATCH_EVENTS.observe(len(events))
         failed: dict[int, Exception] = {}
         for i, event in enumerate(events):
             if event.points and event.receipt_stamped:
@@ -195,7 +196,7 @@ class RollupWriter:
                             write.update.filter, write.update.update, upsert=True,
                             projection=_TOTALS, return_document=ReturnDocument.AFTER)
                     except OperationFailure as exc:
-                        if exc.code != _NOT_IMPLEMENTED:
+                        if exc.code != NOT_IMPLEMENTED:
                             raise
                         self._projected_find_and_modify = False
                         log.info("store: no projection in findAndModify; using update + find")

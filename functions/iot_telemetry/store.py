@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from typing import Any, Final
 
 import pymongo
-from pymongo import ASCENDING, DESCENDING
+from pymongo import ASCENDING, DESCENDING, monitoring
 from pymongo.collection import Collection
 from pymongo.errors import (
     AutoReconnect,
@@ -22,11 +22,13 @@ from pymongo.errors import (
 )
 
 from .errors import DependencyUnavailable
+from .observability import STORE_COMMANDS
 from .settings import Settings
 
 log = logging.getLogger(__name__)
 
 DUPLICATE_KEY: Final = 11000
+NOT_IMPLEMENTED: Final = 238
 #: Collections, by what they hold (the rollup layout is described in series.py).
 ROLLUP_HOURS: Final = "rollup_hours"
 ROLLUP_DAYS: Final = "rollup_days"
@@ -35,6 +37,20 @@ EVENT_TIMES: Final = "event_times"
 DEVICES: Final = "devices"
 ALERTS: Final = "alerts"
 ALERT_STATE: Final = "alert_state"
+
+class _CommandCounter(monitoring.CommandListener):
+    """Counts every command sent to the store: the round trips a design costs, which carry
+    over to any MongoDB server (iot_store_commands_total)."""
+
+    def started(self, event: monitoring.CommandStartedEvent) -> None:
+        STORE_COMMANDS.labels(event.command_name).inc()
+
+    def succeeded(self, event: monitoring.CommandSucceededEvent) -> None:
+        return None
+
+    def failed(self, event: monitoring.CommandFailedEvent) -> None:
+        return None
+
 
 _embedded_lock = threading.RLock()
 _embedded_client: Any = None
@@ -95,6 +111,7 @@ class Store:
                 tz_aware=True,
                 appname="iot-telemetry",
                 retryWrites=False,  # FerretDB 1.x has no sessions; our writes are idempotent
+                event_listeners=[_CommandCounter()],
             )
         self.db = self.client[settings.mongo_db]
         self._indexed = False
@@ -125,7 +142,13 @@ class Store:
             return
         with self._index_lock, self.guard():
             # Rollup documents are only ever found by _id. Event times expire on their own.
-            self.db[EVENT_TIMES].create_index("exp", name="expiry", expireAfterSeconds=0)
+            try:
+                self.db[EVENT_TIMES].create_index("exp", name="expiry", expireAfterSeconds=0)
+            except OperationFailure as exc:
+                if exc.code != NOT_IMPLEMENTED:
+                    raise
+                log.warning("store: no TTL indexes (FerretDB 1.x); %s is never pruned",
+                            EVENT_TIMES)
             self.db[ALERTS].create_index(
                 [("raised_at", DESCENDING), ("_id", DESCENDING)], name="newest")
             self.db[ALERTS].create_index(
