@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import urllib.error
 import urllib.request
 from collections.abc import Mapping
 from typing import Any
@@ -11,6 +12,7 @@ import flask
 
 from .aggregate import decode_telemetry
 from .alerting import AlertBook
+from .errors import DependencyUnavailable
 from .events import ALERT_TYPE, SPECVERSION, to_http
 from .observability import ALERT_TRANSITIONS, DUPLICATES_SKIPPED, EVENTS_PROCESSED
 from .runtime import Runtime, get_runtime
@@ -66,11 +68,17 @@ def _alert(request: flask.Request, rt: Runtime) -> flask.Response:
 
 
 def _send_to_sink(sink: str, attributes: dict[str, str], data: dict[str, Any]) -> None:
+    # Failing the delivery (503: retried, then dead-lettered) loses nothing: a redelivery
+    # answers the same alert events again. Dropping the event would lose it for good.
     if not sink:
-        log.warning("alert event not sent: no K_SINK configured for a second alert event",
-                    extra={"event_id": attributes["id"]})
-        return
+        raise DependencyUnavailable(
+            "a second alert event has nowhere to go: K_SINK is not set (the SinkBinding "
+            "of eventing/sink-binding.yaml injects it)")
     headers, body = to_http(attributes, data)
     req = urllib.request.Request(sink, data=body, headers=headers, method="POST")  # noqa: S310
-    with urllib.request.urlopen(req, timeout=10) as resp:  # noqa: S310
-        resp.read()
+    try:
+        with urllib.request.urlopen(req, timeout=10) as resp:  # noqa: S310
+            resp.read()
+    except (urllib.error.URLError, OSError) as exc:
+        raise DependencyUnavailable(f"the Broker (K_SINK) did not take an alert event: {exc}",
+                                    ) from None

@@ -262,3 +262,12 @@ def test_a_late_applied_raise_keeps_the_newer_peak_and_last_value(
     doc = runtime.store.collection("alerts").find_one({"_id": "d:r:1"})
     assert (doc["peak"], doc["last_value"], doc["count"]) == (peak, values[1], 2)
     assert doc["state"] == "open"
+
+
+def test_a_second_alert_event_without_k_sink_fails_the_delivery_instead_of_vanishing(
+        apps, now) -> None:
+    recs = readings("dev-8", [31, 32, 41], now)
+    for rec in recs[:2]:
+        assert apps.deliver("alert", rec).status_code == 204
+    failed = apps.deliver("alert", recs[2])  # two raises, one reply, no K_SINK
+    assert failed.status_code == 503 and "K_SINK" in failed.get_json()["message"]
