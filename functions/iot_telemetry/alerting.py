@@ -270,6 +270,31 @@ class AlertBook:
         return [{"transition": "raised" if e.kind == "raised" else RESOLVED,
                  "alert": public(docs[e.alert_id])} for e in changes if e.alert_id in docs]
 
+    def orphans(self, limit: int = 1000) -> list[dict[str, Any]]:
+        """Open or acknowledged alerts whose rule is no longer configured (removed, renamed)."""
+        with self.store.guard():
+            return list(self.store.collection(ALERTS).find(
+                {"state": {"$in": [OPEN, ACKNOWLEDGED]},
+                 "rule": {"$nin": [r.name for r in self.rules]}}).limit(limit))
+
+    def resolve_orphan(self, doc: Mapping[str, Any], now: datetime) -> None:
+        """Resolve an alert of a removed rule (reason rule_removed) and stop its evaluation state.
+
+        The state stops firing but keeps its episode count, so if a rule of that name comes
+        back, its next raise opens a new alert instead of updating the resolved one.
+        """
+        with self.store.guard():
+            self.store.collection(ALERTS).update_one(
+                {"_id": doc["_id"], "state": {"$in": [OPEN, ACKNOWLEDGED]}},
+                {"$set": {"state": RESOLVED, "resolved_at": now, "resolved_value": None,
+                          "resolved_reason": RULE_REMOVED}})
+            self.store.collection(ALERT_STATE).update_one(
+                {"_id": f"{doc['device_id']}:{doc['rule']}", "state.firing": True},
+                {"$set": {"state.firing": False, "state.streak": 0, "state.streak_since": None,
+                          "state.streak_peak": None, "state.count": 0, "state.peak": None,
+                          "effects": [], "applied": True},
+                 "$inc": {"rev": 1}})
+
     def acknowledge(self, alert_id: str, by: str, now: datetime) -> tuple[dict[str, Any], bool]:
         """open -> acknowledged; repeating it is harmless; a resolved alert is a conflict.
 

@@ -271,3 +271,45 @@ def test_a_second_alert_event_without_k_sink_fails_the_delivery_instead_of_vanis
         assert apps.deliver("alert", rec).status_code == 204
     failed = apps.deliver("alert", recs[2])  # two raises, one reply, no K_SINK
     assert failed.status_code == 503 and "K_SINK" in failed.get_json()["message"]
+
+
+def test_alerts_of_a_removed_rule_are_resolved_with_a_reason(runtime, now, sink_server) -> None:
+    from iot_telemetry.rules import default_rules
+    from iot_telemetry.runtime import set_runtime
+
+    rules = [r.describe() for r in default_rules()]
+    set_runtime(make_runtime(K_SINK=sink_server.url))
+    apps = Apps()
+    for rec in readings("dev-9", [31, 32, 33], now):
+        apps.deliver("alert", rec)
+    [alert] = apps.query.get("/alerts?device_id=dev-9").get_json()["alerts"]
+    assert (alert["rule"], alert["state"]) == ("temperature-high", "open")
+    # the rule is renamed: a new alert process starts with the new rules
+    renamed = [{**r, "name": "temperature-warm"} if r["name"] == "temperature-high" else r
+               for r in rules]
+    set_runtime(make_runtime(K_SINK=sink_server.url, ALERT_RULES=json.dumps(renamed)))
+    apps.deliver("alert", record("dev-other", now, {"humidity": 50}, "h0"))
+    gone = apps.query.get(f"/alerts/{alert['id']}").get_json()
+    assert (gone["state"], gone["resolved_reason"]) == ("resolved", "rule_removed")
+    assert gone["resolved_at"] is not None and gone["resolved_value"] is None
+    [(headers, data)] = sink_server.received
+    assert headers["ce-id"] == f"{alert['id']}/resolved"
+    assert (data["state"], data["resolved_reason"]) == ("resolved", "rule_removed")
+    # the OpenAPI description knows the field
+    schema = apps.query.get("/openapi.json").get_json()["components"]["schemas"]["Alert"]
+    assert schema["properties"]["resolved_reason"]["enum"] == ["cleared", "rule_removed", None]
+    # the rule comes back under its old name: a new violation opens a new alert
+    set_runtime(make_runtime(K_SINK=sink_server.url))
+    later = readings("dev-9", [34, 35, 36], now + timedelta(minutes=5), prefix="b")
+    for rec in later:
+        apps.deliver("alert", rec)
+    alerts = apps.query.get("/alerts?device_id=dev-9").get_json()["alerts"]
+    assert [(a["id"], a["state"]) for a in alerts] == [
+        ("dev-9:temperature-high:2", "open"), ("dev-9:temperature-high:1", "resolved")]
+
+
+def test_an_alert_resolved_by_readings_says_cleared(apps, now) -> None:
+    for rec in readings("dev-10", [31, 32, 33, 20], now):
+        apps.deliver("alert", rec)
+    [alert] = apps.query.get("/alerts?device_id=dev-10").get_json()["alerts"]
+    assert (alert["state"], alert["resolved_reason"]) == ("resolved", "cleared")
