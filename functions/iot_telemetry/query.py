@@ -50,7 +50,8 @@ _SERVED = Map([*(rule.empty() for rule in ROUTES.iter_rules()), *dashboard.rules
 
 def handle(request: flask.Request, runtime: Runtime | None = None) -> flask.Response:
     rt = runtime or get_runtime()
-    return serve(FUNCTION, request, lambda r: _guarded(r, rt), lambda: {"store": rt.store.ping()})
+    return serve(FUNCTION, request, lambda r: _guarded(r, rt), lambda: {"store": rt.store.ping()},
+                 lambda req, response: access.add_cors(req, response, rt.settings))
 
 
 def _public(request: flask.Request) -> bool:
@@ -60,15 +61,13 @@ def _public(request: flask.Request) -> bool:
 
 
 def _guarded(request: flask.Request, rt: Runtime) -> flask.Response:
-    """Token check by scope (GET: read, POST: operate) and CORS around the routes."""
+    """Token check by scope (GET: read, POST: operate) around the routes (CORS: in handle)."""
     if request.method == "OPTIONS":
         return access.preflight(request, rt.settings)
     if not _public(request):
         needed = access.OPERATE if request.method == "POST" else access.READ
         access.authorize(request, rt.settings, needed)
-    response = _route(request, rt)
-    access.add_cors(request, response, rt.settings)
-    return response
+    return _route(request, rt)
 
 
 class Params:

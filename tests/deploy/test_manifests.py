@@ -377,6 +377,21 @@ def test_eventing_references_resolve() -> None:
     assert "iot-broker" in brokers and "iot-dead-letters" in sinks
 
 
+def test_alert_gets_the_broker_as_k_sink() -> None:
+    # alert replies with one alert event and POSTs the others of the same delivery to
+    # K_SINK: without a SinkBinding nothing sets it on the cluster and they are lost.
+    events = eventing_docs()
+    bindings = [(d["spec"]["subject"], d["spec"]["sink"]["ref"])
+                for d in find(events, "SinkBinding")]
+    assert bindings == [(
+        {"apiVersion": SERVICE_API, "kind": "Service", "name": "alert"},
+        {"apiVersion": "eventing.knative.dev/v1", "kind": "Broker", "name": "iot-broker"})]
+    assert {d["metadata"]["name"] for d in find(base_docs(), "Service")
+            if d["apiVersion"] == SERVICE_API} >= {"alert"}
+    [namespace] = find(base_docs(), "Namespace")
+    assert namespace["metadata"]["labels"]["bindings.knative.dev/include"] == "true"
+
+
 def test_kafka_settings_agree_with_eventing() -> None:
     events = eventing_docs()
     (config,) = find(base_docs(), "ConfigMap", "iot-config")
@@ -409,6 +424,7 @@ def test_dry_run_renders_every_function_and_validates(tools: Path, rendered: Pat
     results = kubeconform(tools, rendered)
     kinds = [r["kind"] for r in results]
     assert kinds.count("Service") == len(FUNCTIONS)
+    assert kinds.count("SinkBinding") == 1
 
 
 def _comparable(svc: Doc) -> Doc:

@@ -214,7 +214,7 @@ def expected_alerts(events: Sequence[TelemetryEvent], rules: Sequence[AlertRule]
                 continue
             key = (event.device_id, rule.name)
             state, effects = evaluate(rule, event.device_id, states.get(key, RuleState()),
-                                      event.points)
+                                      event.points, event.key)
             states[key] = state
             for e in effects:
                 if e.kind == "raised":
