@@ -96,8 +96,12 @@ def _range_sort(c: Collection[Doc]) -> Any:
 
 
 def _regex_gt_limit(c: Collection[Doc]) -> Any:
-    return _ids(c.find({"_id": {"$gt": "dev-1", "$regex": "^dev\\-"}}, {"token": 0})
-                .sort("_id", 1).limit(2))
+    return _ids(c.find({"$and": [{"_id": {"$gt": "dev-1"}}, {"_id": {"$regex": "^dev\\-"}}]},
+                       {"token": 0}).sort("_id", 1).limit(2))
+
+
+def _regex_gt_one_expression(c: Collection[Doc]) -> Any:
+    return _ids(c.find({"_id": {"$gt": "dev-1", "$regex": "^dev\\-"}}).sort("_id", 1))
 
 
 def _in_two_fields(c: Collection[Doc]) -> Any:
@@ -320,8 +324,13 @@ CASES: list[Case] = [
     Case("find range $gte/$lt on dates + sort", _range_sort, ["h0", "h1"],
          [{"_id": f"h{i}", "device_id": "d", "metric": "m", "t": T0 + timedelta(hours=i),
            "ids": []} for i in range(3)], "rollup.read_series"),
-    Case("find $gt + $regex on _id + sort + limit", _regex_gt_limit, ["dev-2", "dev-3"],
+    Case("find $and of $gt and $regex on _id + sort + limit", _regex_gt_limit,
+         ["dev-2", "dev-3"],
          [{"_id": i} for i in ("dev-1", "dev-2", "dev-3", "dev-4", "other")], "query devices"),
+    Case("find $gt and $regex in one field expression", _regex_gt_one_expression,
+         ["dev-2", "dev-3", "dev-4"],
+         [{"_id": i} for i in ("dev-1", "dev-2", "dev-3", "dev-4", "other")],
+         "not sent (query devices uses $and)"),
     Case("find $in on two fields + projection", _in_two_fields, ["a", "c"], ALERTS,
          "query._open_alert_counts"),
     Case("count_documents", _count, (3, 4), ALERTS, "tests"),
