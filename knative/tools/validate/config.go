@@ -4,6 +4,7 @@ import (
 	_ "embed"
 	"fmt"
 	"os"
+	"sort"
 	"strings"
 
 	corev1 "k8s.io/api/core/v1"
@@ -76,6 +77,7 @@ func (c *configMaps) names() []string {
 	for key := range c.byName {
 		names = append(names, key)
 	}
+	sort.Strings(names)
 	return names
 }
 
