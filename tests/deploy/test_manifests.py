@@ -686,19 +686,31 @@ def test_knative_webhooks_refuse_invalid_objects(tools: Path, tmp_path: Path, ca
 
 
 def test_knative_validate_uses_the_cluster_config_given(tools: Path, tmp_path: Path) -> None:
-    """-config replaces the release defaults: delivery.timeout needs a feature flag."""
-    config = tmp_path / "config-features.yaml"
-    config.write_text(yaml.safe_dump({
-        "apiVersion": "v1", "kind": "ConfigMap",
-        "metadata": {"name": "config-features", "namespace": "knative-eventing"},
-        "data": {"delivery-timeout": "disabled"}}))
-    triggers = EVENTING / "triggers.yaml"
-    done = knative_validate(tools, triggers, config=config)
+    """-config replaces the release's ConfigMaps, in kubectl's List form too."""
+    def config_map(namespace: str, name: str, **data: str) -> Doc:
+        return {"apiVersion": "v1", "kind": "ConfigMap",
+                "metadata": {"name": name, "namespace": namespace, "resourceVersion": "1"},
+                "data": {"_example": "ignored", **data}}
+
+    config = tmp_path / "cluster-config.yaml"
+    config.write_text(yaml.safe_dump({"apiVersion": "v1", "kind": "List", "items": [
+        config_map("knative-eventing", "config-features", **{"delivery-timeout": "disabled"}),
+        config_map("knative-serving", "config-autoscaler",
+                   **{"max-scale-limit": "5", "max-scale": "5"})]}))
+    triggers, ingest = EVENTING / "triggers.yaml", KNATIVE / "base/ingest.yaml"
+    done = knative_validate(tools, triggers, ingest, config=config)
     assert done.returncode == 1
     errors = findings(done)
-    assert len(errors) == len(load(triggers))
-    assert all("must not set the field(s): spec.delivery.timeout" in e for e in errors), errors
+    assert len(errors) == len(load(triggers)) + 1, errors
+    assert all("must not set the field(s): spec.delivery.timeout" in e for e in errors[:-1])
+    assert errors[-1].endswith("expected 1 <= 10 <= 5: "
+                               "spec.template.metadata.annotations.autoscaling.knative.dev/max-scale")
 
-    config.write_text(config.read_text().replace("config-features", "config-featurez"))
-    done = knative_validate(tools, triggers, config=config)
+    config.write_text(yaml.safe_dump(config_map("knative-serving", "config-autoscaler",
+                                                **{"max-scale-limit": "-5"})))
+    done = knative_validate(tools, ingest, config=config)
+    assert done.returncode == 2 and "cannot load the Knative configuration" in done.stderr
+
+    config.write_text(yaml.safe_dump(config_map("knative-eventing", "config-featurez")))
+    done = knative_validate(tools, ingest, config=config)
     assert done.returncode == 2 and "config-featurez is not one the webhooks read" in done.stderr

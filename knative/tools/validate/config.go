@@ -55,20 +55,40 @@ func (c *configMaps) add(source, text string, initial bool) error {
 		return fmt.Errorf("%s: %w", source, err)
 	}
 	for _, doc := range docs {
+		// `kubectl get configmap A B -o yaml` prints a List of them.
+		var list corev1.ConfigMapList
+		if err := yaml.Unmarshal(doc.raw, &list); err == nil && list.Kind == "List" {
+			if err := yaml.UnmarshalStrict(doc.raw, &list); err != nil {
+				return fmt.Errorf("%s: document %d: %w", source, doc.index, err)
+			}
+			for i := range list.Items {
+				if err := c.put(&list.Items[i], initial); err != nil {
+					return fmt.Errorf("%s: document %d: item %d: %w", source, doc.index, i+1, err)
+				}
+			}
+			continue
+		}
 		var cm corev1.ConfigMap
 		if err := yaml.UnmarshalStrict(doc.raw, &cm); err != nil {
 			return fmt.Errorf("%s: document %d: %w", source, doc.index, err)
 		}
-		if cm.Kind != "ConfigMap" {
-			return fmt.Errorf("%s: document %d: kind %q, want ConfigMap", source, doc.index, cm.Kind)
+		if err := c.put(&cm, initial); err != nil {
+			return fmt.Errorf("%s: document %d: %w", source, doc.index, err)
 		}
-		key := cm.Namespace + "/" + cm.Name
-		if _, known := c.byName[key]; !initial && !known {
-			return fmt.Errorf("%s: document %d: ConfigMap %s is not one the webhooks read (known: %s)",
-				source, doc.index, key, strings.Join(c.names(), ", "))
-		}
-		c.byName[key] = &cm
 	}
+	return nil
+}
+
+func (c *configMaps) put(cm *corev1.ConfigMap, initial bool) error {
+	if cm.Kind != "ConfigMap" {
+		return fmt.Errorf("kind %q, want ConfigMap", cm.Kind)
+	}
+	key := cm.Namespace + "/" + cm.Name
+	if _, known := c.byName[key]; !initial && !known {
+		return fmt.Errorf("ConfigMap %s is not one the webhooks read (known: %s)",
+			key, strings.Join(c.names(), ", "))
+	}
+	c.byName[key] = cm
 	return nil
 }
 
