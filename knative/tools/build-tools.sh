@@ -73,7 +73,7 @@ module_of() { echo "${MODULE[$1]:-$TOOLS_DIR/go/$1}"; }
 # include its sources), in a fixed order.
 stamp_of() {
   local tool="$1" module; module="$(module_of "$1")"
-  { find "$module" -maxdepth 1 -type f -print0 | LC_ALL=C sort -z | xargs -0 cat
+  { find "$module" -type f -print0 | LC_ALL=C sort -z | xargs -0 cat
     go env GOVERSION; echo "${VERSION_FLAG[$tool]}"; } |
     sha256sum | cut -d' ' -f1
 }

@@ -30,6 +30,8 @@ import (
 	"os"
 	"strings"
 
+	_ "iot-telemetry/knative/tools/validate/quietlog"
+
 	authenticationv1 "k8s.io/api/authentication/v1"
 	"k8s.io/apimachinery/pkg/runtime/schema"
 	k8syaml "k8s.io/apimachinery/pkg/util/yaml"
