@@ -589,6 +589,16 @@ def test_knative_webhooks_accept_what_deploy_renders(tools: Path, rendered: Path
     assert sum(": Service iot/" in line for line in expected) == len(FUNCTIONS)
 
 
+def test_knative_webhooks_accept_what_kustomize_builds(tools: Path) -> None:
+    built = kustomize_build(tools, KNATIVE / "base")
+    done = subprocess.run([str(tools / "knative-validate"), "-v", "-"], input=built,
+                          capture_output=True, text=True, timeout=600, check=False)
+    assert done.returncode == 0 and not findings(done), done.stdout + done.stderr
+    valid = [line for line in passed(done) if line.startswith("(stdin): document ")]
+    assert sum(": Service iot/" in line for line in valid) == len(FUNCTIONS), done.stdout
+    assert sum(": DomainMapping iot/" in line for line in valid) == 2, done.stdout
+
+
 def _ingest(edit: Callable[[Doc], None]) -> Doc:
     svc = service("ingest")
     edit(svc)

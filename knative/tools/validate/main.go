@@ -1,6 +1,6 @@
 // knative-validate runs Knative's own admission checks on manifests, offline.
 //
-//	knative-validate [-v] [-config FILE]... FILE...
+//	knative-validate [-v] [-config FILE]... FILE...   (FILE "-" is standard input)
 //
 // Every Knative object in the (multi-document) YAML files is decoded into the Go
 // type of the pinned Knative module and goes through what the API server would
@@ -80,7 +80,7 @@ func run(args []string, stdout, stderr io.Writer) int {
 	flags.Var(&configFiles, "config", "YAML file of Knative ConfigMaps (knative-serving/config-autoscaler, "+
 		"knative-eventing/config-features, ...) replacing the release defaults; repeatable")
 	flags.Usage = func() {
-		fmt.Fprintln(stderr, "usage: knative-validate [-v] [-config FILE]... FILE...")
+		fmt.Fprintln(stderr, "usage: knative-validate [-v] [-config FILE]... FILE... (- for standard input)")
 		flags.PrintDefaults()
 	}
 	if err := flags.Parse(args); err != nil {
@@ -143,17 +143,22 @@ func splitDocuments(r io.Reader) ([]document, error) {
 }
 
 func validateFile(path string, hooks []webhook, rep *report, out io.Writer) error {
-	f, err := os.Open(path)
-	if err != nil {
-		return err
+	in, name := os.Stdin, "(stdin)" // "-": e.g. `kustomize build DIR | knative-validate -`
+	if path != "-" {
+		name = path
+		f, err := os.Open(path)
+		if err != nil {
+			return err
+		}
+		defer f.Close()
+		in = f
 	}
-	defer f.Close()
-	docs, err := splitDocuments(f)
+	docs, err := splitDocuments(in)
 	if err != nil {
 		return err
 	}
 	for _, doc := range docs {
-		validateDocument(fmt.Sprintf("%s: document %d", path, doc.index), doc.raw, hooks, rep, out)
+		validateDocument(fmt.Sprintf("%s: document %d", name, doc.index), doc.raw, hooks, rep, out)
 	}
 	return nil
 }
