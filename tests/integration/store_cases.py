@@ -227,6 +227,17 @@ def _update_command(c: Collection[Doc]) -> Any:
             "writeErrors": [(e["index"], e["code"]) for e in reply.get("writeErrors") or []]}
 
 
+def _update_command_refusal_in_the_middle(c: Collection[Doc]) -> Any:
+    # rollup._count: a batch whose second statement is a redelivery (refused) and whose
+    # third is new work that must still be applied and not reported as refused
+    reply = c.database.command({"update": c.name, "ordered": False, "updates": [
+        {"q": {"_id": "b"}, "u": {"$inc": {"n": 1}}, "upsert": True},
+        {"q": {"_id": "a", "ids": {"$ne": "k1"}}, "u": {"$push": {"ids": "k1"}}, "upsert": True},
+        {"q": {"_id": "a", "ids": {"$ne": "k2"}}, "u": {"$push": {"ids": "k2"}}, "upsert": True}]})
+    return ([(e["index"], e["code"]) for e in reply.get("writeErrors") or []],
+            c.find_one({"_id": "a"})["ids"])  # type: ignore[index]
+
+
 def _update_command_ordered(c: Collection[Doc]) -> Any:
     reply = c.database.command({"update": c.name, "ordered": True, "updates": [
         {"q": {"_id": "b"}, "u": {"$inc": {"n": 1}}, "upsert": True},
@@ -370,6 +381,9 @@ CASES: list[Case] = [
     Case("update command, unordered, upserts + duplicate-key writeErrors", _update_command,
          {"n": 2, "nModified": 1, "upserted": [(1, "new")], "writeErrors": [(0, 11000)]},
          ROLLUP, "store.bulk"),
+    Case("update command, unordered, a refusal between statements",
+         _update_command_refusal_in_the_middle, ([(1, 11000)], ["k1", "k2"]), ROLLUP,
+         "store.bulk (rollup hours)"),
     Case("update command, ordered, stops at duplicate key", _update_command_ordered,
          ([(1, 11000)], 6), ROLLUP, "rollup._bulk_until_done"),
     Case("pymongo bulk_write unordered with duplicate key", _bulk_write,

@@ -35,6 +35,10 @@ KNOWN_GAPS: dict[str, dict[str, str]] = {
             "FerretDB 1.24: findAndModify `fields` is NotImplemented",
         "update command, unordered, upserts + duplicate-key writeErrors":
             "FerretDB 1.24 leaves n, nModified and upserted out of a reply with writeErrors",
+        "update command, unordered, a refusal between statements":
+            "FerretDB 1.24 stops at the first write error, ordered or not, and reports it as "
+            "statement 0: later statements are neither applied nor reported (store.bulk "
+            "therefore sends FerretDB one statement per command)",
         "update command, ordered, stops at duplicate key":
             "FerretDB 1.24 reports the refused update at index 0, not its own index",
         "pymongo bulk_write unordered with duplicate key":
