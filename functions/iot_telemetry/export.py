@@ -10,6 +10,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import logging
 import re
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from datetime import datetime
@@ -18,6 +19,8 @@ from typing import Any, Final
 import flask
 
 from .telemetry import format_time
+
+log = logging.getLogger(__name__)
 
 JSON: Final = "json"
 CSV: Final = "csv"
@@ -79,11 +82,21 @@ def filename(*parts: str) -> str:
 
 def response(header: Sequence[str], rows: Iterable[Sequence[Any]], name: str) -> flask.Response:
     """A streamed CSV download; Vary: Accept because the same URL also answers JSON."""
-    out = flask.Response(lines(header, rows), mimetype=CSV_TYPE, headers={
+    out = flask.Response(_logged(lines(header, rows), name), mimetype=CSV_TYPE, headers={
         "Content-Disposition": f'attachment; filename="{name}"',
         "Cache-Control": "no-store"})
     out.vary.add("Accept")
     return out
+
+
+def _logged(chunks: Iterator[str], name: str) -> Iterator[str]:
+    """Pass the chunks on; a failure once the answer has started (the store gone between two
+    pages) can only cut the download short, so say so in the log before the server does."""
+    try:
+        yield from chunks
+    except Exception:
+        log.warning("CSV download %s cut short", name, exc_info=True)
+        raise
 
 
 def series_rows(device_id: str, metric: str, step: str,

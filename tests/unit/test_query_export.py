@@ -250,3 +250,39 @@ def test_rules_are_the_configured_ones(runtime) -> None:
     set_runtime(make_runtime(ALERT_RULES=json.dumps([rule])))
     [shown] = Apps().query.get("/rules").get_json()["rules"]
     assert shown["name"] == "pressure-low" and shown["clear_threshold"] == 960
+
+
+def test_a_store_outage_is_a_503_before_and_a_cut_download_during(
+        many_alerts, monkeypatch) -> None:
+    from pymongo.errors import ServerSelectionTimeoutError
+
+    from iot_telemetry.errors import DependencyUnavailable
+
+    store = get_runtime().store
+    real = store.collection
+    finds = {"left": 0}
+
+    def collection(name: str) -> Any:
+        coll = real(name)
+        if name != ALERTS:
+            return coll
+
+        class Failing:
+            def find(self, *args: Any, **kwargs: Any) -> Any:
+                if finds["left"] <= 0:
+                    raise ServerSelectionTimeoutError("store down")
+                finds["left"] -= 1
+                return coll.find(*args, **kwargs)
+
+        return Failing()
+
+    monkeypatch.setattr(store, "collection", collection)
+    down = many_alerts.query.get("/alerts?format=csv")
+    assert down.status_code == 503 and down.headers["Retry-After"]
+    # Down after the first page: the body stops with an error instead of ending like a
+    # complete file (a client sees a failed download, not a silently short one).
+    finds["left"] = 1
+    response = many_alerts.query.get("/alerts?format=csv", buffered=False)
+    assert response.status_code == 200
+    with pytest.raises(DependencyUnavailable):
+        response.get_data()
