@@ -46,7 +46,8 @@ LIMITS="cpu=500m,memory=512Mi"
 LIVENESS="http::$CONTAINER_PORT:/healthz"
 LIVENESS_OPTS="PeriodSeconds=10,TimeoutSeconds=2,FailureThreshold=3"
 READINESS="http::$CONTAINER_PORT:/readyz"
-READINESS_OPTS="TimeoutSeconds=3,FailureThreshold=3"
+# No readiness options: without periodSeconds Knative probes aggressively at start
+# and refuses timeoutSeconds / failureThreshold (see the manifests).
 TMP_VOLUME="tmp=ed:tmp:type=Memory,size=64Mi"
 # kn has no flags for readOnlyRootFilesystem or a complete securityContext
 # (--security-context strict replaces it without readOnlyRootFilesystem), so
@@ -147,7 +148,7 @@ kn_flags() {
     --request "$REQUESTS"
     --limit "$LIMITS"
     --probe-liveness "$LIVENESS" --probe-liveness-opts "$LIVENESS_OPTS"
-    --probe-readiness "$READINESS" --probe-readiness-opts "$READINESS_OPTS"
+    --probe-readiness "$READINESS"
     --volume "$TMP_VOLUME" --mount /tmp=tmp
     --concurrency-limit "$concurrency"
     --timeout "$timeout"

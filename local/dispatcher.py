@@ -495,6 +495,10 @@ class Dispatcher:
     def ingress_url(self) -> str | None:
         return self._ingress.url if self._ingress is not None else None
 
+    def sink_env(self, service: str) -> dict[str, str]:
+        """Environment a SinkBinding of eventing/ gives `service` (K_SINK = this ingress)."""
+        return self.eventing.sink_env(service, self.ingress_url)
+
     # --- topics -------------------------------------------------------------------------
 
     def _ensure_topics(self) -> None:

@@ -63,9 +63,11 @@ class EmbeddedPipeline:
         )
         self.broker.start()
         publisher.set_memory_sink(self.broker)
-        if self.broker.ingress_url:
-            # alert posts its second and further alert events of one delivery here
-            overrides["K_SINK"] = self.broker.ingress_url
+        # One runtime serves every function here: it gets K_SINK if eventing/ binds any of
+        # them (alert posts its second and further alert events of one delivery there).
+        bound = [self.broker.sink_env(f) for f in FUNCTIONS]
+        if any(bound):
+            overrides.update({k: v for env in bound for k, v in env.items()})
             set_runtime(Runtime(Settings.from_environ(self.environ, overrides)))
         return self
 

@@ -1,4 +1,4 @@
-"""The eventing/ manifests as a frozen, typed model: Broker, KafkaSources, Triggers, KafkaSinks.
+"""The eventing/ manifests as a frozen, typed model: Broker, sources, Triggers, sinks, bindings.
 
 The local runner (in-memory broker and Kafka dispatcher) reads the same files that are
 applied to the cluster, so filters, retries, backoff and dead letters cannot drift apart.
@@ -369,11 +369,27 @@ class Trigger:
 
 
 @dataclass(frozen=True)
+class Binding:
+    """A SinkBinding: a Knative Service whose K_SINK is the Broker's ingress."""
+
+    name: str
+    namespace: str
+    service: str
+
+
+@dataclass(frozen=True)
 class Eventing:
     broker: Broker
     sources: tuple[Source, ...]
     triggers: tuple[Trigger, ...]
     sinks: Mapping[str, Sink]
+    bindings: tuple[Binding, ...] = ()
+
+    def sink_env(self, service: str, ingress_url: str | None) -> dict[str, str]:
+        """What a SinkBinding injects into `service`: K_SINK = the Broker ingress, if bound."""
+        if ingress_url and any(b.service == service for b in self.bindings):
+            return {"K_SINK": ingress_url}
+        return {}
 
     def trigger(self, name: str) -> Trigger:
         for trigger in self.triggers:
@@ -395,7 +411,7 @@ class Eventing:
 _KINDS: Final = {
     ("v1", "ConfigMap"), ("eventing.knative.dev/v1", "Broker"),
     ("eventing.knative.dev/v1", "Trigger"), ("sources.knative.dev/v1", "KafkaSource"),
-    ("eventing.knative.dev/v1alpha1", "KafkaSink"),
+    ("eventing.knative.dev/v1alpha1", "KafkaSink"), ("sources.knative.dev/v1", "SinkBinding"),
 }
 
 
@@ -437,12 +453,14 @@ def load_eventing(path: Path) -> Eventing:
     broker = brokers[0]
     sources = tuple(_source(w, d, broker, problems) for w, d in by_kind.get("KafkaSource", []))
     triggers = tuple(_trigger(w, d, broker, sinks, problems) for w, d in by_kind.get("Trigger", []))
+    bindings = tuple(b for w, d in by_kind.get("SinkBinding", [])
+                     if (b := _binding(w, d, broker, problems)) is not None)
     names = [t.name for t in triggers]
     problems.extend(f"Trigger {n} is defined twice" for n in sorted({n for n in names
                                                                        if names.count(n) > 1}))
     if problems:
         raise EventingError(problems)
-    return Eventing(broker, sources, triggers, MappingProxyType(sinks))
+    return Eventing(broker, sources, triggers, MappingProxyType(sinks), bindings)
 
 
 def _meta(doc: Mapping[str, Any]) -> tuple[str, str, Mapping[str, Any]]:
@@ -592,6 +610,24 @@ def _source(where: str, doc: Mapping[str, Any], broker: Broker, problems: list[s
         bootstrap_servers=_servers(spec.get("bootstrapServers"), f"{where}: spec.bootstrapServers",
                                    problems),
     )
+
+
+def _binding(where: str, doc: Mapping[str, Any], broker: Broker, problems: list[str],
+             ) -> Binding | None:
+    name, namespace, _ = _meta(doc)
+    spec = _spec(doc, where, problems)
+    subject = spec.get("subject")
+    if not isinstance(subject, Mapping) or (subject.get("apiVersion"), subject.get("kind")) != (
+            SERVICE_API, "Service") or not isinstance(subject.get("name"), str):
+        problems.append(f"{where}: spec.subject must name a {SERVICE_API} Service (the local "
+                        "runner binds functions by name, not by selector)")
+        return None
+    sink = _ref(spec.get("sink"), f"{where}: spec.sink", problems)
+    if sink is not None and not _is_broker(sink, broker):
+        problems.append(f"{where}: spec.sink must reference Broker {broker.name}")
+    if spec.get("ceOverrides"):
+        problems.append(f"{where}: spec.ceOverrides is not played locally")
+    return Binding(name, namespace, str(subject["name"]))
 
 
 def _trigger(where: str, doc: Mapping[str, Any], broker: Broker, sinks: Mapping[str, Sink],

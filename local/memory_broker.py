@@ -192,6 +192,10 @@ class MemoryBroker:
         """Where to POST events into the Broker (K_SINK of the alert function)."""
         return self._ingress.url if self._ingress is not None else None
 
+    def sink_env(self, service: str) -> dict[str, str]:
+        """Environment a SinkBinding of eventing/ gives `service` (K_SINK = this ingress)."""
+        return self._eventing.sink_env(service, self.ingress_url)
+
     def wait_idle(self, timeout: float) -> bool:
         """Block until every Trigger's queues are drained (replies included); False on timeout."""
         def drained() -> bool:

@@ -15,6 +15,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from .eventing import load_eventing
 from .layout import BROKER_PORT, EVENTING_DIR, FUNCTIONS, PORTS, source
 
 log = logging.getLogger(__name__)
@@ -41,9 +42,15 @@ class RealPipeline:
     def url(self, function: str) -> str:
         return f"http://{self.host}:{self.ports[function]}/"
 
-    def _env(self) -> dict[str, str]:
-        return {**self.environ, "KAFKA_BOOTSTRAP_SERVERS": self.kafka, "MONGO_URL": self.mongo,
-                "K_SINK": f"http://{self.host}:{self.broker_port}/", "PYTHONUNBUFFERED": "1"}
+    def _env(self, function: str | None = None) -> dict[str, str]:
+        env = {**self.environ, "KAFKA_BOOTSTRAP_SERVERS": self.kafka, "MONGO_URL": self.mongo,
+               "PYTHONUNBUFFERED": "1"}
+        env.pop("K_SINK", None)
+        if function is not None:
+            # As a SinkBinding of eventing/ injects it: the dispatcher's ingress is the Broker.
+            env.update(load_eventing(self.eventing_dir).sink_env(
+                function, f"http://{self.host}:{self.broker_port}/"))
+        return env
 
     def _output(self, name: str) -> int | None:
         if self.log_dir is None:
@@ -57,7 +64,7 @@ class RealPipeline:
                "--host", self.host, "--port", str(self.ports[function])]
         out = self._output(function)
         self.processes[function] = subprocess.Popen(
-            cmd, env=self._env(), stdout=out, stderr=out, start_new_session=True)
+            cmd, env=self._env(function), stdout=out, stderr=out, start_new_session=True)
         if out is not None:
             os.close(out)
 

@@ -61,7 +61,6 @@ def allowed_origin(request: flask.Request, settings: Settings) -> str | None:
 def preflight(request: flask.Request, settings: Settings) -> flask.Response:
     """Answer a CORS preflight: allowed origins only; others get no CORS headers."""
     response = flask.Response(status=204)
-    add_cors(request, response, settings)
     if allowed_origin(request, settings):
         response.headers["Access-Control-Allow-Methods"] = CORS_METHODS
         response.headers["Access-Control-Allow-Headers"] = CORS_HEADERS
@@ -70,7 +69,11 @@ def preflight(request: flask.Request, settings: Settings) -> flask.Response:
 
 
 def add_cors(request: flask.Request, response: flask.Response, settings: Settings) -> None:
+    """CORS headers on any answer, errors included: a browser hides an answer without them."""
+    if settings.cors_origins:
+        # Added to what the answer already varies on (`/` varies on Accept too), so a cache
+        # never serves one origin's answer to another.
+        response.vary.add("Origin")
     origin = allowed_origin(request, settings)
     if origin:
         response.headers["Access-Control-Allow-Origin"] = origin
-        response.headers["Vary"] = "Origin"

@@ -3,14 +3,19 @@
 from __future__ import annotations
 
 import logging
+import threading
+import urllib.error
 import urllib.request
+import weakref
 from collections.abc import Mapping
+from datetime import UTC, datetime
 from typing import Any
 
 import flask
 
 from .aggregate import decode_telemetry
-from .alerting import AlertBook
+from .alerting import RESOLVED, RULE_REMOVED, AlertBook, public
+from .errors import DependencyUnavailable
 from .events import ALERT_TYPE, SPECVERSION, to_http
 from .eventtime import settled
 from .observability import ALERT_TRANSITIONS, DUPLICATES_SKIPPED, EVENTS_PROCESSED
@@ -20,6 +25,9 @@ from .service import serve
 log = logging.getLogger(__name__)
 FUNCTION = "alert"
 SOURCE = "/iot/alert"
+#: Runtimes (processes, and the local run's restarts) whose removed rules were dealt with.
+_SWEPT: weakref.WeakSet[Runtime] = weakref.WeakSet()
+_SWEEP_LOCK = threading.Lock()
 
 
 def handle(request: flask.Request, runtime: Runtime | None = None) -> flask.Response:
@@ -50,7 +58,9 @@ def _alert(request: flask.Request, rt: Runtime) -> flask.Response:
     event = decode_telemetry(request, FUNCTION)
     if event.points:  # a resend of an event without `time` is evaluated at the first time
         event = settled(rt.store, event)
-    outcome = AlertBook(rt.store, rt.settings.rules).handle(event)
+    book = AlertBook(rt.store, rt.settings.rules)
+    _resolve_removed_rules(book, rt)
+    outcome = book.handle(event)
     EVENTS_PROCESSED.labels(FUNCTION, "duplicate" if outcome.duplicate else "applied").inc()
     if outcome.duplicate:
         DUPLICATES_SKIPPED.labels(FUNCTION).inc()
@@ -68,12 +78,46 @@ def _alert(request: flask.Request, rt: Runtime) -> flask.Response:
     return flask.Response(body, status=200, headers=headers)
 
 
-def _send_to_sink(sink: str, attributes: dict[str, str], data: dict[str, Any]) -> None:
-    if not sink:
-        log.warning("alert event not sent: no K_SINK configured for a second alert event",
-                    extra={"event_id": attributes["id"]})
+def _resolve_removed_rules(book: AlertBook, rt: Runtime) -> None:
+    """Once per process (the rules are read at start): resolve alerts of rules now gone.
+
+    Each one's `resolved` event is sent to the Broker before the alert is resolved, so a
+    crash or an unreachable Broker in between sends it again on the next try, never loses it.
+    """
+    if rt in _SWEPT:
         return
+    with _SWEEP_LOCK:
+        if rt in _SWEPT:
+            return
+        now = datetime.now(UTC)
+        for doc in book.orphans():
+            gone = public({**doc, "state": RESOLVED, "resolved_at": now, "resolved_value": None,
+                           "resolved_reason": RULE_REMOVED})
+            if rt.settings.alert_sink:
+                _send_to_sink(rt.settings.alert_sink, *alert_event(
+                    {"transition": RESOLVED, "alert": gone}))
+            else:
+                log.warning("alert resolved without an alert event: no K_SINK",
+                            extra={"alert_id": doc["_id"]})
+            book.resolve_orphan(doc, now)
+            ALERT_TRANSITIONS.labels(RESOLVED, doc["severity"]).inc()
+            log.info("alert resolved: its rule was removed", extra={
+                "alert_id": doc["_id"], "rule": doc["rule"], "device_id": doc["device_id"]})
+        _SWEPT.add(rt)
+
+
+def _send_to_sink(sink: str, attributes: dict[str, str], data: dict[str, Any]) -> None:
+    # Failing the delivery (503: retried, then dead-lettered) loses nothing: a redelivery
+    # answers the same alert events again. Dropping the event would lose it for good.
+    if not sink:
+        raise DependencyUnavailable(
+            "a second alert event has nowhere to go: K_SINK is not set (the SinkBinding "
+            "of eventing/sink-binding.yaml injects it)")
     headers, body = to_http(attributes, data)
     req = urllib.request.Request(sink, data=body, headers=headers, method="POST")  # noqa: S310
-    with urllib.request.urlopen(req, timeout=10) as resp:  # noqa: S310
-        resp.read()
+    try:
+        with urllib.request.urlopen(req, timeout=10) as resp:  # noqa: S310
+            resp.read()
+    except (urllib.error.URLError, OSError) as exc:
+        raise DependencyUnavailable(f"the Broker (K_SINK) did not take an alert event: {exc}",
+                                    ) from None

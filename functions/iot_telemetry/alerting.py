@@ -1,12 +1,15 @@
 """Alert lifecycle: rule evaluation with hysteresis, and its atomic record in the store.
 
 Per (device, metric, rule) a state document holds where evaluation stands. Handling an
-event: read the state, evaluate the readings newer than the last one evaluated, then
-commit the new state with a compare-and-swap on `rev` together with the effects it
-implies (raise, update, resolve an alert). Effects are applied after the commit and are
-idempotent (deterministic alert ids, $max/$setOnInsert); a state whose effects were not
-marked applied (a crash in between) gets them applied by whoever reads it next, and a
-redelivery of the same event re-applies them and answers the same alert events.
+event: read the state, evaluate the readings not older than the last one evaluated (a
+reading at the same time counts unless this very event already gave one), then commit the
+new state with a compare-and-swap on `rev` together with the effects it implies (raise,
+update, resolve an alert). Effects are applied after the commit and are idempotent
+(deterministic alert ids, $max/$min/$setOnInsert, updates conditional on time); a state
+whose effects were not marked applied (a crash in between) gets them applied by whoever
+reads it next. The state also remembers the raises and resolves of its last
+RECENT_EVENTS events, so a redelivery of one of them re-applies them and answers the same
+alert events even after later events moved the state on.
 """
 
 from __future__ import annotations
@@ -31,6 +34,13 @@ OPEN: Final = "open"
 ACKNOWLEDGED: Final = "acknowledged"
 RESOLVED: Final = "resolved"
 _CAS_ATTEMPTS: Final = 20
+#: Events whose raises and resolves are remembered per (device, rule) for redeliveries.
+RECENT_EVENTS: Final = 32
+#: Events remembered as evaluated at the newest reading time (ties), per (device, rule).
+_TIED_EVENTS: Final = 100
+#: Why an alert was resolved.
+CLEARED: Final = "cleared"
+RULE_REMOVED: Final = "rule_removed"
 
 
 @dataclass(frozen=True)
@@ -45,6 +55,8 @@ class RuleState:
     episode: int = 0
     count: int = 0
     peak: float | None = None
+    #: Keys of the events whose readings at `last_time` were evaluated.
+    last_events: tuple[str, ...] = ()
 
     @classmethod
     def from_doc(cls, doc: Mapping[str, Any] | None) -> RuleState:
@@ -53,6 +65,7 @@ class RuleState:
         names = cls.__dataclass_fields__
         values: dict[str, Any] = {k: _utc(v) if isinstance(v, datetime) else v
                                   for k, v in doc.get("state", {}).items() if k in names}
+        values["last_events"] = tuple(values.get("last_events") or ())
         return cls(**values)
 
 
@@ -87,17 +100,24 @@ def alert_id(device_id: str, rule: AlertRule, episode: int) -> str:
 
 
 def evaluate(rule: AlertRule, device_id: str, state: RuleState,
-             points: Sequence[DataPoint]) -> tuple[RuleState, list[Effect]]:
-    """Evaluate readings in time order; readings not newer than the last evaluated are skipped.
+             points: Sequence[DataPoint], event_key: str = "") -> tuple[RuleState, list[Effect]]:
+    """Evaluate readings in time order; readings older than the last evaluated are skipped.
 
-    Skipping them keeps a late reading from flipping the state and makes a redelivered
-    event a no-op.
+    Skipping them keeps a late reading from flipping the state. A reading at the same time
+    as the last evaluated one (times have millisecond precision: fast sensors tie) is
+    evaluated, unless `event_key` names an event already evaluated at that time, so a
+    redelivered event counts nothing twice.
     """
     effects: list[Effect] = []
+    newest, tied = state.last_time, state.last_events
     for p in sorted(points, key=lambda p: (p.time, p.value)):
-        if p.metric != rule.metric or (state.last_time is not None and p.time <= state.last_time):
+        if p.metric != rule.metric or (newest is not None and (
+                p.time < newest or (p.time == newest and event_key in tied))):
             continue
-        state = replace(state, last_time=p.time)
+        if state.last_time is None or p.time > state.last_time:
+            state = replace(state, last_time=p.time, last_events=(event_key,))
+        elif event_key not in state.last_events:
+            state = replace(state, last_events=(*state.last_events, event_key)[-_TIED_EVENTS:])
         aid = alert_id(device_id, rule, state.episode)
         if state.firing:
             if rule.clears(p.value):
@@ -161,23 +181,29 @@ class AlertBook:
                 doc = states.find_one({"_id": _id})
             if doc and not doc.get("applied", True):
                 pending = [Effect.from_doc(e) for e in doc["effects"]]
-                self._apply(rule, event.device_id, doc, pending)
-            if doc and doc.get("event") == event.key:
-                # Redelivery of the event that made the last change: apply its effects again
-                # (idempotent) and answer the same alert events. Applying again also repairs
-                # a write that FerretDB on SQLite lost to a concurrent update (BENCHMARKS.md).
-                effects = [Effect.from_doc(e) for e in doc.get("effects", [])]
-                if effects:
-                    self._apply(rule, event.device_id, doc, effects)
-                outcome.transitions += self._transitions(effects)
+                self._apply(rule, event.device_id, pending)
+                self._mark_applied(_id, doc["rev"])
+            earlier = _earlier_effects(doc, event.key)
+            if earlier is not None:
+                # A redelivery of an event that changed alerts (its reply may have been lost):
+                # apply its effects again (idempotent) and answer the same alert events.
+                # Applying again also repairs a write that FerretDB on SQLite lost to a
+                # concurrent update (BENCHMARKS.md).
+                self._apply(rule, event.device_id, earlier)
+                outcome.transitions += self._transitions(earlier)
+                return
             state = RuleState.from_doc(doc)
-            new_state, effects = evaluate(rule, event.device_id, state, event.points)
+            new_state, effects = evaluate(rule, event.device_id, state, event.points, event.key)
             if new_state == state:
                 return
             rev = int(doc["rev"]) if doc else 0
+            recent = list(doc.get("recent") or []) if doc else []
+            changes = [e.to_doc() for e in effects if e.kind != "updated"]
+            if changes:
+                recent = [*recent, {"event": event.key, "effects": changes}][-RECENT_EVENTS:]
             body = {"state": asdict(new_state), "effects": [e.to_doc() for e in effects],
                     "event": event.key, "applied": not effects, "rev": rev + 1,
-                    "device_id": event.device_id, "rule": rule.name}
+                    "device_id": event.device_id, "rule": rule.name, "recent": recent}
             with self.store.guard():
                 if doc is None:
                     try:
@@ -188,28 +214,42 @@ class AlertBook:
                     continue
             outcome.changed = True
             if effects:
-                self._apply(rule, event.device_id, {"_id": _id, "rev": rev + 1}, effects)
+                self._apply(rule, event.device_id, effects)
+                self._mark_applied(_id, rev + 1)
                 outcome.transitions += self._transitions(effects)
             return
         raise RuntimeError(f"alert state {_id}: too many concurrent updates")
 
-    def _apply(self, rule: AlertRule, device_id: str, state_doc: Mapping[str, Any],
-               effects: Sequence[Effect]) -> None:
+    def _mark_applied(self, state_id: str, rev: int) -> None:
+        with self.store.guard():
+            self.store.collection(ALERT_STATE).update_one(
+                {"_id": state_id, "rev": rev}, {"$set": {"applied": True}})
+
+    def _apply(self, rule: AlertRule, device_id: str, effects: Sequence[Effect]) -> None:
         alerts = self.store.collection(ALERTS)
         with self.store.guard():
             for e in effects:
                 if e.kind == "raised":
-                    _upsert(alerts, {"_id": e.alert_id}, {
+                    # Applied late (a crash, a redelivery, another instance), a raise must not
+                    # undo newer updates: the peak only moves to the violating side, the last
+                    # value only while no newer reading was recorded.
+                    extreme: dict[str, Any] = {"last_seen": e.time, "count": e.count}
+                    peak = {"peak": e.peak}
+                    inserted = _upsert(alerts, {"_id": e.alert_id}, {
                         "$setOnInsert": {
                             "device_id": device_id, "metric": rule.metric, "rule": rule.name,
                             "severity": rule.severity, "condition": rule.condition,
                             "threshold": rule.threshold, "clear_threshold": rule.clear_threshold,
                             "state": OPEN, "raised_at": e.time, "first_seen": e.first_seen,
-                            "acknowledged_at": None, "acknowledged_by": None,
-                            "resolved_at": None, "resolved_value": None},
-                        "$max": {"last_seen": e.time, "count": e.count},
-                        "$set": {"last_value": e.value, "peak": e.peak},
+                            "last_value": e.value, "acknowledged_at": None,
+                            "acknowledged_by": None, "resolved_at": None,
+                            "resolved_value": None, "resolved_reason": None},
+                        **({"$max": {**extreme, **peak}} if rule.rising
+                           else {"$max": extreme, "$min": peak}),
                     })
+                    if not inserted:
+                        alerts.update_one({"_id": e.alert_id, "last_seen": e.time},
+                                          {"$set": {"last_value": e.value}})
                 elif e.kind == "updated":
                     alerts.update_one({"_id": e.alert_id, "last_seen": {"$lte": e.time}},
                                       {"$set": {"last_value": e.value, "peak": e.peak,
@@ -218,9 +258,7 @@ class AlertBook:
                     alerts.update_one(
                         {"_id": e.alert_id, "state": {"$in": [OPEN, ACKNOWLEDGED]}},
                         {"$set": {"state": RESOLVED, "resolved_at": e.time,
-                                  "resolved_value": e.value}})
-            self.store.collection(ALERT_STATE).update_one(
-                {"_id": state_doc["_id"], "rev": state_doc["rev"]}, {"$set": {"applied": True}})
+                                  "resolved_value": e.value, "resolved_reason": CLEARED}})
 
     def _transitions(self, effects: Sequence[Effect]) -> list[dict[str, Any]]:
         changes = [e for e in effects if e.kind in ("raised", RESOLVED)]
@@ -231,6 +269,31 @@ class AlertBook:
                 {"_id": {"$in": [e.alert_id for e in changes]}})}
         return [{"transition": "raised" if e.kind == "raised" else RESOLVED,
                  "alert": public(docs[e.alert_id])} for e in changes if e.alert_id in docs]
+
+    def orphans(self, limit: int = 1000) -> list[dict[str, Any]]:
+        """Open or acknowledged alerts whose rule is no longer configured (removed, renamed)."""
+        with self.store.guard():
+            return list(self.store.collection(ALERTS).find(
+                {"state": {"$in": [OPEN, ACKNOWLEDGED]},
+                 "rule": {"$nin": [r.name for r in self.rules]}}).limit(limit))
+
+    def resolve_orphan(self, doc: Mapping[str, Any], now: datetime) -> None:
+        """Resolve an alert of a removed rule (reason rule_removed) and stop its evaluation state.
+
+        The state stops firing but keeps its episode count, so if a rule of that name comes
+        back, its next raise opens a new alert instead of updating the resolved one.
+        """
+        with self.store.guard():
+            self.store.collection(ALERTS).update_one(
+                {"_id": doc["_id"], "state": {"$in": [OPEN, ACKNOWLEDGED]}},
+                {"$set": {"state": RESOLVED, "resolved_at": now, "resolved_value": None,
+                          "resolved_reason": RULE_REMOVED}})
+            self.store.collection(ALERT_STATE).update_one(
+                {"_id": f"{doc['device_id']}:{doc['rule']}", "state.firing": True},
+                {"$set": {"state.firing": False, "state.streak": 0, "state.streak_since": None,
+                          "state.streak_peak": None, "state.count": 0, "state.peak": None,
+                          "effects": [], "applied": True},
+                 "$inc": {"rev": 1}})
 
     def acknowledge(self, alert_id: str, by: str, now: datetime) -> tuple[dict[str, Any], bool]:
         """open -> acknowledged; repeating it is harmless; a resolved alert is a conflict.
@@ -252,16 +315,33 @@ class AlertBook:
         return public(doc), changed
 
 
-def _upsert(collection: Any, filter: dict[str, Any], update: dict[str, Any]) -> None:
-    """Upsert; when another instance inserted the same document first, update it instead."""
+def _earlier_effects(doc: Mapping[str, Any] | None, event_key: str) -> list[Effect] | None:
+    """The effects an event already had on this state, or None if it had none remembered."""
+    if not doc:
+        return None
+    if doc.get("event") == event_key and doc.get("effects"):
+        return [Effect.from_doc(e) for e in doc["effects"]]
+    for entry in reversed(doc.get("recent") or []):
+        if entry.get("event") == event_key:
+            return [Effect.from_doc(e) for e in entry.get("effects", [])]
+    return None
+
+
+def _upsert(collection: Any, filter: dict[str, Any], update: dict[str, Any]) -> bool:
+    """Upsert; when another instance inserted the same document first, update it instead.
+
+    Returns whether this call inserted the document.
+    """
     try:
-        collection.update_one(filter, update, upsert=True)
+        return collection.update_one(filter, update, upsert=True).upserted_id is not None
     except DuplicateKeyError:
         collection.update_one(filter, update)
+        return False
 
 
 #: Fields every alert shows, null until they apply (FerretDB drops nulls set on insert).
-_OPTIONAL: Final = ("acknowledged_at", "acknowledged_by", "resolved_at", "resolved_value")
+_OPTIONAL: Final = ("acknowledged_at", "acknowledged_by", "resolved_at", "resolved_value",
+                    "resolved_reason")
 
 
 def public(doc: Mapping[str, Any]) -> dict[str, Any]:

@@ -2,7 +2,11 @@
 
 A token is `<device id>.<secret>`: the id says whose hash to check it against, so a token
 of one device presented for another is told apart (403) from a wrong token (401). The
-secret is 32 random bytes; the store keeps a salted scrypt hash of it, never the secret.
+secret is 32 random bytes; the store keeps HMAC-SHA256 of it keyed by a per-device random
+salt, never the secret. A 256-bit random secret cannot be guessed, so a slow hash (scrypt,
+~85 ms a check) bought nothing but a CPU sink for wrong tokens and a timing difference
+between known and unknown devices. Records of the earlier scrypt format still verify, and
+are rewritten in the HMAC format on their first successful check.
 """
 
 from __future__ import annotations
@@ -22,32 +26,49 @@ from .errors import BadRequest, Conflict, Forbidden, NotFound, Unauthorized
 from .store import DEVICES, Store
 from .telemetry import DEVICE_ID
 
-# scrypt cost: ~15 ms per check here; verified tokens are then cached for a few seconds.
-SCRYPT: Final = {"n": 2**14, "r": 8, "p": 1}
+HMAC_SHA256: Final = "hmac-sha256"
+#: What an unknown device's secret is checked against: the same work as a known one's.
+_NO_RECORD: Final = {"scheme": HMAC_SHA256, "salt": base64.b64encode(bytes(16)).decode(),
+                     "hash": base64.b64encode(bytes(32)).decode()}
 _MAX_CACHE: Final = 100_000
 #: Fields of a device document that the registry owns (telemetry fields are aggregate's).
 REGISTRY_FIELDS: Final = ("name", "metadata", "enabled", "registered_at", "token_rotated_at")
 
 
-def _hash(secret: str, salt: bytes, n: int, r: int, p: int) -> bytes:
-    return hashlib.scrypt(secret.encode(), salt=salt, n=n, r=r, p=p, dklen=32)
+def _hmac(secret: str, salt: bytes) -> bytes:
+    return hmac.new(salt, secret.encode(), hashlib.sha256).digest()
+
+
+def hash_record(secret: str) -> dict[str, Any]:
+    """The record stored for a secret: its HMAC-SHA256 under a fresh random salt."""
+    salt = secrets.token_bytes(16)
+    return {"scheme": HMAC_SHA256, "salt": base64.b64encode(salt).decode(),
+            "hash": base64.b64encode(_hmac(secret, salt)).decode()}
 
 
 def new_credential(device_id: str) -> tuple[str, dict[str, Any]]:
     """A fresh token and the hash record stored for it."""
     secret = secrets.token_urlsafe(32)
-    salt = secrets.token_bytes(16)
-    record = {"salt": base64.b64encode(salt).decode(), **SCRYPT,
-              "hash": base64.b64encode(_hash(secret, salt, **SCRYPT)).decode()}
-    return f"{device_id}.{secret}", record
+    return f"{device_id}.{secret}", hash_record(secret)
+
+
+def is_legacy(record: Mapping[str, Any]) -> bool:
+    """A record of the earlier scrypt format (salt, n, r, p, hash)."""
+    return "scheme" not in record and "n" in record
 
 
 def matches(secret: str, record: Mapping[str, Any]) -> bool:
-    """Constant-time check of a secret against a stored hash record."""
+    """Constant-time check of a secret against a stored hash record (either format)."""
     try:
         salt = base64.b64decode(record["salt"])
         expected = base64.b64decode(record["hash"])
-        actual = _hash(secret, salt, int(record["n"]), int(record["r"]), int(record["p"]))
+        if is_legacy(record):
+            actual = hashlib.scrypt(secret.encode(), salt=salt, n=int(record["n"]),
+                                    r=int(record["r"]), p=int(record["p"]), dklen=32)
+        elif record.get("scheme") == HMAC_SHA256:
+            actual = _hmac(secret, salt)
+        else:
+            return False
     except (KeyError, ValueError, TypeError):
         return False
     return hmac.compare_digest(actual, expected)
@@ -149,6 +170,13 @@ class Registry:
             for key in [k for k in self._verified if k[0] == device_id]:
                 del self._verified[key]
 
+    def _upgrade(self, device_id: str, secret: str, record: Mapping[str, Any]) -> None:
+        """Rewrite a verified scrypt record as HMAC; a rotation meanwhile wins (same hash)."""
+        with self.store.guard():
+            self.store.collection(DEVICES).update_one(
+                {"_id": device_id, "token.hash": record["hash"]},
+                {"$set": {"token": hash_record(secret)}})
+
     def authenticate(self, token: str | None) -> str:
         """The device a token belongs to; 401 if missing or wrong, 403 if disabled."""
         if token is None:
@@ -162,8 +190,13 @@ class Registry:
         with self.store.guard():
             doc = self.store.collection(DEVICES).find_one(
                 {"_id": device_id}, {"token": 1, "enabled": 1})
-        if doc is None or "token" not in doc or not matches(secret, doc["token"]):
+        record = doc.get("token") if doc else None
+        # An unknown device costs the same hash as a known one: no timing tells them apart.
+        if not matches(secret, record or _NO_RECORD) or record is None:
             raise Unauthorized("unknown device or wrong token")
+        assert doc is not None
+        if is_legacy(record):
+            self._upgrade(device_id, secret, record)
         if not doc.get("enabled", True):
             raise Forbidden(f"device {device_id!r} is disabled")
         with self._lock:

@@ -33,7 +33,7 @@ ALERT_COLUMNS: Final = (
     "id", "device_id", "device_name", "device_metadata", "metric", "rule", "severity",
     "state", "condition", "threshold", "clear_threshold", "raised_at", "first_seen",
     "last_seen", "count", "peak", "last_value", "acknowledged_at", "acknowledged_by",
-    "resolved_at", "resolved_value")
+    "resolved_at", "resolved_value", "resolved_reason")
 # A spreadsheet runs a cell that starts with one of these as a formula (CSV injection);
 # text cells that do get a leading apostrophe, as OWASP advises. Numbers are not text.
 _FORMULA_START: Final = ("=", "+", "-", "@", "\t", "\r")

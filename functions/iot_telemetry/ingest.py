@@ -8,8 +8,16 @@ from datetime import UTC, datetime, timedelta
 
 import flask
 
+from .clients import client_address
 from .devices import bearer
-from .errors import BadRequest, Forbidden, PayloadTooLarge, TelemetryError, TooManyRequests
+from .errors import (
+    BadRequest,
+    Forbidden,
+    PayloadTooLarge,
+    TelemetryError,
+    TooManyRequests,
+    Unauthorized,
+)
 from .events import BATCH, STRUCTURED, media_type, read_http, to_kafka
 from .observability import EVENTS_ACCEPTED, EVENTS_REJECTED, POINTS_ACCEPTED
 from .runtime import Runtime, get_runtime
@@ -48,6 +56,19 @@ def _ingest(request: flask.Request, rt: Runtime) -> flask.Response:
         raise
 
 
+def _authenticate(request: flask.Request, rt: Runtime) -> str:
+    """The device writing; a client that failed too often is refused before any token work."""
+    client = client_address(request.remote_addr, request.headers, rt.trusted_proxies)
+    wait = rt.auth_failures.wait(client)
+    if wait:
+        raise TooManyRequests(f"too many failed authentications from {client}", wait)
+    try:
+        return rt.registry.authenticate(bearer(request.headers))
+    except Unauthorized:
+        rt.auth_failures.take(client, 1)
+        raise
+
+
 def _accept(request: flask.Request, rt: Runtime) -> flask.Response:
     s = rt.settings
     # 1. Route and size: nothing past the limit is read.
@@ -58,8 +79,7 @@ def _accept(request: flask.Request, rt: Runtime) -> flask.Response:
     if len(body) > s.ingest_max_body_bytes:
         raise PayloadTooLarge(f"body exceeds {s.ingest_max_body_bytes} bytes")
     # Once per request, not per event: who is writing (registered mode only).
-    writer = rt.registry.authenticate(bearer(request.headers)) if (
-        s.ingest_auth == "registered") else None
+    writer = _authenticate(request, rt) if s.ingest_auth == "registered" else None
     # 2. Decode and validate every event; any problem rejects the whole request.
     raws = read_http(request.headers, body)
     if len(raws) > s.ingest_max_batch_events:

@@ -95,7 +95,12 @@ def document(settings: Settings) -> dict[str, Any]:
                       "acknowledged_at": {"type": ["string", "null"], "format": "date-time"},
                       "acknowledged_by": {"type": ["string", "null"]},
                       "resolved_at": {"type": ["string", "null"], "format": "date-time"},
-                      "resolved_value": {"type": ["number", "null"]}}},
+                      "resolved_value": {"type": ["number", "null"]},
+                      "resolved_reason": {
+                          "enum": ["cleared", "rule_removed", None],
+                          "description": "Why it was resolved: `cleared` by a reading, or "
+                                         "`rule_removed` when its rule was removed or "
+                                         "renamed (resolved_value is then null)"}}},
         "Rule": {"type": "object",
                  "required": ["name", "metric", "condition", "threshold", "clear_threshold",
                               "severity"],

@@ -51,7 +51,8 @@ _SERVED = Map([*(rule.empty() for rule in ROUTES.iter_rules()), *dashboard.rules
 
 def handle(request: flask.Request, runtime: Runtime | None = None) -> flask.Response:
     rt = runtime or get_runtime()
-    return serve(FUNCTION, request, lambda r: _guarded(r, rt), lambda: {"store": rt.store.ping()})
+    return serve(FUNCTION, request, lambda r: _guarded(r, rt), lambda: {"store": rt.store.ping()},
+                 lambda req, response: access.add_cors(req, response, rt.settings))
 
 
 def _public(request: flask.Request) -> bool:
@@ -61,15 +62,13 @@ def _public(request: flask.Request) -> bool:
 
 
 def _guarded(request: flask.Request, rt: Runtime) -> flask.Response:
-    """Token check by scope (GET: read, POST: operate) and CORS around the routes."""
+    """Token check by scope (GET: read, POST: operate) around the routes (CORS: in handle)."""
     if request.method == "OPTIONS":
         return access.preflight(request, rt.settings)
     if not _public(request):
         needed = access.OPERATE if request.method == "POST" else access.READ
         access.authorize(request, rt.settings, needed)
-    response = _route(request, rt)
-    access.add_cors(request, response, rt.settings)
-    return response
+    return _route(request, rt)
 
 
 class Params:
@@ -196,11 +195,14 @@ def _devices(request: flask.Request, rt: Runtime) -> flask.Response:
     limit = p.integer("limit", rt.settings.query_default_limit, 1, rt.settings.query_max_limit)
     cursor = p.text("cursor", DEVICE_ID)
     prefix = p.text("prefix", re.compile(r"^[A-Za-z0-9._:-]{1,128}$"))
-    filt: dict[str, Any] = {}
+    # Each condition on _id apart under $and: mongo-java-server ignores the other
+    # operators of a field expression that holds $regex.
+    parts: list[dict[str, Any]] = []
     if cursor:
-        filt["_id"] = {"$gt": cursor}
+        parts.append({"_id": {"$gt": cursor}})
     if prefix:
-        filt.setdefault("_id", {})["$regex"] = "^" + re.escape(prefix)
+        parts.append({"_id": {"$regex": "^" + re.escape(prefix)}})
+    filt: dict[str, Any] = {"$and": parts} if parts else {}
     with rt.store.guard():
         docs = list(rt.store.collection(DEVICES).find(filt, {"token": 0})
                     .sort("_id", 1).limit(limit + 1))

@@ -1,4 +1,4 @@
-"""Per-device token buckets, so one runaway device cannot starve the rest."""
+"""Token buckets per device (events) or per client (failed authentications)."""
 
 from __future__ import annotations
 
@@ -17,6 +17,14 @@ class RateLimiter:
         self.rate, self.burst = rate, float(burst)
         self._buckets: dict[str, tuple[float, float]] = {}
         self._lock = threading.Lock()
+
+    def wait(self, key: str, now: float | None = None) -> int:
+        """Seconds until one event would be allowed for `key` (0: now), spending nothing."""
+        now = time.monotonic() if now is None else now
+        with self._lock:
+            tokens, at = self._buckets.get(key, (self.burst, now))
+            tokens = min(self.burst, tokens + max(0.0, now - at) * self.rate)
+            return 0 if tokens >= 1 else max(1, math.ceil((1 - tokens) / self.rate))
 
     def take(self, device_id: str, events: int, now: float | None = None) -> int:
         """Spend `events`; return 0 if allowed, else seconds until they would be."""

@@ -42,8 +42,13 @@ class AlertRule:
         return CONDITIONS[self.condition](value, self.threshold)
 
     def clears(self, value: float) -> bool:
-        """Whether a reading ends an open alert; between the two thresholds it stays open."""
-        return value <= self.clear_threshold if self.rising else value >= self.clear_threshold
+        """Whether a reading ends an open alert; between the two thresholds it stays open.
+
+        A reading clears only when it would not violate the rule's condition at the clear
+        threshold, so with the default clear threshold (the threshold itself) a reading
+        exactly at 40 keeps a `>= 40` alert open instead of both violating and clearing.
+        """
+        return not CONDITIONS[self.condition](value, self.clear_threshold)
 
     def worse(self, a: float, b: float) -> float:
         """The more extreme of two readings in the direction of the rule (the peak)."""

@@ -6,6 +6,7 @@ import logging
 import threading
 from functools import cached_property
 
+from .clients import Network
 from .devices import Registry
 from .observability import configure_logging
 from .publisher import RecordSink, make_sink
@@ -44,6 +45,17 @@ class Runtime:
     def rate_limiter(self) -> RateLimiter:
         with self._lock:
             return RateLimiter(self.settings.ingest_rate_limit, self.settings.ingest_rate_burst)
+
+    @cached_property
+    def auth_failures(self) -> RateLimiter:
+        """Failed device authentications per client address."""
+        with self._lock:
+            per_minute = self.settings.ingest_auth_failures_per_minute
+            return RateLimiter(per_minute / 60.0, per_minute)
+
+    @cached_property
+    def trusted_proxies(self) -> tuple[Network, ...]:
+        return self.settings.trusted_proxies
 
     @cached_property
     def sink(self) -> RecordSink:

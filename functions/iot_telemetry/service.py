@@ -43,8 +43,13 @@ def error_response(exc: TelemetryError) -> flask.Response:
 
 
 def serve(function: str, request: flask.Request, handle: Handler,
-          ready: Callable[[], dict[str, bool]]) -> flask.Response:
-    """Answer /healthz, /readyz and /metrics; hand everything else to `handle`."""
+          ready: Callable[[], dict[str, bool]],
+          finish: Callable[[flask.Request, flask.Response], None] | None = None,
+          ) -> flask.Response:
+    """Answer /healthz, /readyz and /metrics; hand everything else to `handle`.
+
+    `finish` sees every answer of `handle`, errors included (CORS headers, say).
+    """
     path = request.path.rstrip("/") or "/"
     if path in ("/healthz", "/readyz", "/metrics") and request.method not in ("GET", "HEAD"):
         return error_response(MethodNotAllowed(f"{path} answers GET only", ("GET", "HEAD")))
@@ -59,6 +64,16 @@ def serve(function: str, request: flask.Request, handle: Handler,
         return flask.Response(body, mimetype=ctype.split(";")[0], content_type=ctype)
     timer = Timer()
     try:
+        response = _answer(function, request, handle)
+        if finish is not None:
+            finish(request, response)
+        return response
+    finally:
+        PROCESSING_SECONDS.labels(function).observe(timer.elapsed())
+
+
+def _answer(function: str, request: flask.Request, handle: Handler) -> flask.Response:
+    try:
         return handle(request)
     except DependencyUnavailable as exc:
         DEPENDENCY_ERRORS.labels(function).inc()
@@ -71,8 +86,6 @@ def serve(function: str, request: flask.Request, handle: Handler,
         log.exception("unhandled error", extra={"function": function,
                                                 "event_id": _event_id(request)})
         return json_response({"error": "internal", "message": "internal error"}, 500)
-    finally:
-        PROCESSING_SECONDS.labels(function).observe(timer.elapsed())
 
 
 def use_json_errors() -> None:

@@ -9,6 +9,7 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, Final, TypeVar
 
+from .clients import Network, parse_networks
 from .rules import AlertRule, default_rules, parse_rules
 
 T = TypeVar("T")
@@ -79,6 +80,14 @@ class Settings:
         "AUTH_CACHE_SECONDS", 5.0,
         "How long a verified device token is trusted without checking the store again "
         "(a disabled device or rotated token stops working within this time)")
+    ingest_auth_failures_per_minute: int = _setting(
+        "INGEST_AUTH_FAILURES_PER_MINUTE", 30,
+        "Failed device authentications one client address may make per minute, per instance, "
+        "before 429 (checked before any token work)")
+    ingest_trusted_proxies: str = _setting(
+        "INGEST_TRUSTED_PROXIES", "127.0.0.0/8,::1/128,10.0.0.0/8,172.16.0.0/12,192.168.0.0/16,"
+        "fc00::/7",
+        "Proxies (comma-separated CIDRs) skipped in X-Forwarded-For to find a client's address")
     query_auth: str = _setting(
         "QUERY_AUTH", "open", "`open`: no token needed; `token`: bearer tokens below required")
     query_read_tokens: str = _setting(
@@ -114,6 +123,10 @@ class Settings:
     @property
     def operate_tokens(self) -> tuple[str, ...]:
         return _items(self.query_operate_tokens)
+
+    @property
+    def trusted_proxies(self) -> tuple[Network, ...]:
+        return parse_networks(self.ingest_trusted_proxies)
 
     @property
     def cors_origins(self) -> tuple[str, ...]:
@@ -165,6 +178,10 @@ class Settings:
         if self.query_auth == "token" and not (self.read_tokens or self.operate_tokens):
             raise ConfigError("QUERY_READ_TOKENS",
                               "QUERY_AUTH=token needs QUERY_READ_TOKENS or QUERY_OPERATE_TOKENS")
+        try:
+            parse_networks(self.ingest_trusted_proxies)
+        except ValueError as exc:
+            raise ConfigError("INGEST_TRUSTED_PROXIES", str(exc)) from None
         if self.query_default_limit > self.query_max_limit:
             raise ConfigError("QUERY_DEFAULT_LIMIT", "must not exceed QUERY_MAX_LIMIT")
 

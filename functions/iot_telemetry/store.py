@@ -116,6 +116,7 @@ class Store:
         self.db = self.client[settings.mongo_db]
         self._indexed = False
         self._index_lock = threading.Lock()
+        self._ferretdb: bool | None = None
 
     def collection(self, name: str) -> Collection[dict[str, Any]]:
         collection: Collection[dict[str, Any]] = self.db[name]
@@ -199,11 +200,7 @@ class Store:
             # `nModified` out of a reply that has writeErrors, and pymongo's bulk_write then
             # raises KeyError('nModified') instead of reporting the duplicate keys, so every
             # redelivery of an already-counted event failed with 500 until dead-lettered.
-            reply = self.db.command({
-                "update": collection.name,
-                "updates": [{"q": op.filter, "u": op.update, "upsert": op.upsert} for op in ops],
-                "ordered": ordered,
-            })
+            reply = self._update_command(collection.name, ops, ordered)
             errors = reply.get("writeErrors") or []
             other = [e for e in errors if e.get("code") != DUPLICATE_KEY]
             if other and not tolerate:
@@ -220,6 +217,34 @@ class Store:
             outcome.upserted = len(reply.get("upserted") or [])
             outcome.matched = max(0, int(reply.get("n", 0)) - outcome.upserted)
         return outcome
+
+    def _update_command(self, name: str, ops: Sequence[Update], ordered: bool,
+                        ) -> dict[str, Any]:
+        statements = [{"q": op.filter, "u": op.update, "upsert": op.upsert} for op in ops]
+        if not self._stops_at_first_write_error():
+            reply: dict[str, Any] = self.db.command(
+                {"update": name, "updates": statements, "ordered": ordered})
+            return reply
+        # FerretDB 1.x stops an update command at its first write error, ordered or not, and
+        # reports it as statement 0 whichever it was: the statements after it are neither
+        # applied nor reported. So it gets one statement per command.
+        merged: dict[str, Any] = {"n": 0, "upserted": [], "writeErrors": []}
+        for i, statement in enumerate(statements):
+            one = self.db.command({"update": name, "updates": [statement], "ordered": True})
+            merged["n"] += int(one.get("n", 0))
+            merged["upserted"] += [{**u, "index": i} for u in one.get("upserted") or []]
+            errors = [{**e, "index": i} for e in one.get("writeErrors") or []]
+            merged["writeErrors"] += errors
+            if one.get("writeConcernError"):
+                merged["writeConcernError"] = one["writeConcernError"]
+            if errors and ordered:
+                break
+        return merged
+
+    def _stops_at_first_write_error(self) -> bool:
+        if self._ferretdb is None:
+            self._ferretdb = "ferretdbVersion" in self.client.admin.command("buildInfo")
+        return self._ferretdb
 
     def close(self) -> None:
         if not self.embedded:

@@ -1,14 +1,16 @@
 #!/usr/bin/env bash
 # Build the deployment tools from the Go module proxy into a cache, once.
 #
-#   bash knative/tools/build-tools.sh [kn] [kustomize] [kubeconform]   # default: all
+#   bash knative/tools/build-tools.sh [kn] [kustomize] [kubeconform] [knative-validate]
+#                                                         # default: all four
 #
 # Prints the bin directory on stdout (progress goes to stderr), so callers can
 #   export PATH="$(bash knative/tools/build-tools.sh):$PATH"
 #
 # Each tool is built from a small wrapper module under knative/tools/go/<tool>/
 # whose go.mod/go.sum pin the version and every dependency (the `tool`
-# directive names the command to build). knative.dev/client carries a
+# directive names the command to build). knative-validate is this repository's
+# own program, in knative/tools/validate/ (its go.mod pins the Knative modules). knative.dev/client carries a
 # `replace knative.dev/client/pkg => ./pkg` that only works inside its own
 # repository, so the kn wrapper requires knative.dev/client and
 # knative.dev/client/pkg at the same commit itself.
@@ -18,11 +20,13 @@
 #                + knative.dev/client/pkg at the same commit (96721e598f77)
 #   kustomize    sigs.k8s.io/kustomize/kustomize/v5 v5.8.1
 #   kubeconform  github.com/yannh/kubeconform v0.8.0
+#   knative-validate  knative.dev/serving v0.50.0, knative.dev/eventing v0.50.0,
+#                knative.dev/eventing-kafka-broker v0.50.1 (Knative 1.23)
 #
 # Binaries land in ${IOT_CACHE_DIR:-$HOME/.cache/iot-telemetry}/bin with a stamp
-# (hash of the wrapper's go.mod + go.sum, the Go version and the link flags); a tool whose
-# stamp matches is not rebuilt. A first build of kn takes minutes (it downloads and
-# compiles most of client-go); the others take seconds.
+# (hash of the module directory's files, the Go version and the link flags); a tool
+# whose stamp matches is not rebuilt. A first build of kn or knative-validate takes
+# minutes (each downloads and compiles most of client-go); the others take seconds.
 set -euo pipefail
 
 TOOLS_DIR="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
@@ -38,11 +42,17 @@ declare -A PACKAGE=(
   [kn]=knative.dev/client/cmd/kn
   [kustomize]=sigs.k8s.io/kustomize/kustomize/v5
   [kubeconform]=github.com/yannh/kubeconform/cmd/kubeconform
+  [knative-validate]=.
+)
+# Module directory of each tool (default: go/<tool>, a wrapper module).
+declare -A MODULE=(
+  [knative-validate]="$TOOLS_DIR/validate"
 )
 declare -A VERSION_FLAG=(
   [kn]="-X knative.dev/client/pkg/commands/version.Version=v1.18.0"
   [kustomize]="-X sigs.k8s.io/kustomize/api/provenance.version=v5.8.1"
   [kubeconform]="-X main.version=v0.8.0"
+  [knative-validate]=""
 )
 
 find_go() {
@@ -57,22 +67,28 @@ find_go() {
   command -v go >/dev/null 2>&1 || { log "go not found (need Go >= 1.24)"; exit 1; }
 }
 
+module_of() { echo "${MODULE[$1]:-$TOOLS_DIR/go/$1}"; }
+
+# Every file of the module (a wrapper's are go.mod and go.sum; knative-validate's
+# include its sources), in a fixed order.
 stamp_of() {
-  local tool="$1" module="$TOOLS_DIR/go/$1"
-  { cat "$module/go.mod" "$module/go.sum"; go env GOVERSION; echo "${VERSION_FLAG[$tool]}"; } |
+  local tool="$1" module; module="$(module_of "$1")"
+  { find "$module" -type f -print0 | LC_ALL=C sort -z | xargs -0 cat
+    go env GOVERSION; echo "${VERSION_FLAG[$tool]}"; } |
     sha256sum | cut -d' ' -f1
 }
 
 build() {
-  local tool="$1" module="$TOOLS_DIR/go/$1"
+  local tool="$1" module; module="$(module_of "$1")"
   local bin="$BIN_DIR/$tool" stamp_file="$BIN_DIR/.$tool.stamp" stamp
-  [ -n "${PACKAGE[$tool]:-}" ] || { log "unknown tool: $tool (kn, kustomize, kubeconform)"; exit 2; }
+  [ -n "${PACKAGE[$tool]:-}" ] ||
+    { log "unknown tool: $tool (kn, kustomize, kubeconform, knative-validate)"; exit 2; }
   stamp="$(stamp_of "$tool")"
   if [ -x "$bin" ] && [ "$(cat "$stamp_file" 2>/dev/null)" = "$stamp" ]; then
     log "$tool: cached ($bin)"
     return 0
   fi
-  log "$tool: building ${PACKAGE[$tool]} (pinned in knative/tools/go/$tool/go.mod)"
+  log "$tool: building ${PACKAGE[$tool]} in ${module#"$REPO/"} (pinned by its go.mod)"
   local start=$SECONDS tmp="$bin.tmp.$$"
   (
     cd "$module"
@@ -86,7 +102,7 @@ build() {
 }
 
 main() {
-  [ "$#" -gt 0 ] || set -- kn kustomize kubeconform
+  [ "$#" -gt 0 ] || set -- kn kustomize kubeconform knative-validate
   mkdir -p "$BIN_DIR"
   find_go
   # One build at a time per cache: parallel test sessions share the binaries.

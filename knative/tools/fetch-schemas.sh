@@ -10,8 +10,9 @@
 #     KafkaSink, KafkaChannel), as released, from the manifests embedded in the
 #     Go module knative.dev/operator v0.50.0 (cmd/operator/kodata). The Go module
 #     proxy serves knative.dev/serving and knative.dev/eventing v0.50.0 as well,
-#     but not knative.dev/eventing-kafka-broker, so one module gives a
-#     consistent set. Knative 1.23 is built against Kubernetes 1.35 (k8s.io/api
+#     but of knative.dev/eventing-kafka-broker only v0.50.1, so one module gives a
+#     consistent set. The same release's config ConfigMaps go to
+#     validate/release-config.yaml (knative-validate's defaults). Knative 1.23 is built against Kubernetes 1.35 (k8s.io/api
 #     v0.35.7 in the operator's go.mod), hence:
 #   Kubernetes 1.35.0 built-in kinds: the JSON schemas of the PyPI wheel
 #     kubernetes-validate 1.37.0 (v1.35.0-local-strict), $refs inlined.
@@ -107,12 +108,18 @@ python3 "$TOOLS_DIR/convert_schemas.py" --out "$target" --kubernetes-dir "$WORK/
   echo "$(sha256sum "$WORK/k8s/_definitions.json" | cut -d' ' -f1)  $KUBERNETES_VALIDATE:v$KUBERNETES_VERSION-local-strict/_definitions.json"
 } > "$target/SOURCES.txt"
 
+# The release's config ConfigMaps, which knative-validate embeds (its webhooks'
+# contexts are built from them).
+release_config="$TOOLS_DIR/validate/release-config.yaml"
+[ "$CHECK" = 1 ] && release_config="$WORK/release-config.yaml"
+python3 "$TOOLS_DIR/release_config.py" "$operator" "$OPERATOR_MODULE" "$release_config"
 if [ "$CHECK" = 1 ]; then
   if diff -r -q "$OUT/crds" "$target/crds" && diff -r -q "$OUT/kubernetes" "$target/kubernetes" &&
-     diff -q "$OUT/SOURCES.txt" "$target/SOURCES.txt"; then
-    log "knative/schemas is up to date"
+     diff -q "$OUT/SOURCES.txt" "$target/SOURCES.txt" &&
+     diff -q "$TOOLS_DIR/validate/release-config.yaml" "$release_config"; then
+    log "knative/schemas and validate/release-config.yaml are up to date"
   else
-    log "knative/schemas differs from the pinned sources: run $0"
+    log "knative/schemas or validate/release-config.yaml differ from the pinned sources: run $0"
     exit 1
   fi
 else

@@ -382,3 +382,25 @@ def test_charts_draw_the_rules_and_shade_when_alerts_were_open(
             assert drawn, "the device's temperature alerts fall in the last hour"
     # The threshold lines are inside the value axis: it spans up to the highest threshold.
     screenshot(page, "device-rules")
+
+
+def test_an_alert_resolved_because_its_rule_was_removed_says_so(
+        page: Any, dashboard: Dashboard) -> None:
+    from iot_telemetry.runtime import get_runtime
+
+    # As alert leaves it when a rule is removed or renamed (tests/unit/test_alerting.py).
+    raised = datetime.now(UTC) - timedelta(days=6)
+    get_runtime().store.collection("alerts").insert_one({
+        "_id": "gone-1:old-rule:1", "device_id": "gone-1", "metric": "temperature",
+        "rule": "old-rule", "severity": "warning", "condition": ">", "threshold": 30.0,
+        "clear_threshold": 28.0, "state": "resolved", "raised_at": raised,
+        "first_seen": raised, "last_seen": raised, "count": 3, "peak": 33.0,
+        "last_value": 33.0, "acknowledged_at": None, "acknowledged_by": None,
+        "resolved_at": raised + timedelta(hours=1), "resolved_value": None,
+        "resolved_reason": "rule_removed"})
+    [alert] = dashboard.api("alerts?state=resolved&device_id=gone-1")["alerts"]
+    assert alert["resolved_reason"] == "rule_removed"
+    open_view(page, dashboard, "#/alerts?state=resolved&device=gone-1")
+    row = page.locator('#alerts-body tr[data-alert="gone-1:old-rule:1"]')
+    expect(row.locator(".state-cell")).to_contain_text("Resolved")
+    expect(row.locator(".state-cell")).to_contain_text("(rule removed)")

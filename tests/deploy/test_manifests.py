@@ -1,7 +1,9 @@
-"""Knative manifests: upstream schemas, kustomize, the deploy script, names across files.
+"""Knative manifests: upstream schemas, Knative's webhooks, kustomize, the deploy script,
+names across files.
 
-kn, kustomize and kubeconform come from knative/tools/build-tools.sh (pinned, built
-from the Go module proxy, cached); a missing tool is built, never a reason to skip.
+kn, kustomize, kubeconform and knative-validate come from knative/tools/build-tools.sh
+(pinned, built from the Go module proxy, cached); a missing tool is built, never a reason
+to skip.
 """
 
 from __future__ import annotations
@@ -11,7 +13,7 @@ import os
 import re
 import shutil
 import subprocess
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -47,11 +49,12 @@ Doc = dict[str, Any]
 
 
 def manifest_files() -> list[Path]:
-    """Every YAML file under knative/ and eventing/ (whichever exist)."""
+    """Every YAML file under knative/ and eventing/ (whichever exist), not the tools' own."""
     files: list[Path] = []
     for root in (KNATIVE, EVENTING):
         if root.is_dir():
-            files += sorted(p for p in root.rglob("*") if p.suffix in (".yaml", ".yml"))
+            files += sorted(p for p in root.rglob("*") if p.suffix in (".yaml", ".yml")
+                            and not p.is_relative_to(KNATIVE / "tools"))
     return files
 
 
@@ -109,7 +112,7 @@ def annotations(svc: Doc, prefix: str = "autoscaling.knative.dev/") -> dict[str,
 
 @pytest.fixture(scope="session")
 def tools() -> Path:
-    """bin directory holding kn, kustomize and kubeconform (built once, then cached)."""
+    """bin directory holding kn, kustomize, kubeconform, knative-validate (built once, cached)."""
     done = subprocess.run(["bash", str(KNATIVE / "tools/build-tools.sh")], capture_output=True,
                           text=True, timeout=3600, check=False)
     if done.returncode != 0:
@@ -377,6 +380,21 @@ def test_eventing_references_resolve() -> None:
     assert "iot-broker" in brokers and "iot-dead-letters" in sinks
 
 
+def test_alert_gets_the_broker_as_k_sink() -> None:
+    # alert replies with one alert event and POSTs the others of the same delivery to
+    # K_SINK: without a SinkBinding nothing sets it on the cluster and they are lost.
+    events = eventing_docs()
+    bindings = [(d["spec"]["subject"], d["spec"]["sink"]["ref"])
+                for d in find(events, "SinkBinding")]
+    assert bindings == [(
+        {"apiVersion": SERVICE_API, "kind": "Service", "name": "alert"},
+        {"apiVersion": "eventing.knative.dev/v1", "kind": "Broker", "name": "iot-broker"})]
+    assert {d["metadata"]["name"] for d in find(base_docs(), "Service")
+            if d["apiVersion"] == SERVICE_API} >= {"alert"}
+    [namespace] = find(base_docs(), "Namespace")
+    assert namespace["metadata"]["labels"]["bindings.knative.dev/include"] == "true"
+
+
 def test_kafka_settings_agree_with_eventing() -> None:
     events = eventing_docs()
     (config,) = find(base_docs(), "ConfigMap", "iot-config")
@@ -409,6 +427,7 @@ def test_dry_run_renders_every_function_and_validates(tools: Path, rendered: Pat
     results = kubeconform(tools, rendered)
     kinds = [r["kind"] for r in results]
     assert kinds.count("Service") == len(FUNCTIONS)
+    assert kinds.count("SinkBinding") == 1
 
 
 def _comparable(svc: Doc) -> Doc:
@@ -522,3 +541,202 @@ def test_deploy_stops_before_kn_without_the_secret(tools: Path, tmp_path: Path) 
     assert done.returncode != 0
     assert "kubectl create secret generic iot-credentials" in done.stderr
     assert not [c for c in calls if c.startswith("kn ")]
+
+
+# ---------------------------------------------------------------- Knative's own validation
+#
+# The schemas say what fields exist; Knative's admission webhooks say which values they
+# take. knative-validate (knative/tools/validate/) runs their SetDefaults and Validate
+# from the pinned Knative modules, offline, on every Knative object of the files given.
+
+# Knative kinds no webhook validates (their CRD schema is all there is).
+SCHEMA_ONLY_KINDS = {"ClusterDomainClaim"}
+
+
+def knative_validate(tools: Path, *files: Path,
+                     config: Path | None = None) -> subprocess.CompletedProcess[str]:
+    cmd = [str(tools / "knative-validate"), "-v"]
+    if config is not None:
+        cmd += ["-config", str(config)]
+    return subprocess.run([*cmd, *map(str, files)], capture_output=True, text=True,
+                          timeout=600, check=False, cwd=REPO)
+
+
+def webhook_checked(paths: list[Path], shown: dict[Path, str]) -> set[str]:
+    """The line knative-validate prints for each Knative object of paths that passed."""
+    expected = set()
+    for path in paths:
+        for index, doc in enumerate(load(path), start=1):
+            group = doc.get("apiVersion", "").rpartition("/")[0]
+            if group.endswith("knative.dev") and doc["kind"] not in SCHEMA_ONLY_KINDS:
+                meta = doc["metadata"]
+                expected.add(f"{shown[path]}: document {index}: {doc['kind']} "
+                             f"{meta['namespace']}/{meta['name']}: valid")
+    return expected
+
+
+def passed(done: subprocess.CompletedProcess[str]) -> set[str]:
+    return {line.partition(" (")[0] for line in done.stdout.splitlines()
+            if re.search(r": valid \([a-z, -]+\)$", line)}
+
+
+def findings(done: subprocess.CompletedProcess[str]) -> list[str]:
+    return [line for line in done.stdout.splitlines()
+            if not re.search(r": (valid|skipped) \(.*\)$", line)]
+
+
+def test_knative_webhooks_accept_every_manifest(tools: Path) -> None:
+    paths = [p for p in manifest_files() if not is_kustomization(p)]
+    done = knative_validate(tools, *(p.relative_to(REPO) for p in paths))
+    assert done.returncode == 0 and not findings(done), done.stdout + done.stderr
+    expected = webhook_checked(paths, {p: rel(p) for p in paths})
+    assert expected <= passed(done), sorted(expected - passed(done))
+    kinds = {line.split(": ")[2].split()[0] for line in expected}
+    assert {"Service", "DomainMapping", "Broker", "Trigger", "KafkaSource",
+            "KafkaSink"} <= kinds
+
+
+def test_knative_webhooks_accept_what_deploy_renders(tools: Path, rendered: Path) -> None:
+    paths = sorted(rendered.iterdir())
+    done = knative_validate(tools, *paths)
+    assert done.returncode == 0 and not findings(done), done.stdout + done.stderr
+    expected = webhook_checked(paths, {p: str(p) for p in paths})
+    assert expected <= passed(done), sorted(expected - passed(done))
+    assert sum(": Service iot/" in line for line in expected) == len(FUNCTIONS)
+
+
+def test_knative_webhooks_accept_what_kustomize_builds(tools: Path) -> None:
+    built = kustomize_build(tools, KNATIVE / "base")
+    done = subprocess.run([str(tools / "knative-validate"), "-v", "-"], input=built,
+                          capture_output=True, text=True, timeout=600, check=False)
+    assert done.returncode == 0 and not findings(done), done.stdout + done.stderr
+    valid = [line for line in passed(done) if line.startswith("(stdin): document ")]
+    assert sum(": Service iot/" in line for line in valid) == len(FUNCTIONS), done.stdout
+    assert sum(": DomainMapping iot/" in line for line in valid) == 2, done.stdout
+
+
+def _ingest(edit: Callable[[Doc], None]) -> Doc:
+    svc = service("ingest")
+    edit(svc)
+    return svc
+
+
+def _set_annotations(**values: str) -> Callable[[Doc], None]:
+    def edit(svc: Doc) -> None:
+        svc["spec"]["template"]["metadata"]["annotations"].update(
+            {f"autoscaling.knative.dev/{k.replace('_', '-')}": v for k, v in values.items()})
+    return edit
+
+
+def _eventing(kind: str, name: str, edit: Callable[[Doc], None]) -> Doc:
+    (doc,) = find(eventing_docs(), kind, name)
+    edit(doc)
+    return doc
+
+
+def _trigger_delivery(**values: Any) -> Callable[[Doc], None]:
+    return lambda t: t["spec"]["delivery"].update(values)
+
+
+def _drop(key: str) -> Callable[[Doc], None]:
+    return lambda d: d["spec"].pop(key)
+
+
+# Each case: one invalid object, what Knative's webhook says about it, and whether the
+# schema check (kubeconform) refuses it too; most only the webhooks refuse.
+INVALID: dict[str, tuple[Callable[[], Doc], str, bool]] = {
+    "target-negative": (
+        lambda: _ingest(_set_annotations(target="-1")),
+        "target -1 should be at least 0.01: "
+        "spec.template.metadata.annotations.autoscaling.knative.dev/target", False),
+    "min-scale-above-max-scale": (
+        lambda: _ingest(_set_annotations(min_scale="5", max_scale="2")),
+        "max-scale=2 is less than min-scale=5", False),
+    "container-concurrency-2000": (
+        lambda: _ingest(lambda s: s["spec"]["template"]["spec"].update(containerConcurrency=2000)),
+        "expected 0 <= 2000 <= 1000: spec.template.spec.containerConcurrency", False),
+    "timeout-beyond-max": (
+        lambda: _ingest(lambda s: s["spec"]["template"]["spec"].update(timeoutSeconds=601)),
+        "expected 0 <= 601 <= 600: spec.template.spec.timeoutSeconds", False),
+    # What the manifests had until knative-validate found it.
+    "readiness-timeout-without-period": (
+        lambda: _ingest(lambda s: container(s)["readinessProbe"].update(timeoutSeconds=3)),
+        "timeoutSeconds is disallowed when periodSeconds is zero: "
+        "spec.template.spec.containers[0].readinessProbe.timeoutSeconds", False),
+    "backoff-delay-not-iso8601": (
+        lambda: _eventing("Trigger", "alert", _trigger_delivery(backoffDelay="5s")),
+        "invalid value: 5s: spec.delivery.backoffDelay", False),
+    "delivery-timeout-not-iso8601": (
+        lambda: _eventing("Trigger", "alert", _trigger_delivery(timeout="30")),
+        "invalid value: 30: spec.delivery.timeout", False),
+    "filter-invalid-cesql": (
+        lambda: _eventing("Trigger", "alert",
+                          lambda t: t["spec"].update(filters=[{"cesql": "type = 'a' AND ("}])),
+        "spec.filters[0].cesql", False),
+    "kafka-source-without-bootstrap-servers": (
+        lambda: _eventing("KafkaSource", "iot-telemetry-source", _drop("bootstrapServers")),
+        "[eventing-kafka] missing field(s): spec.bootstrapServers", True),
+    "kafka-sink-replication-factor-zero": (
+        lambda: _eventing("KafkaSink", "iot-alerts",
+                          lambda s: s["spec"].update(replicationFactor=0)),
+        "[eventing-kafka] invalid value: 0: spec.replicationFactor", False),
+    # The Kafka Broker's own webhook, beside Eventing's.
+    "kafka-broker-config-not-a-config-map": (
+        lambda: _eventing("Broker", "iot-broker",
+                          lambda b: b["spec"]["config"].update(kind="Secret")),
+        "[eventing-kafka] invalid value: Secret: spec.config.kind", False),
+    # A Knative kind the tool has no webhook type for must not pass unchecked.
+    "unsupported-knative-kind": (
+        lambda: {"apiVersion": "sinks.knative.dev/v1alpha1", "kind": "JobSink",
+                 "metadata": {"name": "job", "namespace": NAMESPACE}, "spec": {}},
+        "has no offline validation here", False),
+}
+
+
+@pytest.mark.parametrize("case", INVALID)
+def test_knative_webhooks_refuse_invalid_objects(tools: Path, tmp_path: Path, case: str) -> None:
+    make, message, schema_refuses = INVALID[case]
+    bad = make()
+    path = tmp_path / "bad.yaml"
+    # A valid document first: the finding must name the right document.
+    path.write_text(yaml.safe_dump_all([service("query"), bad]))
+    status = {r["name"]: r["status"] for r in kubeconform(tools, path, check=False)}
+    assert status["query"] == "statusValid"
+    assert (status[bad["metadata"]["name"]] != "statusValid") == schema_refuses, status
+    done = knative_validate(tools, path)
+    assert done.returncode == 1, done.stdout + done.stderr
+    where = f"{path}: document 2: {bad['kind']} {NAMESPACE}/{bad['metadata']['name']}: "
+    errors = findings(done)
+    assert errors and all(line.startswith(where) for line in errors), done.stdout
+    assert any(message in line for line in errors), done.stdout
+
+
+def test_knative_validate_uses_the_cluster_config_given(tools: Path, tmp_path: Path) -> None:
+    """-config replaces the release's ConfigMaps, in kubectl's List form too."""
+    def config_map(namespace: str, name: str, **data: str) -> Doc:
+        return {"apiVersion": "v1", "kind": "ConfigMap",
+                "metadata": {"name": name, "namespace": namespace, "resourceVersion": "1"},
+                "data": {"_example": "ignored", **data}}
+
+    config = tmp_path / "cluster-config.yaml"
+    config.write_text(yaml.safe_dump({"apiVersion": "v1", "kind": "List", "items": [
+        config_map("knative-eventing", "config-features", **{"delivery-timeout": "disabled"}),
+        config_map("knative-serving", "config-autoscaler",
+                   **{"max-scale-limit": "5", "max-scale": "5"})]}))
+    triggers, ingest = EVENTING / "triggers.yaml", KNATIVE / "base/ingest.yaml"
+    done = knative_validate(tools, triggers, ingest, config=config)
+    assert done.returncode == 1
+    errors = findings(done)
+    assert len(errors) == len(load(triggers)) + 1, errors
+    assert all("must not set the field(s): spec.delivery.timeout" in e for e in errors[:-1])
+    assert errors[-1].endswith("expected 1 <= 10 <= 5: "
+                               "spec.template.metadata.annotations.autoscaling.knative.dev/max-scale")
+
+    config.write_text(yaml.safe_dump(config_map("knative-serving", "config-autoscaler",
+                                                **{"max-scale-limit": "-5"})))
+    done = knative_validate(tools, ingest, config=config)
+    assert done.returncode == 2 and "cannot load the Knative configuration" in done.stderr
+
+    config.write_text(yaml.safe_dump(config_map("knative-eventing", "config-featurez")))
+    done = knative_validate(tools, ingest, config=config)
+    assert done.returncode == 2 and "config-featurez is not one the webhooks read" in done.stderr

@@ -258,6 +258,48 @@ def test_an_unordered_trigger_keeps_many_in_flight_and_commits_only_what_is_done
         pipeline.close()
 
 
+def test_every_alert_transition_of_one_event_reaches_the_alerts_topic(
+        pipeline: Pipeline, subscribers: dict[str, Subscriber]) -> None:
+    """The real alert function behind the dispatcher, K_SINK set as eventing/ binds it."""
+    from datetime import UTC, datetime, timedelta
+
+    from functions_framework import create_app
+    from werkzeug.serving import make_server
+
+    from iot_telemetry import store
+    from iot_telemetry.runtime import set_runtime
+    from tests.conftest import make_runtime
+    from tests.conftest import record as telemetry_record
+
+    store.reset_embedded()
+    set_runtime(make_runtime())
+    app = create_app("alert", str(REPO / "functions" / "alert.py"), "http")
+    server = make_server("127.0.0.1", 0, app, threaded=True)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    dispatcher = Dispatcher(
+        pipeline.eventing, [pipeline.bootstrap],
+        {"aggregate": subscribers["aggregate"].url,
+         "alert": f"http://127.0.0.1:{server.server_port}/"},
+        ingress_port=0, naming=pipeline.naming)
+    pipeline.dispatcher = dispatcher
+    try:
+        dispatcher.start()
+        wait_for(dispatcher.ready, 60, "the dispatcher did not get its partitions")
+        set_runtime(make_runtime(**dispatcher.sink_env("alert")))  # its ingress is up now
+        # Default rules: 31, 32, 41 raise temperature-high (3 readings over 30) and, at 41,
+        # temperature-critical (>= 40): two transitions of one event, and one reply.
+        start = datetime.now(UTC).replace(microsecond=0) - timedelta(minutes=5)
+        pipeline.produce([telemetry_record("dev-k", start + timedelta(seconds=10 * i),
+                                           {"temperature": v}, f"k{i}")
+                          for i, v in enumerate([31, 32, 41])])
+        published = pipeline.read("iot.alerts", 2)
+        assert {dict(r.headers)["ce_id"] for r in published} == {
+            b"dev-k:temperature-high:1/raised", b"dev-k:temperature-critical:1/raised"}
+        assert {r.key for r in published} == {b"dev-k"}
+    finally:
+        server.shutdown()
+
+
 # --- dead letters ---------------------------------------------------------------------------
 
 def test_a_poison_event_goes_to_the_dlq_and_its_partition_moves_on(

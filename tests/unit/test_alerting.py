@@ -10,7 +10,7 @@ import pytest
 from iot_telemetry.alerting import AlertBook, RuleState, evaluate
 from iot_telemetry.rules import AlertRule, parse_rule
 from iot_telemetry.telemetry import DataPoint
-from tests.conftest import Apps, make_runtime, record
+from tests.conftest import Apps, iso, make_runtime, record
 
 T0 = datetime(2026, 11, 26, 10, 0, tzinfo=UTC)
 HIGH = AlertRule("t-high", "temperature", ">", 30.0, "warning", 28.0, for_count=1)
@@ -199,3 +199,117 @@ def test_acknowledge_lifecycle(apps, now) -> None:
     assert apps.query.post(url).status_code == 409
     assert apps.query.post("/alerts/nope/ack").status_code == 404
     assert apps.query.post(url, json={"by": {"$ne": 1}}).status_code == 400
+
+
+def test_reading_exactly_at_the_threshold_of_ge_rule_does_not_flap() -> None:
+    # clear_threshold defaults to the threshold: 40.0 violates `>= 40` and must not also clear
+    rule = parse_rule({"name": "crit", "metric": "temperature", "condition": ">=",
+                       "threshold": 40})
+    state, effects = evaluate(rule, "d", RuleState(), pts([40.0] * 6))
+    assert kinds(effects) == ["raised"] + ["updated"] * 5 and state.firing
+    _, effects = evaluate(rule, "d", state, pts([39.9], start=T0 + timedelta(minutes=5)))
+    assert kinds(effects) == ["resolved"]
+    low = parse_rule({"name": "low", "metric": "humidity", "condition": "<=", "threshold": 20})
+    state, effects = evaluate(low, "d", RuleState(), pts([20.0] * 6, "humidity"))
+    assert kinds(effects) == ["raised"] + ["updated"] * 5 and state.firing
+    # strict conditions keep clearing at the threshold itself
+    assert kinds(evaluate(HIGH, "d", RuleState(), pts([31, 28]))[1]) == ["raised", "resolved"]
+
+
+def test_reading_with_the_time_of_one_already_evaluated_counts_once(apps, now) -> None:
+    # temperature-high needs 3 readings over 30; two events share one millisecond
+    same = [record("dev-6", now, {"temperature": v}, f"tie{i}") for i, v in enumerate([31, 32])]
+    later = record("dev-6", now + timedelta(seconds=10), {"temperature": 33}, "tie2")
+    for rec in [same[0], same[1], same[1], same[0]]:  # redeliveries must not count
+        assert apps.deliver("alert", rec).status_code == 204
+    assert apps.query.get("/alerts?device_id=dev-6").get_json()["alerts"] == []
+    response = apps.deliver("alert", later)
+    assert response.status_code == 200 and response.get_json()["state"] == "raised"
+    [alert] = apps.query.get("/alerts?device_id=dev-6").get_json()["alerts"]
+    assert alert["count"] == 3 and alert["first_seen"] == iso(now)
+
+
+def test_redelivery_after_a_later_event_answers_the_same_alert_event(apps, now) -> None:
+    recs = readings("dev-7", [31, 32, 33, 34, 35], now)
+    for rec in recs[:2]:
+        assert apps.deliver("alert", rec).status_code == 204
+    first = apps.deliver("alert", recs[2])
+    assert first.status_code == 200
+    for rec in recs[3:]:  # later events move the (device, rule) state on
+        apps.deliver("alert", rec)
+    again = apps.deliver("alert", recs[2])  # the reply to recs[2] was lost: redelivered
+    assert again.status_code == 200
+    assert again.headers["ce-id"] == first.headers["ce-id"] == "dev-7:temperature-high:1/raised"
+    assert again.get_json()["state"] == "raised"
+    [alert] = apps.query.get("/alerts?device_id=dev-7").get_json()["alerts"]
+    assert alert["count"] == 5 and alert["last_value"] == 35.0  # nothing counted twice
+
+
+@pytest.mark.parametrize(("condition", "values", "peak"), [(">", (41.0, 45.0), 45.0),
+                                                          ("<", (15.0, 10.0), 10.0)])
+def test_a_late_applied_raise_keeps_the_newer_peak_and_last_value(
+        runtime, condition, values, peak) -> None:
+    from iot_telemetry.alerting import Effect
+
+    rule = AlertRule("r", "temperature", condition, 30.0 if condition == ">" else 20.0,
+                     "warning", 30.0 if condition == ">" else 20.0)
+    book = AlertBook(runtime.store, [rule])
+    t3, t4 = T0, T0 + timedelta(seconds=10)
+    raised = Effect("raised", "d:r:1", t3, values[0], 1, values[0], first_seen=t3)
+    updated = Effect("updated", "d:r:1", t4, values[1], 2, values[1])
+    book._apply(rule, "d", [raised, updated])
+    book._apply(rule, "d", [raised])  # another instance, late
+    doc = runtime.store.collection("alerts").find_one({"_id": "d:r:1"})
+    assert (doc["peak"], doc["last_value"], doc["count"]) == (peak, values[1], 2)
+    assert doc["state"] == "open"
+
+
+def test_a_second_alert_event_without_k_sink_fails_the_delivery_instead_of_vanishing(
+        apps, now) -> None:
+    recs = readings("dev-8", [31, 32, 41], now)
+    for rec in recs[:2]:
+        assert apps.deliver("alert", rec).status_code == 204
+    failed = apps.deliver("alert", recs[2])  # two raises, one reply, no K_SINK
+    assert failed.status_code == 503 and "K_SINK" in failed.get_json()["message"]
+
+
+def test_alerts_of_a_removed_rule_are_resolved_with_a_reason(runtime, now, sink_server) -> None:
+    from iot_telemetry.rules import default_rules
+    from iot_telemetry.runtime import set_runtime
+
+    rules = [r.describe() for r in default_rules()]
+    set_runtime(make_runtime(K_SINK=sink_server.url))
+    apps = Apps()
+    for rec in readings("dev-9", [31, 32, 33], now):
+        apps.deliver("alert", rec)
+    [alert] = apps.query.get("/alerts?device_id=dev-9").get_json()["alerts"]
+    assert (alert["rule"], alert["state"]) == ("temperature-high", "open")
+    # the rule is renamed: a new alert process starts with the new rules
+    renamed = [{**r, "name": "temperature-warm"} if r["name"] == "temperature-high" else r
+               for r in rules]
+    set_runtime(make_runtime(K_SINK=sink_server.url, ALERT_RULES=json.dumps(renamed)))
+    apps.deliver("alert", record("dev-other", now, {"humidity": 50}, "h0"))
+    gone = apps.query.get(f"/alerts/{alert['id']}").get_json()
+    assert (gone["state"], gone["resolved_reason"]) == ("resolved", "rule_removed")
+    assert gone["resolved_at"] is not None and gone["resolved_value"] is None
+    [(headers, data)] = sink_server.received
+    assert headers["ce-id"] == f"{alert['id']}/resolved"
+    assert (data["state"], data["resolved_reason"]) == ("resolved", "rule_removed")
+    # the OpenAPI description knows the field
+    schema = apps.query.get("/openapi.json").get_json()["components"]["schemas"]["Alert"]
+    assert schema["properties"]["resolved_reason"]["enum"] == ["cleared", "rule_removed", None]
+    # the rule comes back under its old name: a new violation opens a new alert
+    set_runtime(make_runtime(K_SINK=sink_server.url))
+    later = readings("dev-9", [34, 35, 36], now + timedelta(minutes=5), prefix="b")
+    for rec in later:
+        apps.deliver("alert", rec)
+    alerts = apps.query.get("/alerts?device_id=dev-9").get_json()["alerts"]
+    assert [(a["id"], a["state"]) for a in alerts] == [
+        ("dev-9:temperature-high:2", "open"), ("dev-9:temperature-high:1", "resolved")]
+
+
+def test_an_alert_resolved_by_readings_says_cleared(apps, now) -> None:
+    for rec in readings("dev-10", [31, 32, 33, 20], now):
+        apps.deliver("alert", rec)
+    [alert] = apps.query.get("/alerts?device_id=dev-10").get_json()["alerts"]
+    assert (alert["state"], alert["resolved_reason"]) == ("resolved", "cleared")

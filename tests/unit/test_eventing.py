@@ -312,3 +312,37 @@ def test_unknown_kinds_are_refused(tmp_path: Path) -> None:
     with pytest.raises(EventingError, match="PingSource"):
         _load(tmp_path, BASE + "---\napiVersion: sources.knative.dev/v1\nkind: PingSource\n"
                                "metadata: {name: p}\n")
+
+
+def test_the_alert_function_is_bound_to_the_broker_ingress() -> None:
+    eventing = load_eventing(Path(__file__).resolve().parents[2] / "eventing")
+    assert [(b.name, b.service) for b in eventing.bindings] == [("alert-events", "alert")]
+    assert eventing.sink_env("alert", "http://127.0.0.1:8005/") == {
+        "K_SINK": "http://127.0.0.1:8005/"}
+    assert eventing.sink_env("aggregate", "http://127.0.0.1:8005/") == {}
+    assert eventing.sink_env("alert", None) == {}
+
+
+def test_a_sink_binding_must_bind_a_service_by_name_to_the_broker(tmp_path: Path) -> None:
+    binding = textwrap.dedent("""
+        ---
+        apiVersion: sources.knative.dev/v1
+        kind: SinkBinding
+        metadata: {name: sb, namespace: iot}
+        spec:
+          subject: {apiVersion: apps/v1, kind: Deployment, selector: {matchLabels: {a: b}}}
+          sink:
+            ref: {apiVersion: eventing.knative.dev/v1alpha1, kind: KafkaSink, name: dlq}
+        ---
+        apiVersion: sources.knative.dev/v1
+        kind: SinkBinding
+        metadata: {name: sb2, namespace: iot}
+        spec:
+          subject: {apiVersion: serving.knative.dev/v1, kind: Service, name: fn}
+          sink:
+            ref: {apiVersion: eventing.knative.dev/v1alpha1, kind: KafkaSink, name: dlq}
+        """)
+    with pytest.raises(EventingError) as info:
+        _load(tmp_path, BASE + binding)
+    assert "SinkBinding sb: spec.subject must name" in str(info.value)
+    assert "SinkBinding sb2: spec.sink must reference Broker b" in str(info.value)

@@ -58,3 +58,26 @@ def test_simulated_fleet_is_rolled_up_exactly(pipeline, tmp_path) -> None:
     stats = pipeline.stats()
     assert stats, "the in-process broker reports its triggers"
 
+
+
+def test_every_alert_transition_of_one_event_reaches_the_alerts_topic(pipeline) -> None:
+    import urllib.request
+    from datetime import UTC, datetime
+
+    # Default rules: 31, 32, 41 raise temperature-high (3 readings over 30) and, with the
+    # same reading, temperature-critical (>= 40): two transitions from one event, one reply.
+    start = datetime.now(UTC).replace(microsecond=0) - timedelta(minutes=5)
+    for i, value in enumerate([31, 32, 41]):
+        body = json.dumps({"metrics": {"temperature": value}}).encode()
+        request = urllib.request.Request(pipeline.url("ingest"), data=body, method="POST", headers={
+            "Content-Type": "application/json", "ce-specversion": "1.0",
+            "ce-type": "iot.telemetry.v1", "ce-source": "/devices/sink-1", "ce-id": f"s{i}",
+            "ce-subject": "sink-1",
+            "ce-time": (start + timedelta(seconds=10 * i)).isoformat().replace("+00:00", "Z")})
+        with urllib.request.urlopen(request, timeout=10) as response:
+            assert response.status == 202
+    assert pipeline.wait_idle(60)
+    published = {(dict(r.headers)["ce_id"].decode()) for r in
+                 pipeline.broker.sink_records("iot-alerts")}
+    assert published == {"sink-1:temperature-high:1/raised",
+                         "sink-1:temperature-critical:1/raised"}

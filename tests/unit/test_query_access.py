@@ -81,3 +81,28 @@ def test_token_mode_without_tokens_fails_at_start() -> None:
 
     with pytest.raises(ConfigError, match="QUERY_READ_TOKENS"):
         Settings.from_environ({"QUERY_AUTH": "token"})
+
+
+@pytest.mark.parametrize(("path", "headers", "status"), [
+    ("/devices?limit=0", auth(READ), 400),
+    ("/devices", {}, 401),
+    ("/devices", auth("nope"), 401),
+    ("/devices/nobody", auth(READ), 404),
+    ("/no/such/route", auth(READ), 404),
+])
+def test_cors_headers_are_on_error_answers_too(apps_with_tokens, path, headers, status) -> None:
+    # Without them a browser page sees a network error instead of the 4xx and its message.
+    response = apps_with_tokens.query.get(path, headers={"Origin": "https://ops.example.com",
+                                                         **headers})
+    assert response.status_code == status
+    assert response.headers["Access-Control-Allow-Origin"] == "https://ops.example.com"
+    assert "Origin" in response.headers["Vary"]
+
+
+def test_the_index_varies_on_both_accept_and_origin(apps_with_tokens) -> None:
+    response = apps_with_tokens.query.get("/", headers={"Origin": "https://ops.example.com"})
+    assert response.status_code == 200
+    assert {v.strip() for v in response.headers["Vary"].split(",")} >= {"Accept", "Origin"}
+    other = apps_with_tokens.query.get("/", headers={"Origin": "https://evil.example"})
+    assert {v.strip() for v in other.headers["Vary"].split(",")} >= {"Accept", "Origin"}
+    assert "Access-Control-Allow-Origin" not in other.headers

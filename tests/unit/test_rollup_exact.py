@@ -358,3 +358,32 @@ def test_concurrent_writers_in_threads_share_round_trips(runtime, now) -> None:
     points = [(e.device_id, p.metric, p.time, p.value) for e in evs for p in e.points]
     for (device, metric, start), want in truth(points, "1m").items():
         assert same(stored(runtime.store, device, metric, "1m", now)[start], want)
+
+
+@pytest.mark.parametrize(("step", "span", "most"), [("1m", timedelta(hours=24), 25),
+                                                    ("1h", timedelta(days=30), 31)])
+def test_a_series_reads_one_find_of_at_most_a_day_or_a_month_of_documents(
+        runtime, now, monkeypatch, step, span, most) -> None:
+    finds: list[dict[str, Any]] = []
+    collection_of = Store.collection
+
+    class Spy:
+        def __init__(self, inner: Any) -> None:
+            self.inner = inner
+
+        def __getattr__(self, name: str) -> Any:
+            return getattr(self.inner, name)
+
+        def find(self, filter: dict[str, Any], *args: Any, **kwargs: Any) -> Any:
+            finds.append(filter)
+            return self.inner.find(filter, *args, **kwargs)
+
+    writer = RollupWriter(runtime.store)
+    writer.apply_batch([event_of("s", now - timedelta(hours=h), {"x": h}, f"s{h}")
+                        for h in range(0, 30 * 24, 5)])
+    monkeypatch.setattr(Store, "collection", lambda self, name: Spy(collection_of(self, name)))
+    first = bucket_start(now - span, step)
+    buckets = read_series(runtime.store, "s", "x", step, first=first, to=now + STEPS[step])
+    assert buckets
+    [only] = finds
+    assert set(only) == {"_id"} and len(only["_id"]["$in"]) <= most

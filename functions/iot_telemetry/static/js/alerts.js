@@ -39,10 +39,12 @@ function state(alert) {
         alert.acknowledged_at ? when(alert.acknowledged_at) : "")];
   }
   if (alert.state === "resolved") {
+    // An alert whose rule was removed or renamed never cleared: say so instead of a value.
+    const why = alert.resolved_reason === "rule_removed" ? " (rule removed)"
+      : alert.resolved_value !== undefined && alert.resolved_value !== null
+        ? ` at ${number(alert.resolved_value)}` : "";
     return [el("span", { class: "state state-resolved", text: "Resolved" }),
-      el("span", { class: "muted" }, " ", alert.resolved_at ? when(alert.resolved_at) : "",
-        alert.resolved_value !== undefined && alert.resolved_value !== null
-          ? ` at ${number(alert.resolved_value)}` : "")];
+      el("span", { class: "muted" }, " ", alert.resolved_at ? when(alert.resolved_at) : "", why)];
   }
   return [el("span", { class: "state state-open", text: "Open" })];
 }
