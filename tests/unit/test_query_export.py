@@ -47,6 +47,7 @@ def test_a_series_as_csv_holds_the_json_buckets(seeded, now) -> None:  # noqa: F
         assert list(rows[0]) == ["device_id", "metric", "step", "t", "count", "min", "max",
                                  "avg", "sum", "first", "last", "last_value"]
         assert [r["t"] for r in rows] == [b["t"] for b in body["buckets"]]
+        assert all(body["from"] <= r["t"] < body["to"] for r in rows)
         for row, bucket in zip(rows, body["buckets"], strict=True):
             assert (row["device_id"], row["metric"], row["step"]) == ("dev-1", "temperature", "1m")
             assert int(row["count"]) == bucket["count"]
@@ -55,7 +56,8 @@ def test_a_series_as_csv_holds_the_json_buckets(seeded, now) -> None:  # noqa: F
             assert row["first"] == bucket["first"] and row["last"].endswith("Z")
     # Asking for JSON (or anything, as curl does) still gets JSON.
     for headers in ({}, {"Accept": "*/*"}, {"Accept": "application/json"}):
-        assert seeded.query.get(series_url(now), headers=headers).is_json
+        as_json = seeded.query.get(series_url(now), headers=headers)
+        assert as_json.is_json and "Accept" in as_json.headers["Vary"]
     assert seeded.query.get(series_url(now, "&format=json"), headers=CSV_ACCEPT).is_json
 
 
