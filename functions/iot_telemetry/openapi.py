@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from . import __version__
+from .export import ALERT_COLUMNS, SERIES_COLUMNS
 from .settings import Settings
 
 _TIME = {"type": "string", "format": "date-time"}
@@ -19,6 +20,25 @@ def _ref(name: str) -> dict[str, str]:
 
 def _json(schema: dict[str, Any], description: str) -> dict[str, Any]:
     return {"description": description, "content": {"application/json": {"schema": schema}}}
+
+
+def _json_or_csv(schema: dict[str, Any], description: str, columns: tuple[str, ...],
+                 ) -> dict[str, Any]:
+    """A 200 that is JSON, or CSV with `format=csv` or `Accept: text/csv`."""
+    answer = _json(schema, description)
+    answer["content"]["text/csv"] = {"schema": {
+        "type": "string", "description": "Header row " + ",".join(columns)
+        + "; RFC 4180 quoting, CRLF line ends, times in RFC 3339 UTC"}}
+    answer["headers"] = {"Content-Disposition": {
+        "description": "CSV only: attachment; filename=\"...csv\"",
+        "schema": {"type": "string"}}}
+    return answer
+
+
+def _format_param() -> dict[str, Any]:
+    return _param("format", "query", {"enum": ["json", "csv"]},
+                  "Answer as JSON (default) or as a CSV download; without it, "
+                  "`Accept: text/csv` asks for CSV")
 
 
 def _errors(*codes: int) -> dict[str, Any]:
@@ -81,6 +101,16 @@ def document(settings: Settings) -> dict[str, Any]:
                           "description": "Why it was resolved: `cleared` by a reading, or "
                                          "`rule_removed` when its rule was removed or "
                                          "renamed (resolved_value is then null)"}}},
+        "Rule": {"type": "object",
+                 "required": ["name", "metric", "condition", "threshold", "clear_threshold",
+                              "severity"],
+                 "properties": {
+                     "name": {"type": "string"}, "metric": {"type": "string"},
+                     "condition": {"enum": [">", ">=", "<", "<="]},
+                     "threshold": {"type": "number"}, "clear_threshold": {"type": "number"},
+                     "severity": {"enum": ["warning", "critical"]},
+                     "for_count": {"type": "integer", "minimum": 1},
+                     "for_seconds": {"type": "number", "minimum": 0}}},
     }
     return {
         "openapi": "3.1.0",
@@ -114,12 +144,14 @@ def document(settings: Settings) -> dict[str, Any]:
                     _param("from", "query", _TIME, "Start (default: to - 1 hour)"),
                     _param("to", "query", _TIME, "End, exclusive (default: now)"),
                     _param("step", "query", {"enum": ["1m", "1h", "1d"]},
-                           "Bucket width (default: finest within ~1500 buckets)")],
-                "responses": {"200": _json({"type": "object", "properties": {
+                           "Bucket width (default: finest within ~1500 buckets)"),
+                    _format_param()],
+                "responses": {"200": _json_or_csv({"type": "object", "properties": {
                     "device_id": device_id, "metric": {"type": "string"},
                     "step": {"type": "string"}, "from": _TIME, "to": _TIME,
                     "buckets": {"type": "array", "items": _ref("Bucket")}}},
-                    f"Buckets in time order (at most {settings.query_max_buckets})"),
+                    f"Buckets in time order (at most {settings.query_max_buckets})",
+                    SERIES_COLUMNS),
                     **_errors(400, 503)}}},
             "/alerts": {"get": {
                 "summary": "Alerts, newest first, paginated",
@@ -128,12 +160,16 @@ def document(settings: Settings) -> dict[str, Any]:
                            "Lifecycle state"),
                     _param("device_id", "query", device_id, "Device id"),
                     _param("severity", "query", {"enum": ["warning", "critical"]}, "Severity"),
-                    _param("limit", "query", limit, "Page size"),
+                    _param("limit", "query", limit,
+                           "Page size; for CSV the most rows (default: every matching alert "
+                           f"up to QUERY_EXPORT_MAX_ROWS = {settings.query_export_max_rows})"),
                     _param("cursor", "query", {"type": "string", "minLength": 1},
-                           "next_cursor of the previous page")],
-                "responses": {"200": _json({"type": "object", "properties": {
+                           "next_cursor of the previous page"),
+                    _format_param()],
+                "responses": {"200": _json_or_csv({"type": "object", "properties": {
                     "alerts": {"type": "array", "items": _ref("Alert")},
-                    "next_cursor": {"type": ["string", "null"]}}}, "A page of alerts"),
+                    "next_cursor": {"type": ["string", "null"]}}},
+                    "A page of alerts (CSV: every page up to the limit)", ALERT_COLUMNS),
                     **_errors(400, 503)}}},
             "/alerts/{alert_id}": {"get": {
                 "summary": "One alert",
@@ -149,6 +185,19 @@ def document(settings: Settings) -> dict[str, Any]:
                                                      "pattern": r"^[\w .@:-]{1,100}$"}}}}}},
                 "responses": {"200": _json(_ref("Alert"), "The acknowledged alert"),
                               **_errors(400, 404, 409, 503)}}},
+            "/rules": {"get": {
+                "summary": "The alert rules, for drawing their thresholds on charts",
+                "parameters": [
+                    _param("device_id", "query", device_id,
+                           "Only the rules that apply to this device (today: every rule)"),
+                    _param("metric", "query", {"type": "string",
+                                               "pattern": r"^[a-z][a-z0-9_]{0,63}$"},
+                           "Only the rules of this metric")],
+                "responses": {"200": _json({"type": "object", "required": ["rules"],
+                                            "properties": {"rules": {
+                                                "type": "array", "items": _ref("Rule")}}},
+                                           "Rules in configuration order"),
+                              **_errors(400)}}},
             "/openapi.json": {"get": {"summary": "This document",
                                       "responses": {"200": {"description": "OpenAPI 3.1"}}}},
             "/healthz": {"get": {"summary": "Process alive",

@@ -7,7 +7,7 @@ import binascii
 import json
 import math
 import re
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from datetime import UTC, datetime, timedelta
 from typing import Any, Final
 
@@ -16,7 +16,7 @@ from werkzeug.exceptions import MethodNotAllowed as RouteMethodNotAllowed
 from werkzeug.exceptions import NotFound as RouteNotFound
 from werkzeug.routing import Map, Rule
 
-from . import access, dashboard, openapi
+from . import access, dashboard, export, openapi
 from .alerting import ACKNOWLEDGED, OPEN, RESOLVED, AlertBook, public
 from .errors import BadRequest, MethodNotAllowed, NotFound, TelemetryError
 from .events import loads
@@ -40,6 +40,7 @@ ROUTES = Map([
     Rule("/alerts", endpoint="alerts", methods=["GET"]),
     Rule("/alerts/<alert_id>", endpoint="alert", methods=["GET"]),
     Rule("/alerts/<alert_id>/ack", endpoint="ack", methods=["POST"]),
+    Rule("/rules", endpoint="rules", methods=["GET"]),
     Rule("/openapi.json", endpoint="openapi", methods=["GET"]),
     Rule("/", endpoint="index", methods=["GET"]),
 ], strict_slashes=False)
@@ -242,7 +243,8 @@ def default_step(span: timedelta) -> str:
 
 
 def _series(request: flask.Request, rt: Runtime, device_id: str) -> flask.Response:
-    p = Params(request, {"metric", "from", "to", "step"})
+    p = Params(request, {"metric", "from", "to", "step", "format"})
+    fmt = p.text("format", choices=export.FORMATS)
     device_id = _device_id(device_id)
     metric = p.text("metric", METRIC_NAME)
     if metric is None:
@@ -262,8 +264,20 @@ def _series(request: flask.Request, rt: Runtime, device_id: str) -> flask.Respon
                "avg": s.avg, "sum": s.sum, "first": format_time(s.first),
                "last": format_time(s.last), "last_value": s.last_value}
               for t, s in read_series(rt.store, device_id, metric, step, first=first, to=to)]
-    return json_response({"device_id": device_id, "metric": metric, "step": step,
-                          "from": format_time(first), "to": format_time(to), "buckets": points})
+    if export.wants_csv(request, fmt):
+        return export.response(
+            export.SERIES_COLUMNS, export.series_rows(device_id, metric, step, points),
+            export.filename(device_id, metric, step, _compact(first), _compact(to)))
+    response = json_response({"device_id": device_id, "metric": metric, "step": step,
+                              "from": format_time(first), "to": format_time(to),
+                              "buckets": points})
+    response.vary.add("Accept")
+    return response
+
+
+def _compact(t: datetime) -> str:
+    """A time as a file name part: 20261126T1000Z."""
+    return t.astimezone(UTC).strftime("%Y%m%dT%H%MZ")
 
 
 def encode_cursor(doc: Mapping[str, Any]) -> str:
@@ -284,7 +298,8 @@ def decode_cursor(value: str) -> tuple[datetime, str]:
 
 
 def _alerts(request: flask.Request, rt: Runtime) -> flask.Response:
-    p = Params(request, {"state", "device_id", "severity", "limit", "cursor"})
+    p = Params(request, {"state", "device_id", "severity", "limit", "cursor", "format"})
+    fmt = p.text("format", choices=export.FORMATS)
     filt: dict[str, Any] = {}
     if state := p.text("state", choices=STATES):
         filt["state"] = state
@@ -295,13 +310,71 @@ def _alerts(request: flask.Request, rt: Runtime) -> flask.Response:
     limit = p.integer("limit", rt.settings.query_default_limit, 1, rt.settings.query_max_limit)
     if cursor := p.text("cursor"):
         at, last_id = decode_cursor(cursor)
-        filt["$or"] = [{"raised_at": {"$lt": at}}, {"raised_at": at, "_id": {"$lt": last_id}}]
+        filt["$or"] = _older_than(at, last_id)
+    if export.wants_csv(request, fmt):
+        # A CSV may span pages: `limit` (checked as for JSON) caps its rows if given.
+        rows = limit if "limit" in request.args else rt.settings.query_export_max_rows
+        return _alerts_csv(rt, filt, rows, (state, severity, device_id))
     with rt.store.guard():
         docs = list(rt.store.collection(ALERTS).find(filt)
                     .sort([("raised_at", -1), ("_id", -1)]).limit(limit + 1))
     page = docs[:limit]
-    return json_response({"alerts": [public(d) for d in page],
-                          "next_cursor": encode_cursor(page[-1]) if len(docs) > limit else None})
+    response = json_response({"alerts": [public(d) for d in page], "next_cursor":
+                              encode_cursor(page[-1]) if len(docs) > limit else None})
+    response.vary.add("Accept")
+    return response
+
+
+def _older_than(at: datetime, alert_id: str) -> list[dict[str, Any]]:
+    """The `$or` of alerts after (raised_at, id) in newest-first order: what a cursor means."""
+    return [{"raised_at": {"$lt": at}}, {"raised_at": at, "_id": {"$lt": alert_id}}]
+
+
+def _alert_pages(rt: Runtime, filt: dict[str, Any], rows: int,
+                 ) -> Iterator[tuple[list[dict[str, Any]], dict[str, Any]]]:
+    """Up to `rows` alerts matching `filt`, newest first, a page (QUERY_MAX_LIMIT) per store
+    read, each page with the registry documents of its devices; the next page starts where
+    a `next_cursor` would, so no read grows with the number of alerts."""
+    after: dict[str, Any] | None = None
+    while rows > 0:
+        size = min(rows, rt.settings.query_max_limit)
+        page_filt = filt if after is None else {"$and": [filt, after]}
+        with rt.store.guard():
+            docs = list(rt.store.collection(ALERTS).find(page_filt)
+                        .sort([("raised_at", -1), ("_id", -1)]).limit(size))
+            ids = sorted({d["device_id"] for d in docs})
+            devices = {d["_id"]: d for d in rt.store.collection(DEVICES).find(
+                {"_id": {"$in": ids}}, {"name": 1, "metadata": 1})} if ids else {}
+        yield [public(d) for d in docs], devices
+        if len(docs) < size:
+            return
+        rows -= size
+        after = {"$or": _older_than(docs[-1]["raised_at"], docs[-1]["_id"])}
+
+
+def _alerts_csv(rt: Runtime, filt: dict[str, Any], rows: int,
+                named: tuple[str | None, ...]) -> flask.Response:
+    pages = _alert_pages(rt, filt, rows)
+    # Read the first page now: a store outage is then a 503, not a download cut short.
+    first = next(pages)
+
+    def every_page() -> Iterator[tuple[list[dict[str, Any]], dict[str, Any]]]:
+        yield first
+        yield from pages
+
+    return export.response(export.ALERT_COLUMNS, export.alert_rows(every_page()),
+                           export.filename("alerts", *(n for n in named if n)))
+
+
+def _alert_rules(request: flask.Request, rt: Runtime) -> flask.Response:
+    """The alert rules (as `alert` evaluates them), for charts that draw their thresholds."""
+    p = Params(request, {"device_id", "metric"})
+    # Every rule applies to every device today; the parameter is checked so that clients
+    # can already ask for one device's rules.
+    p.text("device_id", DEVICE_ID)
+    metric = p.text("metric", METRIC_NAME)
+    return json_response({"rules": [r.describe() for r in rt.settings.rules
+                                    if metric is None or r.metric == metric]})
 
 
 def _alert_id(value: str) -> str:
@@ -343,5 +416,6 @@ def _ack(request: flask.Request, rt: Runtime, alert_id: str) -> flask.Response:
 _ENDPOINTS: dict[str, Callable[..., flask.Response]] = {
     "index": _index, "openapi": _openapi, "devices": _devices, "device": _device,
     "series": _series, "alerts": _alerts, "alert": _alert, "ack": _ack,
+    "rules": _alert_rules,
     **dashboard.ENDPOINTS,
 }

@@ -110,6 +110,9 @@ class Settings:
         "QUERY_MAX_BUCKETS", 2000, "Most buckets one series request may span (400 past it)")
     query_default_limit: int = _setting("QUERY_DEFAULT_LIMIT", 50, "Default page size of /alerts")
     query_max_limit: int = _setting("QUERY_MAX_LIMIT", 500, "Largest page size of /alerts")
+    query_export_max_rows: int = _setting(
+        "QUERY_EXPORT_MAX_ROWS", 10_000,
+        "Most alerts one CSV download of /alerts holds (read a page of QUERY_MAX_LIMIT at a time)")
     device_stale_seconds: int = _setting(
         "DEVICE_STALE_SECONDS", 300, "A device not heard from for this long is reported stale")
 

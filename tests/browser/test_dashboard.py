@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import csv
+import io
+import json
 import re
 import urllib.error
 import urllib.request
@@ -84,9 +87,22 @@ def test_fleet_lists_what_the_api_lists(page: Any, dashboard: Dashboard) -> None
             assert float(shown.replace(",", "")) == pytest.approx(reading["value"], abs=0.006)
         expect(row.locator("td").last).to_have_text(str(device["open_alerts"]))
     alerts = sum(d["open_alerts"] for d in devices)
+    alerting = [d["id"] for d in devices if d["open_alerts"]]
+    assert alerting, "the simulation left no open alert"
     expect(page.locator("#fleet-summary")).to_have_text(
-        f"{len(devices)} devices · 0 stale · {alerts} open alert{'' if alerts == 1 else 's'}")
+        f"{len(devices)} devices: {len(devices)} reporting, 0 stale, {len(alerting)} with open "
+        f"alerts ({alerts} open alert{'' if alerts == 1 else 's'})")
     screenshot(page, "fleet")
+
+    # Devices by state: each button shows its count and only those devices.
+    page.get_by_role("button", name=f"With open alerts ({len(alerting)})").click()
+    expect(rows).to_have_count(len(alerting))
+    assert sorted(rows.evaluate_all("rows => rows.map(r => r.dataset.device)")) == alerting
+    page.get_by_role("button", name="Stale (0)").click()
+    expect(rows).to_have_count(0)
+    expect(page.locator("#fleet-message")).to_have_text("No stale devices.")
+    page.get_by_role("button", name=f"All ({len(devices)})").click()
+    expect(rows).to_have_count(len(devices))
 
     page.get_by_label("Search devices").fill("0003")
     expect(rows).to_have_count(1)
@@ -96,7 +112,7 @@ def test_fleet_lists_what_the_api_lists(page: Any, dashboard: Dashboard) -> None
     expect(rows).to_have_count(len(devices))
 
     # Sorting by a column header, twice for descending: the most alerts first.
-    header = page.get_by_role("button", name="Open alerts")
+    header = page.get_by_role("button", name="Open alerts", exact=True)
     header.click()
     header.click()
     expect(page.locator("#fleet-table th[aria-sort]")).to_have_attribute("aria-sort", "descending")
@@ -256,6 +272,10 @@ def test_the_page_says_when_the_data_is_stale(page: Any, dashboard: Dashboard) -
     expect(banner).to_contain_text("Data is stale. Every device is stale")
     expect(page.locator("#fleet-body tr.stale")).to_have_count(6)
     expect(page.locator("#fleet-body tr").first.locator("td").first).to_have_text("○ Stale")
+    expect(page.locator("#fleet-summary")).to_contain_text("6 devices: 0 reporting, 6 stale, ")
+    expect(page.get_by_role("button", name="Reporting (0)")).to_be_visible()
+    page.get_by_role("button", name="Stale (6)").click()
+    expect(page.locator("#fleet-body tr")).to_have_count(6)
     screenshot(page, "stale")
 
 
@@ -274,6 +294,94 @@ def test_the_page_says_when_the_api_is_unreachable(page: Any, dashboard: Dashboa
         dashboard.start_query()
     expect(banner).to_be_hidden(timeout=20_000)
     expect(page.locator("body")).to_have_attribute("data-api", "ok")
+
+
+def download(page: Any, button: Any) -> tuple[str, list[dict[str, str]]]:
+    """Click a download button; the file's suggested name and its CSV rows."""
+    with page.expect_download() as info:
+        button.click()
+    text = info.value.path().read_bytes().decode("utf-8")
+    assert text.endswith("\r\n"), "RFC 4180 line ends"
+    return info.value.suggested_filename, list(csv.DictReader(io.StringIO(text, newline="")))
+
+
+def test_a_chart_downloads_the_csv_of_what_it_shows(page: Any, dashboard: Dashboard) -> None:
+    open_view(page, dashboard, "#/devices/sim-0001?range=1d")
+    figure = page.locator('figure[data-metric="temperature"]')
+    expect(figure).to_have_attribute("data-step", "1m")
+    buckets = series(dashboard, "sim-0001", "temperature", figure)
+    name, rows = download(page, figure.get_by_role("button", name="Download temperature as CSV"))
+    assert name.startswith("sim-0001_temperature_1m_") and name.endswith(".csv")
+    assert [r["t"] for r in rows] == [b["t"] for b in buckets]
+    assert [float(r["avg"]) for r in rows] == [b["avg"] for b in buckets]
+    expect(page.locator("#status")).to_have_text(f"Downloaded {name}.")
+
+
+def test_the_alerts_view_downloads_every_alert_of_its_filters(
+        page: Any, dashboard: Dashboard) -> None:
+    resolved, cursor = [], None
+    while True:
+        answer = dashboard.api("alerts?" + urlencode(
+            {"state": "resolved", "limit": 500, **({"cursor": cursor} if cursor else {})}))
+        resolved += answer["alerts"]
+        if not (cursor := answer["next_cursor"]):
+            break
+    assert len(resolved) > PAGE_SIZE, "the download should hold more than the page shows"
+    open_view(page, dashboard, "#/alerts?state=resolved")
+    expect(page.locator("#alerts-body tr")).to_have_count(PAGE_SIZE)
+    name, rows = download(page, page.get_by_role("button", name="Download CSV"))
+    assert name == "alerts_resolved.csv"
+    assert [r["id"] for r in rows] == [a["id"] for a in resolved]
+    assert {r["state"] for r in rows} == {"resolved"}
+    assert all(r["resolved_at"].endswith("Z") for r in rows)
+
+    device = resolved[0]["device_id"]
+    open_view(page, dashboard, f"#/alerts?state=resolved&severity=warning&device={device}")
+    name, rows = download(page, page.get_by_role("button", name="Download CSV"))
+    assert name == f"alerts_resolved_warning_{device}.csv"
+    assert [r["id"] for r in rows] == [a["id"] for a in resolved
+                                       if a["severity"] == "warning" and a["device_id"] == device]
+
+
+def test_charts_draw_the_rules_and_shade_when_alerts_were_open(
+        page: Any, dashboard: Dashboard) -> None:
+    rules = dashboard.api("rules")["rules"]
+    alerts = dashboard.api("alerts?limit=500")["alerts"]
+    on_temperature = [a for a in alerts if a["metric"] == "temperature"]
+    device = max({a["device_id"] for a in on_temperature},
+                 key=lambda d: sum(a["device_id"] == d for a in on_temperature))
+    open_view(page, dashboard, f"#/devices/{device}")
+    for metric in ("temperature", "humidity"):
+        figure = page.locator(f'figure[data-metric="{metric}"]')
+        expect(figure).to_have_attribute("data-step", "1m")
+        levels = sorted({v for r in rules if r["metric"] == metric
+                         for v in (r["threshold"], r["clear_threshold"])})
+        assert levels, metric
+        expect(figure).to_have_attribute("data-thresholds", re.compile(r"^\[.+"))
+        assert json.loads(figure.get_attribute("data-thresholds")) == levels
+        for r in rules:
+            if r["metric"] == metric:
+                expect(figure.locator(f'li[data-rule="{r["name"]}"]')).to_contain_text(
+                    f"{r['name']}: {r['condition']} ")
+        start = datetime.fromisoformat(figure.get_attribute("data-from")).timestamp()
+        end = datetime.fromisoformat(figure.get_attribute("data-to")).timestamp()
+        expected = []
+        for a in dashboard.api(f"alerts?device_id={device}&limit=500")["alerts"]:
+            if a["metric"] != metric:
+                continue
+            since = datetime.fromisoformat(a["raised_at"]).timestamp()
+            until = (datetime.fromisoformat(a["resolved_at"]).timestamp()
+                     if a["resolved_at"] else end)
+            if until >= start and since <= end:
+                expected.append([max(since, start), min(until, end)])
+        drawn = json.loads(figure.get_attribute("data-alert-periods"))
+        assert len(drawn) == len(expected), metric
+        assert [t for p in drawn for t in p] == pytest.approx(
+            [t for p in expected for t in p], abs=0.002), metric
+        if metric == "temperature":
+            assert drawn, "the device's temperature alerts fall in the last hour"
+    # The threshold lines are inside the value axis: it spans up to the highest threshold.
+    screenshot(page, "device-rules")
 
 
 def test_an_alert_resolved_because_its_rule_was_removed_says_so(

@@ -81,6 +81,7 @@ export class AlertsView {
     by.addEventListener("change", () => {
       if (ACTOR.test(by.value.trim())) localStorage.setItem(ACK_BY_KEY, by.value.trim());
     });
+    $("alerts-download").addEventListener("click", () => this.download());
     $("alerts-newer").addEventListener("click", () => this.page(-1));
     $("alerts-older").addEventListener("click", () => this.page(1));
   }
@@ -142,6 +143,24 @@ export class AlertsView {
 
   staleNote() {
     return "";
+  }
+
+  /** Save the alerts of this tab and these filters (every page, as the API allows) as CSV. */
+  async download() {
+    const button = $("alerts-download");
+    const { state: lifecycle, severity: level, device } = this.filters;
+    button.disabled = true;
+    try {
+      const name = await api.downloadCsv("alerts", {
+        state: lifecycle, severity: level, device_id: device,
+      }, "alerts.csv");
+      this.app.announce(`Downloaded ${name}.`);
+    } catch (err) {
+      say($("alerts-message"), `Could not download the alerts: ${err.message}`);
+      if (err.needsToken || err.unreachable) this.app.failed(err);
+    } finally {
+      button.disabled = false;
+    }
   }
 
   async refresh() {

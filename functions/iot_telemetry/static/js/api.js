@@ -124,3 +124,71 @@ export function alert(id) {
 export function acknowledge(id, by) {
   return call(`alerts/${encodeURIComponent(id)}/ack`, { method: "POST", body: { by } });
 }
+
+export function rules(deviceId) {
+  return call(url("rules", { device_id: deviceId }));
+}
+
+/** The alerts of one device raised since `since` (and the one page reaching past it), newest
+ * first, at most `maxPages` pages: what a chart needs to shade when they were open. */
+export async function deviceAlerts(deviceId, since, maxPages = 4) {
+  const limit = await pageLimit();
+  const found = [];
+  let cursor = null;
+  for (let page = 0; page < maxPages; page += 1) {
+    const answer = await call(url("alerts", { device_id: deviceId, limit, cursor }));
+    found.push(...answer.alerts);
+    cursor = answer.next_cursor;
+    const oldest = answer.alerts[answer.alerts.length - 1];
+    if (!cursor || !oldest || Date.parse(oldest.raised_at) < since) break;
+  }
+  return found;
+}
+
+const DOWNLOAD_TIMEOUT_MS = 60000;
+
+/** The file name of a Content-Disposition header (attachment; filename="x.csv"). */
+function fileName(disposition, fallback) {
+  const match = /filename="([^"]+)"/.exec(disposition || "");
+  return match ? match[1] : fallback;
+}
+
+/** Download the CSV of `path` as a file. Fetched (not a plain link) so that the API token,
+ * when there is one, goes with it; the body becomes a Blob the browser saves. */
+export async function downloadCsv(path, params, fallbackName = "export.csv") {
+  const controller = new AbortController();
+  const timer = setTimeout(() => controller.abort(), DOWNLOAD_TIMEOUT_MS);
+  const headers = { Accept: "text/csv" };
+  if (token()) headers.Authorization = `Bearer ${token()}`;
+  let response;
+  let blob;
+  try {
+    response = await fetch(url(path, { ...params, format: "csv" }), {
+      cache: "no-store", headers, signal: controller.signal,
+    });
+    if (response.ok) blob = await response.blob();
+  } catch (err) {
+    const reason = controller.signal.aborted ? `no answer within ${DOWNLOAD_TIMEOUT_MS / 1000} s`
+      : "connection failed";
+    throw new ApiError(reason, { unreachable: true });
+  } finally {
+    clearTimeout(timer);
+  }
+  if (!response.ok) {
+    let message = `HTTP ${response.status}`;
+    try { message = (await response.json()).message || message; } catch { /* not JSON */ }
+    const error = new ApiError(message, { status: response.status, unreachable: response.status >= 500 });
+    error.needsToken = response.status === 401;
+    throw error;
+  }
+  const name = fileName(response.headers.get("Content-Disposition"), fallbackName);
+  const link = document.createElement("a");
+  link.href = URL.createObjectURL(blob);
+  link.download = name;
+  link.hidden = true;
+  document.body.append(link);
+  link.click();
+  link.remove();
+  setTimeout(() => URL.revokeObjectURL(link.href), 60000);
+  return name;
+}

@@ -1,4 +1,6 @@
-// One chart per metric: the average of each bucket as a line over a band from its min to max.
+// One chart per metric: the average of each bucket as a line over a band from its min to max,
+// the thresholds of the alert rules on that metric as horizontal lines (clear thresholds
+// dashed), and the periods the device's alerts on it were open shaded behind.
 // Drawn with uPlot (static/vendor/uplot, loaded by the page as the global `uPlot`).
 
 import { el, full, number } from "./format.js";
@@ -10,6 +12,9 @@ const LINE = "#1d4ed8";
 const EDGE = "rgba(29, 78, 216, 0.55)";
 const BAND = "rgba(29, 78, 216, 0.22)";
 const _ = null;
+const RULE_COLOURS = { critical: "#a40e26", warning: "#b07800" };
+const OPEN_SHADE = { critical: "rgba(164, 14, 38, 0.13)", warning: "rgba(212, 167, 44, 0.2)" };
+const CLEARS = { ">": "≤", ">=": "≤", "<": "≥", "<=": "≥" };
 // uPlot's time-axis labels, in 24-hour time: [tick spacing (s), label, then the label where
 // the year, month, day, hour, minute or second changes, mode]
 const TIME_TICKS = [
@@ -56,11 +61,28 @@ function summary(buckets) {
   return count ? { count, avg: sum / count, min: low, max: high } : null;
 }
 
+/** [from, to] in seconds of each alert on `metric` open at some time in [start, end]; an
+ * alert still open (or acknowledged) lasts until `end`. */
+export function openPeriods(alerts, metric, start, end) {
+  const periods = [];
+  for (const alert of alerts) {
+    if (alert.metric !== metric) continue;
+    const from = Date.parse(alert.raised_at) / 1000;
+    const to = alert.resolved_at ? Date.parse(alert.resolved_at) / 1000 : end;
+    if (to < start || from > end) continue;
+    periods.push({ from: Math.max(from, start), to: Math.min(to, end), severity: alert.severity,
+      rule: alert.rule, open: !alert.resolved_at });
+  }
+  return periods;
+}
+
 export class MetricChart {
-  constructor(metric) {
+  constructor(metric, { onDownload } = {}) {
     this.metric = metric;
     this.plot = null;
     this.series = null;
+    this.rules = [];
+    this.periods = [];
     this.zoomed = false;
     this.range = [0, 1];
     this.meta = el("p", { class: "chart-meta muted" });
@@ -70,9 +92,16 @@ export class MetricChart {
     this.details = el("details", { class: "chart-data" },
       el("summary", { text: `${metric} as a table` }), this.table);
     this.details.addEventListener("toggle", () => this.renderTable());
+    this.key = el("ul", { class: "chart-key" });
+    this.download = el("button", {
+      type: "button", class: "download", "data-key": `download:${metric}`,
+      "aria-label": `Download ${metric} as CSV`,
+      title: "The buckets of the range and step shown, as a CSV file",
+      onclick: () => onDownload && onDownload(this),
+    }, "Download CSV");
     this.figure = el("figure", { class: "chart", "data-metric": metric },
-      el("figcaption", {}, el("h3", { text: metric }), this.meta), this.area, this.empty,
-      this.details);
+      el("figcaption", {}, el("div", { class: "chart-title" }, el("h3", { text: metric }),
+        this.download), this.meta), this.area, this.key, this.empty, this.details);
     this.resizer = new ResizeObserver(() => this.fit());
     this.resizer.observe(this.figure);
   }
@@ -92,7 +121,7 @@ export class MetricChart {
     const options = {
       width: this.width(),
       height: HEIGHT,
-      scales: { x: { time: true } },
+      scales: { x: { time: true }, y: { range: (u, low, high) => this.yRange(low, high) } },
       series: [
         { label: "Time", value: (u, v) => (v === null || v === undefined ? "–" : full(new Date(v * 1000))) },
         { label: "Max", stroke: EDGE, width: 1, dash: [4, 3], value: format, points: { show: false } },
@@ -103,6 +132,8 @@ export class MetricChart {
       axes: [{ values: TIME_TICKS }, { size: 60 }],
       cursor: { drag: { x: true, y: false } },
       hooks: {
+        drawClear: [(u) => this.drawPeriods(u)],
+        draw: [(u) => this.drawThresholds(u)],
         // uPlot commits scale changes in a microtask: a time scale other than the requested
         // range once committed means the user zoomed in (drag) or out (double-click autoscale).
         setScale: [(u, key) => {
@@ -121,6 +152,105 @@ export class MetricChart {
     });
   }
 
+  /** The value axis spans the readings and every threshold drawn, so the lines are seen. */
+  yRange(low, high) {
+    const values = [low, high, ...this.levels()].filter((v) => Number.isFinite(v));
+    if (!values.length) return [0, 1];
+    const a = Math.min(...values);
+    const b = Math.max(...values);
+    const pad = (b - a) * 0.08 || Math.abs(a) * 0.1 || 1;
+    return [a - pad, b + pad];
+  }
+
+  /** Every threshold and clear threshold of the rules, once each. */
+  levels() {
+    return [...new Set(this.rules.flatMap((r) => [r.threshold, r.clear_threshold]))];
+  }
+
+  drawPeriods(u) {
+    if (!this.periods.length) return;
+    const { ctx } = u;
+    const { left, top, width, height } = u.bbox;
+    ctx.save();
+    ctx.beginPath();
+    ctx.rect(left, top, width, height);
+    ctx.clip();
+    for (const p of this.periods) {
+      const x0 = u.valToPos(p.from, "x", true);
+      const x1 = u.valToPos(p.to, "x", true);
+      ctx.fillStyle = OPEN_SHADE[p.severity] || OPEN_SHADE.warning;
+      ctx.fillRect(Math.min(x0, x1), top, Math.max(2, Math.abs(x1 - x0)), height);
+    }
+    ctx.restore();
+  }
+
+  drawThresholds(u) {
+    if (!this.rules.length) return;
+    const { ctx } = u;
+    const { left, top, width, height } = u.bbox;
+    const ratio = globalThis.devicePixelRatio || 1;
+    ctx.save();
+    ctx.beginPath();
+    ctx.rect(left, top, width, height);
+    ctx.clip();
+    ctx.font = `${11 * ratio}px system-ui, sans-serif`;
+    ctx.textAlign = "right";
+    for (const rule of this.rules) {
+      const colour = RULE_COLOURS[rule.severity] || RULE_COLOURS.warning;
+      // Each label on the side of its line away from the other, so the two do not overlap.
+      const up = -3 * ratio;
+      const down = 12 * ratio;
+      const rising = rule.condition === ">" || rule.condition === ">=";
+      const lines = [[rule.threshold, [], `${rule.name} ${rule.condition} ${number(rule.threshold)}`,
+        rising ? up : down]];
+      if (rule.clear_threshold !== rule.threshold) {
+        lines.push([rule.clear_threshold, [6 * ratio, 4 * ratio],
+          `clears ${CLEARS[rule.condition] || ""} ${number(rule.clear_threshold)}`, rising ? down : up]);
+      }
+      for (const [value, dash, label, offset] of lines) {
+        const y = Math.round(u.valToPos(value, "y", true)) + 0.5;
+        ctx.strokeStyle = colour;
+        ctx.fillStyle = colour;
+        ctx.lineWidth = 1.5 * ratio;
+        ctx.setLineDash(dash);
+        ctx.beginPath();
+        ctx.moveTo(left, y);
+        ctx.lineTo(left + width, y);
+        ctx.stroke();
+        ctx.fillText(label, left + width - 4 * ratio, y + offset);
+      }
+    }
+    ctx.restore();
+  }
+
+  /** The rules on this metric and the alerts of the device (GET /rules, GET /alerts). */
+  overlay(rules, alerts) {
+    this.rules = rules.filter((r) => r.metric === this.metric);
+    this.alerts = alerts;
+  }
+
+  renderKey() {
+    const items = this.rules.map((r) => el("li", { "data-rule": r.name },
+      el("span", { class: `swatch line sev-${r.severity}`, "aria-hidden": "true" }),
+      `${r.name}: ${r.condition} ${number(r.threshold)} (${r.severity})`,
+      r.clear_threshold !== r.threshold
+        ? [" · ", el("span", { class: `swatch dashed sev-${r.severity}`, "aria-hidden": "true" }),
+          ` clears at ${CLEARS[r.condition] || ""} ${number(r.clear_threshold)}`] : ""));
+    if (this.periods.length) {
+      const open = this.periods.filter((p) => p.open).length;
+      items.push(el("li", { "data-key-periods": String(this.periods.length) },
+        el("span", { class: "swatch shade", "aria-hidden": "true" }),
+        `shaded: ${this.periods.length} alert period${this.periods.length === 1 ? "" : "s"}`
+        + `${open ? ` (${open} still open)` : ""}`));
+    }
+    this.key.replaceChildren(...items);
+    this.key.hidden = !items.length;
+    Object.assign(this.figure.dataset, {
+      thresholds: JSON.stringify(this.levels().sort((a, b) => a - b)),
+      alertPeriods: JSON.stringify(this.periods.map((p) => [p.from, p.to])),
+    });
+  }
+
   /** Show the whole requested range, not only the part with readings. */
   showRange() {
     this.plot.setScale("x", { min: this.range[0], max: this.range[1] });
@@ -132,6 +262,7 @@ export class MetricChart {
     const from = Date.parse(series.from) / 1000;
     const to = Date.parse(series.to) / 1000;
     this.range = [from, to];
+    this.periods = openPeriods(this.alerts || [], this.metric, from, to);
     const data = columns(series.buckets, series.step, to - from);
     if (this.plot) {
       this.plot.setData(data, !this.zoomed);
@@ -156,6 +287,8 @@ export class MetricChart {
       : `${this.metric}: no readings in this range`);
     this.empty.hidden = true;
     this.area.hidden = false;
+    this.download.disabled = false;
+    this.renderKey();
     if (this.details.open) this.renderTable();
   }
 
@@ -167,6 +300,8 @@ export class MetricChart {
     this.empty.textContent = message;
     this.empty.hidden = false;
     this.area.hidden = true;
+    this.download.disabled = true;
+    this.key.hidden = true;
     this.table.replaceChildren();
   }
 

@@ -31,6 +31,7 @@ export class DeviceView {
     this.device = null;
     this.charts = new Map();
     this.seq = 0;
+    this.overlays = { rules: [], alerts: [] };
     this.form = $("range-form");
     this.form.addEventListener("change", (event) => {
       if (event.target.name !== "range") return;
@@ -133,16 +134,42 @@ export class DeviceView {
     }
     const metrics = Object.keys(device.metrics || {}).sort();
     const params = this.seriesParams();
-    const answers = await Promise.all(metrics.map((metric) => api.series(this.id, { metric, ...params })
-      .then((series) => ({ metric, series }), (error) => ({ metric, error }))));
+    const since = Date.parse(params.from) || Date.now() - RANGES["1h"].ms;
+    // Thresholds and alert periods are extras: a chart is still drawn without them.
+    const [answers, rules, alerts] = await Promise.all([
+      Promise.all(metrics.map((metric) => api.series(this.id, { metric, ...params })
+        .then((series) => ({ metric, series }), (error) => ({ metric, error })))),
+      api.rules(this.id).then((answer) => answer.rules, () => []),
+      api.deviceAlerts(this.id, since).catch(() => []),
+    ]);
     if (seq !== this.seq) return; // the view moved on while these were in flight
     const lost = answers.find((a) => a.error && a.error.unreachable);
     if (lost) throw lost.error;
+    this.overlays = { rules, alerts };
     this.device = device;
     say($("device-message"), "");
     $("device-body").hidden = false;
     keepFocus(this.section, () => this.render(device, metrics));
     this.renderCharts(answers);
+  }
+
+  /** Save what a chart shows (its range and step) as CSV. */
+  async download(chart) {
+    const { series } = chart;
+    if (!series) return;
+    const button = chart.download;
+    button.disabled = true;
+    try {
+      const name = await api.downloadCsv(`devices/${encodeURIComponent(this.id)}/series`, {
+        metric: chart.metric, from: series.from, to: series.to, step: series.step,
+      }, `${this.id}_${chart.metric}.csv`);
+      this.app.announce(`Downloaded ${name}.`);
+    } catch (err) {
+      say($("device-message"), `Could not download ${chart.metric}: ${err.message}`);
+      if (err.needsToken || err.unreachable) this.app.failed(err);
+    } finally {
+      button.disabled = !chart.series;
+    }
   }
 
   render(device, metrics) {
@@ -172,13 +199,16 @@ export class DeviceView {
     }
     let steps = new Set();
     answers.forEach(({ metric }, index) => {
-      if (!this.charts.has(metric)) this.charts.set(metric, new MetricChart(metric));
+      if (!this.charts.has(metric)) {
+        this.charts.set(metric, new MetricChart(metric, { onDownload: (chart) => this.download(chart) }));
+      }
       const figure = this.charts.get(metric).figure;
       // Figures stay in metric order; one already in place is not moved (it may hold focus).
       if (container.children[index] !== figure) container.insertBefore(figure, container.children[index] || null);
     });
     for (const { metric, series, error } of answers) {
       const chart = this.charts.get(metric);
+      chart.overlay(this.overlays.rules, this.overlays.alerts);
       if (error) chart.fail(error.message);
       else {
         chart.update(series);
@@ -191,7 +221,8 @@ export class DeviceView {
     const chosen = this.params.range === "custom" && this.params.step ? "chosen" : "chosen for the range";
     $("range-note").textContent = answers.length
       ? `${range}: one bucket per ${steps || "–"} (${chosen}); band from lowest to highest, `
-        + "line the average."
+        + "line the average; horizontal lines are alert thresholds (dashed: where an alert "
+        + "clears), shading is when this device's alerts were open."
       : "This device has no metrics yet.";
     container.dataset.range = this.params.range; // what the charts now show (tests wait on it)
   }

@@ -12,6 +12,15 @@ function compare(a, b) {
   return a < b ? -1 : 1;
 }
 
+// Which devices each state button shows; "stale" is the API's verdict (DEVICE_STALE_SECONDS).
+const STATES = {
+  all: () => true,
+  reporting: (d) => !d.stale,
+  stale: (d) => d.stale,
+  alerting: (d) => (d.open_alerts || 0) > 0,
+};
+const STATE_LABELS = { all: "All", reporting: "Reporting", stale: "Stale", alerting: "With open alerts" };
+
 export class FleetView {
   constructor(app) {
     this.app = app;
@@ -22,6 +31,14 @@ export class FleetView {
     this.sort = { key: "id", descending: false };
     this.search = $("fleet-search");
     this.search.addEventListener("input", () => this.render());
+    this.state = "all";
+    this.stateButtons = [...document.querySelectorAll("#fleet-states button")];
+    for (const button of this.stateButtons) {
+      button.addEventListener("click", () => {
+        this.state = button.dataset.state;
+        this.render();
+      });
+    }
   }
 
   title() {
@@ -77,7 +94,8 @@ export class FleetView {
     ];
     if (!columns.some((c) => c.key === this.sort.key)) this.sort = { key: "id", descending: false };
     const needle = this.search.value.trim().toLowerCase();
-    const shown = this.devices.filter((d) => d.id.toLowerCase().includes(needle));
+    const inState = STATES[this.state];
+    const shown = this.devices.filter((d) => d.id.toLowerCase().includes(needle) && inState(d));
     const sign = this.sort.descending ? -1 : 1;
     shown.sort((a, b) => sign * compare(this.value(a, this.sort.key), this.value(b, this.sort.key))
       || compare(a.id, b.id));
@@ -87,14 +105,25 @@ export class FleetView {
       $("fleet-body").replaceChildren(...shown.map((d) => this.row(d, metrics)));
     });
 
-    const stale = this.devices.filter((d) => d.stale).length;
+    const counts = Object.fromEntries(Object.entries(STATES).map(
+      ([name, test]) => [name, this.devices.filter(test).length]));
     const alerts = this.devices.reduce((sum, d) => sum + (d.open_alerts || 0), 0);
-    $("fleet-summary").textContent = `${this.devices.length}${this.truncated ? "+" : ""} devices · `
-      + `${stale} stale · ${alerts} open alert${alerts === 1 ? "" : "s"}`;
-    $("fleet-count").textContent = needle ? `${shown.length} of ${this.devices.length} shown` : "";
+    const plus = this.truncated ? "+" : "";
+    $("fleet-summary").textContent = `${counts.all}${plus} device${counts.all === 1 ? "" : "s"}: `
+      + `${counts.reporting} reporting, ${counts.stale} stale, ${counts.alerting} with open alerts`
+      + ` (${alerts} open alert${alerts === 1 ? "" : "s"})`;
+    for (const button of this.stateButtons) {
+      const name = button.dataset.state;
+      button.setAttribute("aria-pressed", String(name === this.state));
+      button.textContent = `${STATE_LABELS[name]} (${counts[name]}${plus})`;
+    }
+    const filtered = needle || this.state !== "all";
+    $("fleet-count").textContent = filtered ? `${shown.length} of ${this.devices.length} shown` : "";
+    const which = this.state === "all" ? "" : `${STATE_LABELS[this.state].toLowerCase()} `;
     let message = "";
     if (!this.devices.length) message = "No device has reported yet.";
-    else if (!shown.length) message = `No device id contains “${this.search.value.trim()}”.`;
+    else if (!shown.length && !needle) message = `No ${which}devices.`;
+    else if (!shown.length) message = `No ${which}device id contains “${this.search.value.trim()}”.`;
     else if (this.truncated) message = `Showing the first ${this.devices.length} devices only.`;
     say($("fleet-message"), message, "info");
   }
