@@ -157,8 +157,10 @@ def start_dashboard() -> Dashboard:
         timings["history"] = time.monotonic() - started
         mark = time.monotonic()
         # Seeded readings with frequent anomalies: alerts raise, and most resolve again.
+        # A count, not a duration: under load the last scheduled event may miss a deadline.
         result = simulate(SimulatorOptions(
-            url=ingest, devices=LIVE_DEVICES, rate=40, duration=5, anomaly_rate=0.12, seed=3,
+            url=ingest, devices=LIVE_DEVICES, rate=40, duration=0, events=200, anomaly_rate=0.12,
+            seed=3,
             progress=False, mode="batch", batch_size=10))
         assert result.accepted_events == 200, result
         assert pipeline.wait_idle(120), "the simulated events were not delivered in time"
