@@ -125,8 +125,9 @@ class KafkaSink:
 
 
 def record_size(record: KafkaRecord) -> int:
-    """Bytes of a record as the producer counts it against max.request.size (one record in
-    a batch of its own)."""
+    """Bytes of a record as the producer counts it against max.request.size: a batch of
+    this one record, an upper bound (by at most 17 bytes) of what the broker checks against
+    the topic's max.message.bytes."""
     from kafka.record.default_records import DefaultRecordBatchBuilder
 
     size: int = DefaultRecordBatchBuilder.estimate_size_in_bytes(
