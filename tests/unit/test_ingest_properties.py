@@ -1,7 +1,6 @@
 """Bad input tried by machine: every request gets 202 or a 4xx with a reason, never a 5xx,
 and nothing of a rejected request reaches Kafka."""
 
-import base64
 import json
 import math
 from datetime import UTC, datetime, timedelta
@@ -13,6 +12,14 @@ from hypothesis import strategies as st
 from iot_telemetry import events
 from iot_telemetry.telemetry import read_time
 from tests.conftest import Apps, iso
+from tests.strategies import (
+    EXTENSION_NAMES,
+    EXTENSION_VALUES,
+    TIMES,
+    UNICODE_DIGITS,
+    almost,
+    rfc3339,
+)
 
 JSON_VALUES = st.recursive(
     st.none() | st.booleans() | st.integers() | st.floats(allow_nan=True, allow_infinity=True)
@@ -22,73 +29,10 @@ JSON_VALUES = st.recursive(
     max_leaves=20)
 EDGE_NUMBERS = st.sampled_from([0, -0.0, 1e308, -1e308, 1e300, 1e301, 2**63, -(2**63), 10**400,
                                 5e-324, math.nan, math.inf, -math.inf, True, None, "1", "\u00b2"])
-# Almost valid: a trailing newline is what `$` lets through; other scripts' digits are what
-# str.isdigit() and \\d let through.
-UNICODE_DIGITS = st.characters(categories=["Nd", "No"]).filter(lambda c: not "0" <= c <= "9")
-
-
-def almost(valid: st.SearchStrategy[str]) -> st.SearchStrategy[str]:
-    return st.one_of(valid, valid.map(lambda v: v + "\n"), valid.map(lambda v: v + "\r\n"),
-                     st.tuples(valid, UNICODE_DIGITS).map(lambda t: t[0][:-1] + t[1]))
-
-
 METRIC_NAMES = st.one_of(almost(st.from_regex(r"[a-z][a-z0-9_]{0,63}", fullmatch=True)),
                          st.text(max_size=70))
 DEVICE_IDS = st.one_of(almost(st.from_regex(r"[A-Za-z0-9][A-Za-z0-9._:-]{0,127}", fullmatch=True)),
                        st.text(max_size=140))
-NOW = datetime.now(UTC)
-TIME_OFFSETS = st.sampled_from([
-    timedelta(0), -timedelta(days=7) + timedelta(minutes=1), -timedelta(days=7, seconds=1),
-    timedelta(minutes=5) - timedelta(seconds=1), timedelta(minutes=5, seconds=1),
-    -timedelta(days=3650), timedelta(days=3650)])
-
-
-OFFSET_MINUTES = st.one_of(st.integers(-(24 * 60 - 1), 24 * 60 - 1),
-                           st.sampled_from([0, 1, -1, 24 * 60 - 1, -(24 * 60 - 1)]))
-
-
-@st.composite
-def rfc3339(draw, near_now: bool = False) -> str:
-    """RFC 3339 text over the whole datetime range and every offset to the minute, with t/T,
-    z/Z, fractions of any length and leap seconds; some of them overflow converted to UTC."""
-    minutes = draw(OFFSET_MINUTES)
-    if near_now:  # the same instant as NOW + offset, written at that UTC offset
-        local = (NOW + draw(TIME_OFFSETS) + timedelta(minutes=minutes)).replace(tzinfo=None)
-    else:  # the edges of the range are where converting to UTC overflows
-        local = draw(st.one_of(st.datetimes(), st.sampled_from([datetime.min, datetime.max]),
-                               st.datetimes(max_value=datetime(1, 1, 2)),
-                               st.datetimes(min_value=datetime(9999, 12, 30))))
-    second = "60" if draw(st.integers(0, 30)) == 0 else f"{local.second:02d}"
-    fraction = draw(st.one_of(st.just(""), st.from_regex(r"\.[0-9]{1,12}", fullmatch=True)))
-    if minutes == 0 and draw(st.booleans()):
-        zone = draw(st.sampled_from(["Z", "z"]))
-    else:
-        zone = f"{'-' if minutes < 0 else '+'}{abs(minutes) // 60:02d}:{abs(minutes) % 60:02d}"
-    t = draw(st.sampled_from(["T", "t"]))
-    return (f"{local.year:04d}-{local.month:02d}-{local.day:02d}{t}{local.hour:02d}:"
-            f"{local.minute:02d}:{second}{fraction}{zone}")
-
-
-NOT_RFC3339 = st.sampled_from([
-    "2026-11-26T10:00:00", "2026-13-01T00:00:00Z", "now", "", "2026-11-26T10:00:00+01",
-    "20261126T100000Z", "2026-W48-4T10:00:00Z", "2026-330T10:00:00Z", "2026-11-26 10:00:00Z",
-    "2026-11-26T10:00:00+24:00", "0000-01-01T00:00:00Z", "2026-11-26T12:30:60Z"])
-TIMES = st.one_of(TIME_OFFSETS.map(lambda d: iso(NOW + d)), almost(rfc3339(near_now=True)),
-                  rfc3339(), st.text(max_size=30), NOT_RFC3339)
-# Every CloudEvents type an extension can have (Boolean, Integer, String, Binary, URI,
-# URI-reference, Timestamp), values just outside Integer, and JSON no attribute can be.
-EXTENSION_VALUES = st.one_of(
-    st.booleans(), st.integers(-(2**31), 2**31 - 1), st.integers(), st.text(max_size=20),
-    st.binary(max_size=16).map(lambda b: base64.b64encode(b).decode()),
-    st.sampled_from(["https://example.com/a?b=c#d", "urn:uuid:1", "/devices/a", "../x"]),
-    rfc3339(), st.floats(), st.none(), st.lists(st.integers(), max_size=2),
-    st.dictionaries(st.text(max_size=3), st.integers(), max_size=2))
-EXTENSION_NAMES = st.one_of(st.sampled_from(["seq", "site", "firmware", "partitionkey",
-                                             "ingesttime", "dataschema"]),
-                            st.from_regex(r"[a-z0-9]{1,20}", fullmatch=True),
-                            st.text(min_size=1, max_size=8))
-
-
 @settings(max_examples=300, deadline=None)
 @given(text=rfc3339())
 def test_any_rfc_3339_text_is_its_utc_instant_or_a_reason(text) -> None:
