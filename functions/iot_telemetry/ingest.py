@@ -79,7 +79,7 @@ def _accept(request: flask.Request, rt: Runtime) -> flask.Response:
     records = [to_kafka(s.kafka_topic, {**e.attributes, "partitionkey": e.device_id,
                                         "ingesttime": received}, e.data) for e in events]
     oversize = [(i, size) for i, r in enumerate(records)
-                if (size := record_size(r)) > s.kafka_max_record_bytes]
+                if (size := record_size(r, s.kafka_max_record_bytes)) > s.kafka_max_record_bytes]
     if oversize:
         raise PayloadTooLarge("; ".join(
             f"{f'event[{i}]: ' if len(records) > 1 else ''}{size} bytes as a Kafka record, "

@@ -7,7 +7,7 @@ import math
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime, timedelta, timezone
 from typing import Any, Final
 
 from .errors import BadRequest
@@ -75,35 +75,57 @@ def read_time(value: Any) -> datetime:
     if not isinstance(value, str):
         raise ValueError(f"must be an RFC 3339 time string, e.g. {RFC3339_EXAMPLE}")
     match = _RFC3339.fullmatch(value)
-    shown = repr(value) if len(value) <= 64 else repr(value[:60]) + "..."
     if match is None:
-        raise ValueError(f"{shown} is not an RFC 3339 time with an offset, e.g. "
+        raise ValueError(f"{_shown(value)} is not an RFC 3339 time with an offset, e.g. "
                          f"{RFC3339_EXAMPLE} or 2026-11-26T11:00:00.250+01:00")
+    sign, off_hours, off_minutes = match.group(8, 9, 10)
+    if match.group(6) != "60" and (sign is None or (off_hours < "24" and off_minutes < "60")):
+        # The common case, in C: the text is known to be RFC 3339, which fromisoformat reads.
+        try:
+            local = datetime.fromisoformat(value.upper())
+        except ValueError:
+            pass  # a day or hour out of range: _read_fields says which
+        else:
+            return _utc(local, value)
+    return _read_fields(match, value)
+
+
+def _read_fields(match: re.Match[str], value: str) -> datetime:
     year, month, day, hour, minute, second = (int(g) for g in match.group(1, 2, 3, 4, 5, 6))
     fraction, sign, off_hours, off_minutes = match.group(7, 8, 9, 10)
     micros = int((fraction or "0")[:6].ljust(6, "0"))
     offset = timedelta()
     if sign is not None:
         if int(off_hours) > 23 or int(off_minutes) > 59:
-            raise ValueError(f"{shown}: the UTC offset must be from -23:59 to +23:59")
+            raise ValueError(f"{_shown(value)}: the UTC offset must be from -23:59 to +23:59")
         offset = timedelta(hours=int(off_hours), minutes=int(off_minutes))
         offset = -offset if sign == "-" else offset
     leap = second == 60
     if leap:
         second, micros = 59, 999_999
     try:
-        local = datetime(year, month, day, hour, minute, second, micros)
+        local = datetime(year, month, day, hour, minute, second, micros,
+                         tzinfo=timezone(offset))
     except ValueError as exc:
-        raise ValueError(f"{shown}: {exc}") from None
-    try:
-        utc = (local - offset).replace(tzinfo=UTC)
-    except OverflowError:
-        raise ValueError(f"{shown} is outside the years 0001 to 9999 in UTC") from None
+        raise ValueError(f"{_shown(value)}: {exc}") from None
+    utc = _utc(local, value)
     month_end = calendar.monthrange(utc.year, utc.month)[1]
     if leap and (utc.day, utc.hour, utc.minute) != (month_end, 23, 59):
-        raise ValueError(f"{shown}: second 60 is a leap second, only at 23:59:60 UTC on "
-                         "the last day of a month")
-    return utc.replace(microsecond=utc.microsecond // 1000 * 1000)
+        raise ValueError(f"{_shown(value)}: second 60 is a leap second, only at 23:59:60 UTC "
+                         "on the last day of a month")
+    return utc
+
+
+def _utc(local: datetime, value: str) -> datetime:
+    try:
+        utc = local.astimezone(UTC)
+    except OverflowError:
+        raise ValueError(f"{_shown(value)} is outside the years 0001 to 9999 in UTC") from None
+    return utc.replace(microsecond=utc.microsecond // 1000 * 1000) if utc.microsecond else utc
+
+
+def _shown(value: str) -> str:
+    return repr(value) if len(value) <= 64 else repr(value[:60]) + "..."
 
 
 def parse_time(value: Any) -> datetime | None:
