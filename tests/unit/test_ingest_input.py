@@ -254,3 +254,14 @@ def test_a_body_under_the_body_limit_that_grows_past_the_record_limit_is_413(run
     assert response.status_code == 413, response.get_json()
     assert "KAFKA_MAX_RECORD_BYTES" in response.get_json()["message"]
     assert sink.records == []
+
+
+def test_the_cheap_record_size_bound_is_never_below_the_producers_count() -> None:
+    # Below the limit ingest trusts the bound alone, so it must never undercount.
+    for pad in (0, 1, 100, 127, 128, 16_383, 16_384, 70_000):
+        attributes, data = sized_event(0, pad)
+        record = events.to_kafka("t", {**attributes, "partitionkey": "dev-1", "flag": True,
+                                       "ünïcode": "é" * pad}, data)
+        exact = record_size(record)
+        assert record_size(record, limit=10**9) >= exact
+        assert record_size(record, limit=exact) == exact
