@@ -76,7 +76,7 @@ def matches(secret: str, record: Mapping[str, Any]) -> bool:
 
 def split_token(token: str) -> tuple[str, str]:
     device_id, _, secret = token.rpartition(".")
-    if not device_id or not secret or not DEVICE_ID.match(device_id):
+    if not device_id or not secret or not DEVICE_ID.fullmatch(device_id):
         raise Unauthorized("malformed device token")
     return device_id, secret
 
@@ -120,7 +120,7 @@ class Registry:
     def add(self, device_id: str, name: str = "", metadata: Mapping[str, Any] | None = None,
             now: datetime | None = None) -> str:
         """Register a device; return its token (shown once, never stored)."""
-        if not DEVICE_ID.match(device_id):
+        if not DEVICE_ID.fullmatch(device_id):
             raise BadRequest(f"device id must match {DEVICE_ID.pattern}")
         token, record = new_credential(device_id)
         now = now or datetime.now(UTC)

@@ -6,6 +6,7 @@ functions-framework pins cloudevents 1.x; moving to 2.x should touch this file o
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Final
@@ -25,6 +26,14 @@ BATCH: Final = "application/cloudevents-batch+json"
 TELEMETRY_TYPE: Final = "iot.telemetry.v1"
 ALERT_TYPE: Final = "iot.alert.v1"
 SPECVERSION: Final = "1.0"
+# CloudEvents 1.0: attribute names are lowercase ASCII letters and digits; an Integer is
+# 32-bit signed; a String holds no control characters and no lone surrogates.
+ATTRIBUTE_NAME: Final = re.compile(r"[a-z0-9]+")
+INTEGER_RANGE: Final = (-(2**31), 2**31 - 1)
+_NOT_IN_STRINGS: Final = re.compile(r"[\x00-\x1f\x7f-\x9f\ud800-\udfff]")
+# Core attributes whose type is String (or URI, Timestamp: strings too); telemetry.validate
+# checks the others of them (id, source, subject, time, type, specversion).
+_STRING_ATTRIBUTES: Final = ("datacontenttype", "dataschema")
 
 
 @dataclass(frozen=True)
@@ -55,10 +64,27 @@ def _reject_constant(name: str) -> float:
     return float(name.replace("Infinity", "inf"))
 
 
+class _DuplicateKey(ValueError):
+    pass
+
+
+def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    # json keeps the last of repeated keys; which reading a device meant is unknowable.
+    obj = dict(pairs)
+    if len(obj) != len(pairs):
+        keys = [k for k, _ in pairs]
+        repeated = next(k for i, k in enumerate(keys) if k in keys[:i])
+        raise _DuplicateKey(f"key {repeated[:64]!r} appears twice in one object")
+    return obj
+
+
 def loads(body: bytes | str) -> Any:
-    """Decode JSON, keeping NaN/Infinity as floats so validation can name where they are."""
+    """Decode JSON, keeping NaN/Infinity as floats so validation can name where they are,
+    and refusing an object with a repeated key."""
     try:
-        return json.loads(body, parse_constant=_reject_constant)
+        return json.loads(body, parse_constant=_reject_constant, object_pairs_hook=_unique_keys)
+    except _DuplicateKey as exc:
+        raise BadRequest(f"body is not valid here: {exc}") from None
     except (ValueError, RecursionError) as exc:
         raise BadRequest(f"body is not valid JSON: {exc}") from None
 
@@ -93,20 +119,75 @@ def read_http(headers: Mapping[str, str] | Any, body: bytes) -> list[RawEvent]:
         if name.lower().startswith("ce-")
     }
     attributes["datacontenttype"] = JSON
-    return [RawEvent(attributes, loads(body) if body else None)]
+    attributes, problems = _checked(attributes)
+    return [RawEvent(attributes, loads(body) if body else None, problems)]
 
 
 def _structured(item: Any) -> RawEvent:
     if not isinstance(item, dict):
         return RawEvent({}, None, ("a structured CloudEvent must be a JSON object",))
-    attributes = {k: v for k, v in item.items() if k not in ("data", "data_base64")}
-    problems: tuple[str, ...] = ()
+    attributes, problems = _checked(
+        {k: v for k, v in item.items() if k not in ("data", "data_base64")})
     if "data_base64" in item:
-        problems = ("data_base64 is not accepted: telemetry data must be JSON",)
-    ctype = media_type(attributes.get("datacontenttype") or JSON)
-    if ctype != JSON:
+        problems += ("data_base64 is not accepted: telemetry data must be JSON",)
+    ctype = attributes.get("datacontenttype") or JSON
+    if isinstance(ctype, str) and media_type(ctype) != JSON:
         problems += (f"datacontenttype must be {JSON}",)
     return RawEvent(attributes, item.get("data"), problems)
+
+
+def _checked(attributes: Mapping[str, Any]) -> tuple[dict[str, Any], tuple[str, ...]]:
+    """Attributes as the CloudEvents type system allows them, and what breaks it."""
+    kept: dict[str, Any] = {}
+    problems: list[str] = []
+    for name, raw in attributes.items():
+        if not ATTRIBUTE_NAME.fullmatch(name):
+            shown = name if len(name) <= 64 else name[:60] + "..."
+            problems.append(f"attribute {shown!r}: CloudEvents attribute names are lowercase "
+                            "letters a-z and digits only")
+            continue
+        value, problem = _typed(name, raw)
+        if problem:
+            problems.append(f"{name}: {problem}")
+        elif value is not None:
+            kept[name] = value
+    return kept, tuple(problems)
+
+
+def _typed(name: str, value: Any) -> tuple[Any, str | None]:
+    # A JSON null is an unset attribute; an integral number is an Integer (JSON has no
+    # integer type of its own); objects, lists and fractions have no CloudEvents type.
+    if isinstance(value, str):
+        if _NOT_IN_STRINGS.search(value):
+            return None, ("holds a control character or a lone surrogate, which no "
+                          "CloudEvents attribute may")
+        return value, None
+    if value is None:
+        return None, None
+    if name in _STRING_ATTRIBUTES:
+        return None, "must be a string"
+    if isinstance(value, bool):
+        return value, None
+    if isinstance(value, int | float):
+        low, high = INTEGER_RANGE
+        if (isinstance(value, float) and not value.is_integer()) or not low <= value <= high:
+            return None, (f"{value!r} is not a CloudEvents Integer (a whole number from "
+                          f"{low} to {high})")
+        return int(value), None
+    kind = "an object" if isinstance(value, dict) else "a list"
+    return None, f"is {kind}; a CloudEvents attribute is a string, an integer or a boolean"
+
+
+def attribute_text(value: Any) -> str:
+    """The canonical string form of an attribute value (CloudEvents type system), as the
+    HTTP and Kafka bindings carry it in headers."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return str(value)
+
+
+def _compact(data: Any) -> bytes:
+    return json.dumps(data, separators=(",", ":")).encode()
 
 
 def read_delivery(headers: Mapping[str, str] | Any, body: bytes) -> RawEvent:
@@ -124,10 +205,12 @@ def read_delivery(headers: Mapping[str, str] | Any, body: bytes) -> RawEvent:
 
 def to_kafka(topic: str, attributes: Mapping[str, Any], data: Any) -> KafkaRecord:
     """Encode one event as a binary-mode Kafka record keyed by its partition key."""
-    attrs = {"datacontenttype": JSON, **attributes}
+    attrs = {"datacontenttype": JSON, **{k: attribute_text(v) for k, v in attributes.items()
+                                         if v is not None}}
     key = str(attrs.get("partitionkey") or attrs.get("subject") or "")
     attrs["partitionkey"] = key
-    message = _sdk_to_kafka(CloudEvent(attrs, data), key_mapper=lambda _e: key)
+    message = _sdk_to_kafka(CloudEvent(attrs, data), data_marshaller=_compact,
+                            key_mapper=lambda _e: key)
     headers = dict(message.headers)
     headers["ce_partitionkey"] = key.encode()
     value = message.value if isinstance(message.value, bytes) else message.value.encode()
@@ -151,7 +234,7 @@ def from_kafka(key: bytes | None, headers: Iterable[tuple[str, bytes]], value: b
 
 def to_http(attributes: Mapping[str, Any], data: Any) -> tuple[dict[str, str], bytes]:
     """Encode an event as a binary-mode HTTP message (headers, body)."""
-    headers = {f"ce-{k}": quote(str(v), safe=" !#$&'()*+,/:;=?@[]^_`{|}~-.") for k, v in
+    headers = {f"ce-{k}": quote(attribute_text(v), safe=" !#$&'()*+,/:;=?@[]^_`{|}~-.") for k, v in
                attributes.items() if k not in ("datacontenttype", "data")}
     headers.setdefault("ce-specversion", SPECVERSION)
     headers["Content-Type"] = str(attributes.get("datacontenttype") or JSON)

@@ -20,6 +20,7 @@ from .errors import (
 )
 from .events import BATCH, STRUCTURED, media_type, read_http, to_kafka
 from .observability import EVENTS_ACCEPTED, EVENTS_REJECTED, POINTS_ACCEPTED
+from .publisher import record_size
 from .runtime import Runtime, get_runtime
 from .service import json_response, require, serve
 from .telemetry import Limits, format_time, validate_all
@@ -93,16 +94,29 @@ def _accept(request: flask.Request, rt: Runtime) -> flask.Response:
                   for i, e in enumerate(events) if e.device_id != writer]
         if others:
             raise Forbidden("; ".join(others))
-    for device_id, count in Counter(e.device_id for e in events).items():
-        wait = rt.rate_limiter.take(device_id, count)
-        if wait:
-            raise TooManyRequests(f"device {device_id!r} exceeds {s.ingest_rate_limit:g} "
-                                  "events/s", wait)
-    # 3. Write all of them, keyed by device, and wait for the broker's acknowledgement.
+    # 3. Encode, keyed by device: a record Kafka would refuse is a 413, not a 503 forever.
     received = format_time(now)
     records = [to_kafka(s.kafka_topic, {**e.attributes, "partitionkey": e.device_id,
                                         "ingesttime": received}, e.data) for e in events]
-    rt.sink.send(records, s.kafka_send_timeout_seconds)
+    oversize = [(i, size) for i, r in enumerate(records)
+                if (size := record_size(r, s.kafka_max_record_bytes)) > s.kafka_max_record_bytes]
+    if oversize:
+        raise PayloadTooLarge("; ".join(
+            f"{f'event[{i}]: ' if len(records) > 1 else ''}{size} bytes as a Kafka record, "
+            f"more than KAFKA_MAX_RECORD_BYTES ({s.kafka_max_record_bytes})"
+            for i, size in oversize))
+    # 4. Spend rate-limit tokens for every device or none; give them back if not written.
+    counts = Counter(e.device_id for e in events)
+    device_id, wait = rt.rate_limiter.take_all(counts)
+    if wait:
+        raise TooManyRequests(f"device {device_id!r} exceeds {s.ingest_rate_limit:g} "
+                              "events/s", wait)
+    # 5. Write all of them and wait for the broker's acknowledgement.
+    try:
+        rt.sink.send(records, s.kafka_send_timeout_seconds)
+    except Exception:
+        rt.rate_limiter.refund(counts)
+        raise
     points = sum(len(e.points) for e in events)
     EVENTS_ACCEPTED.labels(_mode(request)).inc(len(events))
     POINTS_ACCEPTED.inc(points)

@@ -152,7 +152,8 @@ def document(settings: Settings) -> dict[str, Any]:
                     "buckets": {"type": "array", "items": _ref("Bucket")}}},
                     f"Buckets in time order (at most {settings.query_max_buckets})",
                     SERIES_COLUMNS),
-                    **_errors(400, 503)}}},
+                    # 404: an id with a character no path takes (a newline) matches no route.
+                    **_errors(400, 404, 503)}}},
             "/alerts": {"get": {
                 "summary": "Alerts, newest first, paginated",
                 "parameters": [

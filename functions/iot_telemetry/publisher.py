@@ -8,7 +8,7 @@ import threading
 from collections.abc import Sequence
 from typing import Any, Protocol
 
-from .errors import DependencyUnavailable
+from .errors import DependencyUnavailable, PayloadTooLarge
 from .events import KafkaRecord
 from .settings import Settings
 
@@ -52,6 +52,8 @@ class KafkaSink:
             "bootstrap_timeout_ms": timeout_ms,
             "reconnect_backoff_max_ms": 2000,
             "client_id": "iot-ingest",
+            # ingest refuses larger records itself (record_size), with a 413 naming the limit.
+            "max_request_size": settings.kafka_max_record_bytes,
             "security_protocol": settings.kafka_security_protocol,
         }
         if settings.kafka_security_protocol.startswith("SASL"):
@@ -81,7 +83,7 @@ class KafkaSink:
             return self._producer
 
     def send(self, records: Sequence[KafkaRecord], timeout: float) -> None:
-        from kafka.errors import KafkaError
+        from kafka.errors import KafkaError, MessageSizeTooLargeError, RecordListTooLargeError
 
         producer = self._get()
         try:
@@ -92,6 +94,12 @@ class KafkaSink:
             producer.flush(timeout=timeout)
             for future in futures:
                 future.get(timeout=timeout)
+        except (MessageSizeTooLargeError, RecordListTooLargeError) as exc:
+            # The topic takes less than KAFKA_MAX_RECORD_BYTES: resending cannot help.
+            raise PayloadTooLarge(
+                f"Kafka refused a record as too large ({type(exc).__name__}): the topic's "
+                "max.message.bytes is below KAFKA_MAX_RECORD_BYTES "
+                f"({self._settings.kafka_max_record_bytes})") from None
         except (KafkaError, TimeoutError) as exc:
             raise DependencyUnavailable(
                 f"Kafka did not acknowledge the write: {type(exc).__name__}: {exc}",
@@ -114,6 +122,25 @@ class KafkaSink:
             if self._producer is not None:
                 self._producer.close(timeout=5)
                 self._producer = None
+
+
+def record_size(record: KafkaRecord, limit: int | None = None) -> int:
+    """Bytes of a record as the producer counts it against max.request.size: a batch of
+    this one record, an upper bound (by at most 17 bytes) of what the broker checks against
+    the topic's max.message.bytes.
+
+    With `limit`, a cheaper bound that stays under it is returned instead of the count.
+    """
+    # Batch header and record overhead, key, value and header count: varints of <= 5 bytes.
+    bound = 61 + 21 + 15 + len(record.key) + len(record.value) + sum(
+        10 + 4 * len(name) + len(value) for name, value in record.headers)
+    if limit is not None and bound <= limit:
+        return bound
+    from kafka.record.default_records import DefaultRecordBatchBuilder
+
+    size: int = DefaultRecordBatchBuilder.estimate_size_in_bytes(
+        record.key, record.value, list(record.headers))
+    return size
 
 
 _memory_sink: RecordSink | None = None

@@ -26,12 +26,18 @@ from .runtime import Runtime, get_runtime
 from .series import STEPS, bucket_start, read_series, reading_of
 from .service import json_response, serve
 from .store import ALERTS, DEVICES
-from .telemetry import DEVICE_ID, METRIC_NAME, format_time, parse_time
+from .telemetry import DEVICE_ID, METRIC_NAME, format_time, parse_time, read_time
 
 FUNCTION = "query"
 STATES: Final = (OPEN, ACKNOWLEDGED, RESOLVED)
 ALERT_ID: Final = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,200}$")
 ACTOR: Final = re.compile(r"^[\w .@:-]{1,100}$")
+# ASCII only: str.isdigit() and int() also take other scripts' digits and superscripts.
+DIGITS: Final = re.compile(r"[0-9]{1,18}")
+# Times a request may name: a day inside datetime's range on either side, so that the
+# default `from` (an hour before `to`) and the bucket after the last one stay representable.
+EARLIEST: Final = datetime(1, 1, 2, tzinfo=UTC)
+LATEST: Final = datetime(9999, 12, 30, tzinfo=UTC)
 
 ROUTES = Map([
     Rule("/devices", endpoint="devices", methods=["GET"]),
@@ -95,7 +101,7 @@ class Params:
             return None
         if choices and value not in choices:
             raise BadRequest(f"{name}: must be one of {', '.join(choices)}")
-        if pattern is not None and not pattern.match(value):
+        if pattern is not None and not pattern.fullmatch(value):
             raise BadRequest(f"{name}: must match {pattern.pattern}")
         return value
 
@@ -103,17 +109,20 @@ class Params:
         value = self._get(name)
         if value is None:
             return None
-        parsed = parse_time(value)
-        if parsed is None:
-            raise BadRequest(f"{name}: must be an RFC 3339 time with offset, e.g. "
-                             "2026-11-26T10:00:00Z")
+        try:
+            parsed = read_time(value)
+        except ValueError as exc:
+            raise BadRequest(f"{name}: {exc}") from None
+        if not EARLIEST <= parsed <= LATEST:
+            raise BadRequest(f"{name}: must be from {format_time(EARLIEST)} to "
+                             f"{format_time(LATEST)}")
         return parsed
 
     def integer(self, name: str, default: int, low: int, high: int) -> int:
         value = self._get(name)
         if value is None:
             return default
-        if not value.isdigit() or not low <= int(value) <= high:
+        if not DIGITS.fullmatch(value) or not low <= int(value) <= high:
             raise BadRequest(f"{name}: must be an integer from {low} to {high}")
         return int(value)
 
@@ -217,7 +226,7 @@ def _devices(request: flask.Request, rt: Runtime) -> flask.Response:
 
 
 def _device_id(value: str) -> str:
-    if not DEVICE_ID.match(value):
+    if not DEVICE_ID.fullmatch(value):
         raise BadRequest(f"device id must match {DEVICE_ID.pattern}")
     return value
 
@@ -378,7 +387,7 @@ def _alert_rules(request: flask.Request, rt: Runtime) -> flask.Response:
 
 
 def _alert_id(value: str) -> str:
-    if not ALERT_ID.match(value):
+    if not ALERT_ID.fullmatch(value):
         raise BadRequest(f"alert id must match {ALERT_ID.pattern}")
     return value
 
@@ -403,7 +412,7 @@ def _ack(request: flask.Request, rt: Runtime, alert_id: str) -> flask.Response:
         if not isinstance(payload, dict) or set(payload) - {"by"}:
             raise BadRequest('body must be {"by": "<who acknowledges>"} or empty')
         if "by" in payload:
-            if not isinstance(payload["by"], str) or not ACTOR.match(payload["by"]):
+            if not isinstance(payload["by"], str) or not ACTOR.fullmatch(payload["by"]):
                 raise BadRequest(f"by: must match {ACTOR.pattern}")
             by = payload["by"]
     doc, changed = AlertBook(rt.store, rt.settings.rules).acknowledge(

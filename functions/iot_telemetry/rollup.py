@@ -266,9 +266,11 @@ class RollupWriter:
         for owner, event in events:
             device = devices.setdefault(event.device_id, _Merged(event.device_id, None))
             device.owners.add(owner)
-            seen = parse_time(event.attributes.get("ingesttime")) or event.time
-            device.lower("first_seen", seen)
-            device.raise_("last_seen", seen)
+            # Last seen: when a reading last arrived (staleness). First seen: the oldest
+            # reading's own time, so an older reading arriving later still lowers it.
+            device.raise_("last_seen", parse_time(event.attributes.get("ingesttime"))
+                          or event.time)
+            device.lower("first_seen", min((p.time for p in event.points), default=event.time))
             for p in event.points:
                 device.raise_("last_event_time", p.time)
                 device.raise_(f"latest.{p.metric}", reading_key(p.time, p.value))

@@ -80,9 +80,9 @@ def parse_rule(item: Any, where: str = "rule") -> AlertRule:
              "for_count", "for_seconds"}
     problems += [f"{where}.{k}: unknown field" for k in item if k not in known]
     name, metric = item.get("name"), item.get("metric")
-    if not isinstance(name, str) or not RULE_NAME.match(name):
+    if not isinstance(name, str) or not RULE_NAME.fullmatch(name):
         problems.append(f"{where}.name: must match {RULE_NAME.pattern}")
-    if not isinstance(metric, str) or not METRIC_NAME.match(metric):
+    if not isinstance(metric, str) or not METRIC_NAME.fullmatch(metric):
         problems.append(f"{where}.metric: must match {METRIC_NAME.pattern}")
     condition = item.get("condition")
     if condition not in CONDITIONS:

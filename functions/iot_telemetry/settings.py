@@ -48,6 +48,11 @@ class Settings:
     kafka_send_timeout_seconds: float = _setting(
         "KAFKA_SEND_TIMEOUT_SECONDS", 10.0,
         "How long ingest waits for Kafka's acknowledgement (acks=all) before answering 503")
+    kafka_max_record_bytes: int = _setting(
+        "KAFKA_MAX_RECORD_BYTES", 1_000_000,
+        "Largest Kafka record ingest writes (one event with its headers; 413 past it); also "
+        "the producer's max.request.size. Keep it below the topic's max.message.bytes "
+        "(Kafka's default 1048588) with room for the headers the Broker adds")
     mongo_url: str = _setting(
         "MONGO_URL", "mongodb://localhost:27017",
         "MongoDB-API server URL (`memory://` = in-process, non-persistent store)")

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import calendar
 import dataclasses
 import math
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime, timedelta, timezone
 from typing import Any, Final
 
 from .errors import BadRequest
@@ -73,18 +74,83 @@ class TelemetryEvent:
                                    attributes={**self.attributes, "time": format_time(t)})
 
 
-def parse_time(value: Any) -> datetime | None:
-    """RFC 3339 with an offset, as UTC truncated to milliseconds (what BSON keeps)."""
-    if not isinstance(value, str) or "T" not in value.upper():
-        return None
+# RFC 3339 section 5.6, and nothing else ISO 8601 allows (basic format, week or ordinal
+# dates, hour-only offsets): re.ASCII keeps \d to 0-9, fullmatch refuses a trailing newline.
+_RFC3339: Final = re.compile(
+    r"(\d{4})-(\d{2})-(\d{2})[Tt](\d{2}):(\d{2}):(\d{2})(?:\.(\d+))?"
+    r"(?:[Zz]|([+-])(\d{2}):(\d{2}))", re.ASCII)
+RFC3339_EXAMPLE: Final = "2026-11-26T10:00:00Z"
+
+
+def read_time(value: Any) -> datetime:
+    """RFC 3339 with an offset, as UTC truncated to milliseconds (what BSON keeps).
+
+    Raises ValueError saying what is wrong. A leap second (23:59:60 UTC on a month's last
+    day) is read as 23:59:59.999: Python has no second 60, and it keeps the reading in its
+    own minute and before every reading of the next one.
+    """
+    if not isinstance(value, str):
+        raise ValueError(f"must be an RFC 3339 time string, e.g. {RFC3339_EXAMPLE}")
+    match = _RFC3339.fullmatch(value)
+    if match is None:
+        raise ValueError(f"{_shown(value)} is not an RFC 3339 time with an offset, e.g. "
+                         f"{RFC3339_EXAMPLE} or 2026-11-26T11:00:00.250+01:00")
+    sign, off_hours, off_minutes = match.group(8, 9, 10)
+    if match.group(6) != "60" and (sign is None or (off_hours < "24" and off_minutes < "60")):
+        # The common case, in C: the text is known to be RFC 3339, which fromisoformat reads.
+        try:
+            local = datetime.fromisoformat(value.upper())
+        except ValueError:
+            pass  # a day or hour out of range: _read_fields says which
+        else:
+            return _utc(local, value)
+    return _read_fields(match, value)
+
+
+def _read_fields(match: re.Match[str], value: str) -> datetime:
+    year, month, day, hour, minute, second = (int(g) for g in match.group(1, 2, 3, 4, 5, 6))
+    fraction, sign, off_hours, off_minutes = match.group(7, 8, 9, 10)
+    micros = int((fraction or "0")[:6].ljust(6, "0"))
+    offset = timedelta()
+    if sign is not None:
+        if int(off_hours) > 23 or int(off_minutes) > 59:
+            raise ValueError(f"{_shown(value)}: the UTC offset must be from -23:59 to +23:59")
+        offset = timedelta(hours=int(off_hours), minutes=int(off_minutes))
+        offset = -offset if sign == "-" else offset
+    leap = second == 60
+    if leap:
+        second, micros = 59, 999_999
     try:
-        parsed = datetime.fromisoformat(value)
+        local = datetime(year, month, day, hour, minute, second, micros,
+                         tzinfo=timezone(offset))
+    except ValueError as exc:
+        raise ValueError(f"{_shown(value)}: {exc}") from None
+    utc = _utc(local, value)
+    month_end = calendar.monthrange(utc.year, utc.month)[1]
+    if leap and (utc.day, utc.hour, utc.minute) != (month_end, 23, 59):
+        raise ValueError(f"{_shown(value)}: second 60 is a leap second, only at 23:59:60 UTC "
+                         "on the last day of a month")
+    return utc
+
+
+def _utc(local: datetime, value: str) -> datetime:
+    try:
+        utc = local.astimezone(UTC)
+    except OverflowError:
+        raise ValueError(f"{_shown(value)} is outside the years 0001 to 9999 in UTC") from None
+    return utc.replace(microsecond=utc.microsecond // 1000 * 1000) if utc.microsecond else utc
+
+
+def _shown(value: str) -> str:
+    return repr(value) if len(value) <= 64 else repr(value[:60]) + "..."
+
+
+def parse_time(value: Any) -> datetime | None:
+    """read_time, or None where it raises."""
+    try:
+        return read_time(value)
     except ValueError:
         return None
-    if parsed.tzinfo is None:
-        return None
-    parsed = parsed.astimezone(UTC)
-    return parsed.replace(microsecond=parsed.microsecond // 1000 * 1000)
 
 
 def format_time(value: datetime) -> str:
@@ -117,9 +183,10 @@ class _Check:
         self.problems.append(f"{self.where}{path}: {message}")
 
     def time(self, path: str, value: Any) -> datetime | None:
-        parsed = parse_time(value)
-        if parsed is None:
-            self.fail(path, "must be an RFC 3339 time with a UTC offset")
+        try:
+            parsed = read_time(value)
+        except ValueError as exc:
+            self.fail(path, str(exc))
             return None
         if self.limits is not None:
             if parsed < self.now - self.limits.max_age:
@@ -138,7 +205,7 @@ class _Check:
             self.fail(path, "must name at least one metric")
         points = []
         for name, raw in value.items():
-            if not isinstance(name, str) or not METRIC_NAME.match(name):
+            if not isinstance(name, str) or not METRIC_NAME.fullmatch(name):
                 self.fail(f"{path}.{name}", f"metric name must match {METRIC_NAME.pattern}")
                 continue
             number = _finite(raw)
@@ -166,7 +233,7 @@ def validate(raw: RawEvent, now: datetime, limits: Limits | None, where: str = "
         check.fail("source", f"required, a URI-reference of at most {MAX_SOURCE_LENGTH} chars")
     if not isinstance(event_id, str) or not event_id or len(event_id) > MAX_ID_LENGTH:
         check.fail("id", f"required, a non-empty string of at most {MAX_ID_LENGTH} chars")
-    if not isinstance(subject, str) or not DEVICE_ID.match(subject):
+    if not isinstance(subject, str) or not DEVICE_ID.fullmatch(subject):
         check.fail("subject", f"the device id is required and must match {DEVICE_ID.pattern}")
     ctype = attrs.get("datacontenttype", JSON)
     if not isinstance(ctype, str) or ctype.split(";")[0].strip().lower() != JSON:

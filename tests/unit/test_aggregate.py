@@ -177,3 +177,10 @@ def test_bucket_start(now, step, minute) -> None:
     start = bucket_start(t, step)
     assert start.minute == minute and start.second == 0
     assert start <= t
+
+
+def test_first_seen_is_lowered_by_an_older_reading_arriving_later(apps, now) -> None:
+    apps.deliver("aggregate", record("dev-f", now + timedelta(minutes=9), {"t": 1.0}, "new"))
+    apps.deliver("aggregate", record("dev-f", now + timedelta(minutes=2), {"t": 2.0}, "old"))
+    device = apps.query.get("/devices/dev-f").get_json()
+    assert device["first_seen"] == iso(now + timedelta(minutes=2))
