@@ -195,11 +195,14 @@ def _devices(request: flask.Request, rt: Runtime) -> flask.Response:
     limit = p.integer("limit", rt.settings.query_default_limit, 1, rt.settings.query_max_limit)
     cursor = p.text("cursor", DEVICE_ID)
     prefix = p.text("prefix", re.compile(r"^[A-Za-z0-9._:-]{1,128}$"))
-    filt: dict[str, Any] = {}
+    # Each condition on _id apart under $and: mongo-java-server ignores the other
+    # operators of a field expression that holds $regex.
+    parts: list[dict[str, Any]] = []
     if cursor:
-        filt["_id"] = {"$gt": cursor}
+        parts.append({"_id": {"$gt": cursor}})
     if prefix:
-        filt.setdefault("_id", {})["$regex"] = "^" + re.escape(prefix)
+        parts.append({"_id": {"$regex": "^" + re.escape(prefix)}})
+    filt: dict[str, Any] = {"$and": parts} if parts else {}
     with rt.store.guard():
         docs = list(rt.store.collection(DEVICES).find(filt, {"token": 0})
                     .sort("_id", 1).limit(limit + 1))

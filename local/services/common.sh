@@ -236,6 +236,8 @@ svc_main() {
     restart) svc_stop; svc_start ;;
     status) svc_status ;;
     logs) shift; svc_logs "$@" ;;
-    *) echo "usage: $0 start|stop|restart|status|logs [-f]" >&2; exit 2 ;;
+    # the server's pid (fault tests kill it by hand); exit 3 when it is not running
+    pid) local pid; pid="$(running_pid)"; [ -n "$pid" ] || exit 3; echo "$pid" ;;
+    *) echo "usage: $0 start|stop|restart|status|logs [-f]|pid" >&2; exit 2 ;;
   esac
 }

@@ -1,14 +1,17 @@
 #!/usr/bin/env bash
-# Start/stop/check both real services (Kafka + FerretDB) for local runs and CI.
+# Start/stop/check the real services for local runs and CI: Kafka, the atomic
+# store (mongo-java-server, where the tests' proofs run) and FerretDB (the
+# compatibility lane).
 #
 #   bash local/services/services.sh start|stop|restart|status
 #
-# start runs both starts in parallel (on a cold machine the Maven fetch and the
-# Go build overlap) and fails if either fails. Env vars: see README.md here.
+# start runs the starts in parallel (on a cold machine the Maven fetches and the
+# Go build overlap) and fails if any fails. SERVICES="kafka mongo-java-server"
+# picks a subset. Env vars: see README.md here.
 set -euo pipefail
 
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
-SERVICES=(kafka ferretdb)
+read -r -a SERVICES <<<"${SERVICES:-kafka mongo-java-server ferretdb}"
 
 # Only for log, ms_now and elapsed; the service scripts do the real work.
 SVC_NAME=services

@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+from pymongo import ReturnDocument
 from pymongo.errors import BulkWriteError, DuplicateKeyError
 
 from iot_telemetry.alerting import AlertBook
@@ -42,6 +43,7 @@ from .common import (
     percentile,
     profiled,
     python_load,
+    store_cpu_seconds,
 )
 
 THREADS = 3  # the dispatcher delivers one event at a time per partition; 3 partitions
@@ -157,6 +159,11 @@ class Way:
     p99_ms: float
     errors: int = 0
     calls: dict[str, Any] | None = None
+    store_cpu_s: float = 0.0  # the store server's CPU over the run (0: not on this machine)
+
+    @property
+    def store_ms_per_event(self) -> float:
+        return self.store_cpu_s * 1000 / self.events
 
     @property
     def events_per_s(self) -> float:
@@ -210,10 +217,13 @@ def library(ctx: Context, function: str, db: str, events: list[list[Record]],
             latencies.append((time.perf_counter() - t0) * 1000)
         return latencies
 
+    cpu0 = store_cpu_seconds(ctx.mongo)
     seconds, latencies = _threads(work)
+    cpu = store_cpu_seconds(ctx.mongo) - cpu0
     store.close()
     n, pts = _count(events)
-    return Way(n, pts, seconds, percentile(latencies, 50), percentile(latencies, 99)), recorded
+    return Way(n, pts, seconds, percentile(latencies, 50), percentile(latencies, 99),
+               store_cpu_s=cpu), recorded
 
 
 def split_in(ops: Ops) -> Ops:
@@ -257,11 +267,13 @@ def raw_pymongo(ctx: Context, db: str, events: list[list[Record]], recorded: lis
             latencies.append((time.perf_counter() - t0) * 1000)
         return latencies
 
+    cpu0 = store_cpu_seconds(ctx.mongo)
     seconds, latencies = _threads(work)
+    cpu = store_cpu_seconds(ctx.mongo) - cpu0
     client.close()
     n, pts = _count(events)
     way = Way(n, pts, seconds, percentile(latencies, 50), percentile(latencies, 99),
-              sum(errors.values()))
+              sum(errors.values()), store_cpu_s=cpu)
     way.calls = {k: {"calls_per_event": round(len(v) / n, 2),
                      "ms_per_event": round(sum(v) / n, 2),
                      "p50_ms": round(percentile(v, 50), 2)}
@@ -313,19 +325,25 @@ def store_scaling(ctx: Context) -> dict[str, Any]:
                                                                 {"$inc": {"count": 1}}),
             "update_one by _id + condition": lambda: coll.update_one(
                 {"_id": probe, "ids": {"$ne": "x"}}, {"$inc": {"count": 1}}),
+            "find_one_and_update by _id ($inc, after)": lambda: coll.find_one_and_update(
+                {"_id": probe}, {"$inc": {"count": 1}}, return_document=ReturnDocument.AFTER),
             "insert_one": lambda: coll.insert_one({"count": 1}),
         }
-        row = {}
+        row, cpu_row = {}, {}
         for name, call in calls.items():
             times = []
-            for _ in range(ctx.pick(3, 5)):
+            cpu0 = store_cpu_seconds(ctx.mongo)
+            for _ in range(ctx.pick(20, 50)):  # enough for CPU clock ticks of 10 ms
                 t0 = time.perf_counter()
                 call()
                 times.append((time.perf_counter() - t0) * 1000)
             row[name] = round(percentile(times, 50), 2)
+            cpu_row[name] = round((store_cpu_seconds(ctx.mongo) - cpu0) * 1000 / len(times), 2)
         out[str(size)] = row
+        out[f"{size} store_cpu_ms"] = cpu_row
         ctx.say(f"  store calls at {size:,} documents: " +
-                ", ".join(f"{k} {v:.1f} ms" for k, v in row.items()))
+                ", ".join(f"{k} {v:.1f} ms (store CPU {cpu_row[k]:.1f} ms)"
+                          for k, v in row.items()))
     client.close()
     return out
 
@@ -344,16 +362,18 @@ def over_http(ctx: Context, function: str, db: str, events: list[list[Record]], 
         headers, body = encoded[i][n]
         return "POST", "/", headers, body
 
+    cpu0 = store_cpu_seconds(ctx.mongo)
     try:
         with profiled(ctx, profile, server.worker_pid(), 20):
             res = python_load(server.url, make, THREADS, 3600, lambda s: s in (200, 204))
     finally:
         server.stop()
+    cpu = store_cpu_seconds(ctx.mongo) - cpu0
     n, pts = _count(events)
     bad = res.requests - res.ok
     if bad:
         ctx.say(f"  warning: {bad} deliveries not answered 200/204: {res.statuses}")
-    return Way(n, pts, res.seconds, res.p50_ms, res.p99_ms, bad)
+    return Way(n, pts, res.seconds, res.p50_ms, res.p99_ms, bad, store_cpu_s=cpu)
 
 
 def _count(events: Sequence[Sequence[Record]]) -> tuple[int, int]:
@@ -393,11 +413,15 @@ def run(ctx: Context) -> None:
             size = sizes(ctx, db_http)
             ctx.add("2", f"{label} over HTTP: events/s", web.events_per_s, "ev/s",
                     f"{web.points_per_s:,.0f} pt/s; p50 {web.p50_ms:.1f} / p99 "
-                    f"{web.p99_ms:.1f} ms per delivery")
+                    f"{web.p99_ms:.1f} ms per delivery; store CPU "
+                    f"{web.store_ms_per_event:.2f} ms/event")
             ctx.add("2", "  library in-process: events/s", lib.events_per_s, "ev/s",
-                    f"{lib.points_per_s:,.0f} pt/s")
+                    f"{lib.points_per_s:,.0f} pt/s; store CPU "
+                    f"{lib.store_ms_per_event:.2f} ms/event")
             ctx.add("2", "  ref raw pymongo, same calls: events/s", ref.events_per_s, "ev/s",
-                    f"{ref.points_per_s:,.0f} pt/s; {round_trips:.1f} store calls/event")
+                    f"{ref.points_per_s:,.0f} pt/s; {round_trips:.1f} store calls/event; "
+                    f"store CPU {ref.store_ms_per_event:.2f} ms/event, "
+                    f"{ref.store_cpu_s * 1000 / max(1.0, round_trips * n):.2f} ms/call")
             ctx.add("2", f"  ratio HTTP / raw pymongo ({label})",
                     web.events_per_s / ref.events_per_s, "x")
             if function == "aggregate":
@@ -416,9 +440,13 @@ def run(ctx: Context) -> None:
             raw[label] = {"events": n, "points": pts, "http": vars(web), "library": vars(lib),
                           "raw_pymongo": vars(ref), "store_calls_per_event": round_trips,
                           "collection_sizes_after_http": size}
-    ctx.say("fig 2: store calls alone against collection size (FerretDB)")
+    ctx.say("fig 2: store calls alone against collection size")
     raw["store_scaling_ms"] = scaling = store_scaling(ctx)
     for size, row in scaling.items():
+        if not size.isdigit():
+            continue
+        cpu_row = scaling.get(f"{size} store_cpu_ms", {})
         for name, ms in row.items():
-            ctx.add("2", f"  store: {name} at {int(size):,} docs", ms, "ms")
+            ctx.add("2", f"  store: {name} at {int(size):,} docs", ms, "ms",
+                    f"store CPU {cpu_row.get(name, 0.0):.2f} ms/op")
     ctx.raw["fig2_consumers"] = raw

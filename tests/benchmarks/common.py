@@ -168,8 +168,9 @@ def machine_info(mongo: str) -> dict[str, Any]:
 
         client: Any = pymongo.MongoClient(mongo, serverSelectionTimeoutMS=3000)
         build = client.admin.command("buildInfo")
-        info["ferretdb"] = build.get("ferretdbVersion") or build.get("version")
+        info["store_version"] = build.get("ferretdbVersion") or build.get("version")
         client.close()
+    info["store"] = store_server(mongo)[0] or "?"
     info["store_backend"] = store_backend(mongo)
     info["wrk"] = shutil.which("wrk") is not None
     info["py-spy"] = shutil.which("py-spy") is not None
@@ -177,8 +178,21 @@ def machine_info(mongo: str) -> dict[str, Any]:
 
 
 def store_backend(mongo: str) -> str:
-    """FerretDB's backend (sqlite, postgresql) when this machine runs the server; else ''."""
-    return ferretdb_flags(mongo).get("handler", "")
+    """The backend of the store serving `mongo` on this machine (FerretDB: sqlite,
+    postgresql; mongo-java-server: h2, memory); else ''."""
+    kind, pid = store_server(mongo)
+    if kind == "ferretdb":
+        return ferretdb_flags(mongo).get("handler", "")
+    if kind == "mongo-java-server" and pid is not None:
+        args = _cmdline(pid)
+        return args[args.index("--backend") + 1] if "--backend" in args[:-1] else ""
+    return ""
+
+
+def store_label(machine: Mapping[str, Any]) -> str:
+    """'mongo-java-server 4.4.0 on h2' for the report lines."""
+    return (f"{machine.get('store', '?')} {machine.get('store_version') or ''} on "
+            f"{machine.get('store_backend') or '?'}")
 
 
 def git_commit() -> dict[str, Any]:
@@ -266,6 +280,28 @@ def _listener(address: str) -> int | None:
     return listener_pid(int(m.group(1))) if m else None
 
 
+def _cmdline(pid: int) -> list[str]:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace").split("\x00")
+    except OSError:
+        return []
+
+
+def store_server(mongo: str) -> tuple[str, int | None]:
+    """(kind, pid) of the server listening on `mongo`'s port on this machine: kind is
+    "ferretdb", "mongo-java-server" (the launcher of local/services/), "store" for another
+    server, or "" when nothing listens here."""
+    pid = _listener(mongo)
+    if pid is None:
+        return "", None
+    args = _cmdline(pid)
+    if any(a.startswith("-Diot.mjs.dir=") for a in args) or "Launcher" in args:
+        return "mongo-java-server", pid
+    if any(Path(a).name == "ferretdb" for a in args[:1]):
+        return "ferretdb", pid
+    return "store", pid
+
+
 def ferretdb_flags(mongo: str) -> dict[str, str]:
     """The `--name=value` flags of the FerretDB serving `mongo` on this machine; {} if none."""
     pid = _listener(mongo)
@@ -282,19 +318,30 @@ def ferretdb_flags(mongo: str) -> dict[str, str]:
 def service_pids(kafka: str, mongo: str) -> dict[str, list[int]]:
     """The processes of the Kafka broker and the store server this run uses, by their ports.
 
-    With FerretDB on PostgreSQL, PostgreSQL's server and backends count as "postgresql".
+    The store counts under its kind (store_server); with FerretDB on PostgreSQL,
+    PostgreSQL's server and backends count as "postgresql".
     """
     found: dict[str, list[int]] = {}
     pid = _listener(kafka)
     if pid:
         found["kafka"] = [pid]
-    flags = ferretdb_flags(mongo)
-    if flags:
-        found["ferretdb"] = [int(flags["pid"])]
-        pg = _listener(flags["postgresql-url"]) if flags.get("handler") == "postgresql" else None
-        if pg:
-            found["postgresql"] = descendants(pg)
+    kind, store = store_server(mongo)
+    if store is None:
+        return found
+    found[kind] = [store]
+    flags = ferretdb_flags(mongo) if kind == "ferretdb" else {}
+    pg = _listener(flags["postgresql-url"]) if flags.get("handler") == "postgresql" else None
+    if pg:
+        found["postgresql"] = descendants(pg)
     return found
+
+
+def store_cpu_seconds(mongo: str) -> float:
+    """CPU seconds the store serving `mongo` has used so far (with PostgreSQL behind
+    FerretDB); 0 when it does not run on this machine. Read before and after a phase: the
+    difference over the phase's operations is the store's CPU per operation."""
+    return sum(cpu_seconds(p) for name, pids in service_pids("", mongo).items()
+               if name != "kafka" for p in pids)
 
 
 def machine_busy_seconds() -> float:
@@ -309,7 +356,7 @@ class CpuMeter:
     """Where the machine's CPU goes during a phase, in cores, by process group.
 
     Groups: each root's process tree (the functions, the dispatcher), the services of this run
-    found by their ports (Kafka, FerretDB, PostgreSQL behind it), this process (the load
+    found by their ports (Kafka, the store, PostgreSQL behind FerretDB), this process (the load
     generator), and the whole machine. A process that exits during the phase drops out of its
     group's sum.
     """

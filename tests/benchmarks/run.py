@@ -3,8 +3,9 @@
     python -m tests.benchmarks.run [--quick] [--only NAME[,NAME]] [--profile]
                                    [--out artifacts/benchmarks.json]
 
-Needs the real Kafka and FerretDB: `bash local/services/services.sh start`. Progress lines go
-to stderr; the table to stdout. See tests/benchmarks/README.md for what each figure measures.
+Needs the real Kafka and a store: `bash local/services/services.sh start` (--mongo picks
+the store: mongo-java-server, FerretDB, or any MongoDB). Progress lines go to stderr; the
+table to stdout. See tests/benchmarks/README.md for what each figure measures.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from dataclasses import asdict
 from datetime import UTC, datetime
 from pathlib import Path
 
-from .common import Context, git_commit, load_tool, machine_info
+from .common import Context, git_commit, load_tool, machine_info, store_label
 
 #: name -> (figure, what it measures); run in this order.
 BENCHES: dict[str, str] = {
@@ -124,7 +125,7 @@ def main(argv: list[str] | None = None) -> int:
     machine = machine_info(args.mongo)
     ctx.say(f"machine: {machine['nproc']} cores, {machine['memory_gib']} GiB, "
             f"{machine['cpu_model']}; load average {machine['loadavg_at_start']}; store "
-            f"FerretDB {machine.get('ferretdb')} on {machine.get('store_backend') or '?'}")
+            f"{store_label(machine)}")
     # SIGTERM as Ctrl-C, so servers, databases and topics of the run are removed either way.
     signal.signal(signal.SIGTERM, signal.default_int_handler)
     failed: dict[str, str] = {}
@@ -155,7 +156,7 @@ def main(argv: list[str] | None = None) -> int:
     }
     out.write_text(json.dumps(report, indent=2, default=str) + "\n", encoding="utf-8")
     print(f"benchmarks {ctx.run_id} on {machine['nproc']} cores / {machine['memory_gib']} GiB "
-          f"({machine['cpu_model']}), FerretDB on {machine.get('store_backend') or '?'}, "
+          f"({machine['cpu_model']}), store {store_label(machine)}, "
           f"commit {report['git']['describe']}, "
           f"load average {machine['loadavg_at_start']} -> {machine['loadavg_at_end']}")
     print(table(ctx))

@@ -1,5 +1,9 @@
-"""Integration fixtures: the real Kafka and MongoDB-API server (FerretDB) that
-`local/services/services.sh start` runs. A missing server is a failure, never a skip."""
+"""Integration fixtures: the real Kafka and MongoDB-API servers that
+`local/services/services.sh start` runs. A missing server is a failure, never a skip.
+
+TEST_MONGO_URL is the store the proofs run on: one that keeps single-document atomicity
+(mongo-java-server; tests/run.sh probes it first). TEST_FERRETDB_URL is FerretDB, the
+compatibility lane (test_store_compat.py, marker `ferretdb`)."""
 
 from __future__ import annotations
 
@@ -13,7 +17,7 @@ import pytest
 from kafka.admin import KafkaAdminClient, NewTopic
 
 KAFKA = os.environ.get("TEST_KAFKA_BOOTSTRAP", "127.0.0.1:9092")
-MONGO = os.environ.get("TEST_MONGO_URL", "mongodb://127.0.0.1:27017")
+MONGO = os.environ.get("TEST_MONGO_URL", "mongodb://127.0.0.1:27018")
 
 
 def _reachable(address: str) -> bool:
@@ -33,13 +37,18 @@ def kafka_bootstrap() -> str:
     return KAFKA
 
 
+def require_server(url: str, name: str) -> str:
+    """URL, once something listens there; a test failure naming the server otherwise."""
+    address = url.split("//", 1)[1].split("/", 1)[0]
+    if not _reachable(address):
+        pytest.fail(f"{name} is not running at {url}: run `bash "
+                    "local/services/services.sh start` (tests/run.sh does)", pytrace=False)
+    return url
+
+
 @pytest.fixture(scope="session")
 def mongo_url() -> str:
-    address = MONGO.split("//", 1)[1].split("/", 1)[0]
-    if not _reachable(address):
-        pytest.fail(f"the MongoDB-API server is not running at {MONGO}: run `bash "
-                    "local/services/services.sh start` (tests/run.sh does)", pytrace=False)
-    return MONGO
+    return require_server(MONGO, "the MongoDB-API server (TEST_MONGO_URL)")
 
 
 @pytest.fixture

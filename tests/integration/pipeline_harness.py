@@ -1,5 +1,5 @@
 """Harness of the whole-pipeline tests: the four functions and the dispatcher as real processes
-(local/realmode.py) on the real Kafka and FerretDB, isolated per test, and the ground truth
+(local/realmode.py) on the real Kafka and the atomic store, isolated per test, and the ground truth
 they must match.
 
 Isolation: each pipeline has its own MongoDB database (MONGO_DB), its own topics and consumer
@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import socket
 import subprocess
 import threading
@@ -115,17 +116,40 @@ def service(name: str, action: str, timeout: float = 240.0) -> float:
     return time.monotonic() - started
 
 
-def check_scripts_drive(kafka: str, mongo: str) -> None:
+STORE = "mongo-java-server"  # the script that runs TEST_MONGO_URL's server
+
+
+def kill_store() -> int:
+    """SIGKILL the store's server process (no clean shutdown); return its pid once gone."""
+    done = subprocess.run(["bash", str(SERVICES_DIR / f"{STORE}.sh"), "pid"],
+                          capture_output=True, text=True, timeout=60, check=False)
+    if done.returncode != 0:
+        raise RuntimeError(f"{STORE}.sh pid: not running ({done.stderr.strip()})")
+    pid = int(done.stdout.strip())
+    os.kill(pid, signal.SIGKILL)
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        try:
+            state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+        except (FileNotFoundError, ProcessLookupError):
+            return pid
+        if state in ("Z", "X"):  # dead; its parent has not reaped it yet
+            return pid
+        time.sleep(0.05)
+    raise RuntimeError(f"{STORE} pid {pid} still alive 30 s after SIGKILL")
+
+
+def check_scripts_drive(kafka: str | None, mongo: str) -> None:
     """Stopping a server through its script must stop the one the tests use, no other."""
     script_kafka = os.environ.get("KAFKA_PORT", "9092")
-    script_mongo = os.environ.get("FERRETDB_PORT", "27017")
+    script_mongo = os.environ.get("MJS_PORT", "27018")
     problems = []
-    if _port(kafka) != script_kafka:
+    if kafka is not None and _port(kafka) != script_kafka:
         problems.append(f"tests use Kafka {kafka} but kafka.sh drives port {script_kafka} "
                         "(set KAFKA_PORT)")
     if _port(mongo.split("//", 1)[1]) != script_mongo:
-        problems.append(f"tests use {mongo} but ferretdb.sh drives port {script_mongo} "
-                        "(set FERRETDB_PORT)")
+        problems.append(f"tests use {mongo} but mongo-java-server.sh drives port "
+                        f"{script_mongo} (set MJS_PORT)")
     if problems:
         raise RuntimeError("; ".join(problems))
 
@@ -404,8 +428,8 @@ class Harness:
             # Short waits so a fault shows within seconds, not the production defaults.
             "KAFKA_SEND_TIMEOUT_SECONDS": "3",
             "INGEST_RETRY_AFTER_SECONDS": "1",
-            # MONGO_TIMEOUT_MS stays at its default: a client timeout while FerretDB still runs
-            # the command is a fault of its own (see the kill tests), and a stopped FerretDB
+            # MONGO_TIMEOUT_MS stays at its default: a client timeout while the store still runs
+            # the command is a fault of its own (see the kill tests), and a stopped store
             # refuses connections at once anyway.
             "LOG_LEVEL": "INFO",
             **self.extra_env,

@@ -75,10 +75,10 @@ def test_ingest_answers_503_when_kafka_cannot_take_the_write(mongo_url, mongo_db
 
 def test_rollups_exact_with_concurrent_instances_and_duplicates(mongo_url, mongo_db,
                                                                 now) -> None:
-    # One connection (see one_connection): with a pool, FerretDB loses one of two concurrent
-    # writes to an hour bucket now and then (about 1 run in 10 on PostgreSQL), which MongoDB
-    # never does; the instances still interleave between their store calls.
-    real_runtime(one_connection(mongo_url), mongo_db)
+    # The instances share the runtime's pool, so their concurrent updates reach the store on
+    # separate connections, as those of separate instances do (the store must keep
+    # single-document atomicity: tests/run.sh probes it first).
+    real_runtime(mongo_url, mongo_db)
     apps = Apps()
     recs, sent = fleet(now, n_events=48, devices=2, seed=3)
     work = recs * 3
@@ -109,21 +109,8 @@ def test_rollups_exact_with_concurrent_instances_and_duplicates(mongo_url, mongo
         assert close(got, expected(sent, step)), step
 
 
-def one_connection(url: str) -> str:
-    """The URL with a pool of one connection.
-
-    FerretDB 1.x (on SQLite and on PostgreSQL) does not apply concurrent updates of one
-    document atomically (MongoDB does): 400 concurrent $inc from 4 connections end at 100
-    to 140: it reads the document, changes it and writes it back without a lock. Sharing one
-    connection, the instances' commands reach the server one at a time, as they would be
-    applied on MongoDB, while the instances still interleave between commands, which is
-    what the compare-and-swap logic must survive.
-    """
-    return url + ("&" if "?" in url else "/?") + "maxPoolSize=1"
-
-
 def test_alerts_atomic_with_concurrent_instances(mongo_url, mongo_db, now) -> None:
-    real_runtime(one_connection(mongo_url), mongo_db)
+    real_runtime(mongo_url, mongo_db)
     apps = Apps()
     values = [31, 32, 33, 34, 35, 20, 21, 31, 32, 33]
     recs = [events.to_kafka("t", *telemetry("dev-7", now + timedelta(seconds=10 * i),
@@ -184,6 +171,10 @@ def test_query_pages_and_acks_on_the_real_store(mongo_url, mongo_db, now) -> Non
     assert apps.query.get("/alerts?state=acknowledged").get_json()["alerts"][0]["id"] == ids[0]
     devices = apps.query.get("/devices?limit=10").get_json()["devices"]
     assert [d["id"] for d in devices] == ["dev-0", "dev-1", "dev-2", "dev-3"]
+    # a prefix and a cursor together: both conditions on _id hold on every server
+    first = apps.query.get("/devices?prefix=dev-&limit=2").get_json()
+    second = apps.query.get(f"/devices?prefix=dev-&limit=2&cursor={first['next_cursor']}")
+    assert [d["id"] for d in second.get_json()["devices"]] == ["dev-2", "dev-3"]
     assert devices[0]["metrics"]["temperature"]["value"] == 33.0
     assert devices[0]["open_alerts"] == 1
     assert apps.query.get("/devices?device_id[$ne]=x").status_code == 400

@@ -1,7 +1,8 @@
-"""The whole pipeline on the real Kafka and FerretDB: a simulated fleet posts through ingest,
-the dispatcher plays eventing/, aggregate and alert run as functions-framework processes, and
-what query shows afterwards must equal the ground truth of what ingest accepted, exactly,
-also under duplicates, disorder, crashes and server outages.
+"""The whole pipeline on the real Kafka and the atomic store: a simulated fleet posts
+through ingest, the dispatcher plays eventing/, aggregate and alert run as
+functions-framework processes, and what query shows afterwards must equal the ground truth
+of what ingest accepted, exactly, also under duplicates, disorder, crashes and server
+outages.
 
 Each test runs its own pipeline (pipeline_harness.Harness): a fresh database, fresh topics and
 consumer groups, free ports. Timings and outcomes go to artifacts/pipeline-timings.jsonl,
@@ -27,9 +28,11 @@ from iot_telemetry.local.layout import REPO
 from iot_telemetry.telemetry import format_time
 from tests.integration.pipeline_harness import (
     EVENTS,
+    STORE,
     Harness,
     SimRun,
     check_scripts_drive,
+    kill_store,
     read_records,
     service,
     truth_of,
@@ -138,10 +141,9 @@ def test_function_killed_mid_stream_loses_and_doubles_nothing(harness: Harness, 
     harness.pipeline.kill(function, signal.SIGKILL)
     killed = time.monotonic()
     # Deliveries fail meanwhile (connection refused) and are retried with the Trigger's
-    # backoff. Down for 3 s, not less: the killed process's last store command may still be
-    # running inside FerretDB, and FerretDB 1.x applies update operators as an unlocked
-    # read-modify-write, so the restarted process updating the same document at that moment
-    # can lose either write (MongoDB itself would serialize them).
+    # backoff. Down for 3 s, so that the restart lands well after the kill (on FerretDB 1.x,
+    # which applies update operators as an unlocked read-modify-write, the killed process's
+    # last command still running there could race the restarted one's).
     time.sleep(3.0)
     harness.pipeline.restart(function)
     harness.phases["down_s"] = round(time.monotonic() - killed, 1)
@@ -185,21 +187,21 @@ def test_kafka_restarted_during_ingestion_loses_nothing_accepted(harness: Harnes
     harness.assert_exact(read_records(sent), timeout=240)
 
 
-def test_ferretdb_restarted_during_processing_events_are_retried(harness: Harness,
-                                                                 tmp_path: Path) -> None:
+def test_store_restarted_during_processing_events_are_retried(harness: Harness,
+                                                              tmp_path: Path) -> None:
     check_scripts_drive(harness.kafka, harness.mongo)
     sent = tmp_path / "sent.jsonl"
     sim = SimRun(harness.sim_options(sent, rate=20.0))
     restarted = False
     try:
         sim.wait_accepted(EVENTS // 3, timeout=60)
-        harness.phases["ferretdb_stop_s"] = round(service("ferretdb", "stop"), 1)
+        harness.phases["store_stop_s"] = round(service(STORE, "stop"), 1)
         time.sleep(4)  # aggregate and alert answer 503 meanwhile; the dispatcher retries
-        harness.phases["ferretdb_start_s"] = round(service("ferretdb", "start"), 1)
+        harness.phases["store_start_s"] = round(service(STORE, "start"), 1)
         restarted = True
     finally:
         if not restarted:
-            service("ferretdb", "start")
+            service(STORE, "start")
     result = sim.join(timeout=180)
     assert result.accepted_events == EVENTS and result.rejected_events == 0, result
 
@@ -208,6 +210,30 @@ def test_ferretdb_restarted_during_processing_events_are_retried(harness: Harnes
     harness.phases["dispatcher_retries"] = {t: len(r) for t, r in retried.items()}
     # Both functions answered 503 while the store was down, and the dispatcher retried.
     assert all("answered 503" in r for r in retried.values()), retried
+    assert harness.read_topic(harness.dead_letter_topic) == []
+
+
+def test_store_killed_during_processing_loses_nothing_acknowledged(harness: Harness,
+                                                                   tmp_path: Path) -> None:
+    # SIGKILL, not a clean stop: what the store acknowledged before it died must be on disk,
+    # or the functions, which took the acknowledgement as done, would lose those counts.
+    check_scripts_drive(harness.kafka, harness.mongo)
+    sent = tmp_path / "sent.jsonl"
+    sim = SimRun(harness.sim_options(sent, rate=20.0))
+    restarted = False
+    try:
+        sim.wait_accepted(EVENTS // 3, timeout=60)
+        kill_store()
+        time.sleep(2)
+        harness.phases["store_start_s"] = round(service(STORE, "start"), 1)
+        restarted = True
+    finally:
+        if not restarted:
+            service(STORE, "start")
+    result = sim.join(timeout=180)
+    assert result.accepted_events == EVENTS and result.rejected_events == 0, result
+
+    harness.assert_exact(read_records(sent), timeout=240)
     assert harness.read_topic(harness.dead_letter_topic) == []
 
 
