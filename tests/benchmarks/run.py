@@ -23,7 +23,7 @@ from dataclasses import asdict
 from datetime import UTC, datetime
 from pathlib import Path
 
-from .common import Context, git_commit, load_tool, machine_info, store_label
+from .common import BASE_PORT, Context, git_commit, load_tool, machine_info, store_label
 
 #: name -> (figure, what it measures); run in this order.
 BENCHES: dict[str, str] = {
@@ -105,6 +105,9 @@ def main(argv: list[str] | None = None) -> int:
                         help="sample the servers with py-spy during the main loads")
     parser.add_argument("--loadgen", choices=("auto", "wrk", "python"), default="auto",
                         help="load generator of figure 1 (auto: wrk when installed)")
+    parser.add_argument("--base-port", type=int, default=BASE_PORT,
+                        help=f"first port of the run's servers (default {BASE_PORT}); move it "
+                        "when another benchmark run on this machine uses that range")
     parser.add_argument("--kafka", default=os.environ.get("KAFKA_BOOTSTRAP_SERVERS",
                                                           "127.0.0.1:9092"))
     parser.add_argument("--mongo", default=os.environ.get("MONGO_URL",
@@ -118,7 +121,7 @@ def main(argv: list[str] | None = None) -> int:
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     ctx = Context(quick=args.quick, kafka=args.kafka, mongo=args.mongo, out_dir=out.parent,
-                  profile=args.profile)
+                  profile=args.profile, _next_port=args.base_port)
     started = datetime.now(UTC)
     ctx.say(f"benchmark run {ctx.run_id} ({'quick' if args.quick else 'full'}): "
             f"{', '.join(names)}; logs in {ctx.log_dir}")
