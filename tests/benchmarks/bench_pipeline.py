@@ -214,6 +214,7 @@ def ramp(ctx: Context, pipeline: RealPipeline, records: list[Path], tag: str = "
         points_per_event = (after["points"] - before["points"]) / max(1.0, offered)
         step = {"rate_ev_s": rate, "seconds": round(elapsed, 1), "accepted": offered,
                 "handled": handled, "backlog_growth": grew,
+                "handled_by": {f: after[f] - before[f] for f in ("aggregate", "alert")},
                 "points_per_event": round(points_per_event, 2),
                 "handled_points_per_s": handled * points_per_event / elapsed,
                 "accepted_points_per_s": offered * points_per_event / elapsed,
@@ -225,7 +226,9 @@ def ramp(ctx: Context, pipeline: RealPipeline, records: list[Path], tag: str = "
         steps.append(step)
         ctx.say(f"fig 3 step {n + 1}: offered {rate:.1f} ev/s "
                 f"({step['accepted_points_per_s']:,.0f} pt/s) -> handled "
-                f"{handled / elapsed:.1f} ev/s ({step['handled_points_per_s']:,.0f} pt/s), "
+                f"{handled / elapsed:.1f} ev/s ({step['handled_points_per_s']:,.0f} pt/s; "
+                f"aggregate {step['handled_by']['aggregate'] / elapsed:.1f}, alert "
+                f"{step['handled_by']['alert'] / elapsed:.1f} ev/s), "
                 f"backlog +{grew:.0f}: {'kept up' if step['sustained'] else 'FELL BEHIND'}")
         ctx.say(f"  CPU (cores): {cpu_summary(cores)}")
         ctx.say(f"  per point: store commands aggregate {step['aggregate_commands_per_point']:.3f}"
@@ -421,7 +424,8 @@ def run_variant(ctx: Context, variant: Variant, n: int, first: bool) -> dict[str
     lost = check["expected_points"] - check["found_points"]
     sustained_pts = best["handled_points_per_s"] if best else 0.0
     ctx.add("3", f"{tag}pipeline: highest sustained data points/s", sustained_pts, "pt/s",
-            f"{best['rate_ev_s'] if best else 0:.1f} ev/s x {SAMPLES + 1} readings; "
+            f"{best['rate_ev_s'] if best else 0:.1f} ev/s x "
+            f"{best['points_per_event'] if best else 0:.1f} points; "
             "all on this 2-core machine (Kafka, the store, load generator too)")
     for label, step in (("at the highest sustained step", best),
                         ("at the step that fell behind", raw["ramp"]["limit"])):
