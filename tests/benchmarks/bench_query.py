@@ -1,16 +1,17 @@
 """Figure 4: query latency over a seeded history, with the store's share measured alone.
 
-The history is bulk-inserted in the document shapes RollupWriter writes (1-minute buckets with
-their event keys, hour buckets holding a snapshot per minute, day buckets a snapshot per hour,
-device documents) and AlertBook writes (alert documents), for a few devices over 30 days at
-one reading every 10 s per metric. 1-minute buckets are seeded for the last days only: see
-README.md, FerretDB answers these queries by scanning the whole collection.
+The history is bulk-inserted in the document shapes RollupWriter writes (series.py: one
+document per device and hour with every metric's minute slots and totals and the event
+keys, one per device and day with a snapshot of each hour's totals, device documents with
+their latest values) and AlertBook writes (alert documents), for a few devices over 30 days
+at one event every 10 s carrying a reading of every metric. Before seeding, one hour is
+written both ways, by RollupWriter.apply_batch and by the seeder, and the documents must
+match: the figures are of the documents the write path makes.
 
 Measured one request at a time (p50/p95), side by side:
 - through the query function (functions-framework's gunicorn, JSON over HTTP);
-- the same find with bare pymongo (the store's share);
-- a what-if: the same buckets read as parent documents by `_id` (hour documents for a 1-minute
-  series, day documents for a 1-hour series), which FerretDB pushes down.
+- the same find with bare pymongo (the store's share: `_id $in` with the metric's projection);
+- a what-if: the same documents read one `find_one` by `_id` each.
 """
 
 from __future__ import annotations
@@ -21,12 +22,22 @@ import random
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from iot_telemetry.rollup import Summary, bucket_id, bucket_start
-from iot_telemetry.store import ALERTS, DEVICES, ROLLUP_COLLECTIONS
+from iot_telemetry.events import JSON, SPECVERSION, TELEMETRY_TYPE, RawEvent
+from iot_telemetry.rollup import RollupWriter, event_hash
+from iot_telemetry.series import (
+    Summary,
+    bucket_start,
+    day_id,
+    hour_id,
+    reading_key,
+    time_key,
+)
+from iot_telemetry.store import ALERTS, DEVICES, ROLLUP_DAYS, ROLLUP_HOURS
+from iot_telemetry.telemetry import TelemetryEvent, format_time, validate
 
 from .common import (
     FUNCTIONS_DIR,
@@ -42,68 +53,151 @@ READING_S = 10
 DAYS = 30
 
 
-def _summary(values: list[float], first: datetime, step: timedelta) -> Summary:
-    return Summary(len(values), sum(values), min(values), max(values), first,
-                   first + step * (len(values) - 1), values[-1])
+def _slot(s: Summary) -> dict[str, Any]:
+    """A stored slot holding `s` (Summary.increments applied to an empty slot)."""
+    return {"c": s.count, "s": s.sum, "lo": s.min, "hi": s.max, "f": time_key(s.first),
+            "lv": reading_key(s.last, s.last_value)}
 
 
-def seed(ctx: Context, db_name: str, devices: int, metrics: list[str], minute_days: float,
-         alerts: int) -> dict[str, Any]:
+def _readings(device: str, metrics: list[str], start: datetime, hour: datetime,
+              now: datetime, rng: random.Random) -> list[tuple[datetime, dict[str, float]]]:
+    """The readings of one device's hour: an event every READING_S s, every metric in it."""
+    out = []
+    t = hour
+    while t < min(hour + timedelta(hours=1), now):
+        phase = (t - start).total_seconds() / 86400 * 2 * math.pi
+        out.append((t, {m: round({"temperature": 22.0, "humidity": 45.0, "battery": 80.0}.get(
+            m, 10.0) + 3 * math.sin(phase) + rng.gauss(0, 0.3), 2) for m in metrics}))
+        t += timedelta(seconds=READING_S)
+    return out
+
+
+def _key(device: str, t: datetime) -> str:
+    return f"/devices/{device}\x1fh{t:%Y%m%d%H%M%S}"
+
+
+def _hour_doc(device: str, hour: datetime,
+              readings: list[tuple[datetime, dict[str, float]]]) -> dict[str, Any]:
+    """The hour document RollupWriter leaves after these readings, one event per time."""
+    metrics = sorted({m for _, values in readings for m in values})
+    doc: dict[str, Any] = {"_id": hour_id(device, hour), "device_id": device, "t": hour,
+                           "v": len(readings),
+                           "ids": [event_hash(_key(device, t)) for t, _ in readings],
+                           "min": {}, "tot": {}}
+    for metric in metrics:
+        series = [(t, values[metric]) for t, values in readings if metric in values]
+        doc["tot"][metric] = _slot(Summary.of(series))
+        minutes: dict[int, list[tuple[datetime, float]]] = {}
+        for t, v in series:
+            minutes.setdefault(t.minute, []).append((t, v))
+        doc["min"][metric] = {f"{m:02d}": _slot(Summary.of(pts)) for m, pts in minutes.items()}
+    return doc
+
+
+def _events(device: str, readings: list[tuple[datetime, dict[str, float]]],
+            ) -> list[TelemetryEvent]:
+    out = []
+    for t, values in readings:
+        attributes = {"specversion": SPECVERSION, "type": TELEMETRY_TYPE,
+                      "source": f"/devices/{device}", "id": _key(device, t).split("\x1f")[1],
+                      "subject": device, "time": format_time(t), "datacontenttype": JSON}
+        event = validate(RawEvent(attributes, {"metrics": values}), datetime.now(UTC),
+                         limits=None)
+        assert isinstance(event, TelemetryEvent), event
+        out.append(event)
+    return out
+
+
+def _same(a: Any, b: Any, path: str = "") -> list[str]:
+    """Where two documents differ (floats to 1e-9 relative: sums added in another order)."""
+    if isinstance(a, Mapping) and isinstance(b, Mapping):
+        return [d for k in sorted(set(a) | set(b), key=str)
+                for d in (_same(a.get(k), b.get(k), f"{path}.{k}") if k in a and k in b
+                          else [f"{path}.{k}: only in one"])]
+    if isinstance(a, list) and isinstance(b, list):
+        return [] if sorted(a) == sorted(b) else [f"{path}: lists differ"]
+    if isinstance(a, float) or isinstance(b, float):
+        return [] if math.isclose(float(a), float(b), rel_tol=1e-9) else [f"{path}: {a} != {b}"]
+    if isinstance(a, datetime) and isinstance(b, datetime):
+        return [] if a.replace(tzinfo=UTC) == b.replace(tzinfo=UTC) else [f"{path}: {a} != {b}"]
+    return [] if a == b else [f"{path}: {a!r} != {b!r}"]
+
+
+def check_shape(ctx: Context, metrics: list[str]) -> None:
+    """One hour written by RollupWriter and by the seeder must give the same documents."""
+    from .bench_consumers import store_for
+
+    db_name = fresh_db(ctx, "query_shape")
+    store = store_for(ctx, db_name)
+    device = "shape-000"
+    hour = bucket_start(datetime.now(UTC) - timedelta(hours=3), "1h")
+    readings = _readings(device, metrics, hour, hour, hour + timedelta(hours=1),
+                         random.Random(3))
+    writer, events = RollupWriter(store), _events(device, readings)
+    t0 = time.perf_counter()
+    # In batches as big as the pipeline's group commits (gunicorn THREADS up to 32).
+    results = [r for i in range(0, len(events), 32) for r in writer.apply_batch(events[i:i + 32])]
+    ctx.say(f"  seed check: RollupWriter wrote {len(events)} events in "
+            f"{time.perf_counter() - t0:.1f}s")
+    failed = [r for r in results if isinstance(r, Exception)]
+    if failed:
+        raise RuntimeError(f"seed check: the writer failed: {failed[0]}")
+    written = store.collection(ROLLUP_HOURS).find_one({"_id": hour_id(device, hour)})
+    day = store.collection(ROLLUP_DAYS).find_one({"_id": day_id(device, hour)})
+    store.close()
+    seeded = _hour_doc(device, hour, readings)
+    problems = _same(written, seeded)
+    snapshots = {m: {f"{hour.hour:02d}": Summary.from_slot(seeded["tot"][m]).snapshot(  # type: ignore[union-attr]
+        seeded["v"])} for m in metrics}
+    problems += _same((day or {}).get("h"), snapshots, ".h")
+    if problems:
+        raise RuntimeError("seed check: the seeder's documents differ from RollupWriter's: "
+                           + "; ".join(problems[:5]))
+    ctx.say(f"  seed check: one hour ({len(readings)} events) written by RollupWriter "
+            "equals the seeder's hour and day documents")
+
+
+def seed(ctx: Context, db_name: str, devices: int, metrics: list[str], alerts: int,
+         ) -> dict[str, Any]:
     """Bulk-insert the history; return what was seeded."""
+    check_shape(ctx, metrics)
     client = mongo_client(ctx)
     db = client[db_name]
     now = datetime.now(UTC).replace(second=0, microsecond=0)
     start = bucket_start(now - timedelta(days=DAYS), "1d")
-    minute_from = now - timedelta(days=minute_days)
-    per_min = 60 // READING_S
-    counts = {"1m": 0, "1h": 0, "1d": 0}
+    counts = {"hours": 0, "days": 0}
     rng = random.Random(7)
     t0 = time.monotonic()
     for d in range(devices):
         device = f"hist-{d:03d}"
-        for metric in metrics:
-            base = {"temperature": 22.0, "humidity": 45.0, "battery": 80.0}.get(metric, 10.0)
-            minutes: list[dict[str, Any]] = []
-            hours: list[dict[str, Any]] = []
-            days: list[dict[str, Any]] = []
-            day_slots: dict[str, Any] = {}
-            hour = start
-            while hour < now:
-                slots: dict[str, Any] = {}
-                for m in range(60):
-                    t = hour + timedelta(minutes=m)
-                    if t >= now:
-                        break
-                    phase = (t - start).total_seconds() / 86400 * 2 * math.pi
-                    values = [round(base + 3 * math.sin(phase) + rng.gauss(0, 0.3), 2)
-                              for _ in range(per_min)]
-                    s = _summary(values, t, timedelta(seconds=READING_S))
-                    slots[f"{m:02d}"] = {**s.to_doc(), "v": per_min}
-                    if t >= minute_from:
-                        minutes.append({
-                            "_id": bucket_id(device, metric, t), "device_id": device,
-                            "metric": metric, "t": t, **s.to_doc(), "v": per_min,
-                            "ids": [f"/devices/{device}\x1f{t:%H%M}-{k}" for k in range(per_min)],
-                            "last_at": s.last})
-                hs = Summary.merge_all(Summary.from_doc(x) for x in slots.values())
-                assert hs is not None
-                hours.append({"_id": bucket_id(device, metric, hour), "device_id": device,
-                              "metric": metric, "t": hour, "v": len(slots), "m": slots})
-                day_slots[f"{hour.hour:02d}"] = {**hs.to_doc(), "v": len(slots)}
-                hour += timedelta(hours=1)
-                if hour.hour == 0 or hour >= now:
-                    day = bucket_start(hour - timedelta(hours=1), "1d")
-                    days.append({"_id": bucket_id(device, metric, day), "device_id": device,
-                                 "metric": metric, "t": day, "v": len(day_slots),
-                                 "h": day_slots})
-                    day_slots = {}
-            for step, docs in (("1m", minutes), ("1h", hours), ("1d", days)):
-                for i in range(0, len(docs), 500):
-                    db[ROLLUP_COLLECTIONS[step]].insert_many(docs[i:i + 500], ordered=False)
-                counts[step] += len(docs)
+        hours: list[dict[str, Any]] = []
+        days: list[dict[str, Any]] = []
+        day_slots: dict[str, dict[str, str]] = {m: {} for m in metrics}
+        latest: dict[str, str] = {}
+        hour = start
+        while hour < now:
+            readings = _readings(device, metrics, start, hour, now, rng)
+            doc = _hour_doc(device, hour, readings)
+            hours.append(doc)
+            for m in metrics:
+                total = Summary.from_slot(doc["tot"][m])
+                assert total is not None
+                day_slots[m][f"{hour.hour:02d}"] = total.snapshot(doc["v"])
+                latest[m] = max(latest.get(m, ""), doc["tot"][m]["lv"])
+            hour += timedelta(hours=1)
+            if hour.hour == 0 or hour >= now:
+                day = bucket_start(hour - timedelta(hours=1), "1d")
+                days.append({"_id": day_id(device, day), "device_id": device, "t": day,
+                             "h": day_slots})
+                day_slots = {m: {} for m in metrics}
+        for name, docs in ((ROLLUP_HOURS, hours), (ROLLUP_DAYS, days)):
+            for i in range(0, len(docs), 200):
+                db[name].insert_many(docs[i:i + 200], ordered=False)
+        counts["hours"] += len(hours)
+        counts["days"] += len(days)
         db[DEVICES].insert_one({
             "_id": device, "first_seen": start, "last_seen": now, "last_event_time": now,
-            "metrics": {m: {"value": 21.0, "time": now} for m in metrics}})
+            "latest": latest})
         ctx.say(f"  seeded {device}: {counts} so far, {time.monotonic() - t0:.0f}s")
     alert_docs = []
     for i in range(alerts):
@@ -128,8 +222,8 @@ def seed(ctx: Context, db_name: str, devices: int, metrics: list[str], minute_da
     store_for(ctx, db_name).close()
     client.close()
     return {"devices": devices, "metrics": metrics, "days": DAYS,
-            "reading_every_s": READING_S, "minute_buckets_days": minute_days,
-            "documents": {**counts, "alerts": alerts}, "seconds": round(time.monotonic() - t0, 1)}
+            "reading_every_s": READING_S, "documents": {**counts, "alerts": alerts},
+            "seconds": round(time.monotonic() - t0, 1)}
 
 
 #: A slow case stops repeating once it has used this many seconds (after `at_least` runs).
@@ -169,32 +263,32 @@ def _series(ctx: Context, db: Any, server: FunctionServer, label: str, step: str
     with profiled(ctx, f"fig4-query-{step}", server.worker_pid(), 10):
         http_ms, (status, payload) = _timed(lambda: _get(url), repeats)
     buckets = len(json.loads(payload)["buckets"]) if status == 200 else 0
-    first = bucket_start(start, step)
-    same_find = {"device_id": device, "metric": metric, "t": {"$gte": first, "$lt": end}}
-    collection = db[ROLLUP_COLLECTIONS[step]]
-    # The reference may take minutes on FerretDB: once over budget, one run is enough.
-    store_ms, _ = _timed(lambda: list(collection.find(same_find, {"ids": 0}).sort("t", 1)),
+    # The documents read_series reads (series.py): hours for minutes, days for hours.
+    parent, name, field = (("1h", ROLLUP_HOURS, "min") if step == "1m" else
+                           ("1d", ROLLUP_DAYS, "h"))
+    make_id = hour_id if step == "1m" else day_id
+    ids = []
+    t = bucket_start(start, parent)
+    while t < end:
+        ids.append(make_id(device, t))
+        t += timedelta(hours=1) if parent == "1h" else timedelta(days=1)
+    collection = db[name]
+    projection = {"t": 1, f"{field}.{metric}": 1}
+    # The reference may take long on FerretDB: once over budget, one run is enough.
+    store_ms, _ = _timed(lambda: list(collection.find({"_id": {"$in": ids}}, projection)),
+                         repeats, at_least=1)
+    by_id_ms, _ = _timed(lambda: [collection.find_one({"_id": i}, projection) for i in ids],
                          repeats, at_least=1)
     out: dict[str, Any] = {"http_ms": http_ms, "last_status": status, "buckets": buckets,
-                           "store_find_ms": store_ms}
+                           "documents": len(ids), "store_find_ms": store_ms,
+                           "find_one_each_ms": by_id_ms}
     shown = f"{buckets} buckets" if status == 200 else f"answered {status}"
     ctx.add("4", f"series {label} ({shown}): p50", percentile(http_ms, 50), "ms",
             f"p95 {percentile(http_ms, 95):,.0f} ms, {len(http_ms)} requests")
-    ctx.add("4", "  ref the same find, bare pymongo: p50", percentile(store_ms, 50), "ms",
-            f"p95 {percentile(store_ms, 95):,.0f} ms")
-    if step == "1h":
-        # What-if: the day documents hold a snapshot of each of their hours.
-        days = []
-        d = bucket_start(start, "1d")
-        while d < end:
-            days.append(bucket_id(device, metric, d))
-            d += timedelta(days=1)
-        day_coll = db[ROLLUP_COLLECTIONS["1d"]]
-        by_id_ms, _ = _timed(lambda: [day_coll.find_one({"_id": i}) for i in days], repeats)
-        out["day_documents_by_id_ms"] = by_id_ms
-        ctx.add("4", f"  what-if: the {len(days)} day documents by _id: p50",
-                percentile(by_id_ms, 50), "ms", f"p95 {percentile(by_id_ms, 95):,.0f} ms "
-                "(their hour snapshots give the same buckets)")
+    ctx.add("4", f"  ref the same find ({len(ids)} {name} by _id $in), bare pymongo: p50",
+            percentile(store_ms, 50), "ms", f"p95 {percentile(store_ms, 95):,.0f} ms")
+    ctx.add("4", f"  what-if: the {len(ids)} documents one find_one by _id each: p50",
+            percentile(by_id_ms, 50), "ms", f"p95 {percentile(by_id_ms, 95):,.0f} ms")
     p95 = percentile(http_ms, 95)
     ctx.goal(f"query p95, series {label}", "< 50 ms",
              f"{p95:,.0f} ms" + ("" if status == 200 else f" (answered {status})"),
@@ -206,12 +300,10 @@ def run(ctx: Context) -> None:
     devices = ctx.pick(1, 3)
     metrics = ["temperature", "humidity"] if ctx.quick else ["temperature", "humidity",
                                                              "battery"]
-    minute_days = ctx.pick(1.1, 2.0)
-    repeats = ctx.pick(3, 10)
+    repeats = ctx.pick(5, 20)
     db_name = fresh_db(ctx, "query")
-    ctx.say(f"fig 4: seeding {devices} devices x {len(metrics)} metrics x {DAYS} days "
-            f"(1-minute buckets for the last {minute_days} days)")
-    seeded = seed(ctx, db_name, devices, metrics, minute_days, alerts=ctx.pick(200, 500))
+    ctx.say(f"fig 4: seeding {devices} devices x {len(metrics)} metrics x {DAYS} days")
+    seeded = seed(ctx, db_name, devices, metrics, alerts=ctx.pick(200, 500))
     ctx.say(f"  seeded {seeded['documents']} in {seeded['seconds']}s")
     server = FunctionServer(ctx, "query", FUNCTIONS_DIR / "query.py",
                             {"MONGO_URL": ctx.mongo, "MONGO_DB": db_name,

@@ -44,6 +44,9 @@ class Context:
     mongo: str
     out_dir: Path
     profile: bool = False
+    #: Figure 3's variants, ORDER:THREADS (bench_pipeline.Variant), and its first rate.
+    pipeline_variants: tuple[str, ...] = ("as-is:8",)
+    pipeline_start_rate: float = 1.0
     run_id: str = field(default_factory=lambda: uuid.uuid4().hex[:8])
     started: float = field(default_factory=time.monotonic)
     rows: list[Row] = field(default_factory=list)

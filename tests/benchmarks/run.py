@@ -23,7 +23,7 @@ from dataclasses import asdict
 from datetime import UTC, datetime
 from pathlib import Path
 
-from .common import Context, git_commit, load_tool, machine_info, store_label
+from .common import BASE_PORT, Context, git_commit, load_tool, machine_info, store_label
 
 #: name -> (figure, what it measures); run in this order.
 BENCHES: dict[str, str] = {
@@ -105,6 +105,16 @@ def main(argv: list[str] | None = None) -> int:
                         help="sample the servers with py-spy during the main loads")
     parser.add_argument("--loadgen", choices=("auto", "wrk", "python"), default="auto",
                         help="load generator of figure 1 (auto: wrk when installed)")
+    parser.add_argument("--pipeline-variants", default="as-is:8",
+                        help="figure 3's pipelines, one after the other: ORDER:THREADS,... "
+                        "where ORDER is the aggregate Trigger's delivery order (as-is: "
+                        "eventing/ unchanged; ordered; unordered) and THREADS aggregate's "
+                        "gunicorn threads, e.g. ordered:8,unordered:8,unordered:32")
+    parser.add_argument("--pipeline-start-rate", type=float, default=1.0,
+                        help="figure 3's first offered rate, events/s (x1.5 per step)")
+    parser.add_argument("--base-port", type=int, default=BASE_PORT,
+                        help=f"first port of the run's servers (default {BASE_PORT}); move it "
+                        "when another benchmark run on this machine uses that range")
     parser.add_argument("--kafka", default=os.environ.get("KAFKA_BOOTSTRAP_SERVERS",
                                                           "127.0.0.1:9092"))
     parser.add_argument("--mongo", default=os.environ.get("MONGO_URL",
@@ -114,11 +124,22 @@ def main(argv: list[str] | None = None) -> int:
     unknown = [n for n in names if n not in BENCHES]
     if unknown:
         parser.error(f"--only: unknown {', '.join(unknown)}; choose from {', '.join(BENCHES)}")
+    if "pipeline" in names:
+        from .bench_pipeline import Variant
+
+        try:
+            for v in args.pipeline_variants.split(","):
+                Variant.parse(v.strip())
+        except ValueError as exc:
+            parser.error(f"--pipeline-variants: {exc}")
     tool = load_tool(args.loadgen)
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     ctx = Context(quick=args.quick, kafka=args.kafka, mongo=args.mongo, out_dir=out.parent,
-                  profile=args.profile)
+                  profile=args.profile, _next_port=args.base_port,
+                  pipeline_variants=tuple(v.strip() for v in args.pipeline_variants.split(",")
+                                          if v.strip()),
+                  pipeline_start_rate=args.pipeline_start_rate)
     started = datetime.now(UTC)
     ctx.say(f"benchmark run {ctx.run_id} ({'quick' if args.quick else 'full'}): "
             f"{', '.join(names)}; logs in {ctx.log_dir}")
