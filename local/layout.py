@@ -13,6 +13,9 @@ SERVICES_DIR: Final = Path(__file__).resolve().parent / "services"
 PORTS: Final = {"ingest": 8001, "query": 8002, "aggregate": 8003, "alert": 8004}
 BROKER_PORT: Final = 8005
 FUNCTIONS: Final = tuple(PORTS)
+#: gunicorn THREADS of a function in real mode, as its Knative Service sets them
+#: (knative/base/<function>.yaml; tests/deploy checks they agree); others: the framework's.
+THREADS: Final = {"aggregate": 32}
 
 
 def source(function: str) -> Path:

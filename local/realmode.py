@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .eventing import load_eventing
-from .layout import BROKER_PORT, EVENTING_DIR, FUNCTIONS, PORTS, source
+from .layout import BROKER_PORT, EVENTING_DIR, FUNCTIONS, PORTS, THREADS, source
 
 log = logging.getLogger(__name__)
 
@@ -46,6 +46,8 @@ class RealPipeline:
         env = {**self.environ, "KAFKA_BOOTSTRAP_SERVERS": self.kafka, "MONGO_URL": self.mongo,
                "PYTHONUNBUFFERED": "1"}
         env.pop("K_SINK", None)
+        if function in THREADS:
+            env.setdefault("THREADS", str(THREADS[function]))
         if function is not None:
             # As a SinkBinding of eventing/ injects it: the dispatcher's ingress is the Broker.
             env.update(load_eventing(self.eventing_dir).sink_env(

@@ -294,6 +294,10 @@ def test_service_autoscaling_is_consistent(name: str) -> None:
     assert int(scale["autoscaling.knative.dev/target"]) <= spec["containerConcurrency"]
     env = {e["name"]: e.get("value") for e in container(svc)["env"]}
     assert env["THREADS"] == str(spec["containerConcurrency"]), "one thread per admitted request"
+    # The local real mode runs the function with the same threads.
+    from iot_telemetry.local.layout import THREADS
+
+    assert THREADS.get(name, int(env["THREADS"])) == int(env["THREADS"])
     # Scale settings live in the revision template only: deploy.sh reads them from there.
     assert not any(k.startswith("autoscaling.") for k in svc["metadata"].get("annotations", {}))
 
