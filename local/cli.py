@@ -26,11 +26,15 @@ def _banner(mode: str, urls: dict[str, str], simulator: bool, extra: str) -> str
     lines = [f"iot-telemetry local ({mode})", *[f"  {name:<10}{u}" for name, u in urls.items()],
              extra]
     q = urls["query"]
-    lines += ["", "Look at:", f"  {q}  (the dashboard)", f"  {q}devices", f"  {q}alerts?state=open",
-              f"  {q}devices/sim-0001/series?metric=temperature&step=1m", f"  {q}openapi.json",
-              f"  {urls['ingest']}metrics"]
+    lines += ["", "Look at:", f"  {q}  (the dashboard)", f"  {q}devices", f"  {q}alerts?state=open"]
+    if simulator:
+        lines.append(f"  {q}devices/sim-0001/series?metric=temperature&step=1m")
+    lines += [f"  {q}openapi.json", f"  {urls['ingest']}metrics", ""]
     if simulator:
         lines.append("A device simulator is posting to ingest; stop everything with Ctrl-C.")
+    else:
+        lines.append(f"No simulator: post readings to {urls['ingest']} (README, Event format); "
+                     "stop with Ctrl-C.")
     return "\n".join(lines)
 
 
