@@ -3,16 +3,24 @@
 from __future__ import annotations
 
 import argparse
+import errno
 import os
 import signal
+import socket
 import sys
 import threading
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from iot_telemetry.settings import ConfigError, Settings
 
-from .layout import EVENTING_DIR, PORTS
+from .layout import BROKER_PORT, EVENTING_DIR, PORTS
+
+# Every port of the local run: (flag, environment twin, default). 0 = any free port.
+PORT_OPTIONS: dict[str, tuple[str, str, int]] = {
+    name: (f"--{name}-port", f"IOT_{name.upper()}_PORT", port)
+    for name, port in {**PORTS, "broker": BROKER_PORT}.items()
+}
 
 
 def settings_table() -> str:
@@ -49,18 +57,67 @@ def _simulator_args(parser: argparse.ArgumentParser) -> None:
                        help="stop the simulator after this many seconds (0 = never)")
 
 
+def _port_args(parser: argparse.ArgumentParser, environ: Mapping[str, str]) -> None:
+    group = parser.add_argument_group("ports (0 = any free port)")
+    for name, (flag, variable, default) in PORT_OPTIONS.items():
+        raw = environ.get(variable, "")
+        try:
+            value = int(raw) if raw else default
+        except ValueError:
+            parser.error(f"{variable}: {raw!r} is not a port number")
+        group.add_argument(flag, type=int, default=value, dest=f"{name}_port", metavar="PORT",
+                           help=f"{name} port (env {variable}, default {default})")
+
+
+def _claim_ports(args: argparse.Namespace) -> dict[str, int] | str:
+    """Each port of the run, 0 replaced by a free one; or why one cannot be had."""
+    ports = {}
+    for name, (flag, variable, _default) in PORT_OPTIONS.items():
+        port = getattr(args, f"{name}_port")
+        with socket.socket() as probe:
+            try:
+                probe.bind(("127.0.0.1", port))
+            except OverflowError:
+                return f"{flag} {port}: not a port number (0-65535)"
+            except OSError as exc:
+                if exc.errno != errno.EADDRINUSE:
+                    return f"{flag} {port}: {exc.strerror}"
+                return (f"port {port} ({name}) is already in use, perhaps by another "
+                        f"`iot-telemetry local`: stop it, or choose another port with {flag} "
+                        f"or {variable} (0 = any free port)")
+            ports[name] = probe.getsockname()[1]
+    return ports
+
+
+def _stop_on_signals(stop: threading.Event) -> None:
+    """Ctrl-C and SIGTERM stop the run, even in a background job (started with SIGINT ignored)."""
+    def request_stop(signum: int, _frame: object) -> None:
+        stop.set()
+        # a second Ctrl-C interrupts whatever the shutdown is waiting for
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, request_stop)
+
+
 def _run_local(args: argparse.Namespace) -> int:
     stop = threading.Event()
-    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    _stop_on_signals(stop)
     real = bool(args.kafka or args.mongo)
     if real and not (args.kafka and args.mongo):
         print("real mode needs both --kafka and --mongo", file=sys.stderr)
         return 2
+    ports = _claim_ports(args)
+    if isinstance(ports, str):
+        print(f"iot-telemetry local: {ports}", file=sys.stderr)
+        return 2
+    functions = {f: ports[f] for f in PORTS}
     try:
         if real:
             from .realmode import RealPipeline
 
-            pipeline = RealPipeline(kafka=args.kafka, mongo=args.mongo,
+            pipeline = RealPipeline(kafka=args.kafka, mongo=args.mongo, ports=functions,
+                                    broker_port=ports["broker"],
                                     environ={**os.environ, "LOG_LEVEL": args.log_level},
                                     eventing_dir=Path(args.eventing),
                                     log_dir=Path(args.log_dir) if args.log_dir else None)
@@ -72,6 +129,7 @@ def _run_local(args: argparse.Namespace) -> int:
             from .embedded import EmbeddedPipeline
 
             pipeline = EmbeddedPipeline(  # type: ignore[assignment]
+                ports=functions, broker_port=ports["broker"],
                 eventing_dir=Path(args.eventing),
                 environ={**os.environ, "LOG_LEVEL": args.log_level}).start()
             urls = {f: pipeline.url(f) for f in PORTS}
@@ -153,6 +211,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     local.add_argument("--log-level", default=os.environ.get("LOG_LEVEL", "WARNING"),
                        help="log level of the functions (env LOG_LEVEL; WARNING here so the "
                             "simulator's progress line stays readable)")
+    _port_args(local, os.environ)
     _simulator_args(local)
     sub.add_parser("simulate", help="run the device simulator against an ingest URL",
                    add_help=False)
