@@ -100,6 +100,28 @@ def _stop_on_signals(stop: threading.Event) -> None:
         signal.signal(signum, request_stop)
 
 
+def _register_simulated(args: argparse.Namespace, real: bool) -> dict[str, str]:
+    """Register the simulator's devices (INGEST_AUTH=registered); their tokens, by id."""
+    if args.no_simulator:
+        return {}
+    from iot_telemetry.devices import Registry
+    from iot_telemetry.errors import Conflict
+    from iot_telemetry.runtime import get_runtime
+    from iot_telemetry.store import Store
+
+    from .simulator import device_ids
+
+    registry = (Registry(Store(Settings.from_environ(None, {"MONGO_URL": args.mongo})))
+                if real else get_runtime().registry)
+    tokens = {}
+    for device_id in device_ids(args.devices):
+        try:
+            tokens[device_id] = registry.add(device_id, f"simulated {device_id}")
+        except Conflict:  # registered by an earlier run on the same store
+            tokens[device_id] = registry.rotate(device_id)
+    return tokens
+
+
 def _run_local(args: argparse.Namespace) -> int:
     stop = threading.Event()
     _stop_on_signals(stop)
@@ -142,6 +164,17 @@ def _run_local(args: argparse.Namespace) -> int:
         return 2
     extra += (f"\n  access    devices: {access.ingest_auth} (INGEST_AUTH), "
               f"query API: {access.query_auth} (QUERY_AUTH)")
+    tokens: dict[str, str] = {}
+    if access.ingest_auth == "registered":
+        try:
+            tokens = _register_simulated(args, real)
+        except Exception as exc:
+            pipeline.stop()
+            print(f"iot-telemetry local: cannot register the simulated devices: {exc}",
+                  file=sys.stderr)
+            return 1
+        extra += ("\n            register a device: iot-telemetry devices add ID "
+                  "(prints its token)")
     print(_banner("real mode" if real else "embedded", urls, not args.no_simulator, extra),
           flush=True)
     sim: threading.Thread | None = None
@@ -150,7 +183,8 @@ def _run_local(args: argparse.Namespace) -> int:
             from .simulator import SimulatorOptions, simulate
 
             options = SimulatorOptions(url=urls["ingest"], devices=args.devices, rate=args.rate,
-                                       duration=args.duration, anomaly_rate=args.anomaly_rate)
+                                       duration=args.duration, anomaly_rate=args.anomaly_rate,
+                                       tokens=tokens)
             sim = threading.Thread(target=simulate, args=(options, stop), daemon=True)
             sim.start()
         while not stop.wait(0.5):
@@ -165,13 +199,27 @@ def _run_local(args: argparse.Namespace) -> int:
 
 
 def _devices(args: argparse.Namespace) -> int:
+    from pymongo.errors import PyMongoError
+
     from iot_telemetry.devices import Registry
     from iot_telemetry.errors import TelemetryError
     from iot_telemetry.store import Store
 
+    from .registry_endpoint import LocalRunUnreachable, RemoteRegistry
+
+    registry: Registry | RemoteRegistry
+    target = ""
     try:
-        settings = Settings.from_environ()
-        registry = Registry(Store(settings))
+        if os.environ.get("MONGO_URL"):
+            # Fail in seconds, not the functions' default, when nothing listens.
+            settings = Settings.from_environ(None, {
+                "MONGO_TIMEOUT_MS": os.environ.get("MONGO_TIMEOUT_MS") or "2000"})
+            target = f"the store at MONGO_URL={settings.mongo_url}"
+            registry = Registry(Store(settings))
+        else:
+            port = os.environ.get(PORT_OPTIONS["query"][1]) or str(PORTS["query"])
+            target = f"127.0.0.1:{port}"
+            registry = RemoteRegistry(f"http://{target}/")
         if args.action == "add":
             units = dict(u.split("=", 1) for u in args.unit if "=" in u)
             metadata = {k: v for k, v in (("location", args.location), ("units", units)) if v}
@@ -188,7 +236,19 @@ def _devices(args: argparse.Namespace) -> int:
         else:
             registry.set_enabled(args.device_id, args.action == "enable")
             print(f"{args.device_id} {args.action}d")
-    except (ConfigError, TelemetryError) as exc:
+    except LocalRunUnreachable as exc:
+        print(f"error: no `iot-telemetry local` answers on {target} ({exc}): start one "
+              "(INGEST_AUTH=registered iot-telemetry local), set IOT_QUERY_PORT to its query "
+              "port, or set MONGO_URL to manage the devices of a MongoDB store", file=sys.stderr)
+        return 1
+    except (PyMongoError, TelemetryError) as exc:
+        # pymongo's own text goes on with its topology description: keep the first clause
+        reason = str(exc).split(" (configured timeouts", 1)[0].split(", Timeout:", 1)[0]
+        print(f"error: {target}: {reason}"
+              + (" (is it running?)" if "unreachable" in reason or "refused" in reason else ""),
+              file=sys.stderr)
+        return 1
+    except ConfigError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
     return 0
@@ -217,7 +277,11 @@ def main(argv: Sequence[str] | None = None) -> int:
                    add_help=False)
     sub.add_parser("settings", help="print every configuration variable as a Markdown table")
     devices = sub.add_parser(
-        "devices", help="manage the device registry in the configured store (MONGO_URL)")
+        "devices", help="manage the device registry: of the running `iot-telemetry local`, "
+                        "or with MONGO_URL set, of that store",
+        description="Without MONGO_URL: the registry of the embedded `iot-telemetry local` "
+                    "running on this machine (its query port, IOT_QUERY_PORT, default 8002). "
+                    "With MONGO_URL (and MONGO_DB): the devices collection of that store.")
     dsub = devices.add_subparsers(dest="action", required=True)
     add = dsub.add_parser("add", help="register a device and print its token (shown once)")
     add.add_argument("device_id")

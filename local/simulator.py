@@ -81,6 +81,8 @@ class SimulatorOptions:
     record: str | None = None  # JSON-lines file of every accepted event
     start_time: datetime | None = None  # simulated clock start (default now)
     token: str | None = None  # sent as Authorization: Bearer
+    # Per-device tokens (INGEST_AUTH=registered); a device not in it sends `token`.
+    tokens: Mapping[str, str] | None = None
 
     def __post_init__(self) -> None:
         problems = []
@@ -184,6 +186,12 @@ class Device:
         if buffered:
             data["samples"] = buffered
         return data
+
+
+def device_ids(count: int) -> list[str]:
+    """The ids of a simulated fleet: sim-0001, sim-0002, ..."""
+    width = max(4, len(str(count)))
+    return [f"sim-{n:0{width}d}" for n in range(1, count + 1)]
 
 
 def _rng(seed: int | None, name: str) -> random.Random:
@@ -348,10 +356,8 @@ class _Run:
         self.live = sys.stderr.isatty()
         seed = options.seed
         self.rng = _rng(seed, "fleet")
-        width = max(4, len(str(options.devices)))
         self.devices = []
-        for n in range(1, options.devices + 1):
-            device_id = f"sim-{n:0{width}d}"
+        for device_id in device_ids(options.devices):
             rng = _rng(seed, device_id)
             worker = zlib.crc32(device_id.encode()) % options.concurrency
             self.devices.append(Device(device_id, rng, worker))
@@ -529,7 +535,10 @@ class _Worker(threading.Thread):
         return events
 
     def _deliver(self, events: list[_Event]) -> None:
-        headers, body = _encode(self.options.mode, events, self.options.token)
+        token = self.options.token
+        if self.options.tokens:
+            token = self.options.tokens.get(events[0].attributes["subject"], token)
+        headers, body = _encode(self.options.mode, events, token)
         outcome = self._send(headers, body)
         if outcome is None:
             self.stats.abandoned(len(events))

@@ -3,16 +3,20 @@
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import signal
 import socket
 import subprocess
 import sys
 import time
+import urllib.error
+import urllib.request
+import uuid
 
 import pytest
 
-from iot_telemetry.local.cli import _banner
+from iot_telemetry.local.cli import _banner, main
 
 URLS = {f: f"http://127.0.0.1:{p}/" for f, p in
         (("ingest", 8001), ("query", 8002), ("aggregate", 8003), ("alert", 8004))}
@@ -38,15 +42,12 @@ def _any_ports() -> list[str]:
 
 def _local(*args: str, env: dict[str, str] | None = None,
            ignore_sigint: bool = False) -> subprocess.Popen[str]:
-    def background_job() -> None:
+    command = [sys.executable, "-m", "iot_telemetry.local.cli", "local", *args]
+    if ignore_sigint:
         # what a shell does to `cmd &`: SIGINT ignored from the start
-        signal.signal(signal.SIGINT, signal.SIG_IGN)
-
-    return subprocess.Popen(
-        [sys.executable, "-m", "iot_telemetry.local.cli", "local", *args],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-        env={**os.environ, **(env or {})},
-        preexec_fn=background_job if ignore_sigint else None)
+        command = ["bash", "-c", 'trap "" INT; exec "$@"', "bash", *command]
+    return subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env={**os.environ, **(env or {})})
 
 
 @pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
@@ -68,7 +69,8 @@ def test_a_port_in_use_names_its_flag_and_variable() -> None:
         taken.bind(("127.0.0.1", 0))
         taken.listen()
         port = taken.getsockname()[1]
-        others = [a for n in ("ingest", "aggregate", "alert", "broker") for a in (f"--{n}-port", "0")]
+        others = [a for n in ("ingest", "aggregate", "alert", "broker")
+                  for a in (f"--{n}-port", "0")]
         proc = _local("--no-simulator", *others, env={"IOT_QUERY_PORT": str(port)})
         _out, err = proc.communicate(timeout=60)
     assert proc.returncode == 2
@@ -133,3 +135,93 @@ def test_real_mode_children_do_not_outlive_a_killed_parent() -> None:
         for pid in children:
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(pid, signal.SIGKILL)
+
+
+# ---------------------------------------------------------------- devices of the local run
+
+def _post(url: str, device: str, token: str | None) -> int:
+    headers = {"Content-Type": "application/json", "ce-specversion": "1.0",
+               "ce-type": "iot.telemetry.v1", "ce-source": f"/devices/{device}",
+               "ce-id": str(uuid.uuid4()), "ce-subject": device}
+    if token:
+        headers["Authorization"] = f"Bearer {token}"
+    request = urllib.request.Request(url, data=b'{"metrics": {"temperature": 21.5}}',
+                                     headers=headers)
+    try:
+        with urllib.request.urlopen(request, timeout=10) as response:
+            return int(response.status)
+    except urllib.error.HTTPError as exc:
+        return exc.code
+
+
+@pytest.fixture
+def registered_run(monkeypatch: pytest.MonkeyPatch):
+    from iot_telemetry.local.embedded import EmbeddedPipeline
+
+    ports = dict.fromkeys(("ingest", "query", "aggregate", "alert"), 0)
+    with EmbeddedPipeline(ports=ports, broker_port=0,
+                          environ={"LOG_LEVEL": "WARNING", "INGEST_AUTH": "registered"}) as p:
+        monkeypatch.setenv("IOT_QUERY_PORT", str(p.servers["query"].server_port))
+        monkeypatch.delenv("MONGO_URL", raising=False)
+        yield p
+
+
+def test_devices_commands_manage_the_local_runs_registry(
+    registered_run, capsys: pytest.CaptureFixture[str]
+) -> None:
+    ingest = registered_run.url("ingest")
+    assert main(["devices", "add", "dev-42", "--unit", "temperature=celsius"]) == 0
+    token = capsys.readouterr().out.splitlines()[-1]
+    assert _post(ingest, "dev-42", token) == 202
+    assert _post(ingest, "dev-42", None) == 401
+
+    assert main(["devices", "list"]) == 0
+    assert "celsius" in capsys.readouterr().out
+    assert main(["devices", "rotate-token", "dev-42"]) == 0
+    assert _post(ingest, "dev-42", capsys.readouterr().out.splitlines()[-1]) == 202
+    assert main(["devices", "disable", "nope"]) == 1
+    assert capsys.readouterr().err == "error: 127.0.0.1:{}: device 'nope' not found\n".format(
+        registered_run.servers["query"].server_port)
+
+
+def test_devices_without_a_local_run_say_what_to_do(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setenv("IOT_QUERY_PORT", str(_free_port()))
+    monkeypatch.delenv("MONGO_URL", raising=False)
+    assert main(["devices", "list"]) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "no `iot-telemetry local` answers" in err
+    assert "MONGO_URL" in err
+
+
+def test_devices_with_an_unreachable_store_fail_in_one_line(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setenv("MONGO_URL", f"mongodb://127.0.0.1:{_free_port()}")
+    monkeypatch.setenv("MONGO_TIMEOUT_MS", "300")
+    assert main(["devices", "list"]) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("error: the store at MONGO_URL=")
+    assert "Traceback" not in err and "(is it running?)" in err
+
+
+def test_registered_local_run_registers_the_simulated_devices() -> None:
+    proc = _local("--devices", "2", "--rate", "20", *_any_ports(),
+                  env={"INGEST_AUTH": "registered"})
+    try:
+        assert proc.stdout is not None
+        lines = [proc.stdout.readline() for _ in range(3)]
+        query = lines[2].split()[1]
+        deadline = time.monotonic() + 60
+        seen: list[str] = []
+        while len(seen) < 2 and time.monotonic() < deadline:
+            time.sleep(0.2)
+            with urllib.request.urlopen(query + "devices", timeout=10) as response:
+                devices = json.loads(response.read())["devices"]
+            seen = [d["id"] for d in devices if d.get("last_seen")]
+        assert sorted(seen) == ["sim-0001", "sim-0002"]
+    finally:
+        proc.terminate()
+        _out, err = proc.communicate(timeout=30)
+    assert "rejected 0" in err.splitlines()[-1], err
