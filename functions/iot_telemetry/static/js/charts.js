@@ -1,7 +1,7 @@
 // One chart per metric: the average of each bucket as a line over a band from its min to max.
 // Drawn with uPlot (static/vendor/uplot, loaded by the page as the global `uPlot`).
 
-import { el, full, number } from "./format.js";
+import { count, el, full, number, quantity, unitSymbol } from "./format.js";
 
 export const STEP_SECONDS = { "1m": 60, "1h": 3600, "1d": 86400 };
 const STEP_NAMES = { "1m": "1 minute", "1h": "1 hour", "1d": "1 day" };
@@ -57,8 +57,9 @@ function summary(buckets) {
 }
 
 export class MetricChart {
-  constructor(metric) {
+  constructor(metric, unit = "") {
     this.metric = metric;
+    this.unit = unit; // from the device registry, "" when unknown
     this.plot = null;
     this.series = null;
     this.zoomed = false;
@@ -71,7 +72,8 @@ export class MetricChart {
       el("summary", { text: `${metric} as a table` }), this.table);
     this.details.addEventListener("toggle", () => this.renderTable());
     this.figure = el("figure", { class: "chart", "data-metric": metric },
-      el("figcaption", {}, el("h3", { text: metric }), this.meta), this.area, this.empty,
+      el("figcaption", {}, el("h3", { text: unit ? `${metric} (${unitSymbol(unit)})` : metric }),
+        this.meta), this.area, this.empty,
       this.details);
     this.resizer = new ResizeObserver(() => this.fit());
     this.resizer.observe(this.figure);
@@ -145,14 +147,15 @@ export class MetricChart {
     });
     const stats = summary(series.buckets);
     const step = STEP_NAMES[series.step] || series.step;
+    const q = (v) => quantity(v, this.unit);
     this.meta.textContent = stats
-      ? `${drawn} buckets of ${step} · average ${number(stats.avg)} · lowest ${number(stats.min)} · `
-        + `highest ${number(stats.max)} · drag to zoom, double-click to reset`
+      ? `${count(drawn, "bucket")} of ${step} · average ${q(stats.avg)} · lowest ${q(stats.min)} · `
+        + `highest ${q(stats.max)} · drag to zoom, double-click to reset`
       : `No readings in this range (step ${step}).`;
     this.area.setAttribute("aria-label", stats
       ? `${this.metric} from ${full(new Date(from * 1000))} to ${full(new Date(to * 1000))}: `
-        + `${drawn} buckets of ${step}, average ${number(stats.avg)}, lowest ${number(stats.min)}, `
-        + `highest ${number(stats.max)}`
+        + `${count(drawn, "bucket")} of ${step}, average ${q(stats.avg)}, lowest ${q(stats.min)}, `
+        + `highest ${q(stats.max)}`
       : `${this.metric}: no readings in this range`);
     this.empty.hidden = true;
     this.area.hidden = false;
