@@ -212,8 +212,10 @@ main() {
     skeleton "$fn" > "$WORK/$fn.skeleton.yaml"
     if [ -n "$DRY_RUN_DIR" ]; then
       rm -f "$DRY_RUN_DIR/$fn.yaml"
+      # kn would say "Service '$fn' created": nothing is created, the file is only written.
       "$kn" service create "$fn" --filename "$WORK/$fn.skeleton.yaml" "${FLAGS[@]}" \
-        --target "$DRY_RUN_DIR/$fn.yaml" >&2
+        --target "$DRY_RUN_DIR/$fn.yaml" >/dev/null
+      log "rendered Service $fn -> $DRY_RUN_DIR/$fn.yaml"
     else
       log "kn service apply $fn"
       "$kn" service apply "$fn" --filename "$WORK/$fn.skeleton.yaml" "${FLAGS[@]}"

@@ -3,16 +3,24 @@
 from __future__ import annotations
 
 import argparse
+import errno
 import os
 import signal
+import socket
 import sys
 import threading
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from iot_telemetry.settings import ConfigError, Settings
 
-from .layout import EVENTING_DIR, PORTS
+from .layout import BROKER_PORT, EVENTING_DIR, PORTS
+
+# Every port of the local run: (flag, environment twin, default). 0 = any free port.
+PORT_OPTIONS: dict[str, tuple[str, str, int]] = {
+    name: (f"--{name}-port", f"IOT_{name.upper()}_PORT", port)
+    for name, port in {**PORTS, "broker": BROKER_PORT}.items()
+}
 
 
 def settings_table() -> str:
@@ -26,11 +34,15 @@ def _banner(mode: str, urls: dict[str, str], simulator: bool, extra: str) -> str
     lines = [f"iot-telemetry local ({mode})", *[f"  {name:<10}{u}" for name, u in urls.items()],
              extra]
     q = urls["query"]
-    lines += ["", "Look at:", f"  {q}  (the dashboard)", f"  {q}devices", f"  {q}alerts?state=open",
-              f"  {q}devices/sim-0001/series?metric=temperature&step=1m", f"  {q}openapi.json",
-              f"  {urls['ingest']}metrics"]
+    lines += ["", "Look at:", f"  {q}  (the dashboard)", f"  {q}devices", f"  {q}alerts?state=open"]
+    if simulator:
+        lines.append(f"  {q}devices/sim-0001/series?metric=temperature&step=1m")
+    lines += [f"  {q}openapi.json", f"  {urls['ingest']}metrics", ""]
     if simulator:
         lines.append("A device simulator is posting to ingest; stop everything with Ctrl-C.")
+    else:
+        lines.append(f"No simulator: post readings to {urls['ingest']} (README, Event format); "
+                     "stop with Ctrl-C.")
     return "\n".join(lines)
 
 
@@ -45,18 +57,89 @@ def _simulator_args(parser: argparse.ArgumentParser) -> None:
                        help="stop the simulator after this many seconds (0 = never)")
 
 
+def _port_args(parser: argparse.ArgumentParser, environ: Mapping[str, str]) -> None:
+    group = parser.add_argument_group("ports (0 = any free port)")
+    for name, (flag, variable, default) in PORT_OPTIONS.items():
+        raw = environ.get(variable, "")
+        try:
+            value = int(raw) if raw else default
+        except ValueError:
+            parser.error(f"{variable}: {raw!r} is not a port number")
+        group.add_argument(flag, type=int, default=value, dest=f"{name}_port", metavar="PORT",
+                           help=f"{name} port (env {variable}, default {default})")
+
+
+def _claim_ports(args: argparse.Namespace) -> dict[str, int] | str:
+    """Each port of the run, 0 replaced by a free one; or why one cannot be had."""
+    ports = {}
+    for name, (flag, variable, _default) in PORT_OPTIONS.items():
+        port = getattr(args, f"{name}_port")
+        with socket.socket() as probe:
+            try:
+                probe.bind(("127.0.0.1", port))
+            except OverflowError:
+                return f"{flag} {port}: not a port number (0-65535)"
+            except OSError as exc:
+                if exc.errno != errno.EADDRINUSE:
+                    return f"{flag} {port}: {exc.strerror}"
+                return (f"port {port} ({name}) is already in use, perhaps by another "
+                        f"`iot-telemetry local`: stop it, or choose another port with {flag} "
+                        f"or {variable} (0 = any free port)")
+            ports[name] = probe.getsockname()[1]
+    return ports
+
+
+def _stop_on_signals(stop: threading.Event) -> None:
+    """Ctrl-C and SIGTERM stop the run, even in a background job (started with SIGINT ignored)."""
+    def request_stop(signum: int, _frame: object) -> None:
+        stop.set()
+        # a second Ctrl-C interrupts whatever the shutdown is waiting for
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, request_stop)
+
+
+def _register_simulated(args: argparse.Namespace, real: bool) -> dict[str, str]:
+    """Register the simulator's devices (INGEST_AUTH=registered); their tokens, by id."""
+    if args.no_simulator:
+        return {}
+    from iot_telemetry.devices import Registry
+    from iot_telemetry.errors import Conflict
+    from iot_telemetry.runtime import get_runtime
+    from iot_telemetry.store import Store
+
+    from .simulator import device_ids
+
+    registry = (Registry(Store(Settings.from_environ(None, {"MONGO_URL": args.mongo})))
+                if real else get_runtime().registry)
+    tokens = {}
+    for device_id in device_ids(args.devices):
+        try:
+            tokens[device_id] = registry.add(device_id, f"simulated {device_id}")
+        except Conflict:  # registered by an earlier run on the same store
+            tokens[device_id] = registry.rotate(device_id)
+    return tokens
+
+
 def _run_local(args: argparse.Namespace) -> int:
     stop = threading.Event()
-    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    _stop_on_signals(stop)
     real = bool(args.kafka or args.mongo)
     if real and not (args.kafka and args.mongo):
         print("real mode needs both --kafka and --mongo", file=sys.stderr)
         return 2
+    ports = _claim_ports(args)
+    if isinstance(ports, str):
+        print(f"iot-telemetry local: {ports}", file=sys.stderr)
+        return 2
+    functions = {f: ports[f] for f in PORTS}
     try:
         if real:
             from .realmode import RealPipeline
 
-            pipeline = RealPipeline(kafka=args.kafka, mongo=args.mongo,
+            pipeline = RealPipeline(kafka=args.kafka, mongo=args.mongo, ports=functions,
+                                    broker_port=ports["broker"],
                                     environ={**os.environ, "LOG_LEVEL": args.log_level},
                                     eventing_dir=Path(args.eventing),
                                     log_dir=Path(args.log_dir) if args.log_dir else None)
@@ -68,6 +151,7 @@ def _run_local(args: argparse.Namespace) -> int:
             from .embedded import EmbeddedPipeline
 
             pipeline = EmbeddedPipeline(  # type: ignore[assignment]
+                ports=functions, broker_port=ports["broker"],
                 eventing_dir=Path(args.eventing),
                 environ={**os.environ, "LOG_LEVEL": args.log_level}).start()
             urls = {f: pipeline.url(f) for f in PORTS}
@@ -80,6 +164,17 @@ def _run_local(args: argparse.Namespace) -> int:
         return 2
     extra += (f"\n  access    devices: {access.ingest_auth} (INGEST_AUTH), "
               f"query API: {access.query_auth} (QUERY_AUTH)")
+    tokens: dict[str, str] = {}
+    if access.ingest_auth == "registered":
+        try:
+            tokens = _register_simulated(args, real)
+        except Exception as exc:
+            pipeline.stop()
+            print(f"iot-telemetry local: cannot register the simulated devices: {exc}",
+                  file=sys.stderr)
+            return 1
+        extra += ("\n            register a device: iot-telemetry devices add ID "
+                  "(prints its token)")
     print(_banner("real mode" if real else "embedded", urls, not args.no_simulator, extra),
           flush=True)
     sim: threading.Thread | None = None
@@ -88,7 +183,8 @@ def _run_local(args: argparse.Namespace) -> int:
             from .simulator import SimulatorOptions, simulate
 
             options = SimulatorOptions(url=urls["ingest"], devices=args.devices, rate=args.rate,
-                                       duration=args.duration, anomaly_rate=args.anomaly_rate)
+                                       duration=args.duration, anomaly_rate=args.anomaly_rate,
+                                       tokens=tokens)
             sim = threading.Thread(target=simulate, args=(options, stop), daemon=True)
             sim.start()
         while not stop.wait(0.5):
@@ -103,13 +199,27 @@ def _run_local(args: argparse.Namespace) -> int:
 
 
 def _devices(args: argparse.Namespace) -> int:
+    from pymongo.errors import PyMongoError
+
     from iot_telemetry.devices import Registry
     from iot_telemetry.errors import TelemetryError
     from iot_telemetry.store import Store
 
+    from .registry_endpoint import LocalRunUnreachable, RemoteRegistry
+
+    registry: Registry | RemoteRegistry
+    target = ""
     try:
-        settings = Settings.from_environ()
-        registry = Registry(Store(settings))
+        if os.environ.get("MONGO_URL"):
+            # Fail in seconds, not the functions' default, when nothing listens.
+            settings = Settings.from_environ(None, {
+                "MONGO_TIMEOUT_MS": os.environ.get("MONGO_TIMEOUT_MS") or "2000"})
+            target = f"the store at MONGO_URL={settings.mongo_url}"
+            registry = Registry(Store(settings))
+        else:
+            port = os.environ.get(PORT_OPTIONS["query"][1]) or str(PORTS["query"])
+            target = f"127.0.0.1:{port}"
+            registry = RemoteRegistry(f"http://{target}/")
         if args.action == "add":
             units = dict(u.split("=", 1) for u in args.unit if "=" in u)
             metadata = {k: v for k, v in (("location", args.location), ("units", units)) if v}
@@ -126,7 +236,19 @@ def _devices(args: argparse.Namespace) -> int:
         else:
             registry.set_enabled(args.device_id, args.action == "enable")
             print(f"{args.device_id} {args.action}d")
-    except (ConfigError, TelemetryError) as exc:
+    except LocalRunUnreachable as exc:
+        print(f"error: no `iot-telemetry local` answers on {target} ({exc}): start one "
+              "(INGEST_AUTH=registered iot-telemetry local), set IOT_QUERY_PORT to its query "
+              "port, or set MONGO_URL to manage the devices of a MongoDB store", file=sys.stderr)
+        return 1
+    except (PyMongoError, TelemetryError) as exc:
+        # pymongo's own text goes on with its topology description: keep the first clause
+        reason = str(exc).split(" (configured timeouts", 1)[0].split(", Timeout:", 1)[0]
+        print(f"error: {target}: {reason}"
+              + (" (is it running?)" if "unreachable" in reason or "refused" in reason else ""),
+              file=sys.stderr)
+        return 1
+    except ConfigError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
     return 0
@@ -149,12 +271,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     local.add_argument("--log-level", default=os.environ.get("LOG_LEVEL", "WARNING"),
                        help="log level of the functions (env LOG_LEVEL; WARNING here so the "
                             "simulator's progress line stays readable)")
+    _port_args(local, os.environ)
     _simulator_args(local)
     sub.add_parser("simulate", help="run the device simulator against an ingest URL",
                    add_help=False)
     sub.add_parser("settings", help="print every configuration variable as a Markdown table")
     devices = sub.add_parser(
-        "devices", help="manage the device registry in the configured store (MONGO_URL)")
+        "devices", help="manage the device registry: of the running `iot-telemetry local`, "
+                        "or with MONGO_URL set, of that store",
+        description="Without MONGO_URL: the registry of the embedded `iot-telemetry local` "
+                    "running on this machine (its query port, IOT_QUERY_PORT, default 8002). "
+                    "With MONGO_URL (and MONGO_DB): the devices collection of that store.")
     dsub = devices.add_subparsers(dest="action", required=True)
     add = dsub.add_parser("add", help="register a device and print its token (shown once)")
     add.add_argument("device_id")

@@ -13,13 +13,14 @@ from functions_framework import create_app
 from werkzeug.serving import BaseWSGIServer, make_server
 
 from iot_telemetry import publisher, store
-from iot_telemetry.runtime import Runtime, set_runtime
+from iot_telemetry.runtime import Runtime, get_runtime, set_runtime
 from iot_telemetry.settings import MEMORY_URL, Settings
 
 from .delivery import QuietHandler
 from .eventing import load_eventing
 from .layout import BROKER_PORT, EVENTING_DIR, FUNCTIONS, PORTS, source
 from .memory_broker import MemoryBroker
+from .registry_endpoint import with_registry
 
 log = logging.getLogger(__name__)
 
@@ -29,6 +30,7 @@ class EmbeddedPipeline:
     """Runs ingest, query, aggregate and alert on HTTP ports, wired by `eventing/` in memory.
 
     Port 0 picks a free port (tests); the store is mongomock and forgets everything on exit.
+    Its device registry is reachable on the query port (registry_endpoint).
     """
 
     ports: Mapping[str, int] = field(default_factory=lambda: dict(PORTS))
@@ -49,6 +51,8 @@ class EmbeddedPipeline:
         set_runtime(Runtime(Settings.from_environ(self.environ, overrides)))
         for function in FUNCTIONS:
             app = create_app(function, str(source(function)), "http")  # type: ignore[no-untyped-call]
+            if function == "query":
+                app = with_registry(app, lambda: get_runtime().registry)
             server = make_server(self.host, self.ports[function], app, threaded=True,
                                  request_handler=QuietHandler)
             self.servers[function] = server

@@ -60,15 +60,21 @@ class RealPipeline:
         self.log_dir.mkdir(parents=True, exist_ok=True)
         return os.open(self.log_dir / f"{name}.log", os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
 
+    def _spawn(self, name: str, cmd: list[str]) -> None:
+        """Start a child in a session of its own that dies with this process."""
+        lifeline = [sys.executable, "-m", "iot_telemetry.local.lifeline", str(os.getpid())]
+        out = self._output(name)
+        self.processes[name] = subprocess.Popen(
+            [*lifeline, *cmd], env=self._env(name if name != "dispatcher" else None),
+            stdout=out, stderr=out, start_new_session=True)
+        if out is not None:
+            os.close(out)
+
     def start_function(self, function: str) -> None:
         cmd = [sys.executable, "-m", "functions_framework", "--target", function,
                "--source", str(source(function)), "--signature-type", "http",
                "--host", self.host, "--port", str(self.ports[function])]
-        out = self._output(function)
-        self.processes[function] = subprocess.Popen(
-            cmd, env=self._env(function), stdout=out, stderr=out, start_new_session=True)
-        if out is not None:
-            os.close(out)
+        self._spawn(function, cmd)
 
     def start_dispatcher(self) -> None:
         cmd = [sys.executable, "-m", "iot_telemetry.local.dispatcher",
@@ -76,11 +82,7 @@ class RealPipeline:
                "--ingress-port", str(self.broker_port),
                "--subscriber", f"aggregate={self.url('aggregate')}",
                "--subscriber", f"alert={self.url('alert')}", *self.dispatcher_args]
-        out = self._output("dispatcher")
-        self.processes["dispatcher"] = subprocess.Popen(
-            cmd, env=self._env(), stdout=out, stderr=out, start_new_session=True)
-        if out is not None:
-            os.close(out)
+        self._spawn("dispatcher", cmd)
 
     def start(self, timeout: float = 60.0) -> RealPipeline:
         for function in FUNCTIONS:

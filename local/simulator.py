@@ -54,6 +54,9 @@ REQUEST_TIMEOUT: Final = 30.0
 MAX_SAMPLES: Final = 1000
 MAX_ERROR_KEYS: Final = 50
 ABANDONED: Final = "abandoned at stop"
+# Progress redraws in place on a terminal; into a file or pipe it is one line this often.
+LIVE_INTERVAL: Final = 0.5
+LOG_INTERVAL: Final = 5.0
 USER_AGENT: Final = "iot-telemetry-simulator/1"
 
 
@@ -74,10 +77,12 @@ class SimulatorOptions:
     disorder: float = 0.0  # chance an event's time is shifted back 1-120 s (late reading)
     seed: int | None = None
     concurrency: int = 2  # worker threads posting
-    progress: bool = True  # status line on stderr, refreshed ~2x/s, then a summary line
+    progress: bool = True  # status on stderr (redrawn ~2x/s on a terminal, else a line per 5 s)
     record: str | None = None  # JSON-lines file of every accepted event
     start_time: datetime | None = None  # simulated clock start (default now)
     token: str | None = None  # sent as Authorization: Bearer
+    # Per-device tokens (INGEST_AUTH=registered); a device not in it sends `token`.
+    tokens: Mapping[str, str] | None = None
 
     def __post_init__(self) -> None:
         problems = []
@@ -181,6 +186,12 @@ class Device:
         if buffered:
             data["samples"] = buffered
         return data
+
+
+def device_ids(count: int) -> list[str]:
+    """The ids of a simulated fleet: sim-0001, sim-0002, ..."""
+    width = max(4, len(str(count)))
+    return [f"sim-{n:0{width}d}" for n in range(1, count + 1)]
 
 
 def _rng(seed: int | None, name: str) -> random.Random:
@@ -341,12 +352,12 @@ class _Run:
         self.started = time.monotonic()
         self.output_lock = threading.Lock()
         self.status_width = 0
+        # A `\r` redraw only makes sense on a terminal: in a log file it makes one endless line.
+        self.live = sys.stderr.isatty()
         seed = options.seed
         self.rng = _rng(seed, "fleet")
-        width = max(4, len(str(options.devices)))
         self.devices = []
-        for n in range(1, options.devices + 1):
-            device_id = f"sim-{n:0{width}d}"
+        for device_id in device_ids(options.devices):
             rng = _rng(seed, device_id)
             worker = zlib.crc32(device_id.encode()) % options.concurrency
             self.devices.append(Device(device_id, rng, worker))
@@ -359,6 +370,10 @@ class _Run:
     def say(self, message: str, status: bool = False) -> None:
         """Write to stderr; a status line is redrawn in place, other lines go above it."""
         with self.output_lock:
+            if not self.live:
+                sys.stderr.write(message + "\n")
+                sys.stderr.flush()
+                return
             pad = " " * max(0, self.status_width - len(message))
             sys.stderr.write(f"\r{message}{pad}" + ("" if status else "\n"))
             sys.stderr.flush()
@@ -417,7 +432,7 @@ class _Run:
                     self.abort.set()
 
     def _report(self, finished: threading.Event) -> None:
-        while not finished.wait(0.5):
+        while not finished.wait(LIVE_INTERVAL if self.live else LOG_INTERVAL):
             self.say(format_status(self.stats.snapshot(self.elapsed()), self.options.url), True)
 
     def _generate(self) -> None:
@@ -520,7 +535,10 @@ class _Worker(threading.Thread):
         return events
 
     def _deliver(self, events: list[_Event]) -> None:
-        headers, body = _encode(self.options.mode, events, self.options.token)
+        token = self.options.token
+        if self.options.tokens:
+            token = self.options.tokens.get(events[0].attributes["subject"], token)
+        headers, body = _encode(self.options.mode, events, token)
         outcome = self._send(headers, body)
         if outcome is None:
             self.stats.abandoned(len(events))

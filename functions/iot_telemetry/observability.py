@@ -6,10 +6,19 @@ import json
 import logging
 import sys
 import time
+from collections.abc import Iterable
 from datetime import UTC, datetime
 from typing import Any, Final
 
-from prometheus_client import CONTENT_TYPE_LATEST, Counter, Histogram, generate_latest
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    REGISTRY,
+    CollectorRegistry,
+    Counter,
+    Histogram,
+    generate_latest,
+)
+from prometheus_client.metrics_core import Metric
 
 LATENCY_BUCKETS: Final = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
 
@@ -43,8 +52,42 @@ DEPENDENCY_ERRORS = Counter(
     "iot_dependency_errors_total", "Kafka or store failures answered with 503", ["function"])
 
 
-def metrics_body() -> tuple[bytes, str]:
-    return generate_latest(), CONTENT_TYPE_LATEST
+# The function each metric family belongs to; families with a `function` label show that
+# function's samples only; any other family (process, Python) shows everywhere.
+OWNERS: Final = {
+    "iot_events_accepted": "ingest", "iot_points_accepted": "ingest",
+    "iot_events_rejected": "ingest", "iot_points_aggregated": "aggregate",
+    "iot_alert_transitions": "alert", "iot_alerts_acknowledged": "query",
+    "iot_query_seconds": "query", "iot_aggregate_batch_events": "aggregate",
+}
+
+
+class _FunctionView(CollectorRegistry):
+    """The process registry as one function sees it.
+
+    The local run serves all four functions from one process, so every family is
+    registered there; a port's /metrics must still describe only its own function.
+    """
+
+    def __init__(self, function: str) -> None:
+        super().__init__(auto_describe=False)
+        self.function = function
+
+    def collect(self) -> Iterable[Metric]:
+        for family in REGISTRY.collect():
+            owner = OWNERS.get(family.name)
+            if owner is not None and owner != self.function:
+                continue
+            if any("function" in s.labels for s in family.samples):
+                own = [s for s in family.samples if s.labels.get("function") == self.function]
+                family.samples[:] = own
+            yield family
+
+
+def metrics_body(function: str | None = None) -> tuple[bytes, str]:
+    """Prometheus text of the process, or of one function's metrics."""
+    registry = REGISTRY if function is None else _FunctionView(function)
+    return generate_latest(registry), CONTENT_TYPE_LATEST
 
 
 class JsonFormatter(logging.Formatter):

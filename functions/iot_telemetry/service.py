@@ -60,7 +60,7 @@ def serve(function: str, request: flask.Request, handle: Handler,
         ok = all(checks.values())
         return json_response({"ready": ok, "checks": checks}, 200 if ok else 503)
     if path == "/metrics":
-        body, ctype = metrics_body()
+        body, ctype = metrics_body(function)
         return flask.Response(body, mimetype=ctype.split(";")[0], content_type=ctype)
     timer = Timer()
     try:

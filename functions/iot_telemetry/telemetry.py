@@ -190,7 +190,7 @@ class _Check:
             return None
         if self.limits is not None:
             if parsed < self.now - self.limits.max_age:
-                self.fail(path, f"{value} is older than {self.limits.max_age} before now")
+                self.fail(path, f"{value} is older than {_span(self.limits.max_age)}")
                 return None
             if parsed > self.now + self.limits.max_future:
                 self.fail(path, f"{value} is more than {self.limits.max_future} in the future")
@@ -299,3 +299,13 @@ def validate_all(raws: Sequence[RawEvent], now: datetime, limits: Limits | None)
     if problems:
         raise BadRequest(problems)
     return events
+
+
+def _span(delta: timedelta) -> str:
+    """A limit as people say it ("7 days", "1 hour", "90 seconds"), not str(timedelta)."""
+    seconds = int(delta.total_seconds())
+    for unit, size in (("day", 86400), ("hour", 3600), ("minute", 60)):
+        if seconds >= size and seconds % size == 0:
+            n = seconds // size
+            return f"{n} {unit}{'' if n == 1 else 's'}"
+    return f"{seconds} second{'' if seconds == 1 else 's'}"

@@ -425,6 +425,15 @@ def rendered(tools: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     return out
 
 
+def test_dry_run_claims_to_create_nothing(tools: Path, tmp_path: Path) -> None:
+    env = {**os.environ, "KN": str(tools / "kn"), "PATH": f"{tools}:{os.environ['PATH']}"}
+    env.pop("KUBECONFIG", None)
+    done = run(["bash", KNATIVE / "deploy.sh", "--dry-run", tmp_path, "--image", IMAGE], env=env)
+    output = done.stdout + done.stderr
+    assert "created" not in output.lower(), output
+    assert f"rendered Service ingest -> {tmp_path}/ingest.yaml" in output
+
+
 def test_dry_run_renders_every_function_and_validates(tools: Path, rendered: Path) -> None:
     assert sorted(p.name for p in rendered.iterdir()) == sorted(
         [f"{f}.yaml" for f in FUNCTIONS] + ["base.yaml", "eventing.yaml"])

@@ -27,7 +27,7 @@ import urllib.parse
 import urllib.request
 import uuid
 from collections import defaultdict
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -531,6 +531,33 @@ class Harness:
                 if isinstance(entry, dict) and contains in str(entry.get("message", "")):
                     out.append(entry)
         return out
+
+    # waiting for a condition, never for a fixed time ------------------------------------------
+
+    def wait_until(self, what: str, condition: Callable[[], bool], timeout: float = 60.0,
+                   ) -> float:
+        """Poll `condition` until it holds; the seconds it took. Fails naming `what`."""
+        started = time.monotonic()
+        while not condition():
+            if time.monotonic() - started > timeout:
+                raise AssertionError(f"not within {timeout:.0f}s: {what}\n"
+                                     + self.log_tail("dispatcher"))
+            time.sleep(0.1)
+        return time.monotonic() - started
+
+    def retried(self, trigger: str, reason: str = "") -> bool:
+        """Whether the dispatcher has retried a delivery of `trigger` (for `reason`)."""
+        return any(e.get("trigger") == trigger and reason in str(e.get("reason"))
+                   for e in self.log_lines("dispatcher", "delivery failed, retrying"))
+
+    def metric(self, function: str, sample: str) -> float:
+        """The value of one sample (`name{labels}`) on a function's /metrics; 0 if absent."""
+        _status, _headers, body = http("GET", self.url(function) + "metrics")
+        for line in body.decode().splitlines():
+            name, _, value = line.rpartition(" ")
+            if name == sample:
+                return float(value)
+        return 0.0
 
     # driving -------------------------------------------------------------------------------
 

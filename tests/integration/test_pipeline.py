@@ -141,10 +141,15 @@ def test_function_killed_mid_stream_loses_and_doubles_nothing(harness: Harness, 
     harness.pipeline.kill(function, signal.SIGKILL)
     killed = time.monotonic()
     # Deliveries fail meanwhile (connection refused) and are retried with the Trigger's
-    # backoff. Down for 3 s, so that the restart lands well after the kill (on FerretDB 1.x,
-    # which applies update operators as an unlocked read-modify-write, the killed process's
-    # last command still running there could race the restarted one's).
-    time.sleep(3.0)
+    # backoff: down until the dispatcher has had to retry one.
+    harness.wait_until(f"the dispatcher retries a delivery to the killed {function}",
+                       lambda: harness.retried(function))
+    # And down for 3 s, not less: the killed process's last store command may still be
+    # running inside FerretDB, and FerretDB 1.x applies update operators as an unlocked
+    # read-modify-write, so the restarted process updating the same document at that moment
+    # can lose either write (MongoDB itself would serialize them). FerretDB cannot say when
+    # that command is done (its currentOp lists nothing), so this is the one bounded wait.
+    harness.wait_until("3 s since the kill", lambda: time.monotonic() - killed >= 3.0)
     harness.pipeline.restart(function)
     harness.phases["down_s"] = round(time.monotonic() - killed, 1)
     harness.phases["accepted_at_kill"] = EVENTS // 3
@@ -160,6 +165,7 @@ def test_function_killed_mid_stream_loses_and_doubles_nothing(harness: Harness, 
 def test_kafka_restarted_during_ingestion_loses_nothing_accepted(harness: Harness,
                                                                  tmp_path: Path) -> None:
     check_scripts_drive(harness.kafka, harness.mongo)
+    ingest_503 = 'iot_dependency_errors_total{function="ingest"}'
     sent = tmp_path / "sent.jsonl"
     sim = SimRun(harness.sim_options(sent, rate=20.0, events=300))
     restarted = False
@@ -167,8 +173,12 @@ def test_kafka_restarted_during_ingestion_loses_nothing_accepted(harness: Harnes
         sim.wait_accepted(60, timeout=60)
         harness.phases["kafka_stop_s"] = round(service("kafka", "stop"), 1)
         stopped_at = sim.accepted()
-        # ingest answers 503 now (no acknowledgement within KAFKA_SEND_TIMEOUT_SECONDS)
-        time.sleep(5)
+        refused_at_stop = harness.metric("ingest", ingest_503)
+        # ingest answers 503 now (no acknowledgement within KAFKA_SEND_TIMEOUT_SECONDS): the
+        # window watched lasts until a request made with Kafka fully down has been refused
+        harness.phases["503_after_stop_s"] = round(harness.wait_until(
+            "ingest answers 503 while Kafka is down",
+            lambda: harness.metric("ingest", ingest_503) > refused_at_stop), 1)
         accepted_while_down = sim.accepted() - stopped_at
         harness.phases["accepted_while_down"] = accepted_while_down
         harness.phases["kafka_start_s"] = round(service("kafka", "start"), 1)
@@ -196,7 +206,10 @@ def test_store_restarted_during_processing_events_are_retried(harness: Harness,
     try:
         sim.wait_accepted(EVENTS // 3, timeout=60)
         harness.phases["store_stop_s"] = round(service(STORE, "stop"), 1)
-        time.sleep(4)  # aggregate and alert answer 503 meanwhile; the dispatcher retries
+        # aggregate and alert answer 503 meanwhile; the dispatcher retries
+        harness.phases["both_503_s"] = round(harness.wait_until(
+            "the dispatcher retries deliveries answered 503 by aggregate and by alert",
+            lambda: all(harness.retried(t, "answered 503") for t in ("aggregate", "alert"))), 1)
         harness.phases["store_start_s"] = round(service(STORE, "start"), 1)
         restarted = True
     finally:

@@ -105,6 +105,14 @@ def test_attribute_rules(apps, sink, change, problem) -> None:
     assert sink.records == []
 
 
+def test_age_limit_is_said_in_days(apps, sink) -> None:
+    attributes, data = now_event()
+    attributes["time"] = old = iso(datetime.now(UTC) - timedelta(days=8))
+    response = apps.ingest.post("/", data=json.dumps({**attributes, "data": data}),
+                                headers={"Content-Type": events.STRUCTURED})
+    assert response.get_json()["problems"] == [f"time: {old} is older than 7 days"]
+
+
 @pytest.mark.parametrize("body", [
     b'{"metrics": {"temperature": NaN}}',
     b'{"metrics": {"temperature": Infinity}}',

@@ -81,3 +81,27 @@ def test_every_alert_transition_of_one_event_reaches_the_alerts_topic(pipeline) 
                  pipeline.broker.sink_records("iot-alerts")}
     assert published == {"sink-1:temperature-high:1/raised",
                          "sink-1:temperature-critical:1/raised"}
+
+
+def text(url: str) -> str:
+    import urllib.request
+
+    with urllib.request.urlopen(url, timeout=10) as response:
+        return response.read().decode()
+
+
+def test_each_port_shows_its_own_functions_metrics(pipeline) -> None:
+    result = simulate(SimulatorOptions(url=pipeline.url("ingest"), devices=2, rate=0, events=5,
+                                       progress=False))
+    assert result.accepted_events == 5
+    assert pipeline.wait_idle(60)
+    ingest = text(pipeline.url("ingest") + "metrics")
+    aggregate = text(pipeline.url("aggregate") + "metrics")
+    query = text(pipeline.url("query") + "metrics")
+    assert "iot_events_accepted_total{" in ingest and "iot_points_aggregated" not in ingest
+    assert 'iot_processing_seconds_count{function="ingest"}' in ingest
+    assert 'function="aggregate"' not in ingest
+    assert "iot_points_aggregated_total" in aggregate and "iot_events_accepted" not in aggregate
+    assert 'iot_events_processed_total{function="aggregate",outcome="applied"}' in aggregate
+    assert 'function="alert"' not in aggregate and 'function="ingest"' not in aggregate
+    assert "iot_query_seconds" in query and "iot_events_accepted" not in query

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import io
 import json
 import random
 import re
 import socket
+import sys
 import threading
 import time
 from collections import Counter
@@ -22,6 +24,7 @@ from werkzeug.serving import WSGIRequestHandler, make_server
 from werkzeug.wrappers import Request, Response
 
 from iot_telemetry.events import BATCH, JSON, STRUCTURED, RawEvent, read_http
+from iot_telemetry.local import simulator
 from iot_telemetry.local.simulator import (
     Device,
     SimulationResult,
@@ -402,6 +405,38 @@ def test_progress_line_and_summary_go_to_stderr(
     assert re.search(r"sim +\d+\.\ds  events 3 \([\d.]+/s\)  points \d+  rejected 0  retries 0"
                      rf"  → {re.escape(stub.url)}", err)
     assert err.endswith("\n")
+
+
+def test_progress_into_a_file_is_one_line_every_few_seconds(
+    ingest: Callable[..., IngestStub], capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(simulator, "LOG_INTERVAL", 0.05)
+    stub = ingest()
+    run(stub.url, rate=20, duration=1.0, progress=True)
+
+    err = capsys.readouterr().err
+    assert "\r" not in err
+    lines = err.splitlines()
+    assert len([line for line in lines if "(requests" not in line]) >= 2, err
+    assert "(requests" in lines[-1]
+
+
+class _Terminal(io.StringIO):
+    def isatty(self) -> bool:
+        return True
+
+
+def test_progress_on_a_terminal_is_redrawn_in_place(
+    ingest: Callable[..., IngestStub], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    terminal = _Terminal()
+    monkeypatch.setattr(sys, "stderr", terminal)
+    stub = ingest()
+    run(stub.url, rate=20, duration=1.0, progress=True)
+
+    out = terminal.getvalue()
+    assert out.count("\r") >= 2 and out.count("\n") == 1
 
 
 def test_device_readings_are_realistic_and_anomalies_clear() -> None:

@@ -3,7 +3,7 @@
 // dashed), and the periods the device's alerts on it were open shaded behind.
 // Drawn with uPlot (static/vendor/uplot, loaded by the page as the global `uPlot`).
 
-import { el, full, number } from "./format.js";
+import { count, el, full, number, quantity, unitSymbol } from "./format.js";
 
 export const STEP_SECONDS = { "1m": 60, "1h": 3600, "1d": 86400 };
 const STEP_NAMES = { "1m": "1 minute", "1h": "1 hour", "1d": "1 day" };
@@ -77,8 +77,9 @@ export function openPeriods(alerts, metric, start, end) {
 }
 
 export class MetricChart {
-  constructor(metric, { onDownload } = {}) {
+  constructor(metric, { onDownload, unit = "" } = {}) {
     this.metric = metric;
+    this.unit = unit; // from the device registry, "" when unknown
     this.plot = null;
     this.series = null;
     this.rules = [];
@@ -100,8 +101,9 @@ export class MetricChart {
       onclick: () => onDownload && onDownload(this),
     }, "Download CSV");
     this.figure = el("figure", { class: "chart", "data-metric": metric },
-      el("figcaption", {}, el("div", { class: "chart-title" }, el("h3", { text: metric }),
-        this.download), this.meta), this.area, this.key, this.empty, this.details);
+      el("figcaption", {}, el("div", { class: "chart-title" },
+        el("h3", { text: unit ? `${metric} (${unitSymbol(unit)})` : metric }), this.download),
+        this.meta), this.area, this.key, this.empty, this.details);
     this.resizer = new ResizeObserver(() => this.fit());
     this.resizer.observe(this.figure);
   }
@@ -276,14 +278,15 @@ export class MetricChart {
     });
     const stats = summary(series.buckets);
     const step = STEP_NAMES[series.step] || series.step;
+    const q = (v) => quantity(v, this.unit);
     this.meta.textContent = stats
-      ? `${drawn} buckets of ${step} · average ${number(stats.avg)} · lowest ${number(stats.min)} · `
-        + `highest ${number(stats.max)} · drag to zoom, double-click to reset`
+      ? `${count(drawn, "bucket")} of ${step} · average ${q(stats.avg)} · lowest ${q(stats.min)} · `
+        + `highest ${q(stats.max)} · drag to zoom, double-click to reset`
       : `No readings in this range (step ${step}).`;
     this.area.setAttribute("aria-label", stats
       ? `${this.metric} from ${full(new Date(from * 1000))} to ${full(new Date(to * 1000))}: `
-        + `${drawn} buckets of ${step}, average ${number(stats.avg)}, lowest ${number(stats.min)}, `
-        + `highest ${number(stats.max)}`
+        + `${count(drawn, "bucket")} of ${step}, average ${q(stats.avg)}, lowest ${q(stats.min)}, `
+        + `highest ${q(stats.max)}`
       : `${this.metric}: no readings in this range`);
     this.empty.hidden = true;
     this.area.hidden = false;

@@ -3,16 +3,32 @@
 import * as api from "./api.js";
 import { MetricChart } from "./charts.js";
 import { status } from "./fleet.js";
-import { at, el, full, keepFocus, number, say, when } from "./format.js";
+import { at, el, full, keepFocus, quantity, say, when } from "./format.js";
 
 const $ = (id) => document.getElementById(id);
 
 export const RANGES = {
+  "5m": { label: "Last 5 minutes", ms: 300e3 },
+  "15m": { label: "Last 15 minutes", ms: 900e3 },
   "1h": { label: "Last hour", ms: 3600e3 },
   "1d": { label: "Last day", ms: 86400e3 },
   "1w": { label: "Last week", ms: 7 * 86400e3 },
 };
 const STEP_NAMES = { "1m": "1 minute", "1h": "1 hour", "1d": "1 day" };
+const DEFAULT_RANGE = "1h";
+
+/** With no range chosen: the shortest of 5 min, 15 min and an hour that holds every reading
+ * of the device, so a device that began reporting a minute ago is not a sliver at the edge. */
+export function fittingRange(firstSeen, now = Date.now()) {
+  const age = now - Date.parse(firstSeen);
+  if (Number.isNaN(age)) return DEFAULT_RANGE;
+  return ["5m", "15m"].find((r) => age <= RANGES[r].ms * 0.9) || DEFAULT_RANGE;
+}
+
+function unitsOf(device) {
+  const units = device && device.metadata && device.metadata.units;
+  return units && typeof units === "object" ? units : {};
+}
 
 /** "2026-11-26T10:00" (local time, as a datetime-local input holds it) for an ISO time. */
 function localInput(iso) {
@@ -60,7 +76,7 @@ export class DeviceView {
   link(params) {
     const query = new URLSearchParams(Object.entries(params).filter(([, v]) => v));
     const text = query.toString();
-    return `#/devices/${encodeURIComponent(this.id)}${text && text !== "range=1h" ? `?${text}` : ""}`;
+    return `#/devices/${encodeURIComponent(this.id)}${text ? `?${text}` : ""}`;
   }
 
   title() {
@@ -77,9 +93,11 @@ export class DeviceView {
       $("device-status").replaceChildren();
     }
     this.id = id;
-    const range = query.get("range") || "1h";
+    const range = query.get("range") || "";
+    // No range in the link: chosen from the device's data once it is known (refresh).
+    this.fitting = !(range === "custom" || RANGES[range]);
     this.params = {
-      range: range === "custom" || RANGES[range] ? range : "1h",
+      range: this.fitting ? DEFAULT_RANGE : range,
       from: query.get("from") || "",
       to: query.get("to") || "",
       step: query.get("step") || "",
@@ -111,6 +129,16 @@ export class DeviceView {
     return { from: new Date(Date.now() - RANGES[range].ms).toISOString() };
   }
 
+  /** The start of the device's earliest bucket in the last hour, or null (a device
+   * registered before its first reading has no first_seen). */
+  async earliestReading(metrics) {
+    const answers = await Promise.all(metrics.map((metric) => api.series(this.id, {
+      metric, from: new Date(Date.now() - RANGES[DEFAULT_RANGE].ms).toISOString(),
+    }).catch(() => null)));
+    const times = answers.flatMap((a) => (a ? a.buckets.map((b) => Date.parse(b.t)) : []));
+    return times.length ? new Date(Math.min(...times)).toISOString() : null;
+  }
+
   staleNote() {
     if (!this.device || !this.device.stale) return "";
     return this.device.last_seen
@@ -133,6 +161,14 @@ export class DeviceView {
       return;
     }
     const metrics = Object.keys(device.metrics || {}).sort();
+    if (this.fitting) {
+      // once, on the first answer: afterwards the view stays where it is
+      this.fitting = false;
+      const first = device.first_seen || await this.earliestReading(metrics);
+      if (seq !== this.seq) return;
+      this.params.range = first ? fittingRange(first) : DEFAULT_RANGE;
+      for (const radio of this.form.elements.range) radio.checked = radio.value === this.params.range;
+    }
     const params = this.seriesParams();
     const since = Date.parse(params.from) || Date.now() - RANGES["1h"].ms;
     // Thresholds and alert periods are extras: a chart is still drawn without them.
@@ -150,7 +186,7 @@ export class DeviceView {
     say($("device-message"), "");
     $("device-body").hidden = false;
     keepFocus(this.section, () => this.render(device, metrics));
-    this.renderCharts(answers);
+    this.renderCharts(answers, unitsOf(device));
   }
 
   /** Save what a chart shows (its range and step) as CSV. */
@@ -185,11 +221,11 @@ export class DeviceView {
       }, "see its alerts")));
     $("device-latest").tBodies[0].replaceChildren(...metrics.map((m) => el("tr", { "data-metric": m },
       el("th", { scope: "row", text: m }),
-      el("td", { class: "num", text: number(device.metrics[m].value) }),
+      el("td", { class: "num", text: quantity(device.metrics[m].value, unitsOf(device)[m]) }),
       el("td", {}, when(device.metrics[m].time)))));
   }
 
-  renderCharts(answers) {
+  renderCharts(answers, units = {}) {
     const container = $("charts");
     for (const [metric, chart] of this.charts) {
       if (!answers.some((a) => a.metric === metric)) {
@@ -200,7 +236,8 @@ export class DeviceView {
     let steps = new Set();
     answers.forEach(({ metric }, index) => {
       if (!this.charts.has(metric)) {
-        this.charts.set(metric, new MetricChart(metric, { onDownload: (chart) => this.download(chart) }));
+        this.charts.set(metric, new MetricChart(metric, {
+          onDownload: (chart) => this.download(chart), unit: units[metric] }));
       }
       const figure = this.charts.get(metric).figure;
       // Figures stay in metric order; one already in place is not moved (it may hold focus).

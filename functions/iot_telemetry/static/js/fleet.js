@@ -1,7 +1,7 @@
 // The fleet: every device with its last report, latest metric values and open alerts.
 
 import * as api from "./api.js";
-import { el, full, keepFocus, number, say, when } from "./format.js";
+import { el, full, keepFocus, quantity, say, when } from "./format.js";
 
 const $ = (id) => document.getElementById(id);
 
@@ -160,7 +160,8 @@ export class FleetView {
         const reading = (device.metrics || {})[m];
         return el("td", { class: "num", "data-metric": m },
           reading ? el("span", { title: `measured ${full(new Date(reading.time))}` },
-            number(reading.value)) : el("span", { class: "muted", text: "–" }));
+            quantity(reading.value, ((device.metadata || {}).units || {})[m]))
+            : el("span", { class: "muted", text: "–" }));
       }),
       el("td", { class: "num" }, open
         ? el("a", {

@@ -18,7 +18,15 @@ export function el(tag, attrs = {}, ...children) {
   return node;
 }
 
-const numberFormat = new Intl.NumberFormat(undefined, { maximumFractionDigits: 2 });
+// Two decimals everywhere, so that readings line up and 21.5 does not sit beside 21.53.
+const numberFormat = new Intl.NumberFormat(undefined, {
+  minimumFractionDigits: 2, maximumFractionDigits: 2,
+});
+// How the registry's unit names (`iot-telemetry devices add --unit temperature=celsius`) read.
+const UNIT_SYMBOLS = {
+  celsius: "°C", fahrenheit: "°F", kelvin: "K", percent: "%", pct: "%", volt: "V", volts: "V",
+  pascal: "Pa", hectopascal: "hPa", hpa: "hPa", watt: "W", watts: "W",
+};
 const clockFormat = new Intl.DateTimeFormat(undefined, {
   hour: "2-digit", minute: "2-digit", second: "2-digit", hourCycle: "h23",
 });
@@ -29,6 +37,24 @@ const fullFormat = new Intl.DateTimeFormat(undefined, {
 
 export function number(value) {
   return typeof value === "number" && Number.isFinite(value) ? numberFormat.format(value) : "–";
+}
+
+/** A unit as shown after a number ("°C" for celsius); "" when the registry knows none. */
+export function unitSymbol(unit) {
+  if (typeof unit !== "string" || !unit) return "";
+  return UNIT_SYMBOLS[unit.toLowerCase()] || unit;
+}
+
+/** A number with its unit, if any: "21.50 °C", "40.20 %", "3.00". */
+export function quantity(value, unit) {
+  const text = number(value);
+  const symbol = unitSymbol(unit);
+  return symbol && text !== "–" ? `${text} ${symbol}` : text;
+}
+
+/** "1 bucket", "3 buckets". */
+export function count(n, noun) {
+  return `${n} ${noun}${n === 1 ? "" : "s"}`;
 }
 
 export function clock(date) {

@@ -1,0 +1,227 @@
+"""`iot-telemetry`'s own behaviour: what it prints, how it stops, the ports it takes."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+import uuid
+
+import pytest
+
+from iot_telemetry.local.cli import _banner, main
+
+URLS = {f: f"http://127.0.0.1:{p}/" for f, p in
+        (("ingest", 8001), ("query", 8002), ("aggregate", 8003), ("alert", 8004))}
+
+
+def test_banner_without_simulator_links_no_simulated_device() -> None:
+    text = _banner("embedded", URLS, simulator=False, extra="")
+    assert "sim-0001" not in text
+    assert "post readings to http://127.0.0.1:8001/" in text
+    assert "sim-0001" in _banner("embedded", URLS, simulator=True, extra="")
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _any_ports() -> list[str]:
+    return [arg for name in ("ingest", "query", "aggregate", "alert", "broker")
+            for arg in (f"--{name}-port", "0")]
+
+
+def _local(*args: str, env: dict[str, str] | None = None,
+           ignore_sigint: bool = False) -> subprocess.Popen[str]:
+    command = [sys.executable, "-m", "iot_telemetry.local.cli", "local", *args]
+    if ignore_sigint:
+        # what a shell does to `cmd &`: SIGINT ignored from the start
+        command = ["bash", "-c", 'trap "" INT; exec "$@"', "bash", *command]
+    return subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env={**os.environ, **(env or {})})
+
+
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
+def test_background_local_run_stops_on_signal(signum: int) -> None:
+    proc = _local("--no-simulator", *_any_ports(), ignore_sigint=True)
+    try:
+        assert proc.stdout is not None
+        assert proc.stdout.readline().startswith("iot-telemetry local (embedded)")
+        proc.send_signal(signum)
+        assert proc.wait(timeout=30) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
+
+def test_a_port_in_use_names_its_flag_and_variable() -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        others = [a for n in ("ingest", "aggregate", "alert", "broker")
+                  for a in (f"--{n}-port", "0")]
+        proc = _local("--no-simulator", *others, env={"IOT_QUERY_PORT": str(port)})
+        _out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 2
+    assert err.count("\n") == 1, err
+    assert f"port {port} (query) is already in use" in err
+    assert "--query-port or IOT_QUERY_PORT" in err
+
+
+def test_ports_are_chosen_by_flag_or_variable() -> None:
+    ingest, query = _free_port(), _free_port()
+    ports = [a for n in ("aggregate", "alert", "broker") for a in (f"--{n}-port", "0")]
+    proc = _local("--no-simulator", "--ingest-port", str(ingest), *ports,
+                  env={"IOT_QUERY_PORT": str(query)})
+    try:
+        assert proc.stdout is not None
+        banner = [proc.stdout.readline() for _ in range(3)]
+        assert banner[1].split() == ["ingest", f"http://127.0.0.1:{ingest}/"]
+        assert banner[2].split() == ["query", f"http://127.0.0.1:{query}/"]
+    finally:
+        proc.terminate()
+        assert proc.wait(timeout=30) == 0
+
+
+_REAL_MODE_PARENT = """
+import sys, time
+from iot_telemetry.local.realmode import RealPipeline
+ports = dict(zip(("ingest", "query", "aggregate", "alert"), map(int, sys.argv[1:5])))
+pipeline = RealPipeline(kafka="127.0.0.1:9", mongo="mongodb://127.0.0.1:9", ports=ports,
+                        broker_port=int(sys.argv[5]))
+for function in ("ingest", "query"):
+    pipeline.start_function(function)
+pipeline.wait_healthy(["ingest", "query"], 60)
+pipeline.start_dispatcher()
+print(*(p.pid for p in pipeline.processes.values()), flush=True)
+time.sleep(600)
+"""
+
+
+def _running(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
+
+
+def test_real_mode_children_do_not_outlive_a_killed_parent() -> None:
+    ports = [str(_free_port()) for _ in range(5)]
+    parent = subprocess.Popen([sys.executable, "-c", _REAL_MODE_PARENT, *ports],
+                              stdout=subprocess.PIPE, text=True, start_new_session=True)
+    assert parent.stdout is not None
+    children = [int(pid) for pid in parent.stdout.readline().split()]
+    try:
+        assert len(children) == 3 and all(map(_running, children))
+        parent.kill()
+        parent.wait()
+        deadline = time.monotonic() + 30
+        while any(map(_running, children)) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert not any(map(_running, children)), "a child outlived its killed parent"
+    finally:
+        for pid in children:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(pid, signal.SIGKILL)
+
+
+# ---------------------------------------------------------------- devices of the local run
+
+def _post(url: str, device: str, token: str | None) -> int:
+    headers = {"Content-Type": "application/json", "ce-specversion": "1.0",
+               "ce-type": "iot.telemetry.v1", "ce-source": f"/devices/{device}",
+               "ce-id": str(uuid.uuid4()), "ce-subject": device}
+    if token:
+        headers["Authorization"] = f"Bearer {token}"
+    request = urllib.request.Request(url, data=b'{"metrics": {"temperature": 21.5}}',
+                                     headers=headers)
+    try:
+        with urllib.request.urlopen(request, timeout=10) as response:
+            return int(response.status)
+    except urllib.error.HTTPError as exc:
+        return exc.code
+
+
+@pytest.fixture
+def registered_run(monkeypatch: pytest.MonkeyPatch):
+    from iot_telemetry.local.embedded import EmbeddedPipeline
+
+    ports = dict.fromkeys(("ingest", "query", "aggregate", "alert"), 0)
+    with EmbeddedPipeline(ports=ports, broker_port=0,
+                          environ={"LOG_LEVEL": "WARNING", "INGEST_AUTH": "registered"}) as p:
+        monkeypatch.setenv("IOT_QUERY_PORT", str(p.servers["query"].server_port))
+        monkeypatch.delenv("MONGO_URL", raising=False)
+        yield p
+
+
+def test_devices_commands_manage_the_local_runs_registry(
+    registered_run, capsys: pytest.CaptureFixture[str]
+) -> None:
+    ingest = registered_run.url("ingest")
+    assert main(["devices", "add", "dev-42", "--unit", "temperature=celsius"]) == 0
+    token = capsys.readouterr().out.splitlines()[-1]
+    assert _post(ingest, "dev-42", token) == 202
+    assert _post(ingest, "dev-42", None) == 401
+
+    assert main(["devices", "list"]) == 0
+    assert "celsius" in capsys.readouterr().out
+    assert main(["devices", "rotate-token", "dev-42"]) == 0
+    assert _post(ingest, "dev-42", capsys.readouterr().out.splitlines()[-1]) == 202
+    assert main(["devices", "disable", "nope"]) == 1
+    assert capsys.readouterr().err == "error: 127.0.0.1:{}: device 'nope' not found\n".format(
+        registered_run.servers["query"].server_port)
+
+
+def test_devices_without_a_local_run_say_what_to_do(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setenv("IOT_QUERY_PORT", str(_free_port()))
+    monkeypatch.delenv("MONGO_URL", raising=False)
+    assert main(["devices", "list"]) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "no `iot-telemetry local` answers" in err
+    assert "MONGO_URL" in err
+
+
+def test_devices_with_an_unreachable_store_fail_in_one_line(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setenv("MONGO_URL", f"mongodb://127.0.0.1:{_free_port()}")
+    monkeypatch.setenv("MONGO_TIMEOUT_MS", "300")
+    assert main(["devices", "list"]) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("error: the store at MONGO_URL=")
+    assert "Traceback" not in err and "(is it running?)" in err
+
+
+def test_registered_local_run_registers_the_simulated_devices() -> None:
+    proc = _local("--devices", "2", "--rate", "20", *_any_ports(),
+                  env={"INGEST_AUTH": "registered"})
+    try:
+        assert proc.stdout is not None
+        lines = [proc.stdout.readline() for _ in range(3)]
+        query = lines[2].split()[1]
+        deadline = time.monotonic() + 60
+        seen: list[str] = []
+        while len(seen) < 2 and time.monotonic() < deadline:
+            time.sleep(0.2)
+            with urllib.request.urlopen(query + "devices", timeout=10) as response:
+                devices = json.loads(response.read())["devices"]
+            seen = [d["id"] for d in devices if d.get("last_seen")]
+        assert sorted(seen) == ["sim-0001", "sim-0002"]
+    finally:
+        proc.terminate()
+        _out, err = proc.communicate(timeout=30)
+    assert "rejected 0" in err.splitlines()[-1], err
