@@ -4,6 +4,7 @@ property test of every field under redelivery, crashes, batching and any arrival
 from __future__ import annotations
 
 import random
+import time
 from collections import defaultdict
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -336,6 +337,7 @@ def test_concurrent_writers_in_threads_share_round_trips(runtime, now) -> None:
 
     def counting(batch):
         calls["n"] += 1
+        time.sleep(0.005)  # a round trip to a real store: the others queue up meanwhile
         return inner(batch)
 
     writer._commit._run = counting  # type: ignore[attr-defined]
