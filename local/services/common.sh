@@ -102,6 +102,20 @@ svc_spawn() {
 
 # ---------------------------------------------------------------- readiness
 
+# The readiness probe of a MongoDB-API server (FerretDB, mongo-java-server): a ping.
+# shellcheck disable=SC2034  # read by the scripts that source this file
+MONGO_PING_PROBE='
+from pymongo import MongoClient
+
+def probe(host, port):
+    c = MongoClient(host, port, serverSelectionTimeoutMS=2000, connectTimeoutMS=2000,
+                    directConnection=True)
+    try:
+        c.admin.command("ping")
+    finally:
+        c.close()
+'
+
 # Wait until the server answers SVC_PY_PROBE (or, without the Python client,
 # svc_probe) while process PID lives; non-zero on timeout or when it exits.
 svc_wait_ready() {

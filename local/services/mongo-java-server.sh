@@ -102,17 +102,7 @@ build_launcher() {
 
 # Ready means it answers a pymongo ping, or, without pymongo, that the port is open.
 SVC_PY_MODULE=pymongo
-SVC_PY_PROBE='
-from pymongo import MongoClient
-
-def probe(host, port):
-    c = MongoClient(host, port, serverSelectionTimeoutMS=2000, connectTimeoutMS=2000,
-                    directConnection=True)
-    try:
-        c.admin.command("ping")
-    finally:
-        c.close()
-'
+SVC_PY_PROBE="$MONGO_PING_PROBE"
 svc_probe() { port_open "$MJS_PORT"; }
 
 # ---------------------------------------------------------------- commands
