@@ -237,7 +237,10 @@ def test_store_killed_during_processing_loses_nothing_acknowledged(harness: Harn
     try:
         sim.wait_accepted(EVENTS // 3, timeout=60)
         kill_store()
-        time.sleep(2)
+        # down until both functions had a delivery refused (503) and retried
+        harness.phases["both_503_s"] = round(harness.wait_until(
+            "the dispatcher retries deliveries answered 503 by aggregate and by alert",
+            lambda: all(harness.retried(t, "answered 503") for t in ("aggregate", "alert"))), 1)
         harness.phases["store_start_s"] = round(service(STORE, "start"), 1)
         restarted = True
     finally:
