@@ -83,8 +83,9 @@ class OfflineRule:
         return self.for_seconds if self.for_seconds is not None else float(default)
 
     def describe(self) -> dict[str, Any]:
-        return {"name": self.name, "metric": None, "condition": OFFLINE,
-                "severity": self.severity, "for_seconds": self.for_seconds}
+        """The rule as ALERT_RULES writes it."""
+        window = {} if self.for_seconds is None else {"for_seconds": self.for_seconds}
+        return {"name": self.name, "condition": OFFLINE, "severity": self.severity, **window}
 
 
 def _number(item: Mapping[str, Any], key: str, where: str, problems: list[str]) -> float | None:
