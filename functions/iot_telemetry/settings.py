@@ -114,7 +114,9 @@ class Settings:
         "QUERY_EXPORT_MAX_ROWS", 10_000,
         "Most alerts one CSV download of /alerts holds (read a page of QUERY_MAX_LIMIT at a time)")
     device_stale_seconds: int = _setting(
-        "DEVICE_STALE_SECONDS", 300, "A device not heard from for this long is reported stale")
+        "DEVICE_STALE_SECONDS", 300,
+        "A device not heard from for this long is reported stale, and gets an offline alert "
+        "from offline rules without `for_seconds`")
 
     @property
     def read_tokens(self) -> tuple[str, ...]:
