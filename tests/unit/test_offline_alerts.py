@@ -170,3 +170,25 @@ def test_a_restarted_alert_keeps_open_offline_alerts_open(offline_apps, sink_ser
     assert report(apps, "other", 0, "o0", function="alert").status_code == 204
     [alert] = alerts(apps, "kept")
     assert alert["state"] == "open" and alert["resolved_reason"] is None
+
+
+def test_a_sweep_reads_in_pages_stops_at_its_bound_and_the_next_goes_on(
+        offline_apps, monkeypatch) -> None:
+    from iot_telemetry import offline
+
+    monkeypatch.setattr(offline, "PAGE_SIZE", 3)
+    monkeypatch.setattr(offline, "MAX_DEVICES", 6)
+    apps = offline_apps
+    # 10 silent devices, four of them with the same last report (ties across a page boundary)
+    seen = datetime.now(UTC) - timedelta(minutes=20)
+    store = get_runtime().store.collection("devices")
+    for i in range(10):
+        store.insert_one({"_id": f"pg-{i}", "last_seen": seen + timedelta(
+            seconds=0 if 2 <= i <= 5 else i)})
+    assert sweep(apps, "tick-1").status_code == 200
+    first = {a["device_id"] for a in apps.query.get("/alerts?limit=100").get_json()["alerts"]}
+    assert len(first) == 6  # the bound of one sweep
+    assert sweep(apps, "tick-2").status_code == 200
+    every = [a["device_id"] for a in apps.query.get("/alerts?limit=100").get_json()["alerts"]]
+    assert sorted(every) == sorted(f"pg-{i}" for i in range(10))  # each once, none missed
+    assert sweep(apps, "tick-3").status_code == 204
