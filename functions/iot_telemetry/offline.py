@@ -16,8 +16,9 @@ telemetry event finds its own effects in the state and answers the same alert ev
 
 Bounded work: a sweep reads, over the `recent` index, only devices whose last report fell
 between where the previous sweeps got to (less LATE_GRACE, for reports aggregate records
-late) and this sweep's cutoff, in pages of PAGE_SIZE and at most MAX_DEVICES; where it
-stopped is kept (`sweep:<rule>` in alert_state) and the next sweep goes on from there.
+late) and this sweep's cutoff, in pages of PAGE_SIZE, at most MAX_DEVICES and MAX_RAISES;
+where it stopped is kept (`sweep:<rule>` in alert_state) and the next sweep goes on from
+there.
 """
 
 from __future__ import annotations
@@ -39,9 +40,15 @@ from .telemetry import TelemetryEvent, parse_time
 log = logging.getLogger(__name__)
 
 #: Devices read per store round trip of a sweep.
-PAGE_SIZE: Final = 500
+PAGE_SIZE: Final = 250
 #: Most devices one sweep examines per rule; the next sweep goes on where it stopped.
 MAX_DEVICES: Final = 20_000
+#: Alerts one sweep raises before it stops after the page at hand (the next tick goes on):
+#: each raise is about 4 store commands and, past the reply, one POST to the Broker, and the
+#: whole sweep must answer well within the Trigger's timeout (PT30S), also when it is
+#: redelivered and answers every one of its alert events again (1000 raises took 11 s on
+#: mongo-java-server).
+MAX_RAISES: Final = 500
 #: How far before the last swept cutoff each sweep looks again: aggregate may record a
 #: report after the sweep that should have seen it (a backlog), and a device whose
 #: last_seen moved into an already swept range must not be missed.
@@ -106,6 +113,8 @@ class OfflineBook:
         return outcome
 
     def _sweep_rule(self, rule: OfflineRule, now: datetime, key: str, outcome: Outcome) -> None:
+        if len(outcome.transitions) >= MAX_RAISES:
+            return  # this tick raised enough: the next one sweeps this rule
         window = rule.window(self.default_window)
         cutoff = now - timedelta(seconds=window)
         states = self.store.collection(ALERT_STATE)
@@ -135,6 +144,8 @@ class OfflineBook:
                 done_at_low = []
             low = last
             done_at_low += [d["_id"] for d in page if _utc(d["last_seen"]) == last]
+            if len(outcome.transitions) >= MAX_RAISES:
+                break
         # Progress only ever saves work: a sweep that starts earlier than it could redoes
         # devices it then finds firing, so racing sweeps need no coordination here.
         update: dict[str, Any] = (

@@ -192,3 +192,21 @@ def test_a_sweep_reads_in_pages_stops_at_its_bound_and_the_next_goes_on(
     every = [a["device_id"] for a in apps.query.get("/alerts?limit=100").get_json()["alerts"]]
     assert sorted(every) == sorted(f"pg-{i}" for i in range(10))  # each once, none missed
     assert sweep(apps, "tick-3").status_code == 204
+
+
+def test_a_sweep_stops_after_its_share_of_raises_and_the_next_goes_on(
+        offline_apps, monkeypatch) -> None:
+    from iot_telemetry import offline
+
+    monkeypatch.setattr(offline, "PAGE_SIZE", 2)
+    monkeypatch.setattr(offline, "MAX_RAISES", 3)
+    apps = offline_apps
+    seen = datetime.now(UTC) - timedelta(minutes=20)
+    store = get_runtime().store.collection("devices")
+    store.insert_many([{"_id": f"mr-{i}", "last_seen": seen + timedelta(seconds=i)}
+                       for i in range(7)])
+    assert sweep(apps, "tick-1").status_code == 200
+    assert len(apps.query.get("/alerts?limit=100").get_json()["alerts"]) == 4  # 2 pages
+    assert sweep(apps, "tick-2").status_code == 200
+    every = [a["device_id"] for a in apps.query.get("/alerts?limit=100").get_json()["alerts"]]
+    assert sorted(every) == [f"mr-{i}" for i in range(7)]
