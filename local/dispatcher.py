@@ -12,6 +12,8 @@
   Replies go back into the Broker topic; dead letters to the topic of the deadLetterSink.
 - An offset is committed only once its record is done: delivered (and its reply written)
   or dead-lettered (and the dead letter written). A crash redelivers, never skips.
+- Each PingSource publishes its event into the Broker topic at each time of its cron
+  schedule (pings.py), like the ingress does with posted events.
 - Partitions are assigned to each consumer directly, not through group membership: run
   one dispatcher per Kafka cluster. A Kafka restart then needs no rebalance; the clients
   reconnect and everything resumes from where it was. Writes (to the Broker topic, replies,
@@ -60,6 +62,7 @@ from .delivery import (
 )
 from .eventing import Eventing, Source, Trigger, load_eventing
 from .layout import BROKER_PORT, EVENTING_DIR
+from .pings import PingPlayer
 
 log = logging.getLogger("iot_telemetry.local.dispatcher")
 
@@ -400,7 +403,8 @@ class Dispatcher:
 
     def __init__(self, eventing: Eventing, bootstrap: Sequence[str],
                  subscribers: Mapping[str, str], *, ingress_port: int | None = BROKER_PORT,
-                 ingress_host: str = "127.0.0.1", naming: Naming | None = None) -> None:
+                 ingress_host: str = "127.0.0.1", naming: Naming | None = None,
+                 clock: Callable[[], float] = time.time) -> None:
         missing = [s for s in eventing.services if s not in subscribers]
         if missing:
             raise ValueError(f"no URL for subscriber service(s) {', '.join(missing)}")
@@ -417,6 +421,7 @@ class Dispatcher:
         self._ingress_host = ingress_host
         self._ingress: IngressServer | None = None
         self._started = False
+        self._pings = PingPlayer(eventing.pings, self._publish, self._stop, clock=clock)
 
     @property
     def broker_topic(self) -> str:
@@ -455,6 +460,7 @@ class Dispatcher:
                 process=self._trigger_process(trigger), stop=self._stop)
         for consumer in self._consumers.values():
             consumer.start()
+        self._pings.start()
 
     def stop(self, timeout: float = 30.0) -> None:
         """Stop consuming: retries waiting are abandoned, done offsets committed, clients closed."""
@@ -465,6 +471,7 @@ class Dispatcher:
         deadline = time.monotonic() + timeout
         for consumer in self._consumers.values():
             consumer.join(max(0.0, deadline - time.monotonic()))
+        self._pings.join(max(0.0, deadline - time.monotonic()))
         for pool in self._pools:
             pool.shutdown(wait=False, cancel_futures=True)
         self._writer.close()

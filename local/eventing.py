@@ -6,9 +6,11 @@ applied to the cluster, so filters, retries, backoff and dead letters cannot dri
 
 from __future__ import annotations
 
+import json
 import re
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from types import MappingProxyType
 from typing import Any, Final, Literal, Protocol
@@ -24,6 +26,10 @@ BROKER_API: Final = "eventing.knative.dev/v1"
 DEFAULT_TIMEOUT_SECONDS: Final = 600.0
 #: The Kafka Broker retries these besides every 5xx (knative/specs data-plane.md).
 RETRIABLE_4XX: Final = frozenset({404, 408, 409, 429})
+#: The type Knative gives every PingSource event (ceOverrides can only add extensions).
+PING_TYPE: Final = "dev.knative.sources.ping"
+#: Time zones the local runner plays PingSource schedules in.
+UTC_ZONES: Final = frozenset({"UTC", "Etc/UTC", "Etc/GMT", "GMT", "Z"})
 
 BackoffPolicy = Literal["exponential", "linear"]
 
@@ -57,6 +63,93 @@ def parse_duration(text: str) -> float:
             "(e.g. PT0.2S, PT30S, PT1M)")
     return sum(float(value.replace(",", ".")) * _UNIT_SECONDS[unit]
                for unit, value in match.groupdict().items() if value is not None)
+
+
+# --- cron schedules -------------------------------------------------------------------------
+
+#: The five fields of a cron schedule and the values each takes (day of week: 0 or 7 = Sunday).
+_CRON_FIELDS: Final = (("minute", 0, 59), ("hour", 0, 23), ("day of month", 1, 31),
+                       ("month", 1, 12), ("day of week", 0, 7))
+_CRON_ITEM: Final = re.compile(r"^(?:(\*)|(\d+)(?:-(\d+))?)(?:/(\d+))?$")
+#: How far ahead a schedule is searched for its next time (a Feb 29 schedule: 4 years).
+_CRON_HORIZON: Final = timedelta(days=4 * 366 + 1)
+
+
+@dataclass(frozen=True)
+class Cron:
+    """A five-field cron schedule in UTC: `*`, `*/N`, `A`, `A-B`, `A-B/N` and comma lists.
+
+    As in cron (and the robfig/cron parser PingSource uses): when both day of month and day
+    of week are restricted, a day matching either one matches.
+    """
+
+    text: str
+    minutes: frozenset[int]
+    hours: frozenset[int]
+    days: frozenset[int]
+    months: frozenset[int]
+    weekdays: frozenset[int]
+    any_day: bool
+    any_weekday: bool
+
+    @classmethod
+    def parse(cls, text: str) -> Cron:
+        """Parse a schedule; ValueError names what the local runner does not play."""
+        parts = text.split() if isinstance(text, str) else []
+        if len(parts) != 5:
+            raise ValueError(f"{text!r}: the local runner plays five-field cron schedules "
+                             "(minute hour day-of-month month day-of-week), no @macros or "
+                             "TZ= prefixes")
+        values = [_cron_field(part, name, low, high)
+                  for part, (name, low, high) in zip(parts, _CRON_FIELDS, strict=True)]
+        weekdays = frozenset(0 if d == 7 else d for d in values[4])
+        return cls(text, values[0], values[1], values[2], values[3], weekdays,
+                   parts[2] == "*", parts[4] == "*")
+
+    def matches(self, t: datetime) -> bool:
+        """Whether the minute of `t` (UTC) is one the schedule fires at."""
+        t = t.astimezone(UTC)
+        return (t.minute in self.minutes and t.hour in self.hours and self._on_day(t))
+
+    def _on_day(self, t: datetime) -> bool:
+        day = t.day in self.days
+        weekday = (t.isoweekday() % 7) in self.weekdays
+        if self.any_day or self.any_weekday:
+            return t.month in self.months and day and weekday
+        return t.month in self.months and (day or weekday)
+
+    def next_after(self, t: datetime) -> datetime:
+        """The first time the schedule fires strictly after `t` (whole minutes, UTC)."""
+        candidate = t.astimezone(UTC).replace(second=0, microsecond=0) + timedelta(minutes=1)
+        end = candidate + _CRON_HORIZON
+        while candidate < end:
+            if not self._on_day(candidate):
+                candidate = candidate.replace(hour=0, minute=0) + timedelta(days=1)
+            elif candidate.hour not in self.hours:
+                candidate = candidate.replace(minute=0) + timedelta(hours=1)
+            elif candidate.minute in self.minutes:
+                return candidate
+            else:
+                candidate += timedelta(minutes=1)
+        raise ValueError(f"{self.text!r} never fires")
+
+
+def _cron_field(part: str, name: str, low: int, high: int) -> frozenset[int]:
+    values: set[int] = set()
+    for item in part.split(","):
+        match = _CRON_ITEM.match(item)
+        if match is None:
+            raise ValueError(f"cron {name} {item!r}: the local runner plays `*`, `*/N`, `A`, "
+                             "`A-B` and `A-B/N` (and comma lists of them)")
+        star, first, last, step = match.groups()
+        start, stop = (low, high) if star else (int(first), int(last or first))
+        if step is not None and not star and last is None:
+            stop = high  # `A/N`: from A to the end, as robfig/cron reads it
+        every = int(step) if step is not None else 1
+        if not (low <= start <= stop <= high) or every < 1:
+            raise ValueError(f"cron {name} {item!r}: values must be within {low}-{high}")
+        values.update(range(start, stop + 1, every))
+    return frozenset(values)
 
 
 # --- filters --------------------------------------------------------------------------------
@@ -369,6 +462,29 @@ class Trigger:
 
 
 @dataclass(frozen=True)
+class Ping:
+    """A PingSource: one event into the Broker at each time of its cron schedule."""
+
+    name: str
+    namespace: str
+    schedule: Cron
+    data: Any = None
+    content_type: str = "application/json"
+
+    @property
+    def source(self) -> str:
+        """The source attribute Knative's PingSource adapter sets."""
+        return f"/apis/v1/namespaces/{self.namespace}/pingsources/{self.name}"
+
+    def event(self, at: datetime, event_id: str) -> tuple[dict[str, Any], Any]:
+        """The event of the tick scheduled at `at` (its `time`), as Knative sends it."""
+        stamp = at.astimezone(UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
+        return ({"specversion": "1.0", "type": PING_TYPE, "source": self.source,
+                 "id": event_id, "time": stamp, "datacontenttype": self.content_type},
+                self.data)
+
+
+@dataclass(frozen=True)
 class Binding:
     """A SinkBinding: a Knative Service whose K_SINK is the Broker's ingress."""
 
@@ -384,6 +500,7 @@ class Eventing:
     triggers: tuple[Trigger, ...]
     sinks: Mapping[str, Sink]
     bindings: tuple[Binding, ...] = ()
+    pings: tuple[Ping, ...] = ()
 
     def sink_env(self, service: str, ingress_url: str | None) -> dict[str, str]:
         """What a SinkBinding injects into `service`: K_SINK = the Broker ingress, if bound."""
@@ -412,6 +529,7 @@ _KINDS: Final = {
     ("v1", "ConfigMap"), ("eventing.knative.dev/v1", "Broker"),
     ("eventing.knative.dev/v1", "Trigger"), ("sources.knative.dev/v1", "KafkaSource"),
     ("eventing.knative.dev/v1alpha1", "KafkaSink"), ("sources.knative.dev/v1", "SinkBinding"),
+    ("sources.knative.dev/v1", "PingSource"),
 }
 
 
@@ -455,12 +573,14 @@ def load_eventing(path: Path) -> Eventing:
     triggers = tuple(_trigger(w, d, broker, sinks, problems) for w, d in by_kind.get("Trigger", []))
     bindings = tuple(b for w, d in by_kind.get("SinkBinding", [])
                      if (b := _binding(w, d, broker, problems)) is not None)
+    pings = tuple(p for w, d in by_kind.get("PingSource", [])
+                  if (p := _ping(w, d, broker, problems)) is not None)
     names = [t.name for t in triggers]
     problems.extend(f"Trigger {n} is defined twice" for n in sorted({n for n in names
                                                                        if names.count(n) > 1}))
     if problems:
         raise EventingError(problems)
-    return Eventing(broker, sources, triggers, MappingProxyType(sinks), bindings)
+    return Eventing(broker, sources, triggers, MappingProxyType(sinks), bindings, pings)
 
 
 def _meta(doc: Mapping[str, Any]) -> tuple[str, str, Mapping[str, Any]]:
@@ -628,6 +748,41 @@ def _binding(where: str, doc: Mapping[str, Any], broker: Broker, problems: list[
     if spec.get("ceOverrides"):
         problems.append(f"{where}: spec.ceOverrides is not played locally")
     return Binding(name, namespace, str(subject["name"]))
+
+
+def _ping(where: str, doc: Mapping[str, Any], broker: Broker, problems: list[str],
+          ) -> Ping | None:
+    name, namespace, _ = _meta(doc)
+    spec = _spec(doc, where, problems)
+    before = len(problems)
+    schedule: Cron | None = None
+    try:
+        schedule = Cron.parse(spec.get("schedule"))  # type: ignore[arg-type]
+    except ValueError as exc:
+        problems.append(f"{where}: spec.schedule {exc}")
+    zone = spec.get("timezone")
+    if zone is not None and zone not in UTC_ZONES:
+        problems.append(f"{where}: spec.timezone {zone!r}: the local runner plays schedules "
+                        "in UTC only")
+    sink = _ref(spec.get("sink"), f"{where}: spec.sink", problems)
+    if sink is not None and not _is_broker(sink, broker):
+        problems.append(f"{where}: spec.sink must reference Broker {broker.name}")
+    for unplayed in ("dataBase64", "ceOverrides"):
+        if spec.get(unplayed):
+            problems.append(f"{where}: spec.{unplayed} is not played locally")
+    content_type = spec.get("contentType") or "application/json"
+    data: Any = None
+    if spec.get("data") is not None:
+        if content_type.split(";")[0].strip() != "application/json":
+            problems.append(f"{where}: spec.contentType must be application/json locally")
+        else:
+            try:
+                data = json.loads(spec["data"])
+            except (TypeError, ValueError) as exc:
+                problems.append(f"{where}: spec.data is not JSON: {exc}")
+    if len(problems) > before or schedule is None:
+        return None
+    return Ping(name, namespace, schedule, data, content_type)
 
 
 def _trigger(where: str, doc: Mapping[str, Any], broker: Broker, sinks: Mapping[str, Sink],

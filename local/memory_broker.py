@@ -1,4 +1,5 @@
 """In-process broker of the embedded local run: KafkaSource + Kafka Broker + Triggers, no Kafka.
+PingSources publish into it on their schedules.
 
 ingest writes its Kafka-binding records here (RecordSink); the events are spread over the
 Broker's partitions by key like Kafka would, and each Trigger delivers each partition in
@@ -10,8 +11,9 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections import deque
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Final
 
@@ -35,6 +37,7 @@ from .delivery import (
     text_attributes,
 )
 from .eventing import Eventing, Trigger
+from .pings import PingPlayer
 
 log = logging.getLogger(__name__)
 
@@ -88,7 +91,8 @@ class MemoryBroker:
     """The Broker, its KafkaSource and Triggers played in-process (a RecordSink for ingest)."""
 
     def __init__(self, eventing: Eventing, subscribers: Mapping[str, str],
-                 ingress_port: int | None = 8005, *, ingress_host: str = "127.0.0.1") -> None:
+                 ingress_port: int | None = 8005, *, ingress_host: str = "127.0.0.1",
+                 clock: Callable[[], float] = time.time) -> None:
         missing = [s for s in eventing.services if s not in subscribers]
         if missing:
             raise ValueError(f"no URL for subscriber service(s) {', '.join(missing)}")
@@ -109,6 +113,7 @@ class MemoryBroker:
         self._ingress_port = ingress_port
         self._ingress_host = ingress_host
         self._ingress: IngressServer | None = None
+        self._pings = PingPlayer(eventing.pings, self.publish, self._stop, clock=clock)
 
     # --- RecordSink ---------------------------------------------------------------------
 
@@ -171,6 +176,7 @@ class MemoryBroker:
                 self._ingress_host, self._ingress_port)
             self._ingress.start()
             log.info("broker ingress listening", extra={"url": self._ingress.url})
+        self._pings.start()
 
     def stop(self, timeout: float = 10.0) -> None:
         """Stop delivering (retries waiting are abandoned) and close the ingress."""
@@ -186,6 +192,7 @@ class MemoryBroker:
         for lane in self._lanes.values():
             if lane.thread.is_alive():
                 lane.thread.join(timeout)
+        self._pings.join(timeout)
 
     @property
     def ingress_url(self) -> str | None:

@@ -1,4 +1,5 @@
-"""alert: telemetry events checked against the rules; alert changes replied as events."""
+"""alert: telemetry events checked against the rules, sweeps for offline devices; alert
+changes replied as events."""
 
 from __future__ import annotations
 
@@ -14,13 +15,24 @@ from typing import Any
 import flask
 
 from .aggregate import decode_telemetry
-from .alerting import RESOLVED, RULE_REMOVED, AlertBook, public
+from .alerting import RESOLVED, RULE_REMOVED, AlertBook, Outcome, public
 from .errors import DependencyUnavailable
-from .events import ALERT_TYPE, SPECVERSION, to_http
+from .events import (
+    ALERT_TYPE,
+    PING_TYPE,
+    SPECVERSION,
+    STRUCTURED,
+    RawEvent,
+    loads,
+    read_delivery,
+    to_http,
+)
 from .eventtime import settled
 from .observability import ALERT_TRANSITIONS, DUPLICATES_SKIPPED, EVENTS_PROCESSED
+from .offline import OfflineBook
 from .runtime import Runtime, get_runtime
-from .service import serve
+from .service import require, serve
+from .telemetry import parse_time
 
 log = logging.getLogger(__name__)
 FUNCTION = "alert"
@@ -55,12 +67,59 @@ def alert_event(transition: Mapping[str, Any]) -> tuple[dict[str, str], dict[str
 
 def _alert(request: flask.Request, rt: Runtime) -> flask.Response:
     # 1. Decode; 2. evaluate rules atomically; 3. reply with the first alert event.
+    require(request, "/", "POST")
+    if _is_ping(request):
+        return _sweep(read_delivery(request.headers, request.get_data()), rt)
     event = decode_telemetry(request, FUNCTION)
     if event.points:  # a resend of an event without `time` is evaluated at the first time
         event = settled(rt.store, event)
-    book = AlertBook(rt.store, rt.settings.rules)
+    book = _book(rt)
     _resolve_removed_rules(book, rt)
     outcome = book.handle(event)
+    back = _offline(rt).handle(event)
+    outcome.transitions += back.transitions
+    outcome.changed = outcome.changed or back.changed
+    outcome.duplicate = outcome.duplicate and not back.changed
+    return _reply(outcome, rt, event.id, event.device_id)
+
+
+def _book(rt: Runtime) -> AlertBook:
+    return AlertBook(rt.store, rt.settings.rules, [r.name for r in rt.settings.offline_rules])
+
+
+def _offline(rt: Runtime) -> OfflineBook:
+    return OfflineBook(rt.store, rt.settings.offline_rules, rt.settings.device_stale_seconds)
+
+
+def _is_ping(request: flask.Request) -> bool:
+    # The Broker delivers in binary mode; a structured delivery is checked in its body.
+    if request.headers.get("ce-type") is not None:
+        return request.headers.get("ce-type") == PING_TYPE
+    if request.mimetype != STRUCTURED:
+        return False
+    body = loads(request.get_data())
+    return isinstance(body, dict) and body.get("type") == PING_TYPE
+
+
+def _sweep(raw: RawEvent, rt: Runtime) -> flask.Response:
+    """A PingSource tick: raise offline alerts for devices silent past their window.
+
+    "Now" is the tick's time (never later than the clock), so a redelivery sweeps with
+    the same cutoff and finds what the first delivery did.
+    """
+    wall = datetime.now(UTC)
+    ticked = parse_time(raw.attributes.get("time"))
+    now = min(ticked, wall) if ticked is not None else wall
+    key = f"{raw.attributes.get('source')}\x1f{raw.attributes.get('id')}"
+    book = _book(rt)
+    _resolve_removed_rules(book, rt)
+    rt.store.ensure_indexes()  # the sweep reads devices through the `recent` index
+    outcome = _offline(rt).sweep(now, key)
+    return _reply(outcome, rt, str(raw.attributes.get("id")), None)
+
+
+def _reply(outcome: Outcome, rt: Runtime, event_id: str, device_id: str | None,
+           ) -> flask.Response:
     EVENTS_PROCESSED.labels(FUNCTION, "duplicate" if outcome.duplicate else "applied").inc()
     if outcome.duplicate:
         DUPLICATES_SKIPPED.labels(FUNCTION).inc()
@@ -68,7 +127,8 @@ def _alert(request: flask.Request, rt: Runtime) -> flask.Response:
     for t in outcome.transitions:
         ALERT_TRANSITIONS.labels(t["transition"], t["alert"]["severity"]).inc()
         log.info("alert %s", t["transition"], extra={
-            "event_id": event.id, "alert_id": t["alert"]["id"], "device_id": event.device_id})
+            "event_id": event_id, "alert_id": t["alert"]["id"],
+            "device_id": device_id or t["alert"]["device_id"]})
     if not events:
         return flask.Response(status=204)
     # A reply carries one event; further ones go to the Broker ingress (K_SINK).

@@ -158,9 +158,12 @@ class Outcome:
 class AlertBook:
     """Alert state and documents in the store, safe with several instances at once."""
 
-    def __init__(self, store: Store, rules: Sequence[AlertRule]) -> None:
+    def __init__(self, store: Store, rules: Sequence[AlertRule],
+                 other_rules: Sequence[str] = ()) -> None:
         self.store = store
         self.rules = tuple(rules)
+        #: Names of the other rules configured (offline rules): their alerts are no orphans.
+        self.other_rules = tuple(other_rules)
 
     def handle(self, event: TelemetryEvent) -> Outcome:
         outcome = Outcome()
@@ -275,7 +278,8 @@ class AlertBook:
         with self.store.guard():
             return list(self.store.collection(ALERTS).find(
                 {"state": {"$in": [OPEN, ACKNOWLEDGED]},
-                 "rule": {"$nin": [r.name for r in self.rules]}}).limit(limit))
+                 "rule": {"$nin": [r.name for r in self.rules] + list(self.other_rules)}},
+            ).limit(limit))
 
     def resolve_orphan(self, doc: Mapping[str, Any], now: datetime) -> None:
         """Resolve an alert of a removed rule (reason rule_removed) and stop its evaluation state.
@@ -339,8 +343,9 @@ def _upsert(collection: Any, filter: dict[str, Any], update: dict[str, Any]) -> 
         return False
 
 
-#: Fields every alert shows, null until they apply (FerretDB drops nulls set on insert).
-_OPTIONAL: Final = ("acknowledged_at", "acknowledged_by", "resolved_at", "resolved_value",
+#: Fields every alert shows, null until they apply (FerretDB drops nulls set on insert);
+#: `metric` is null for offline alerts.
+_OPTIONAL: Final = ("metric", "acknowledged_at", "acknowledged_by", "resolved_at", "resolved_value",
                     "resolved_reason")
 
 

@@ -25,6 +25,8 @@ STRUCTURED: Final = "application/cloudevents+json"
 BATCH: Final = "application/cloudevents-batch+json"
 TELEMETRY_TYPE: Final = "iot.telemetry.v1"
 ALERT_TYPE: Final = "iot.alert.v1"
+#: What a PingSource sends (Knative sets the type; ceOverrides can only add extensions).
+PING_TYPE: Final = "dev.knative.sources.ping"
 SPECVERSION: Final = "1.0"
 # CloudEvents 1.0: attribute names are lowercase ASCII letters and digits; an Integer is
 # 32-bit signed; a String holds no control characters and no lone surrogates.

@@ -84,12 +84,27 @@ def document(settings: Settings) -> dict[str, Any]:
                                "raised_at", "count"],
                   "properties": {
                       "id": {"type": "string"}, "device_id": device_id,
-                      "metric": {"type": "string"}, "rule": {"type": "string"},
+                      "metric": {"type": ["string", "null"],
+                                 "description": "The metric the rule watches; null for an "
+                                                "offline alert (condition `offline`)"},
+                      "rule": {"type": "string", "description": "Name of the rule in "
+                                                                 "ALERT_RULES"},
                       "severity": {"enum": ["warning", "critical"]},
                       "state": {"enum": ["open", "acknowledged", "resolved"]},
-                      "condition": {"enum": [">", ">=", "<", "<="]},
+                      "condition": {
+                          "enum": [">", ">=", "<", "<=", "offline"],
+                          "description": "A threshold condition, or `offline`: the device "
+                                         "sent nothing for window_seconds"},
                       "threshold": {"type": "number"}, "clear_threshold": {"type": "number"},
-                      "raised_at": _TIME, "first_seen": _TIME, "last_seen": _TIME,
+                      "window_seconds": {
+                          "type": "number", "minimum": 0,
+                          "description": "Offline alerts: seconds of silence that raise it"},
+                      "raised_at": _TIME,
+                      "first_seen": {**_TIME, "description": "First violating reading; "
+                                     "offline alerts: the device's last report before the "
+                                     "silence (offline since)"},
+                      "last_seen": {**_TIME, "description": "Last violating reading; offline "
+                                    "alerts: the same as first_seen"},
                       "count": {"type": "integer"}, "peak": {"type": "number"},
                       "last_value": {"type": "number"},
                       "acknowledged_at": {"type": ["string", "null"], "format": "date-time"},
@@ -98,9 +113,11 @@ def document(settings: Settings) -> dict[str, Any]:
                       "resolved_value": {"type": ["number", "null"]},
                       "resolved_reason": {
                           "enum": ["cleared", "rule_removed", None],
-                          "description": "Why it was resolved: `cleared` by a reading, or "
-                                         "`rule_removed` when its rule was removed or "
-                                         "renamed (resolved_value is then null)"}}},
+                          "description": "Why it was resolved: `cleared` by a reading (for "
+                                         "an offline alert: the device reported again, "
+                                         "resolved_value null), or `rule_removed` when its "
+                                         "rule was removed or renamed (resolved_value is "
+                                         "then null)"}}},
         "Rule": {"type": "object",
                  "required": ["name", "metric", "condition", "threshold", "clear_threshold",
                               "severity"],
@@ -187,7 +204,8 @@ def document(settings: Settings) -> dict[str, Any]:
                 "responses": {"200": _json(_ref("Alert"), "The acknowledged alert"),
                               **_errors(400, 404, 409, 503)}}},
             "/rules": {"get": {
-                "summary": "The alert rules, for drawing their thresholds on charts",
+                "summary": "The threshold alert rules, for drawing their thresholds on charts "
+                           "(offline rules have no threshold and are not listed)",
                 "parameters": [
                     _param("device_id", "query", device_id,
                            "Only the rules that apply to this device (today: every rule)"),

@@ -1,4 +1,5 @@
-"""Alert rules: what violates a threshold, what clears it, and how long before raising."""
+"""Alert rules: what violates a threshold, what clears it, and how long before raising; and
+offline rules: how long a device may stay silent."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ import operator
 import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any, Final
+from typing import Any, ClassVar, Final
 
 CONDITIONS: Final[dict[str, Callable[[float, float], bool]]] = {
     ">": operator.gt,
@@ -16,6 +17,8 @@ CONDITIONS: Final[dict[str, Callable[[float, float], bool]]] = {
     "<=": operator.le,
 }
 SEVERITIES: Final = ("warning", "critical")
+#: The condition of a rule on silence rather than on readings.
+OFFLINE: Final = "offline"
 RULE_NAME: Final = re.compile(r"^[a-z0-9][a-z0-9_-]{0,63}$")
 METRIC_NAME: Final = re.compile(r"^[a-z][a-z0-9_]{0,63}$")
 
@@ -63,6 +66,28 @@ class AlertRule:
         }
 
 
+@dataclass(frozen=True)
+class OfflineRule:
+    """A device silent for longer than `for_seconds` is offline (None: DEVICE_STALE_SECONDS)."""
+
+    name: str
+    severity: str
+    for_seconds: float | None = None
+
+    #: Offline alerts have no metric: what they watch is the device's last report.
+    condition: ClassVar[str] = OFFLINE
+    metric: ClassVar[None] = None
+
+    def window(self, default: float) -> float:
+        """Seconds of silence before the device is offline."""
+        return self.for_seconds if self.for_seconds is not None else float(default)
+
+    def describe(self) -> dict[str, Any]:
+        """The rule as ALERT_RULES writes it."""
+        window = {} if self.for_seconds is None else {"for_seconds": self.for_seconds}
+        return {"name": self.name, "condition": OFFLINE, "severity": self.severity, **window}
+
+
 def _number(item: Mapping[str, Any], key: str, where: str, problems: list[str]) -> float | None:
     value = item.get(key)
     if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
@@ -71,10 +96,39 @@ def _number(item: Mapping[str, Any], key: str, where: str, problems: list[str]) 
     return float(value)
 
 
-def parse_rule(item: Any, where: str = "rule") -> AlertRule:
+def parse_offline_rule(item: Mapping[str, Any], where: str = "rule") -> OfflineRule:
+    """Check one `"condition": "offline"` rule; raise ValueError listing every problem."""
+    problems: list[str] = []
+    known = {"name", "condition", "severity", "for_seconds"}
+    problems += [f"{where}.{k}: not used by offline rules" if k in _THRESHOLD_FIELDS
+                 else f"{where}.{k}: unknown field" for k in item if k not in known]
+    name = item.get("name")
+    if not isinstance(name, str) or not RULE_NAME.match(name):
+        problems.append(f"{where}.name: must match {RULE_NAME.pattern}")
+    severity = item.get("severity", "warning")
+    if severity not in SEVERITIES:
+        problems.append(f"{where}.severity: must be one of {', '.join(SEVERITIES)}")
+    window = item.get("for_seconds")
+    if window is not None and (isinstance(window, bool) or not isinstance(window, int | float)
+                               or not 0 < window < math.inf):
+        problems.append(f"{where}.for_seconds: must be a number > 0 (seconds of silence; "
+                        "leave it out for DEVICE_STALE_SECONDS)")
+    if problems:
+        raise ValueError("; ".join(problems))
+    return OfflineRule(str(name), str(severity), None if window is None else float(window))
+
+
+_THRESHOLD_FIELDS: Final = frozenset({"metric", "threshold", "clear_threshold", "for_count"})
+#: A rule of either kind, as ALERT_RULES holds them.
+Rule = AlertRule | OfflineRule
+
+
+def parse_rule(item: Any, where: str = "rule") -> Rule:
     """Check one rule mapping; raise ValueError listing every problem."""
     if not isinstance(item, Mapping):
         raise ValueError(f"{where}: must be an object")
+    if item.get("condition") == OFFLINE:
+        return parse_offline_rule(item, where)
     problems: list[str] = []
     known = {"name", "metric", "condition", "threshold", "severity", "clear_threshold",
              "for_count", "for_seconds"}
@@ -86,7 +140,7 @@ def parse_rule(item: Any, where: str = "rule") -> AlertRule:
         problems.append(f"{where}.metric: must match {METRIC_NAME.pattern}")
     condition = item.get("condition")
     if condition not in CONDITIONS:
-        problems.append(f"{where}.condition: must be one of {', '.join(CONDITIONS)}")
+        problems.append(f"{where}.condition: must be one of {', '.join(CONDITIONS)}, {OFFLINE}")
     severity = item.get("severity", "warning")
     if severity not in SEVERITIES:
         problems.append(f"{where}.severity: must be one of {', '.join(SEVERITIES)}")
@@ -114,12 +168,12 @@ def parse_rule(item: Any, where: str = "rule") -> AlertRule:
                      int(for_count), float(for_seconds))
 
 
-def parse_rules(items: Any) -> tuple[AlertRule, ...]:
+def parse_rules(items: Any) -> tuple[Rule, ...]:
     """Check a JSON list of rules; names must be unique."""
     if not isinstance(items, list):
         raise ValueError("alert rules must be a JSON list of objects")
     problems: list[str] = []
-    rules: list[AlertRule] = []
+    rules: list[Rule] = []
     for i, item in enumerate(items):
         try:
             rules.append(parse_rule(item, f"rules[{i}]"))
@@ -133,8 +187,9 @@ def parse_rules(items: Any) -> tuple[AlertRule, ...]:
     return tuple(rules)
 
 
-def default_rules() -> tuple[AlertRule, ...]:
-    """Temperature and humidity rules for indoor sensors, as the seed's workers had."""
+def default_rules() -> tuple[Rule, ...]:
+    """Temperature and humidity rules for indoor sensors, as the seed's workers had, and an
+    offline rule after DEVICE_STALE_SECONDS of silence."""
     return parse_rules([
         {"name": "temperature-high", "metric": "temperature", "condition": ">",
          "threshold": 30.0, "clear_threshold": 28.0, "severity": "warning", "for_count": 3},
@@ -144,4 +199,5 @@ def default_rules() -> tuple[AlertRule, ...]:
          "threshold": 80.0, "clear_threshold": 75.0, "severity": "warning", "for_count": 3},
         {"name": "humidity-low", "metric": "humidity", "condition": "<",
          "threshold": 20.0, "clear_threshold": 25.0, "severity": "warning", "for_count": 3},
+        {"name": "device-offline", "condition": OFFLINE, "severity": "warning"},
     ])

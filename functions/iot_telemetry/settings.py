@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any, Final, TypeVar
 
 from .clients import Network, parse_networks
-from .rules import AlertRule, default_rules, parse_rules
+from .rules import AlertRule, OfflineRule, Rule, default_rules, parse_rules
 
 T = TypeVar("T")
 
@@ -103,7 +103,7 @@ class Settings:
     query_cors_origins: str = _setting(
         "QUERY_CORS_ORIGINS", "", "Origins allowed to call the query API from a browser "
         "(comma-separated; empty = no cross-origin access)")
-    alert_rules: tuple[AlertRule, ...] | None = _setting(
+    alert_rules: tuple[Rule, ...] | None = _setting(
         "ALERT_RULES", None,
         "Alert rules as a JSON list (see Alert rules); unset = ALERT_RULES_FILE or defaults")
     alert_rules_file: str = _setting(
@@ -119,7 +119,9 @@ class Settings:
         "QUERY_EXPORT_MAX_ROWS", 10_000,
         "Most alerts one CSV download of /alerts holds (read a page of QUERY_MAX_LIMIT at a time)")
     device_stale_seconds: int = _setting(
-        "DEVICE_STALE_SECONDS", 300, "A device not heard from for this long is reported stale")
+        "DEVICE_STALE_SECONDS", 300,
+        "A device not heard from for this long is reported stale, and gets an offline alert "
+        "from offline rules without `for_seconds`")
 
     @property
     def read_tokens(self) -> tuple[str, ...]:
@@ -139,7 +141,13 @@ class Settings:
 
     @property
     def rules(self) -> tuple[AlertRule, ...]:
-        return self.alert_rules or ()
+        """The threshold rules (evaluated on readings)."""
+        return tuple(r for r in self.alert_rules or () if isinstance(r, AlertRule))
+
+    @property
+    def offline_rules(self) -> tuple[OfflineRule, ...]:
+        """The offline rules (evaluated by sweeps on the devices' last report)."""
+        return tuple(r for r in self.alert_rules or () if isinstance(r, OfflineRule))
 
     @property
     def embedded_broker(self) -> bool:
@@ -227,7 +235,7 @@ def _level(name: str, raw: str) -> str:
     return raw.upper()
 
 
-def _rules(name: str, raw: str) -> tuple[AlertRule, ...]:
+def _rules(name: str, raw: str) -> tuple[Rule, ...]:
     try:
         return parse_rules(json.loads(raw))
     except (ValueError, TypeError) as exc:
@@ -252,7 +260,7 @@ _PARSERS: dict[str, Callable[[str, str], Any]] = {
     "log_level": _level, "alert_rules": _rules, "ingest_auth": _lower, "query_auth": _lower}
 
 
-def _load_rules_file(path: str) -> tuple[AlertRule, ...]:
+def _load_rules_file(path: str) -> tuple[Rule, ...]:
     if not path:
         return default_rules()
     try:

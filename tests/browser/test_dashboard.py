@@ -16,6 +16,7 @@ import pytest
 from playwright.sync_api import expect
 
 from tests.browser.conftest import Dashboard, screenshot
+from tests.conftest import iso
 
 pytestmark = pytest.mark.browser
 
@@ -404,3 +405,32 @@ def test_an_alert_resolved_because_its_rule_was_removed_says_so(
     row = page.locator('#alerts-body tr[data-alert="gone-1:old-rule:1"]')
     expect(row.locator(".state-cell")).to_contain_text("Resolved")
     expect(row.locator(".state-cell")).to_contain_text("(rule removed)")
+
+
+def test_an_offline_alert_says_how_long_the_device_has_been_silent(
+        page: Any, dashboard: Dashboard) -> None:
+    # An offline alert as GET /alerts gives it (metric null, condition offline): silent
+    # since 12 minutes ago, window 5 minutes. Injected so the fleet of the other tests stays.
+    since = datetime.now(UTC) - timedelta(minutes=12, seconds=5)
+    offline = {
+        "id": "dev-quiet:device-offline:1", "device_id": "dev-quiet", "metric": None,
+        "rule": "device-offline", "severity": "warning", "condition": "offline",
+        "window_seconds": 300, "state": "open", "raised_at": iso(since + timedelta(minutes=6)),
+        "first_seen": iso(since), "last_seen": iso(since), "count": 1,
+        "acknowledged_at": None, "acknowledged_by": None, "resolved_at": None,
+        "resolved_value": None, "resolved_reason": None}
+
+    def with_offline(route: Any) -> None:
+        response = route.fetch()
+        body = response.json()
+        body["alerts"] = [offline, *body["alerts"]]
+        route.fulfill(response=response, json=body)
+
+    page.route(re.compile(r"/alerts\?"), with_offline)
+    open_view(page, dashboard, "#/alerts")
+    row = page.locator('#alerts-body tr[data-alert="dev-quiet:device-offline:1"]')
+    expect(row).to_contain_text("device-offline")
+    expect(row).to_contain_text("offline: no report for 5 min")
+    expect(row).to_contain_text("Open · offline for 12 min")
+    expect(row).not_to_contain_text("null")
+    screenshot(page, "alert-offline")

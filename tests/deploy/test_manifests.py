@@ -374,8 +374,15 @@ def test_eventing_references_resolve() -> None:
         assert resolves(trigger["spec"]["subscriber"]["ref"]), trigger["metadata"]["name"]
         dead = trigger["spec"].get("delivery", {}).get("deadLetterSink")
         assert dead is None or resolves(dead["ref"]), trigger["metadata"]["name"]
-    for source in find(events, "KafkaSource"):
+    for source in find(events, "KafkaSource") + find(events, "PingSource"):
         assert resolves(source["spec"]["sink"]["ref"])
+    # The offline sweep: the PingSource's ticks (Knative's type and source) reach alert only.
+    [ping] = find(events, "PingSource")
+    source = f"/apis/v1/namespaces/{NAMESPACE}/pingsources/{ping['metadata']['name']}"
+    sweepers = [t["spec"]["subscriber"]["ref"]["name"] for t in find(events, "Trigger")
+                if t["spec"]["filter"]["attributes"] == {
+                    "type": "dev.knative.sources.ping", "source": source}]
+    assert sweepers == ["alert"]
     for broker in brokers.values():
         assert broker["metadata"]["annotations"]["eventing.knative.dev/broker.class"] == "Kafka"
     subscribed = {(t["spec"]["filter"]["attributes"]["type"],

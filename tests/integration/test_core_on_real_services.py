@@ -148,6 +148,56 @@ def test_alerts_atomic_with_concurrent_instances(mongo_url, mongo_db, now) -> No
             "dev-7:temperature-high:2/raised"} <= set(replies)
 
 
+def test_offline_sweeps_atomic_with_concurrent_instances(mongo_url, mongo_db) -> None:
+    """Several alert instances sweep at once on the real store (pages of 4), while the
+    devices' next reports resolve what they raised: one alert per device and episode, each
+    raised and resolved once."""
+    from iot_telemetry import offline
+    from tests.unit.test_alerting import SinkServer
+    from tests.unit.test_offline_alerts import report, sweep
+
+    sink = SinkServer()
+    rules = '[{"name": "offline", "condition": "offline"}]'
+    real_runtime(mongo_url, mongo_db, ALERT_RULES=rules, K_SINK=sink.url)
+    apps = Apps()
+    devices = [f"quiet-{i}" for i in range(10)]
+    for i, device in enumerate(devices):
+        assert report(apps, device, 600 + i, f"q{i}").status_code == 204
+    original, offline.PAGE_SIZE = offline.PAGE_SIZE, 4
+    replies: list[str] = []
+    lock = threading.Lock()
+
+    def instance(n: int) -> None:
+        for attempt in range(10):  # a 5xx is retried by the Broker: do the same here
+            response = sweep(apps, f"tick-{n}")
+            if response.status_code < 500:
+                break
+        assert response.status_code in (200, 204), (attempt, response.get_json())
+        if response.status_code == 200:
+            with lock:
+                replies.append(response.headers["ce-id"])
+
+    try:
+        threads = [threading.Thread(target=instance, args=(n,)) for n in range(4)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+    finally:
+        offline.PAGE_SIZE = original
+        sink.server.shutdown()
+    alerts = apps.query.get("/alerts?limit=100").get_json()["alerts"]
+    assert sorted(a["id"] for a in alerts) == sorted(f"{d}:offline:1" for d in devices)
+    announced = replies + [h["ce-id"] for h, _ in sink.received]
+    assert sorted(announced) == sorted(f"{d}:offline:1/raised" for d in devices)
+    for i, device in enumerate(devices):  # they report again, twice each (a redelivery)
+        for _ in range(2):
+            back = report(apps, device, 0, f"r{i}", function="alert")
+            assert back.headers["ce-id"] == f"{device}:offline:1/resolved"
+    states = {a["state"] for a in apps.query.get("/alerts?limit=100").get_json()["alerts"]}
+    assert states == {"resolved"}
+
+
 def test_query_pages_and_acks_on_the_real_store(mongo_url, mongo_db, now) -> None:
     real_runtime(mongo_url, mongo_db)
     apps = Apps()

@@ -37,7 +37,9 @@ EVENTING = REPO / "eventing"
 
 @pytest.fixture(scope="module")
 def eventing() -> Eventing:
-    return load_eventing(EVENTING)
+    # These tests count exact deliveries: the PingSource's ticks (every minute, to alert)
+    # are played in their own tests.
+    return replace(load_eventing(EVENTING), pings=())
 
 
 @pytest.fixture
@@ -161,7 +163,7 @@ def delivered_ids(sub: Subscriber) -> set[str]:
 def assert_in_order_per_device(sub: Subscriber, devices: list[str], count: int) -> None:
     """Each device's first deliveries are 0..count-1 in order (redeliveries may follow)."""
     for device in devices:
-        seqs = [e.data["seq"] for e in sub.delivered if e.attributes["subject"] == device]
+        seqs = [e.data["seq"] for e in sub.delivered if e.attributes.get("subject") == device]
         firsts = list(dict.fromkeys(seqs))
         assert firsts == list(range(count)), (device, seqs)
 
@@ -316,6 +318,51 @@ def test_every_alert_transition_of_one_event_reaches_the_alerts_topic(
             b"dev-k:temperature-high:1/raised", b"dev-k:temperature-critical:1/raised"}
         assert {r.key for r in published} == {b"dev-k"}
     finally:
+        server.shutdown()
+
+
+def test_a_ping_source_tick_reaches_the_real_alert_on_schedule_and_raises_offline(
+        kafka_bootstrap: str, naming: Naming, subscribers: dict[str, Subscriber]) -> None:
+    """eventing/ as is, with a clock set just before a minute boundary: the PingSource's
+    tick goes through the broker topic and the offline-sweep Trigger to the real alert,
+    which raises an offline alert for a device silent for 10 minutes."""
+    from datetime import UTC, datetime, timedelta
+
+    from functions_framework import create_app
+    from werkzeug.serving import make_server
+
+    from iot_telemetry import store
+    from iot_telemetry.runtime import get_runtime, set_runtime
+    from tests.conftest import make_runtime
+
+    store.reset_embedded()
+    set_runtime(make_runtime())
+    get_runtime().store.collection("devices").insert_one(
+        {"_id": "dev-silent", "last_seen": datetime.now(UTC) - timedelta(minutes=10)})
+    app = create_app("alert", str(REPO / "functions" / "alert.py"), "http")
+    server = make_server("127.0.0.1", 0, app, threaded=True)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    offset = 60 - time.time() % 60 - 1.0  # the clock reads 1 s before the next minute
+    pipeline = Pipeline(load_eventing(EVENTING), kafka_bootstrap, naming, subscribers)
+    pipeline.dispatcher = Dispatcher(
+        pipeline.eventing, [kafka_bootstrap],
+        {"aggregate": subscribers["aggregate"].url,
+         "alert": f"http://127.0.0.1:{server.server_port}/"},
+        ingress_port=0, naming=naming, clock=lambda: time.time() + offset)
+    try:
+        pipeline.dispatcher.start()
+        [published] = pipeline.read("iot.alerts", 1, timeout=60)
+        headers = dict(published.headers)
+        assert headers["ce_id"] == b"dev-silent:device-offline:1/raised"
+        assert published.key == b"dev-silent"
+        stats = pipeline.dispatcher.stats()
+        assert stats["offline-sweep"].delivered >= 1 and stats["offline-sweep"].dead_lettered == 0
+        assert subscribers["aggregate"].attempts == []  # ticks are alert's only
+        [tick] = [r for r in pipeline.read(pipeline.eventing.broker.topic, 2, timeout=5)
+                  if dict(r.headers)["ce_type"] == b"dev.knative.sources.ping"][:1]
+        assert dict(tick.headers)["ce_time"].endswith(b":00Z")  # on the minute, as scheduled
+    finally:
+        pipeline.close()
         server.shutdown()
 
 

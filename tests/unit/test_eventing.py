@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import textwrap
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
 
 from iot_telemetry.local.eventing import (
+    PING_TYPE,
+    Cron,
     Delivery,
     EventingError,
     load_eventing,
@@ -35,7 +38,8 @@ def test_the_real_manifests_load_with_their_values() -> None:
     assert source.topics == ("iot.telemetry",)
     assert source.consumer_group == "iot-telemetry-source"
     assert source.sink.name == "iot-broker" and source.ordered
-    assert {t.name for t in eventing.triggers} == {"aggregate", "alert", "alerts-to-kafka"}
+    assert {t.name for t in eventing.triggers} == {"aggregate", "alert", "alerts-to-kafka",
+                                                   "offline-sweep"}
     assert eventing.sink_topic("iot-dead-letters") == "iot.telemetry.dlq"
     assert eventing.sink_topic("iot-alerts") == "iot.alerts"
     assert eventing.services == ("aggregate", "alert")
@@ -311,8 +315,8 @@ def test_a_broker_of_another_class_is_refused(tmp_path: Path) -> None:
 
 
 def test_unknown_kinds_are_refused(tmp_path: Path) -> None:
-    with pytest.raises(EventingError, match="PingSource"):
-        _load(tmp_path, BASE + "---\napiVersion: sources.knative.dev/v1\nkind: PingSource\n"
+    with pytest.raises(EventingError, match="ApiServerSource"):
+        _load(tmp_path, BASE + "---\napiVersion: sources.knative.dev/v1\nkind: ApiServerSource\n"
                                "metadata: {name: p}\n")
 
 
@@ -348,3 +352,74 @@ def test_a_sink_binding_must_bind_a_service_by_name_to_the_broker(tmp_path: Path
         _load(tmp_path, BASE + binding)
     assert "SinkBinding sb: spec.subject must name" in str(info.value)
     assert "SinkBinding sb2: spec.sink must reference Broker b" in str(info.value)
+
+
+# --- PingSource -----------------------------------------------------------------------------
+
+def test_the_offline_sweep_ticks_every_minute_and_reaches_alert_only() -> None:
+    eventing = load_eventing(EVENTING)
+    [ping] = eventing.pings
+    assert (ping.name, ping.namespace) == ("offline-sweep", "iot")
+    assert ping.source == "/apis/v1/namespaces/iot/pingsources/offline-sweep"
+    at = datetime(2026, 11, 28, 19, 41, tzinfo=UTC)
+    attributes, data = ping.event(at, "tick-1")
+    assert attributes == {"specversion": "1.0", "type": PING_TYPE, "source": ping.source,
+                          "id": "tick-1", "time": "2026-11-28T19:41:00Z",
+                          "datacontenttype": "application/json"}
+    assert data == {"sweep": "offline"}
+    takers = [t.name for t in eventing.triggers if t.matches(attributes)]
+    assert takers == ["offline-sweep"]
+    assert eventing.trigger("offline-sweep").service == "alert"
+    # every minute, on the minute
+    assert ping.schedule.next_after(datetime(2026, 11, 28, 19, 40, 59, tzinfo=UTC)) == at
+    assert ping.schedule.next_after(at) == datetime(2026, 11, 28, 19, 42, tzinfo=UTC)
+    # another PingSource's ticks do not sweep
+    other = {**attributes, "source": "/apis/v1/namespaces/iot/pingsources/other"}
+    assert not eventing.trigger("offline-sweep").matches(other)
+
+
+@pytest.mark.parametrize(("schedule", "after", "expected"), [
+    ("*/15 * * * *", (2026, 11, 28, 19, 40), (2026, 11, 28, 19, 45)),
+    ("0 * * * *", (2026, 11, 28, 19, 0), (2026, 11, 28, 20, 0)),
+    ("5,35 3 * * *", (2026, 11, 28, 3, 5), (2026, 11, 28, 3, 35)),
+    ("0 0 1 * *", (2026, 11, 28, 19, 40), (2026, 12, 1, 0, 0)),
+    ("*/15 3 * * 1-5", (2026, 11, 28, 19, 40), (2026, 11, 30, 3, 0)),  # Sat -> Mon
+    ("0 12 * * 0", (2026, 11, 28, 19, 40), (2026, 11, 29, 12, 0)),  # Sunday as 0
+    ("0 12 * * 7", (2026, 11, 28, 19, 40), (2026, 11, 29, 12, 0)),  # ... and as 7
+    ("0 0 29 2 *", (2026, 11, 28, 0, 0), (2028, 2, 29, 0, 0)),
+    ("0 0 13 * 5", (2026, 11, 1, 0, 0), (2026, 11, 6, 0, 0)),  # day of month OR Friday
+])
+def test_cron_schedules_fire_when_cron_would(schedule: str, after: tuple[int, ...],
+                                             expected: tuple[int, ...]) -> None:
+    cron = Cron.parse(schedule)
+    fired = cron.next_after(datetime(*after, tzinfo=UTC))
+    assert fired == datetime(*expected, tzinfo=UTC)
+    assert cron.matches(fired)
+
+
+@pytest.mark.parametrize("schedule", ["@hourly", "* * * *", "60 * * * *", "*/0 * * * *",
+                                      "L * * * *", "CRON_TZ=UTC * * * * *", "0 0 32 * *"])
+def test_schedules_the_local_runner_cannot_play_are_refused(schedule: str) -> None:
+    with pytest.raises(ValueError, match=r"cron|five-field"):
+        Cron.parse(schedule)
+
+
+def test_a_ping_source_is_checked_with_every_problem_listed(tmp_path: Path) -> None:
+    ping = textwrap.dedent("""
+        ---
+        apiVersion: sources.knative.dev/v1
+        kind: PingSource
+        metadata: {name: p, namespace: iot}
+        spec:
+          schedule: "*/5 * * *"
+          timezone: Europe/Paris
+          data: "not json"
+          sink:
+            ref: {apiVersion: eventing.knative.dev/v1alpha1, kind: KafkaSink, name: dlq}
+        """)
+    with pytest.raises(EventingError) as info:
+        _load(tmp_path, BASE + ping)
+    message = str(info.value)
+    for problem in ("PingSource p: spec.schedule", "spec.timezone 'Europe/Paris'",
+                    "spec.data is not JSON", "PingSource p: spec.sink must reference Broker b"):
+        assert problem in message

@@ -10,6 +10,8 @@ import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator, Mapping
+from dataclasses import replace
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -96,7 +98,9 @@ def record(device: str, seq: int, event_id: str | None = None) -> Any:
 
 @pytest.fixture(scope="module")
 def eventing() -> Eventing:
-    return load_eventing(EVENTING)
+    # These tests count exact deliveries: the PingSource's ticks (every minute, to alert)
+    # are played in their own tests.
+    return replace(load_eventing(EVENTING), pings=())
 
 
 @pytest.fixture
@@ -138,7 +142,7 @@ def test_each_device_is_delivered_in_order_to_every_function(
     for sub in subscribers.values():
         assert len(sub.delivered) == len(sent)
         for device in devices:
-            seqs = [e.data["seq"] for e in sub.delivered if e.attributes["subject"] == device]
+            seqs = [e.data["seq"] for e in sub.delivered if e.attributes.get("subject") == device]
             assert seqs == list(range(25)), device
     stats = broker.stats()
     assert stats["aggregate"].delivered == stats["alert"].delivered == len(sent)
@@ -385,3 +389,28 @@ def test_partitioning_is_stable_and_spreads_devices() -> None:
 
     assert partitions == set(range(6))
     assert partition_for(b"dev-42", 6) == partition_for(b"dev-42", 6)
+
+
+# --- PingSource -----------------------------------------------------------------------------
+
+def test_the_ping_source_of_eventing_ticks_into_alert_on_its_schedule(
+        subscribers: dict[str, Subscriber]) -> None:
+    """eventing/ as is: a clock 0.3 s before a minute boundary makes the tick come at once."""
+    offset = 60 - time.time() % 60 - 0.3
+    clock_start = time.time() + offset
+    b = MemoryBroker(load_eventing(EVENTING), {n: s.url for n, s in subscribers.items()},
+                     ingress_port=None, clock=lambda: time.time() + offset)
+    b.start()
+    try:
+        deadline = time.monotonic() + 10
+        while not subscribers["alert"].delivered and time.monotonic() < deadline:
+            time.sleep(0.02)
+    finally:
+        b.stop()
+    [tick] = subscribers["alert"].delivered
+    assert tick.attributes["type"] == "dev.knative.sources.ping"
+    assert tick.attributes["source"] == "/apis/v1/namespaces/iot/pingsources/offline-sweep"
+    due = datetime.fromtimestamp(clock_start + 0.3, UTC).replace(microsecond=0)
+    assert tick.attributes["time"] == due.isoformat().replace("+00:00", "Z")
+    assert tick.data == {"sweep": "offline"}
+    assert subscribers["aggregate"].attempts == []  # the offline-sweep Trigger is alert's only

@@ -13,7 +13,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from schemathesis.specs.openapi.checks import positive_data_acceptance
 
-from iot_telemetry import store
+from iot_telemetry import events, store
 from iot_telemetry.runtime import set_runtime
 from tests.conftest import REPO, Apps, make_runtime, record
 from tests.strategies import UNICODE_DIGITS, almost, rfc3339
@@ -28,7 +28,7 @@ schema = schemathesis.openapi.from_wsgi("/openapi.json", APP)
 
 @pytest.fixture(autouse=True)
 def seeded() -> None:
-    """A device with rollups and a resolved and an open alert."""
+    """A device with rollups and a resolved and an open alert, and an offline alert."""
     store.reset_embedded()
     set_runtime(make_runtime())
     apps = Apps()
@@ -37,6 +37,11 @@ def seeded() -> None:
         rec = record("dev-1", now + timedelta(seconds=10 * i), {"temperature": v}, f"s{i}")
         apps.deliver("aggregate", rec)
         apps.deliver("alert", rec)
+    # dev-1 has been silent for half an hour: a PingSource tick raises device-offline
+    headers, body = events.to_http({
+        "specversion": "1.0", "type": events.PING_TYPE, "id": "tick",
+        "source": "/apis/v1/namespaces/iot/pingsources/offline-sweep"}, {})
+    assert apps.alert.post("/", data=body, headers=headers).status_code == 200
 
 
 @schema.parametrize()

@@ -10,7 +10,7 @@ def test_defaults_follow_the_seed() -> None:
     s = Settings.from_environ({})
     assert s.kafka_topic == "iot.telemetry"
     assert s.mongo_url == "mongodb://localhost:27017"
-    assert s.rules == default_rules()
+    assert s.alert_rules == default_rules()
     assert {r.metric for r in s.rules} == {"temperature", "humidity"}
 
 

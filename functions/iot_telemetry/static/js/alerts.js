@@ -1,7 +1,7 @@
 // Alerts by lifecycle state, filtered by severity and device, newest first, a page at a time.
 
 import * as api from "./api.js";
-import { el, keepFocus, number, say, when } from "./format.js";
+import { duration, el, keepFocus, number, say, when } from "./format.js";
 
 const $ = (id) => document.getElementById(id);
 
@@ -23,7 +23,23 @@ function severity(value) {
     el("span", { class: "icon", "aria-hidden": "true", text: known.icon }), ` ${known.label}`);
 }
 
+/** An offline alert: the device sent nothing for window_seconds (metric and value are null). */
+function offline(alert) {
+  return alert.condition === "offline";
+}
+
+/** How long an offline device has been (or was) silent, from its last report. */
+function silence(alert, until = Date.now()) {
+  return duration((until - Date.parse(alert.first_seen)) / 1000);
+}
+
 function rule(alert) {
+  if (offline(alert)) {
+    const window = typeof alert.window_seconds === "number"
+      ? `no report for ${duration(alert.window_seconds)}` : "no report";
+    return [el("span", { class: "rule", text: alert.rule }), el("br"),
+      el("span", { class: "muted", text: `offline: ${window}` })];
+  }
   const condition = alert.condition
     ? `${alert.metric} ${alert.condition} ${number(alert.threshold)}` : alert.metric;
   const clears = alert.clear_threshold !== undefined && CLEARS[alert.condition]
@@ -36,17 +52,22 @@ function state(alert) {
   if (alert.state === "acknowledged") {
     return [el("span", { class: "state state-acknowledged", text: "Acknowledged" }),
       el("span", { class: "muted" }, ` by ${alert.acknowledged_by || "?"} `,
-        alert.acknowledged_at ? when(alert.acknowledged_at) : "")];
+        alert.acknowledged_at ? when(alert.acknowledged_at) : "",
+        offline(alert) ? ` · offline for ${silence(alert)}` : "")];
   }
   if (alert.state === "resolved") {
     // An alert whose rule was removed or renamed never cleared: say so instead of a value.
     const why = alert.resolved_reason === "rule_removed" ? " (rule removed)"
+      : offline(alert) && alert.resolved_at
+        ? ` (reported again after ${silence(alert, Date.parse(alert.resolved_at))})`
       : alert.resolved_value !== undefined && alert.resolved_value !== null
         ? ` at ${number(alert.resolved_value)}` : "";
     return [el("span", { class: "state state-resolved", text: "Resolved" }),
       el("span", { class: "muted" }, " ", alert.resolved_at ? when(alert.resolved_at) : "", why)];
   }
-  return [el("span", { class: "state state-open", text: "Open" })];
+  const open = el("span", { class: "state state-open", text: "Open" });
+  return offline(alert)
+    ? [open, el("span", { class: "muted", text: ` · offline for ${silence(alert)}` })] : [open];
 }
 
 export class AlertsView {

@@ -75,6 +75,19 @@ export function ago(iso, now = Date.now()) {
   return `${Math.floor(seconds / 86400)} d ago`;
 }
 
+/** A span of time for people: "45 s", "12 min", "3 h 5 min", "2 d 4 h". */
+export function duration(seconds) {
+  const s = Math.max(0, Math.round(seconds));
+  if (s < 60) return `${s} s`;
+  if (s < 3600) return `${Math.floor(s / 60)} min`;
+  if (s < 86400) {
+    const minutes = Math.floor((s % 3600) / 60);
+    return `${Math.floor(s / 3600)} h${minutes ? ` ${minutes} min` : ""}`;
+  }
+  const hours = Math.floor((s % 86400) / 3600);
+  return `${Math.floor(s / 86400)} d${hours ? ` ${hours} h` : ""}`;
+}
+
 /** A <time> showing how long ago, with the full local time as its title. */
 export function when(iso) {
   if (!iso) return el("span", { class: "muted", text: "never" });
