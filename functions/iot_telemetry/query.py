@@ -14,7 +14,7 @@ from typing import Any, Final
 import flask
 from werkzeug.exceptions import MethodNotAllowed as RouteMethodNotAllowed
 from werkzeug.exceptions import NotFound as RouteNotFound
-from werkzeug.routing import Map, Rule
+from werkzeug.routing import Map, RequestRedirect, Rule
 
 from . import access, dashboard, export, openapi
 from .alerting import ACKNOWLEDGED, OPEN, RESOLVED, AlertBook, public
@@ -134,6 +134,8 @@ def _route(request: flask.Request, rt: Runtime) -> flask.Response:
         try:
             rule, args = _SERVED.bind("", url_scheme="http").match(
                 request.path, method=request.method, return_rule=True)
+        except RequestRedirect:  # only the same path with a slash added: not a route
+            raise NotFound(f"no route {request.path}") from None
         except RouteNotFound:
             raise NotFound(f"no route {request.path}") from None
         except RouteMethodNotAllowed as exc:
@@ -263,12 +265,15 @@ def _series(request: flask.Request, rt: Runtime, device_id: str) -> flask.Respon
     start = p.time("from") or to - timedelta(hours=1)
     if start >= to:
         raise BadRequest("from: must be before to")
-    step = p.text("step", choices=tuple(STEPS)) or default_step(to - start)
+    chosen = p.text("step", choices=tuple(STEPS))
+    step = chosen or default_step(to - start)
     first = bucket_start(start, step)
     buckets = math.ceil((to - first) / STEPS[step])
     if buckets > rt.settings.query_max_buckets:
-        raise BadRequest(f"{buckets} buckets of {step} requested, at most "
-                         f"{rt.settings.query_max_buckets}: use a larger step or shorter range")
+        # Named after what the client can change: the step it chose, or else the range.
+        raise BadRequest(f"{'step' if chosen else 'from'}: {buckets} buckets of {step} "
+                         f"requested, at most {rt.settings.query_max_buckets}; use a larger "
+                         "step or a shorter range")
     points = [{"t": format_time(t), "count": s.count, "min": s.min, "max": s.max,
                "avg": s.avg, "sum": s.sum, "first": format_time(s.first),
                "last": format_time(s.last), "last_value": s.last_value}

@@ -128,3 +128,11 @@ def test_series_long_ranges_read_by_id_or_by_range(seeded, now, days, step) -> N
            f"&from={iso(now - timedelta(days=days))}&to={iso(now + timedelta(days=1))}")
     body = seeded.query.get(url).get_json()
     assert [(b["count"], b["avg"]) for b in body["buckets"]] == [(1, 21.0)]
+
+
+def test_a_path_the_router_would_redirect_is_a_404_not_a_500(apps) -> None:
+    """Found by the fuzzer: werkzeug answers a doubled slash with a redirect exception."""
+    for path in ("/devices//dev-1", "/devices/dev-1//series?metric=t"):
+        response = apps.query.get(path)
+        assert response.status_code == 404, path
+        assert response.get_json()["error"] == "not_found"
