@@ -84,7 +84,8 @@ def _alert(request: flask.Request, rt: Runtime) -> flask.Response:
 
 
 def _book(rt: Runtime) -> AlertBook:
-    return AlertBook(rt.store, rt.settings.rules, [r.name for r in rt.settings.offline_rules])
+    return AlertBook(rt.store, rt.settings.rules, [r.name for r in rt.settings.offline_rules],
+                     rt.alert_states)
 
 
 def _offline(rt: Runtime) -> OfflineBook:

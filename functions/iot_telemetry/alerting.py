@@ -15,6 +15,8 @@ alert events even after later events moved the state on.
 from __future__ import annotations
 
 import logging
+import threading
+from collections import OrderedDict
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from datetime import UTC, datetime
@@ -155,12 +157,44 @@ class Outcome:
     duplicate: bool = False
 
 
+class StateCache:
+    """The (device, rule) state documents this process wrote last, so the next event of
+    that device skips reading them back: the compare-and-swap on `rev` still guards every
+    write, and a refused one reads the store again. With ordered delivery each device's
+    events reach one pod at a time, so almost every read is saved (one store command per
+    rule and event)."""
+
+    def __init__(self, size: int = 50_000) -> None:
+        self._docs: OrderedDict[str, dict[str, Any]] = OrderedDict()
+        self._size = size
+        self._lock = threading.Lock()
+
+    def get(self, state_id: str) -> dict[str, Any] | None:
+        with self._lock:
+            doc = self._docs.get(state_id)
+            if doc is not None:
+                self._docs.move_to_end(state_id)
+            return doc
+
+    def put(self, state_id: str, doc: dict[str, Any]) -> None:
+        with self._lock:
+            self._docs[state_id] = doc
+            self._docs.move_to_end(state_id)
+            while len(self._docs) > self._size:
+                self._docs.popitem(last=False)
+
+    def drop(self, state_id: str) -> None:
+        with self._lock:
+            self._docs.pop(state_id, None)
+
+
 class AlertBook:
     """Alert state and documents in the store, safe with several instances at once."""
 
     def __init__(self, store: Store, rules: Sequence[AlertRule],
-                 other_rules: Sequence[str] = ()) -> None:
+                 other_rules: Sequence[str] = (), cache: StateCache | None = None) -> None:
         self.store = store
+        self.cache = cache or StateCache(0)
         self.rules = tuple(rules)
         #: Names of the other rules configured (offline rules): their alerts are no orphans.
         self.other_rules = tuple(other_rules)
@@ -179,9 +213,11 @@ class AlertBook:
     def _handle_rule(self, rule: AlertRule, event: TelemetryEvent, outcome: Outcome) -> None:
         states = self.store.collection(ALERT_STATE)
         _id = f"{event.device_id}:{rule.name}"
-        for _ in range(_CAS_ATTEMPTS):
-            with self.store.guard():
-                doc = states.find_one({"_id": _id})
+        for attempt in range(_CAS_ATTEMPTS):
+            doc = self.cache.get(_id) if attempt == 0 else None
+            if doc is None:
+                with self.store.guard():
+                    doc = states.find_one({"_id": _id})
             if doc and not doc.get("applied", True):
                 pending = [Effect.from_doc(e) for e in doc["effects"]]
                 self._apply(rule, event.device_id, pending)
@@ -207,6 +243,7 @@ class AlertBook:
             body = {"state": asdict(new_state), "effects": [e.to_doc() for e in effects],
                     "event": event.key, "applied": not effects, "rev": rev + 1,
                     "device_id": event.device_id, "rule": rule.name, "recent": recent}
+            self.cache.drop(_id)  # until this write is known to have landed
             with self.store.guard():
                 if doc is None:
                     try:
@@ -220,6 +257,8 @@ class AlertBook:
                 self._apply(rule, event.device_id, effects)
                 self._mark_applied(_id, rev + 1)
                 outcome.transitions += self._transitions(effects)
+                body["applied"] = True
+            self.cache.put(_id, {"_id": _id, **body})
             return
         raise RuntimeError(f"alert state {_id}: too many concurrent updates")
 

@@ -6,6 +6,7 @@ import logging
 import threading
 from functools import cached_property
 
+from .alerting import StateCache
 from .clients import Network
 from .devices import Registry
 from .observability import configure_logging
@@ -35,6 +36,12 @@ class Runtime:
         """One writer per process, so concurrent deliveries share its group commit."""
         with self._lock:
             return RollupWriter(self.store)
+
+    @cached_property
+    def alert_states(self) -> StateCache:
+        """The alert states this process wrote last (see alerting.StateCache)."""
+        with self._lock:
+            return StateCache()
 
     @cached_property
     def registry(self) -> Registry:

@@ -313,3 +313,63 @@ def test_an_alert_resolved_by_readings_says_cleared(apps, now) -> None:
         apps.deliver("alert", rec)
     [alert] = apps.query.get("/alerts?device_id=dev-10").get_json()["alerts"]
     assert (alert["state"], alert["resolved_reason"]) == ("resolved", "cleared")
+
+
+def _validated(rec):
+    from iot_telemetry import events as ev
+    from iot_telemetry.telemetry import validate
+
+    raw = ev.from_kafka(rec.key, rec.headers, rec.value)
+    return validate(raw, datetime.now(UTC), None)
+
+
+def test_state_cache_saves_the_reads_and_two_instances_stay_exact(runtime, now,
+                                                                  monkeypatch) -> None:
+    """Each instance remembers the states it wrote, so the next event reads none back; when
+    the other instance wrote meanwhile, the compare-and-swap refuses the stale write and the
+    state is read again: the alerts are those of one instance handling every event."""
+    from iot_telemetry.alerting import StateCache
+    from iot_telemetry.settings import Settings
+
+    rules = Settings.from_environ({}).rules
+    values = [31, 32, 33, 34, 35, 20, 21, 31, 32, 33, 41, 29, 27]
+    recs = [_validated(r) for r in readings("dev-c", values, now)]
+    reads = {"n": 0}
+    collection_of = type(runtime.store).collection
+
+    class Counting:
+        def __init__(self, inner):
+            self.inner = inner
+
+        def __getattr__(self, name):
+            return getattr(self.inner, name)
+
+        def find_one(self, *args, **kwargs):
+            reads["n"] += 1
+            return self.inner.find_one(*args, **kwargs)
+
+    monkeypatch.setattr(type(runtime.store), "collection", lambda self, name: (
+        Counting(collection_of(self, name)) if name == "alert_state" else
+        collection_of(self, name)))
+    one = AlertBook(runtime.store, rules, cache=StateCache())
+    one.handle(recs[0])
+    before = reads["n"]
+    one.handle(recs[1])
+    assert reads["n"] == before  # the state came from the cache
+
+    a, b = (AlertBook(runtime.store, rules, cache=StateCache()) for _ in range(2))
+    for i, event in enumerate(recs[2:]):
+        (a if i % 3 else b).handle(event)  # b's cache is stale for most of its events
+    got = {d["_id"]: (d["state"], d["count"], d["peak"])
+           for d in runtime.store.collection("alerts").find({})}
+
+    from iot_telemetry import store as store_module
+
+    store_module.reset_embedded()
+    fresh = make_runtime()
+    single = AlertBook(fresh.store, rules)
+    for event in recs:
+        single.handle(event)
+    want = {d["_id"]: (d["state"], d["count"], d["peak"])
+            for d in fresh.store.collection("alerts").find({})}
+    assert got == want and want
