@@ -31,7 +31,7 @@ from typing import Any
 
 from pymongo.errors import BulkWriteError, DuplicateKeyError, OperationFailure
 
-from iot_telemetry.alerting import AlertBook
+from iot_telemetry.alerting import AlertBook, StateCache
 from iot_telemetry.events import JSON, SPECVERSION, TELEMETRY_TYPE, RawEvent, to_http
 from iot_telemetry.local.simulator import Device
 from iot_telemetry.observability import STORE_COMMANDS
@@ -220,7 +220,7 @@ def library(ctx: Context, function: str, db: str, events: list[list[Record]],
     recorded: list[list[Ops]] = [[] for _ in range(THREADS)]
     handler: Callable[[TelemetryEvent], Any] = (
         RollupWriter(store).apply if function == "aggregate"
-        else AlertBook(store, rules).handle)
+        else AlertBook(store, rules, cache=StateCache()).handle)  # a process's, as in alert
 
     def work(i: int) -> list[float]:
         latencies = []
@@ -435,7 +435,8 @@ def commands_per_event(ctx: Context) -> dict[str, Any]:
     store = store_for(ctx, db)
     rules = Settings.from_environ({}).rules
     handlers: dict[str, Callable[[TelemetryEvent], Any]] = {
-        "aggregate": RollupWriter(store).apply, "alert": AlertBook(store, rules).handle}
+        "aggregate": RollupWriter(store).apply,
+        "alert": AlertBook(store, rules, cache=StateCache()).handle}  # as the alert process
     n = ctx.pick(20, 60)
     out: dict[str, Any] = {}
     for function, handle in handlers.items():
