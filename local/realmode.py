@@ -60,13 +60,12 @@ class RealPipeline:
         self.log_dir.mkdir(parents=True, exist_ok=True)
         return os.open(self.log_dir / f"{name}.log", os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
 
-    def _spawn(self, name: str, cmd: list[str]) -> None:
+    def _spawn(self, name: str, cmd: list[str], env: dict[str, str]) -> None:
         """Start a child in a session of its own that dies with this process."""
         lifeline = [sys.executable, "-m", "iot_telemetry.local.lifeline", str(os.getpid())]
         out = self._output(name)
         self.processes[name] = subprocess.Popen(
-            [*lifeline, *cmd], env=self._env(name if name != "dispatcher" else None),
-            stdout=out, stderr=out, start_new_session=True)
+            [*lifeline, *cmd], env=env, stdout=out, stderr=out, start_new_session=True)
         if out is not None:
             os.close(out)
 
@@ -74,7 +73,7 @@ class RealPipeline:
         cmd = [sys.executable, "-m", "functions_framework", "--target", function,
                "--source", str(source(function)), "--signature-type", "http",
                "--host", self.host, "--port", str(self.ports[function])]
-        self._spawn(function, cmd)
+        self._spawn(function, cmd, self._env(function))
 
     def start_dispatcher(self) -> None:
         cmd = [sys.executable, "-m", "iot_telemetry.local.dispatcher",
@@ -82,7 +81,7 @@ class RealPipeline:
                "--ingress-port", str(self.broker_port),
                "--subscriber", f"aggregate={self.url('aggregate')}",
                "--subscriber", f"alert={self.url('alert')}", *self.dispatcher_args]
-        self._spawn("dispatcher", cmd)
+        self._spawn("dispatcher", cmd, self._env())
 
     def start(self, timeout: float = 60.0) -> RealPipeline:
         for function in FUNCTIONS:

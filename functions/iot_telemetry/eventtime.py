@@ -10,7 +10,7 @@ absent, then read) and every copy, and every consumer, uses that one.
 from __future__ import annotations
 
 import hashlib
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, timedelta
 from typing import Final
 
 from pymongo import ReturnDocument
@@ -45,8 +45,4 @@ def settled(store: Store, event: TelemetryEvent) -> TelemetryEvent:
         raise DependencyUnavailable("event time: the store returned no document", 1)
     first = doc["t"]
     first = first.replace(tzinfo=UTC) if first.tzinfo is None else first.astimezone(UTC)
-    return event if first == event.time else event.with_time(_same_precision(first))
-
-
-def _same_precision(t: datetime) -> datetime:
-    return t.replace(microsecond=t.microsecond // 1000 * 1000)
+    return event if first == event.time else event.with_time(first)

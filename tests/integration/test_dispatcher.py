@@ -170,19 +170,18 @@ def assert_in_order_per_device(sub: Subscriber, devices: list[str], count: int) 
 
 # --- end to end -----------------------------------------------------------------------------
 
+@pytest.fixture
+def as_deployed(eventing: Eventing, kafka_bootstrap: str, naming: Naming,
+                subscribers: dict[str, Subscriber]) -> Iterator[Pipeline]:
+    """A pipeline on the manifests as they are: alert's Trigger ordered, aggregate's not."""
+    p = Pipeline(eventing, kafka_bootstrap, naming, subscribers)
+    yield p
+    p.close()
+
+
 def test_records_reach_both_functions_alert_in_order_per_device(
-        eventing: Eventing, kafka_bootstrap: str, naming: Naming,
-        subscribers: dict[str, Subscriber]) -> None:
-    """The manifests as they are: alert's Trigger ordered, aggregate's unordered."""
-    pipeline = Pipeline(eventing, kafka_bootstrap, naming, subscribers)
-    try:
-        _records_reach_both_functions(pipeline, subscribers)
-    finally:
-        pipeline.close()
-
-
-def _records_reach_both_functions(pipeline: Pipeline,
-                                  subscribers: dict[str, Subscriber]) -> None:
+        as_deployed: Pipeline, subscribers: dict[str, Subscriber]) -> None:
+    pipeline = as_deployed
     pipeline.start()
     devices = [f"dev-{i}" for i in range(10)]
     pipeline.produce([record(d, seq) for seq in range(20) for d in devices])

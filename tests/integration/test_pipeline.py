@@ -17,7 +17,7 @@ import shutil
 import signal
 import time
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -197,16 +197,18 @@ def test_kafka_restarted_during_ingestion_loses_nothing_accepted(harness: Harnes
     harness.assert_exact(read_records(sent), timeout=240)
 
 
-def test_store_restarted_during_processing_events_are_retried(harness: Harness,
-                                                              tmp_path: Path) -> None:
+def store_down_while_sending(harness: Harness, tmp_path: Path,
+                             take_down: Callable[[], object]) -> None:
+    """Send, take the store down a third of the way (`take_down`), keep it down until both
+    functions had a delivery answered 503 and retried, start it again; check nothing is
+    lost or counted twice and nothing was dead-lettered."""
     check_scripts_drive(harness.kafka, harness.mongo)
     sent = tmp_path / "sent.jsonl"
     sim = SimRun(harness.sim_options(sent, rate=20.0))
     restarted = False
     try:
         sim.wait_accepted(EVENTS // 3, timeout=60)
-        harness.phases["store_stop_s"] = round(service(STORE, "stop"), 1)
-        # aggregate and alert answer 503 meanwhile; the dispatcher retries
+        take_down()
         harness.phases["both_503_s"] = round(harness.wait_until(
             "the dispatcher retries deliveries answered 503 by aggregate and by alert",
             lambda: all(harness.retried(t, "answered 503") for t in ("aggregate", "alert"))), 1)
@@ -219,38 +221,26 @@ def test_store_restarted_during_processing_events_are_retried(harness: Harness,
     assert result.accepted_events == EVENTS and result.rejected_events == 0, result
 
     harness.assert_exact(read_records(sent), timeout=240)
+    assert harness.read_topic(harness.dead_letter_topic) == []
+
+
+def test_store_restarted_during_processing_events_are_retried(harness: Harness,
+                                                              tmp_path: Path) -> None:
+    def stop() -> None:
+        harness.phases["store_stop_s"] = round(service(STORE, "stop"), 1)
+
+    store_down_while_sending(harness, tmp_path, stop)
     retried = {t: delivery_retries(harness, t) for t in ("aggregate", "alert")}
     harness.phases["dispatcher_retries"] = {t: len(r) for t, r in retried.items()}
     # Both functions answered 503 while the store was down, and the dispatcher retried.
     assert all("answered 503" in r for r in retried.values()), retried
-    assert harness.read_topic(harness.dead_letter_topic) == []
 
 
 def test_store_killed_during_processing_loses_nothing_acknowledged(harness: Harness,
                                                                    tmp_path: Path) -> None:
     # SIGKILL, not a clean stop: what the store acknowledged before it died must be on disk,
     # or the functions, which took the acknowledgement as done, would lose those counts.
-    check_scripts_drive(harness.kafka, harness.mongo)
-    sent = tmp_path / "sent.jsonl"
-    sim = SimRun(harness.sim_options(sent, rate=20.0))
-    restarted = False
-    try:
-        sim.wait_accepted(EVENTS // 3, timeout=60)
-        kill_store()
-        # down until both functions had a delivery refused (503) and retried
-        harness.phases["both_503_s"] = round(harness.wait_until(
-            "the dispatcher retries deliveries answered 503 by aggregate and by alert",
-            lambda: all(harness.retried(t, "answered 503") for t in ("aggregate", "alert"))), 1)
-        harness.phases["store_start_s"] = round(service(STORE, "start"), 1)
-        restarted = True
-    finally:
-        if not restarted:
-            service(STORE, "start")
-    result = sim.join(timeout=180)
-    assert result.accepted_events == EVENTS and result.rejected_events == 0, result
-
-    harness.assert_exact(read_records(sent), timeout=240)
-    assert harness.read_topic(harness.dead_letter_topic) == []
+    store_down_while_sending(harness, tmp_path, kill_store)
 
 
 def test_poison_events_are_dead_lettered_and_do_not_block_the_partition(harness: Harness,
