@@ -27,7 +27,23 @@ from .bench_pipeline import (
     _wait_ready,
     _worker,
 )
-from .common import BASE_PORT, Context, CpuMeter, cpu_summary, profiled
+from .common import BASE_PORT, Context, CpuMeter, cpu_summary, descendants, profiled
+
+
+def user_system(pid: int) -> tuple[float, float]:
+    """User and system CPU seconds of a process tree so far (system time is where thread
+    switches and socket calls go)."""
+    from .common import _CLOCK_TICKS
+
+    user = system = 0.0
+    for p in descendants(pid):
+        try:
+            fields = Path(f"/proc/{p}/stat").read_text(encoding="utf-8").rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        user += int(fields[11]) / _CLOCK_TICKS
+        system += int(fields[12]) / _CLOCK_TICKS
+    return user, system
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -63,6 +79,7 @@ def _run(ctx: Context, args: argparse.Namespace) -> int:
     _simulate(pipeline.url("ingest"), args.rate, args.warmup, ctx.log_dir / "warmup.jsonl", 1)
     meter = CpuMeter({n: p.pid for n, p in pipeline.processes.items()}, ctx.kafka, ctx.mongo)
     before, cpu0 = counts.read(), meter.snapshot()
+    split0 = {n: user_system(p.pid) for n, p in pipeline.processes.items()}
     with contextlib.ExitStack() as stack:
         for name in pipeline.processes:
             pid = pipeline.processes[name].pid if name == "dispatcher" else _worker(
@@ -75,6 +92,8 @@ def _run(ctx: Context, args: argparse.Namespace) -> int:
             time.sleep(0.2)
         elapsed = time.monotonic() - t0
     cores = CpuMeter.cores(cpu0, meter.snapshot())
+    split = {n: tuple(b - a for a, b in zip(split0[n], user_system(p.pid), strict=True))
+             for n, p in pipeline.processes.items()}
     after = counts.read()
     points = after["points"] - before["points"]
     events = after["accepted"] - before["accepted"]
@@ -87,6 +106,8 @@ def _run(ctx: Context, args: argparse.Namespace) -> int:
                                                           key=lambda kv: -kv[1])) + ")")
     per_event = sum(per_point.values()) * points / max(events, 1)
     ctx.say(f"CPU per event but the store: {per_event:.0f} us")
+    ctx.say("user/system seconds: " + ", ".join(
+        f"{n} {u:.1f}/{sy:.1f}" for n, (u, sy) in split.items()))
     for name, prof in ctx.profiles.items():
         print(f"== {name}: {prof['busy_samples']} busy of {prof['samples']}")
         for frame, pct in prof["top_own"][:12]:
