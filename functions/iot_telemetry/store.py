@@ -154,6 +154,10 @@ class Store:
                 [("raised_at", DESCENDING), ("_id", DESCENDING)], name="newest")
             self.db[ALERTS].create_index(
                 [("device_id", ASCENDING), ("raised_at", DESCENDING)], name="by_device")
+            # GET /fleet reads the unresolved offline alerts: without it, every alert ever raised.
+            self.db[ALERTS].create_index(
+                [("condition", ASCENDING), ("state", ASCENDING), ("_id", ASCENDING)],
+                name="by_condition")
             self.db[DEVICES].create_index([("last_seen", DESCENDING)], name="recent")
             self._indexed = True
 

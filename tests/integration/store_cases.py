@@ -343,7 +343,7 @@ CASES: list[Case] = [
          [{"_id": i} for i in ("dev-1", "dev-2", "dev-3", "dev-4", "other")],
          "not sent (query devices uses $and)"),
     Case("find $in on two fields + projection", _in_two_fields, ["a", "c"], ALERTS,
-         "query._open_alert_counts"),
+         "fleet.open_alerts"),
     Case("count_documents", _count, (3, 4), ALERTS, "tests"),
     Case("update $exists false", _exists_false_update, (1, 0),
          [{"_id": "a"}, {"_id": "b", "token": "x"}], "devices.register"),
