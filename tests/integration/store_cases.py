@@ -109,6 +109,28 @@ def _in_two_fields(c: Collection[Doc]) -> Any:
                                "state": {"$in": ["open", "acknowledged"]}}, {"device_id": 1})))
 
 
+def _count_enabled_by_last_seen(c: Collection[Doc]) -> Any:
+    enabled = {"enabled": {"$ne": False}}
+    cut = T0 + timedelta(hours=1)
+    return (c.count_documents({}), c.count_documents({"enabled": False}),
+            c.count_documents({"$and": [enabled, {"last_seen": {"$lt": cut}}]}),
+            c.count_documents({"$and": [enabled, {"last_seen": {"$gte": cut}}]}))
+
+
+def _in_equality_gt_id_sort_limit(c: Collection[Doc]) -> Any:
+    filt: Doc = {"state": {"$in": ["open", "acknowledged"]}, "condition": "offline"}
+    every = _ids(c.find(filt, {"device_id": 1}).sort("_id", 1).limit(5))
+    after = _ids(c.find({**filt, "_id": {"$gt": "a"}}, {"device_id": 1}).sort("_id", 1).limit(1))
+    return every, after
+
+
+def _compound_index_with_id(c: Collection[Doc]) -> Any:
+    for _ in range(2):
+        c.create_index([("condition", ASCENDING), ("state", ASCENDING), ("_id", ASCENDING)],
+                       name="by_condition")
+    return list(c.index_information()["by_condition"]["key"])
+
+
 def _exists_false_update(c: Collection[Doc]) -> Any:
     r1 = c.update_one({"_id": "a", "token": {"$exists": False}}, {"$set": {"token": "t"}})
     r2 = c.update_one({"_id": "b", "token": {"$exists": False}}, {"$set": {"token": "t"}})
@@ -345,6 +367,21 @@ CASES: list[Case] = [
     Case("find $in on two fields + projection", _in_two_fields, ["a", "c"], ALERTS,
          "fleet.open_alerts"),
     Case("count_documents", _count, (3, 4), ALERTS, "tests"),
+    Case("count_documents $ne false under $and with a date range",
+         _count_enabled_by_last_seen, (4, 1, 1, 1),
+         [{"_id": "a", "enabled": True, "last_seen": T0},
+          {"_id": "b", "last_seen": T0 + timedelta(hours=2)},
+          {"_id": "c", "enabled": False, "last_seen": T0}, {"_id": "d"}],
+         "fleet.fleet_counts"),
+    Case("find $in + equality (+ _id $gt) sort _id + limit", _in_equality_gt_id_sort_limit,
+         (["a", "b", "e"], ["b"]),
+         [{"_id": i, "device_id": "d", "state": st, "condition": cond}
+          for i, st, cond in (("a", "open", "offline"), ("b", "acknowledged", "offline"),
+                              ("c", "resolved", "offline"), ("d", "open", ">"),
+                              ("e", "open", "offline"))],
+         "fleet._offline_since"),
+    Case("compound index ending in _id, idempotent", _compound_index_with_id,
+         [("condition", 1), ("state", 1), ("_id", 1)], used_by="store.ensure_indexes"),
     Case("update $exists false", _exists_false_update, (1, 0),
          [{"_id": "a"}, {"_id": "b", "token": "x"}], "devices.register"),
     Case("upsert $setOnInsert + $set", _set_on_insert_upsert,

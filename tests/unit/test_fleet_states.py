@@ -21,9 +21,8 @@ RULES = [{"name": "offline", "condition": "offline", "severity": "critical"},
          {"name": "offline-fast", "condition": "offline", "for_seconds": 60}]
 
 
-@pytest.fixture
-def fleet_apps(runtime, sink_server):  # noqa: F811
-    set_runtime(make_runtime(K_SINK=sink_server.url, ALERT_RULES=json.dumps(RULES)))
+def seed_fleet() -> Apps:
+    """A device of each state (and the cases between them), through the real functions."""
     apps = Apps()
     registry = Registry(get_runtime().store)
     report(apps, "up", 10, "u0")          # reported 10 s ago
@@ -39,21 +38,31 @@ def fleet_apps(runtime, sink_server):  # noqa: F811
     return apps
 
 
+EXPECTED = {
+    "up": ("reporting", False, 0),
+    "quiet": ("offline", True, 2),
+    "lagging": ("offline", False, 1),   # offline by its rule's window, not yet stale
+    "back": ("reporting", False, 2),    # reported after the silence alerted on
+    "retired": ("disabled", True, 2),   # switched off: neither stale nor offline
+    "new": ("never_reported", True, 0),  # nothing received: never offline
+    "late": ("stale", True, 0),
+}
+COUNTS = {"offline": 2, "stale": 1, "never_reported": 1, "reporting": 2, "disabled": 1}
+
+
+@pytest.fixture
+def fleet_apps(runtime, sink_server):  # noqa: F811
+    set_runtime(make_runtime(K_SINK=sink_server.url, ALERT_RULES=json.dumps(RULES)))
+    return seed_fleet()
+
+
 def states(apps):
     devices = apps.query.get("/devices?limit=500").get_json()["devices"]
     return {d["id"]: (d["state"], d["stale"], d["open_alerts"]) for d in devices}
 
 
 def test_each_device_gets_its_state_and_stale_keeps_its_meaning(fleet_apps) -> None:
-    assert states(fleet_apps) == {
-        "up": ("reporting", False, 0),
-        "quiet": ("offline", True, 2),
-        "lagging": ("offline", False, 1),   # offline by its rule's window, not yet stale
-        "back": ("reporting", False, 2),    # reported after the silence alerted on
-        "retired": ("disabled", True, 2),   # switched off: neither stale nor offline
-        "new": ("never_reported", True, 0),  # nothing received: never offline
-        "late": ("stale", True, 0),
-    }
+    assert states(fleet_apps) == EXPECTED
     one = fleet_apps.query.get("/devices/quiet").get_json()
     assert (one["state"], one["open_alerts"]) == ("offline", 2)
     assert fleet_apps.query.get("/devices/new").get_json()["state"] == "never_reported"
@@ -80,8 +89,7 @@ def test_an_acknowledged_offline_alert_still_means_offline(fleet_apps) -> None:
 
 def test_fleet_counts_every_device_by_state(fleet_apps) -> None:
     body = fleet_apps.query.get("/fleet").get_json()
-    assert body["states"] == {"offline": 2, "stale": 1, "never_reported": 1, "reporting": 2,
-                              "disabled": 1}
+    assert body["states"] == COUNTS
     assert body["devices"] == 7 and body["stale_after_seconds"] == 300
     # The same verdicts as the devices' own views.
     by_view = Counter(state for state, _, _ in states(fleet_apps).values())
