@@ -83,7 +83,7 @@ def fleet_counts(store: Store, now: datetime, stale_after: float, page_size: int
                  ) -> dict[str, int]:
     """Every device counted by state, for the whole fleet however large.
 
-    Five counts on `devices` (the silent and recent ones over the `recent` index), then the
+    Four counts on `devices` (the silent and recent ones over the `recent` index), then the
     unresolved offline alerts (over the `by_condition` index) and their devices, in pages
     of `page_size`: the cost grows with the number of offline devices, not with the fleet or
     with the alerts' history.

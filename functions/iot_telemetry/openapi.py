@@ -159,10 +159,11 @@ def document(settings: Settings) -> dict[str, Any]:
                     **_errors(400, 503)}}},
             "/fleet": {"get": {
                 "summary": "Every device counted by state, over the whole fleet",
-                "description": "Five counts on the devices, then one read per "
-                               f"{settings.query_max_limit} (QUERY_MAX_LIMIT) devices with "
-                               "an unresolved offline alert: the cost grows with the "
-                               "offline devices, not with the fleet or the alerts' history.",
+                "description": "Four counts on the devices, then the unresolved offline "
+                               "alerts and their devices, "
+                               f"{settings.query_max_limit} (QUERY_MAX_LIMIT) per read: the "
+                               "cost grows with the offline devices, not with the fleet or "
+                               "the alerts' history.",
                 "responses": {"200": _json({
                     "type": "object", "required": ["devices", "states"],
                     "properties": {
