@@ -100,6 +100,8 @@ def test_fleet_lists_what_the_api_lists(page: Any, dashboard: Dashboard) -> None
     page.get_by_role("button", name=f"With open alerts ({len(alerting)})").click()
     expect(rows).to_have_count(len(alerting))
     assert sorted(rows.evaluate_all("rows => rows.map(r => r.dataset.device)")) == alerting
+    expect(page.locator('#fleet-states button[data-state="offline"]')).not_to_have_class(
+        "attention")
     page.get_by_role("button", name="Stale (0)").click()
     expect(rows).to_have_count(0)
     expect(page.locator("#fleet-message")).to_have_text("No stale devices.")

@@ -115,6 +115,10 @@ def test_the_fleet_shows_each_state_and_counts_the_devices_by_state(
                for b in (offline, stale)]
     assert colours[0] != colours[1], colours
     expect(page.locator('tr[data-device="quiet"] td').last).to_have_text("1")
+    # While any device is offline its button stands out (its text says how many).
+    expect(page.locator('#fleet-states button[data-state="offline"]')).to_have_class("attention")
+    expect(page.locator('#fleet-states button[data-state="stale"]')).not_to_have_class(
+        "attention")
     expect(page.locator("#fleet-summary")).to_have_text(
         "6 devices: 1 offline, 1 stale, 1 never reported, 2 reporting, 1 disabled; "
         "1 with open alerts (1 open alert)")

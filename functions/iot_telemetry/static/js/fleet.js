@@ -147,6 +147,8 @@ export class FleetView {
       const name = button.dataset.state;
       button.setAttribute("aria-pressed", String(name === this.state));
       button.textContent = `${STATE_LABELS[name]} (${counts[name]})`;
+      // Offline devices need a look: their button stands out while there are any.
+      button.classList.toggle("attention", name === "offline" && !/^0\+?$/.test(counts[name]));
     }
     const filtered = needle || this.state !== "all";
     $("fleet-count").textContent = filtered ? `${shown.length} of ${this.devices.length} shown` : "";
