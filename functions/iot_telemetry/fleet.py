@@ -84,9 +84,9 @@ def fleet_counts(store: Store, now: datetime, stale_after: float, page_size: int
     """Every device counted by state, for the whole fleet however large.
 
     Four counts on `devices` (the silent and recent ones over the `recent` index), then the
-    unresolved offline alerts (over the `by_condition` index) and their devices, in pages
-    of `page_size`: the cost grows with the number of offline devices, not with the fleet or
-    with the alerts' history.
+    unresolved offline alerts (over the unresolved alerts, by the `open_by_rule` index) and
+    their devices, `page_size` per reply: the cost grows with the unresolved alerts and the
+    offline devices, not with the alerts' history.
     """
     cutoff = now - timedelta(seconds=stale_after)
     enabled = {"enabled": {"$ne": False}}
@@ -115,21 +115,16 @@ def fleet_counts(store: Store, now: datetime, stale_after: float, page_size: int
     return {state: counts[state] for state in DEVICE_STATES}
 
 
-def _offline_since(store: Store, page_size: int) -> dict[str, datetime]:
+def _offline_since(store: Store, batch: int) -> dict[str, datetime]:
     """Each device with an unresolved offline alert, with the newest silence alerted on.
 
-    Read in pages by alert id; gathered whole before any device is judged, because one
-    device's alerts (one per offline rule) need not be neighbours in id order.
+    One cursor over the unresolved alerts (the `open_by_rule` index starts with `state`),
+    fetched `batch` at a time, so no reply grows with their number.
     """
-    alerts = store.collection(ALERTS)
     found: dict[str, OpenAlerts] = {}
-    filt: dict[str, Any] = {"state": {"$in": _UNRESOLVED}, "condition": OFFLINE_CONDITION}
-    while True:
-        with store.guard():
-            page = list(alerts.find(filt, {"device_id": 1, "condition": 1, "last_seen": 1})
-                        .sort("_id", 1).limit(page_size))
-        for doc in page:
+    with store.guard():
+        for doc in store.collection(ALERTS).find(
+                {"state": {"$in": _UNRESOLVED}, "condition": OFFLINE_CONDITION},
+                {"device_id": 1, "condition": 1, "last_seen": 1}, batch_size=batch):
             found.setdefault(doc["device_id"], OpenAlerts()).add(doc)
-        if len(page) < page_size:
-            return {d: a.offline_since for d, a in found.items() if a.offline_since is not None}
-        filt["_id"] = {"$gt": page[-1]["_id"]}
+    return {d: a.offline_since for d, a in found.items() if a.offline_since is not None}

@@ -161,9 +161,9 @@ def document(settings: Settings) -> dict[str, Any]:
                 "summary": "Every device counted by state, over the whole fleet",
                 "description": "Four counts on the devices, then the unresolved offline "
                                "alerts and their devices, "
-                               f"{settings.query_max_limit} (QUERY_MAX_LIMIT) per read: the "
-                               "cost grows with the offline devices, not with the fleet or "
-                               "the alerts' history.",
+                               f"{settings.query_max_limit} (QUERY_MAX_LIMIT) per store reply: "
+                               "the cost grows with the unresolved alerts and the offline "
+                               "devices, not with the alerts' history.",
                 "responses": {"200": _json({
                     "type": "object", "required": ["devices", "states"],
                     "properties": {

@@ -154,10 +154,9 @@ class Store:
                 [("raised_at", DESCENDING), ("_id", DESCENDING)], name="newest")
             self.db[ALERTS].create_index(
                 [("device_id", ASCENDING), ("raised_at", DESCENDING)], name="by_device")
-            # GET /fleet reads the unresolved offline alerts: without it, every alert ever raised.
-            self.db[ALERTS].create_index(
-                [("condition", ASCENDING), ("state", ASCENDING), ("_id", ASCENDING)],
-                name="by_condition")
+            # The sweeps' look at the open alerts of each offline rule (offline.py).
+            self.db[ALERTS].create_index([("state", ASCENDING), ("rule", ASCENDING)],
+                                         name="open_by_rule")
             self.db[DEVICES].create_index([("last_seen", DESCENDING)], name="recent")
             self._indexed = True
 

@@ -21,6 +21,6 @@ def test_states_and_counts_on_the_real_store(mongo_url, mongo_db, sink_server) -
     apps = seed_fleet()
     assert states(apps) == EXPECTED
     assert apps.query.get("/fleet").get_json()["states"] == COUNTS
-    # Pages of one and two offline alerts: quiet's two alerts on two pages count once.
+    # Batches of one and two (getMore on the real server): quiet's two alerts count once.
     for size in (1, 2):
         assert fleet.fleet_counts(rt.store, datetime.now(UTC), 300, size) == COUNTS
