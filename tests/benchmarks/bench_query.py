@@ -13,7 +13,10 @@ Measured one request at a time (p50/p95), side by side:
   `--query-baseline CHECKOUT`, also through CHECKOUT's query function, the two in turn
   request by request, their answers compared;
 - the same find with bare pymongo (the store's share: `_id $in` with the metric's projection);
-- a what-if: the same documents read one `find_one` by `_id` each.
+- a what-if: the same documents read one `find_one` by `_id` each;
+- the query function's Python on those documents once read, in-process: the buckets as
+  series.read_points makes them, as query.py made them before (read_series' Summaries,
+  format_time), and json.dumps of the answer.
 """
 
 from __future__ import annotations
@@ -31,10 +34,13 @@ from typing import Any
 from iot_telemetry.events import JSON, SPECVERSION, TELEMETRY_TYPE, RawEvent
 from iot_telemetry.rollup import RollupWriter, event_hash
 from iot_telemetry.series import (
+    STEPS,
     Summary,
     bucket_start,
     day_id,
     hour_id,
+    read_points,
+    read_series,
     reading_key,
     time_key,
 )
@@ -301,13 +307,14 @@ def _series(ctx: Context, db: Any, server: FunctionServer, label: str, step: str
     collection = db[name]
     projection = {"t": 1, f"{field}.{metric}": 1}
     # The reference may take long on FerretDB: once over budget, one run is enough.
-    store_ms, _ = _timed(lambda: list(collection.find({"_id": {"$in": ids}}, projection)),
-                         repeats, at_least=1)
+    store_ms, docs = _timed(lambda: list(collection.find({"_id": {"$in": ids}}, projection)),
+                            repeats, at_least=1)
+    decode = _decoding(docs, device, metric, step, bucket_start(start, step), end, repeats)
     by_id_ms, _ = _timed(lambda: [collection.find_one({"_id": i}, projection) for i in ids],
                          repeats, at_least=1)
     out: dict[str, Any] = {"http_ms": http_ms, "last_status": status, "buckets": buckets,
                            "documents": len(ids), "store_find_ms": store_ms,
-                           "find_one_each_ms": by_id_ms, "bytes": len(payload)}
+                           "find_one_each_ms": by_id_ms, "bytes": len(payload), **decode}
     shown = f"{buckets} buckets" if status == 200 else f"answered {status}"
     ctx.add("4", f"series {label} ({shown}): p50", percentile(http_ms, 50), "ms",
             f"p95 {percentile(http_ms, 95):,.0f} ms, {len(http_ms)} requests")
@@ -321,11 +328,53 @@ def _series(ctx: Context, db: Any, server: FunctionServer, label: str, step: str
             percentile(store_ms, 50), "ms", f"p95 {percentile(store_ms, 95):,.0f} ms")
     ctx.add("4", f"  what-if: the {len(ids)} documents one find_one by _id each: p50",
             percentile(by_id_ms, 50), "ms", f"p95 {percentile(by_id_ms, 95):,.0f} ms")
+    for key, what in (("read_points_ms", "buckets from the documents read (read_points)"),
+                      ("before_ms", "  as query.py made them before (Summaries, format_time)"),
+                      ("json_ms", "json.dumps of the answer")):
+        ctx.add("4", f"  in-process: {what}: p50", percentile(decode[key], 50), "ms")
     p95 = percentile(http_ms, 95)
     ctx.goal(f"query p95, series {label}", "< 50 ms",
              f"{p95:,.0f} ms" + ("" if status == 200 else f" (answered {status})"),
              p95 < 50 and status == 200)
     return out
+
+
+class _Read:
+    """A store whose find answers documents already read: times the query's Python alone."""
+
+    def __init__(self, docs: list[dict[str, Any]]) -> None:
+        self.docs = docs
+
+    def guard(self) -> Any:
+        import contextlib
+
+        return contextlib.nullcontext()
+
+    def collection(self, name: str) -> Any:
+        return self
+
+    def find(self, *args: Any) -> list[dict[str, Any]]:
+        return self.docs
+
+
+def _decoding(docs: list[dict[str, Any]], device: str, metric: str, step: str,
+              first: datetime, end: datetime, repeats: int) -> dict[str, list[float]]:
+    store: Any = _Read(docs)
+    assert first == bucket_start(first, step) and step in STEPS
+
+    def before() -> list[dict[str, Any]]:
+        return [{"t": format_time(t), "count": s.count, "min": s.min, "max": s.max,
+                 "avg": s.avg, "sum": s.sum, "first": format_time(s.first),
+                 "last": format_time(s.last), "last_value": s.last_value}
+                for t, s in read_series(store, device, metric, step, first=first, to=end)]
+
+    after_ms, points = _timed(lambda: read_points(store, device, metric, step, first=first,
+                                                  to=end), repeats * 2)
+    before_ms, old = _timed(before, repeats * 2)
+    if json.dumps(old) != json.dumps(points):
+        raise RuntimeError(f"series {step}: read_points differs from the buckets made before")
+    json_ms, _ = _timed(lambda: json.dumps({"buckets": points}, default=str), repeats * 2)
+    return {"read_points_ms": after_ms, "before_ms": before_ms, "json_ms": json_ms}
 
 
 def run(ctx: Context) -> None:
