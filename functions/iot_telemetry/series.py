@@ -105,7 +105,7 @@ def micros(t: datetime) -> int:
     return (t - _KEY_ORIGIN) // _US
 
 
-@lru_cache(maxsize=1 << 16)
+@lru_cache(maxsize=1 << 14)  # 11 days of minutes, about 2 MB: a few series' worth
 def _minute_text(minute: int) -> str:
     t = _KEY_ORIGIN + timedelta(minutes=minute)
     return f"{t.year:04d}-{t.month:02d}-{t.day:02d}T{t.hour:02d}:{t.minute:02d}:"
