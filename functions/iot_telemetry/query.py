@@ -23,7 +23,7 @@ from .events import loads
 from .observability import ALERTS_ACKNOWLEDGED, QUERY_SECONDS, Timer
 from .rules import SEVERITIES
 from .runtime import Runtime, get_runtime
-from .series import STEPS, bucket_start, read_series, reading_of
+from .series import STEPS, bucket_start, read_points, reading_of
 from .service import json_response, serve
 from .store import ALERTS, DEVICES
 from .telemetry import DEVICE_ID, METRIC_NAME, format_time, parse_time, read_time
@@ -278,10 +278,7 @@ def _series(request: flask.Request, rt: Runtime, device_id: str) -> flask.Respon
         raise BadRequest(f"{'step' if chosen else 'from'}: {buckets} buckets of {step} "
                          f"requested, at most {rt.settings.query_max_buckets}; use a larger "
                          "step or a shorter range")
-    points = [{"t": format_time(t), "count": s.count, "min": s.min, "max": s.max,
-               "avg": s.avg, "sum": s.sum, "first": format_time(s.first),
-               "last": format_time(s.last), "last_value": s.last_value}
-              for t, s in read_series(rt.store, device_id, metric, step, first=first, to=to)]
+    points = read_points(rt.store, device_id, metric, step, first=first, to=to)
     if export.wants_csv(request, fmt):
         return export.response(
             export.SERIES_COLUMNS, export.series_rows(device_id, metric, step, points),

@@ -16,7 +16,9 @@ A slot holds `c` (count), `s` (sum), `lo` (min), `hi` (max), `f` (first time) an
 second write.
 
 A series of 24 h at 1 m reads 25 hour documents, 30 d at 1 h reads 31 day documents, each
-in one `find` by `_id` with a projection of the one metric asked for.
+in one `find` by `_id` with a projection of the one metric asked for. `read_points` turns
+them into the API's buckets straight from the stored strings and numbers: a datetime and a
+Summary per bucket, and three `isoformat` calls, were most of a series request's time.
 """
 
 from __future__ import annotations
@@ -25,6 +27,8 @@ import struct
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from functools import lru_cache
+from operator import itemgetter
 from typing import Any, Final
 
 from .store import ROLLUP_DAYS, ROLLUP_HOURS, Store
@@ -88,6 +92,36 @@ def reading_key(t: datetime, value: float) -> str:
 
 def reading_of(key: str) -> tuple[datetime, float]:
     return time_of(key), _float_of(int(key[_TIME_DIGITS:], 16))
+
+
+# --- times as the API writes them ---------------------------------------------------------
+
+_MINUTE_US: Final = 60_000_000
+_HOUR_US: Final = 60 * _MINUTE_US
+
+
+def micros(t: datetime) -> int:
+    """`t` as microseconds since year 1, the number a time key holds."""
+    return (t - _KEY_ORIGIN) // _US
+
+
+@lru_cache(maxsize=1 << 14)  # 11 days of minutes, about 2 MB: a few series' worth
+def _minute_text(minute: int) -> str:
+    t = _KEY_ORIGIN + timedelta(minutes=minute)
+    return f"{t.year:04d}-{t.month:02d}-{t.day:02d}T{t.hour:02d}:{t.minute:02d}:"
+
+
+_SECOND_TEXT: Final = tuple(f"{i:02d}" for i in range(60))
+_MILLI_TEXT: Final = tuple(f".{i:03d}Z" for i in range(1000))
+
+
+def micros_text(us: int) -> str:
+    """What telemetry.format_time writes for that instant (UTC, milliseconds, Z), without
+    making a datetime: a series' times share a few thousand minutes, whose text is cached,
+    and the rest comes from two tables (5-10 times faster than format_time)."""
+    minute, rest = divmod(us, _MINUTE_US)
+    second, rest = divmod(rest, 1_000_000)
+    return f"{_minute_text(minute)}{_SECOND_TEXT[second]}{_MILLI_TEXT[rest // 1000]}"
 
 
 # --- summaries ---------------------------------------------------------------------------
@@ -165,21 +199,7 @@ def read_series(store: Store, device_id: str, metric: str, step: str, *, first: 
                 to: datetime) -> list[tuple[datetime, Summary]]:
     """Buckets of `step` in [first, to): minutes from hour documents, hours and days from
     day documents, one `find` by `_id` for the whole range."""
-    parent = "1h" if step == "1m" else "1d"
-    starts: list[datetime] = []
-    t = bucket_start(first, parent)
-    while t < to:
-        starts.append(t)
-        t += STEPS[parent]
-    if not starts:
-        return []
-    if parent == "1h":
-        name, ids, field = ROLLUP_HOURS, [hour_id(device_id, s) for s in starts], "min"
-    else:
-        name, ids, field = ROLLUP_DAYS, [day_id(device_id, s) for s in starts], "h"
-    with store.guard():
-        docs = list(store.collection(name).find(
-            {"_id": {"$in": ids}}, {"t": 1, f"{field}.{metric}": 1}))
+    docs, field = _documents(store, device_id, metric, step, first=first, to=to)
     out: list[tuple[datetime, Summary]] = []
     for doc in docs:
         start = _utc(doc["t"])
@@ -197,6 +217,70 @@ def read_series(store: Store, device_id: str, metric: str, step: str, *, first: 
                 out.append((start, total))
     out.sort(key=lambda pair: pair[0])
     return out
+
+
+def read_points(store: Store, device_id: str, metric: str, step: str, *, first: datetime,
+                to: datetime) -> list[dict[str, Any]]:
+    """The buckets of `read_series` as the API answers them (`t`, `count`, `min`, `max`,
+    `avg`, `sum`, `first`, `last`, `last_value`; times as telemetry.format_time writes
+    them), decoded from the stored slots and snapshots directly."""
+    if step == "1d":
+        return [_point(micros(t), s) for t, s in read_series(store, device_id, metric, step,
+                                                              first=first, to=to)]
+    docs, field = _documents(store, device_id, metric, step, first=first, to=to)
+    low, high = micros(first), micros(to)
+    width = _MINUTE_US if step == "1m" else _HOUR_US
+    out: list[dict[str, Any]] = []
+    for doc in docs:
+        start = micros(_utc(doc["t"]))
+        slots: Mapping[str, Any] = (doc.get(field) or {}).get(metric) or {}
+        for k, v in slots.items():
+            t_us = start + int(k) * width
+            if not low <= t_us < high:
+                continue
+            if step == "1m":
+                if not v.get("c"):
+                    continue
+                count, total, lo, hi, f, lv = (int(v["c"]), float(v["s"]), float(v["lo"]),
+                                               float(v["hi"]), v["f"], v["lv"])
+            else:
+                _, c, sum_, min_, max_, f, lv = v.split("|")  # Summary.snapshot's fields
+                count, total, lo, hi = int(c), float(sum_), float(min_), float(max_)
+            out.append({"t": micros_text(t_us), "count": count, "min": lo, "max": hi,
+                        "avg": total / count, "sum": total,
+                        "first": micros_text(int(f[:_TIME_DIGITS], 16)),
+                        "last": micros_text(int(lv[:_TIME_DIGITS], 16)),
+                        "last_value": _float_of(int(lv[_TIME_DIGITS:], 16))})
+    # Zero-padded four-digit years: text order is time order.
+    out.sort(key=itemgetter("t"))
+    return out
+
+
+def _documents(store: Store, device_id: str, metric: str, step: str, *, first: datetime,
+               to: datetime) -> tuple[list[Mapping[str, Any]], str]:
+    """The documents holding the buckets of `step` in [first, to), with `t` and the one
+    metric's slots only; and the field those are under."""
+    parent = "1h" if step == "1m" else "1d"
+    starts: list[datetime] = []
+    t = bucket_start(first, parent)
+    while t < to:
+        starts.append(t)
+        t += STEPS[parent]
+    if parent == "1h":
+        name, ids, field = ROLLUP_HOURS, [hour_id(device_id, s) for s in starts], "min"
+    else:
+        name, ids, field = ROLLUP_DAYS, [day_id(device_id, s) for s in starts], "h"
+    if not ids:
+        return [], field
+    with store.guard():
+        return list(store.collection(name).find(
+            {"_id": {"$in": ids}}, {"t": 1, f"{field}.{metric}": 1})), field
+
+
+def _point(t_us: int, s: Summary) -> dict[str, Any]:
+    return {"t": micros_text(t_us), "count": s.count, "min": s.min, "max": s.max,
+            "avg": s.avg, "sum": s.sum, "first": micros_text(micros(s.first)),
+            "last": micros_text(micros(s.last)), "last_value": s.last_value}
 
 
 def _utc(value: datetime) -> datetime:

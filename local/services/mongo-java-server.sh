@@ -21,6 +21,7 @@ MJS_HOST=127.0.0.1
 MJS_PORT="${MJS_PORT:-27018}"
 MJS_BACKEND="${MJS_BACKEND:-h2}"          # h2 (file, survives restarts) | memory
 MJS_FSYNC="${MJS_FSYNC:-0}"               # 1: fsync every commit (power loss, not only a crash)
+MJS_ID_INDEX="${MJS_ID_INDEX:-1}"         # 0: _id index only for a bare {_id} filter, as released
 # pymongo >= 4.14 needs 9 (MongoDB 4.4); mongo-java-server itself reports 8.
 MJS_WIRE_VERSION="${MJS_WIRE_VERSION:-9}"
 MJS_START_TIMEOUT="${MJS_START_TIMEOUT:-60}"
@@ -29,8 +30,6 @@ MJS_HEAP_OPTS="${MJS_HEAP_OPTS:--Xms64m -Xmx1g}"
 MJS_JVM_OPTS="${MJS_JVM_OPTS:-}"
 
 MHOME="$CACHE_DIR/mongo-java-server-$MJS_VERSION"
-LIB="$MHOME/lib"
-CLASSES="$MHOME/classes"
 SRC_DIR="$HERE/mongo-java-server"
 
 MDIR="$DATA_ROOT/mongo-java-server"
@@ -57,45 +56,52 @@ case "$MJS_BACKEND" in
   *) log "ERROR: MJS_BACKEND must be h2 (the default) or memory, not '$MJS_BACKEND'"; exit 2 ;;
 esac
 [ "$MJS_FSYNC" != 1 ] || BACKEND_ARGS+=(--fsync)
+[ "$MJS_ID_INDEX" != 0 ] || BACKEND_ARGS+=(--no-id-index)
 
 # ---------------------------------------------------------------- fetch and build
 
-# The build is keyed by the pom and the launcher source, so editing either rebuilds.
-build_stamp() { cat "$SRC_DIR/pom.xml" "$SRC_DIR/Launcher.java" | cksum | cut -d' ' -f1; }
+# The jars are keyed by the pom, the compiled launcher by its source, each in a
+# directory of its own that is never rewritten once complete: the cache is shared by
+# every checkout on the machine, and a running server keeps loading from where it
+# started (a build for another checkout's launcher goes beside it).
+stamp_of() { cksum <"$1" | cut -d' ' -f1; }
+LIB="$MHOME/lib-$(stamp_of "$SRC_DIR/pom.xml")"
+CLASSES="$MHOME/classes-$(stamp_of "$SRC_DIR/Launcher.java")"
 
 build_launcher() {
-  local stamp; stamp="$(build_stamp)"
-  if [ -f "$MHOME/.complete" ] && [ "$(cat "$MHOME/.complete")" = "$stamp" ]; then
-    return 0
-  fi
+  [ -f "$LIB/.complete" ] && [ -f "$CLASSES/.complete" ] && return 0
   lock_cache "mongo-java-server-$MJS_VERSION"
-  if [ -f "$MHOME/.complete" ] && [ "$(cat "$MHOME/.complete")" = "$stamp" ]; then
-    return 0  # built by a concurrent run
-  fi
+  [ -f "$LIB/.complete" ] && [ -f "$CLASSES/.complete" ] && return 0  # a concurrent run built it
   ensure_tools java mvn
   command -v javac >/dev/null 2>&1 || _et_apt_install openjdk-17-jdk-headless \
     || die "javac is missing (install a JDK, e.g. openjdk-17-jdk-headless)"
-  log "fetching mongo-java-server $MJS_VERSION with Maven and compiling its launcher into $MHOME (first run only)"
   local t0; t0=$(ms_now)
   mkdir -p "$MHOME"
-  rm -rf "$LIB.tmp" "$CLASSES.tmp"
-  mkdir -p "$LIB.tmp" "$CLASSES.tmp"
-  if ! mvn -q -B -f "$SRC_DIR/pom.xml" -Dmjs.version="$MJS_VERSION" \
-        dependency:copy-dependencies -DincludeScope=runtime \
-        -DoutputDirectory="$LIB.tmp" >"$MHOME/mvn.log" 2>&1; then
-    tail -n 30 "$MHOME/mvn.log" >&2 || true
-    die "Maven could not fetch de.bwaldvogel:mongo-java-server:$MJS_VERSION (full log: $MHOME/mvn.log)"
+  if ! [ -f "$LIB/.complete" ]; then
+    log "fetching mongo-java-server $MJS_VERSION with Maven into $LIB (first run only)"
+    rm -rf "$LIB.tmp" "$LIB"
+    mkdir -p "$LIB.tmp"
+    if ! mvn -q -B -f "$SRC_DIR/pom.xml" -Dmjs.version="$MJS_VERSION" \
+          dependency:copy-dependencies -DincludeScope=runtime \
+          -DoutputDirectory="$LIB.tmp" >"$MHOME/mvn.log" 2>&1; then
+      tail -n 30 "$MHOME/mvn.log" >&2 || true
+      die "Maven could not fetch de.bwaldvogel:mongo-java-server:$MJS_VERSION (full log: $MHOME/mvn.log)"
+    fi
+    touch "$LIB.tmp/.complete"
+    mv "$LIB.tmp" "$LIB"
+    rm -f "$MHOME/mvn.log"
   fi
-  if ! javac -nowarn -d "$CLASSES.tmp" -cp "$LIB.tmp/*" "$SRC_DIR/Launcher.java" >"$MHOME/javac.log" 2>&1; then
+  log "compiling $SRC_DIR/Launcher.java into $CLASSES"
+  rm -rf "$CLASSES.tmp" "$CLASSES"
+  mkdir -p "$CLASSES.tmp"
+  if ! javac -nowarn -d "$CLASSES.tmp" -cp "$LIB/*" "$SRC_DIR/Launcher.java" >"$MHOME/javac.log" 2>&1; then
     cat "$MHOME/javac.log" >&2
     die "compiling $SRC_DIR/Launcher.java failed"
   fi
-  rm -rf "$LIB" "$CLASSES"
-  mv "$LIB.tmp" "$LIB"
+  touch "$CLASSES.tmp/.complete"
   mv "$CLASSES.tmp" "$CLASSES"
-  echo "$stamp" >"$MHOME/.complete"
-  rm -f "$MHOME/mvn.log" "$MHOME/javac.log"
-  log "fetched $(find "$LIB" -name '*.jar' | wc -l) jars and compiled the launcher in $(elapsed "$t0")"
+  rm -f "$MHOME/javac.log"
+  log "built in $(elapsed "$t0")"
 }
 
 # ---------------------------------------------------------------- readiness

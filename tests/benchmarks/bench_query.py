@@ -9,9 +9,14 @@ written both ways, by RollupWriter.apply_batch and by the seeder, and the docume
 match: the figures are of the documents the write path makes.
 
 Measured one request at a time (p50/p95), side by side:
-- through the query function (functions-framework's gunicorn, JSON over HTTP);
+- through the query function (functions-framework's gunicorn, JSON over HTTP); with
+  `--query-baseline CHECKOUT`, also through CHECKOUT's query function, the two in turn
+  request by request, their answers compared;
 - the same find with bare pymongo (the store's share: `_id $in` with the metric's projection);
-- a what-if: the same documents read one `find_one` by `_id` each.
+- a what-if: the same documents read one `find_one` by `_id` each;
+- the query function's Python on those documents once read, in-process: the buckets as
+  series.read_points makes them, as query.py made them before (read_series' Summaries,
+  format_time), and json.dumps of the answer.
 """
 
 from __future__ import annotations
@@ -29,10 +34,13 @@ from typing import Any
 from iot_telemetry.events import JSON, SPECVERSION, TELEMETRY_TYPE, RawEvent
 from iot_telemetry.rollup import RollupWriter, event_hash
 from iot_telemetry.series import (
+    STEPS,
     Summary,
     bucket_start,
     day_id,
     hour_id,
+    read_points,
+    read_series,
     reading_key,
     time_key,
 )
@@ -253,15 +261,39 @@ def _get(url: str) -> tuple[int, bytes]:
 
 
 def _series(ctx: Context, db: Any, server: FunctionServer, label: str, step: str,
-            start: datetime, end: datetime, repeats: int) -> dict[str, Any]:
+            start: datetime, end: datetime, repeats: int,
+            baseline: FunctionServer | None = None) -> dict[str, Any]:
     device, metric = "hist-000", "temperature"
     fmt = "%Y-%m-%dT%H:%M:%SZ"
-    url = (f"{server.url}devices/{device}/series?metric={metric}&from={start.strftime(fmt)}"
-           f"&to={end.strftime(fmt)}&step={step}")
+    path = (f"devices/{device}/series?metric={metric}&from={start.strftime(fmt)}"
+            f"&to={end.strftime(fmt)}&step={step}")
+    url = server.url + path
     ctx.say(f"fig 4: {label}: up to {repeats} requests through query")
     _get(url)  # warm: imports, connection
-    with profiled(ctx, f"fig4-query-{step}", server.worker_pid(), 10):
-        http_ms, (status, payload) = _timed(lambda: _get(url), repeats)
+    base_ms: list[float] = []
+    if baseline is None:
+        with profiled(ctx, f"fig4-query-{step}", server.worker_pid(), 10):
+            http_ms, (status, payload) = _timed(lambda: _get(url), repeats)
+    else:
+        _get(baseline.url + path)
+        http_ms, base_ms = [], []
+        started = time.monotonic()
+        for i in range(repeats):
+            if i >= 3 and time.monotonic() - started > 2 * BUDGET_S:
+                break
+            # in turn, each first every other round: neither always follows the other
+            for which in ((server, baseline) if i % 2 else (baseline, server)):
+                t0 = time.perf_counter()
+                answer = _get(which.url + path)
+                (http_ms if which is server else base_ms).append(
+                    (time.perf_counter() - t0) * 1000)
+                if which is server:
+                    status, payload = answer
+                else:
+                    base_answer = answer
+        if (base_answer[0], json.loads(base_answer[1])) != (status, json.loads(payload)):
+            raise RuntimeError(f"series {label}: this checkout and {ctx.query_baseline} "
+                               "answer differently")
     buckets = len(json.loads(payload)["buckets"]) if status == 200 else 0
     # The documents read_series reads (series.py): hours for minutes, days for hours.
     parent, name, field = (("1h", ROLLUP_HOURS, "min") if step == "1m" else
@@ -275,25 +307,74 @@ def _series(ctx: Context, db: Any, server: FunctionServer, label: str, step: str
     collection = db[name]
     projection = {"t": 1, f"{field}.{metric}": 1}
     # The reference may take long on FerretDB: once over budget, one run is enough.
-    store_ms, _ = _timed(lambda: list(collection.find({"_id": {"$in": ids}}, projection)),
-                         repeats, at_least=1)
+    store_ms, docs = _timed(lambda: list(collection.find({"_id": {"$in": ids}}, projection)),
+                            repeats, at_least=1)
+    decode = _decoding(docs, device, metric, step, bucket_start(start, step), end, repeats)
     by_id_ms, _ = _timed(lambda: [collection.find_one({"_id": i}, projection) for i in ids],
                          repeats, at_least=1)
     out: dict[str, Any] = {"http_ms": http_ms, "last_status": status, "buckets": buckets,
                            "documents": len(ids), "store_find_ms": store_ms,
-                           "find_one_each_ms": by_id_ms}
+                           "find_one_each_ms": by_id_ms, "bytes": len(payload), **decode}
     shown = f"{buckets} buckets" if status == 200 else f"answered {status}"
     ctx.add("4", f"series {label} ({shown}): p50", percentile(http_ms, 50), "ms",
             f"p95 {percentile(http_ms, 95):,.0f} ms, {len(http_ms)} requests")
+    if baseline is not None:
+        out["baseline_http_ms"] = base_ms
+        out["baseline_same_bytes"] = base_answer[1] == payload
+        ctx.add("4", f"  before: {ctx.query_baseline}'s query, in turn: p50",
+                percentile(base_ms, 50), "ms", f"p95 {percentile(base_ms, 95):,.0f} ms, the "
+                "same answer" + (", byte for byte" if base_answer[1] == payload else ""))
     ctx.add("4", f"  ref the same find ({len(ids)} {name} by _id $in), bare pymongo: p50",
             percentile(store_ms, 50), "ms", f"p95 {percentile(store_ms, 95):,.0f} ms")
     ctx.add("4", f"  what-if: the {len(ids)} documents one find_one by _id each: p50",
             percentile(by_id_ms, 50), "ms", f"p95 {percentile(by_id_ms, 95):,.0f} ms")
+    for key, what in (("read_points_ms", "buckets from the documents read (read_points)"),
+                      ("before_ms", "  as query.py made them before (Summaries, format_time)"),
+                      ("json_ms", "json.dumps of the answer")):
+        ctx.add("4", f"  in-process: {what}: p50", percentile(decode[key], 50), "ms")
     p95 = percentile(http_ms, 95)
     ctx.goal(f"query p95, series {label}", "< 50 ms",
              f"{p95:,.0f} ms" + ("" if status == 200 else f" (answered {status})"),
              p95 < 50 and status == 200)
     return out
+
+
+class _Read:
+    """A store whose find answers documents already read: times the query's Python alone."""
+
+    def __init__(self, docs: list[dict[str, Any]]) -> None:
+        self.docs = docs
+
+    def guard(self) -> Any:
+        import contextlib
+
+        return contextlib.nullcontext()
+
+    def collection(self, name: str) -> Any:
+        return self
+
+    def find(self, *args: Any) -> list[dict[str, Any]]:
+        return self.docs
+
+
+def _decoding(docs: list[dict[str, Any]], device: str, metric: str, step: str,
+              first: datetime, end: datetime, repeats: int) -> dict[str, list[float]]:
+    store: Any = _Read(docs)
+    assert first == bucket_start(first, step) and step in STEPS
+
+    def before() -> list[dict[str, Any]]:
+        return [{"t": format_time(t), "count": s.count, "min": s.min, "max": s.max,
+                 "avg": s.avg, "sum": s.sum, "first": format_time(s.first),
+                 "last": format_time(s.last), "last_value": s.last_value}
+                for t, s in read_series(store, device, metric, step, first=first, to=end)]
+
+    after_ms, points = _timed(lambda: read_points(store, device, metric, step, first=first,
+                                                  to=end), repeats * 2)
+    before_ms, old = _timed(before, repeats * 2)
+    if json.dumps(old) != json.dumps(points):
+        raise RuntimeError(f"series {step}: read_points differs from the buckets made before")
+    json_ms, _ = _timed(lambda: json.dumps({"buckets": points}, default=str), repeats * 2)
+    return {"read_points_ms": after_ms, "before_ms": before_ms, "json_ms": json_ms}
 
 
 def run(ctx: Context) -> None:
@@ -308,13 +389,23 @@ def run(ctx: Context) -> None:
     server = FunctionServer(ctx, "query", FUNCTIONS_DIR / "query.py",
                             {"MONGO_URL": ctx.mongo, "MONGO_DB": db_name,
                              "KAFKA_BOOTSTRAP_SERVERS": ctx.kafka}).start()
+    baseline = None
+    if ctx.query_baseline is not None:
+        functions = ctx.query_baseline.resolve() / "functions"
+        # PYTHONPATH first: its iot_telemetry, not the one installed from this checkout
+        baseline = FunctionServer(ctx, "query", functions / "query.py",
+                                  {"MONGO_URL": ctx.mongo, "MONGO_DB": db_name,
+                                   "KAFKA_BOOTSTRAP_SERVERS": ctx.kafka,
+                                   "PYTHONPATH": str(functions)}, label="query-baseline").start()
     client = mongo_client(ctx)
     db = client[db_name]
     now = datetime.now(UTC)
-    raw: dict[str, Any] = {"seeded": seeded, "repeats": repeats, "cases": {}}
+    raw: dict[str, Any] = {"seeded": seeded, "repeats": repeats, "cases": {},
+                           "baseline": str(ctx.query_baseline or "")}
     for label, step, start in (("24 h at 1 m", "1m", now - timedelta(hours=24)),
                                ("30 d at 1 h", "1h", now - timedelta(days=DAYS))):
-        raw["cases"][label] = _series(ctx, db, server, label, step, start, now, repeats)
+        raw["cases"][label] = _series(ctx, db, server, label, step, start, now, repeats,
+                                      baseline)
     url = f"{server.url}alerts"
     _get(url)
     alerts_ms, (status, _body) = _timed(lambda: _get(url), max(repeats, 10))
@@ -329,6 +420,8 @@ def run(ctx: Context) -> None:
             f"p95 {percentile(store_alerts, 95):,.0f} ms")
     client.close()
     server.stop()
+    if baseline is not None:
+        baseline.stop()
     docs = seeded["documents"]
     ctx.add("4", "seeded history", None, "",
             f"{devices} devices x {len(metrics)} metrics x {DAYS} days, a reading per "

@@ -112,6 +112,10 @@ def main(argv: list[str] | None = None) -> int:
                         "gunicorn threads, e.g. ordered:8,unordered:8,unordered:32")
     parser.add_argument("--pipeline-start-rate", type=float, default=1.0,
                         help="figure 3's first offered rate, events/s (x1.5 per step)")
+    parser.add_argument("--query-baseline", type=Path, metavar="CHECKOUT",
+                        help="figure 4 also serves query from CHECKOUT's functions/ (e.g. "
+                        "`git worktree add /tmp/base main`), request by request in turn with "
+                        "this checkout's, and checks both answer the same")
     parser.add_argument("--base-port", type=int, default=BASE_PORT,
                         help=f"first port of the run's servers (default {BASE_PORT}); move it "
                         "when another benchmark run on this machine uses that range")
@@ -139,7 +143,8 @@ def main(argv: list[str] | None = None) -> int:
                   profile=args.profile, _next_port=args.base_port,
                   pipeline_variants=tuple(v.strip() for v in args.pipeline_variants.split(",")
                                           if v.strip()),
-                  pipeline_start_rate=args.pipeline_start_rate)
+                  pipeline_start_rate=args.pipeline_start_rate,
+                  query_baseline=args.query_baseline)
     started = datetime.now(UTC)
     ctx.say(f"benchmark run {ctx.run_id} ({'quick' if args.quick else 'full'}): "
             f"{', '.join(names)}; logs in {ctx.log_dir}")
