@@ -17,7 +17,7 @@ from __future__ import annotations
 import logging
 import threading
 from collections import OrderedDict
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Any, Final
@@ -43,6 +43,8 @@ _TIED_EVENTS: Final = 100
 #: Why an alert was resolved.
 CLEARED: Final = "cleared"
 RULE_REMOVED: Final = "rule_removed"
+#: The rule is still configured but no longer applies to the device (scope or metadata changed).
+RULE_OUT_OF_SCOPE: Final = "rule_out_of_scope"
 
 
 @dataclass(frozen=True)
@@ -192,20 +194,24 @@ class AlertBook:
     """Alert state and documents in the store, safe with several instances at once."""
 
     def __init__(self, store: Store, rules: Sequence[AlertRule],
-                 other_rules: Sequence[str] = (), cache: StateCache | None = None) -> None:
+                 other_rules: Sequence[str] = (), cache: StateCache | None = None,
+                 rules_for: Callable[[str], Sequence[AlertRule]] | None = None) -> None:
         self.store = store
         self.cache = cache or StateCache(0)
         self.rules = tuple(rules)
         #: Names of the other rules configured (offline rules): their alerts are no orphans.
         self.other_rules = tuple(other_rules)
+        #: The rules that apply to a device, with its values (applicability.RuleResolver).
+        self.rules_for = rules_for or (lambda _device: self.rules)
 
     def handle(self, event: TelemetryEvent) -> Outcome:
         outcome = Outcome()
         metrics = {p.metric for p in event.points}
-        for rule in self.rules:
+        rules = self.rules_for(event.device_id)
+        for rule in rules:
             if rule.metric in metrics:
                 self._handle_rule(rule, event, outcome)
-        outcome.duplicate = not outcome.changed and bool(metrics & {r.metric for r in self.rules})
+        outcome.duplicate = not outcome.changed and bool(metrics & {r.metric for r in rules})
         unique = {(t["transition"], t["alert"]["id"]): t for t in outcome.transitions}
         outcome.transitions = list(unique.values())
         return outcome
@@ -320,8 +326,10 @@ class AlertBook:
                  "rule": {"$nin": [r.name for r in self.rules] + list(self.other_rules)}},
             ).limit(limit))
 
-    def resolve_orphan(self, doc: Mapping[str, Any], now: datetime) -> None:
-        """Resolve an alert of a removed rule (reason rule_removed) and stop its evaluation state.
+    def resolve_orphan(self, doc: Mapping[str, Any], now: datetime,
+                       reason: str = RULE_REMOVED) -> None:
+        """Resolve an alert no rule can close any more (a removed rule, or one that no longer
+        applies to the device) with that reason, and stop its evaluation state.
 
         The state stops firing but keeps its episode count, so if a rule of that name comes
         back, its next raise opens a new alert instead of updating the resolved one.
@@ -330,7 +338,8 @@ class AlertBook:
             self.store.collection(ALERTS).update_one(
                 {"_id": doc["_id"], "state": {"$in": [OPEN, ACKNOWLEDGED]}},
                 {"$set": {"state": RESOLVED, "resolved_at": now, "resolved_value": None,
-                          "resolved_reason": RULE_REMOVED}})
+                          "resolved_reason": reason}})
+            self.cache.drop(f"{doc['device_id']}:{doc['rule']}")
             self.store.collection(ALERT_STATE).update_one(
                 {"_id": f"{doc['device_id']}:{doc['rule']}", "state.firing": True},
                 {"$set": {"state.firing": False, "state.streak": 0, "state.streak_since": None,

@@ -17,8 +17,9 @@ telemetry event finds its own effects in the state and answers the same alert ev
 Bounded work: a sweep reads, over the `recent` index, only devices whose last report fell
 between where the previous sweeps got to (less LATE_GRACE, for reports aggregate records
 late) and this sweep's cutoff, in pages of PAGE_SIZE, at most MAX_DEVICES and MAX_RAISES;
-where it stopped is kept (`sweep:<rule>` in alert_state) and the next sweep goes on from
-there.
+where it stopped is kept (`sweep:<rule>` in alert_state; `sweep:<rule>:<window>s` for a
+window an override gives some devices) and the next sweep goes on from there. A rule's scope
+and overrides are decided from the metadata each device page carries.
 """
 
 from __future__ import annotations
@@ -33,7 +34,7 @@ from typing import Any, Final
 from pymongo.errors import DuplicateKeyError
 
 from .alerting import ACKNOWLEDGED, CLEARED, OPEN, RECENT_EVENTS, RESOLVED, Outcome, public
-from .rules import OFFLINE, OfflineRule
+from .rules import OFFLINE, OfflineRule, verdict
 from .store import ALERT_STATE, ALERTS, DEVICES, Store
 from .telemetry import TelemetryEvent, parse_time
 
@@ -108,18 +109,28 @@ class OfflineBook:
         """Raise an offline alert for every enabled device silent past a rule's window."""
         outcome = Outcome()
         for rule in self.rules:
-            self._sweep_rule(rule, now, event_key, outcome)
+            base = rule.window(self.default_window)
+            windows = {float(v) for o in rule.overrides for k, v in o.values
+                       if k == "for_seconds"} - {base}
+            for window in (base, *sorted(windows)):
+                self._sweep_rule(rule, window, now, event_key, outcome=outcome,
+                                 progress=f"sweep:{rule.name}" if window == base
+                                 else f"sweep:{rule.name}:{window:g}s")
         outcome.duplicate = not outcome.changed
         return outcome
 
-    def _sweep_rule(self, rule: OfflineRule, now: datetime, key: str, outcome: Outcome) -> None:
+    def _sweep_rule(self, rule: OfflineRule, window: float, now: datetime, key: str, *,
+                    outcome: Outcome, progress: str) -> None:
+        """One pass over the devices silent past `window`, raising for those whose window
+        it is: a rule whose overrides give some devices other windows makes one pass per
+        window, each with its own progress, so a long window is not skipped past by the
+        progress of a short one."""
         if len(outcome.transitions) >= MAX_RAISES:
             return  # this tick raised enough: the next one sweeps this rule
-        window = rule.window(self.default_window)
         cutoff = now - timedelta(seconds=window)
         states = self.store.collection(ALERT_STATE)
         with self.store.guard():
-            cursor = states.find_one({"_id": f"sweep:{rule.name}"}) or {}
+            cursor = states.find_one({"_id": progress}) or {}
         through, resume = _time(cursor.get("through")), _time(cursor.get("resume"))
         low = resume or (through - LATE_GRACE if through else None)
         done_at_low: list[str] = []
@@ -133,7 +144,8 @@ class OfflineBook:
                 query["_id"] = {"$nin": done_at_low}
             with self.store.guard():
                 page = list(self.store.collection(DEVICES).find(
-                    query, {"last_seen": 1, "enabled": 1}).sort("last_seen", 1).limit(PAGE_SIZE))
+                    query, {"last_seen": 1, "enabled": 1, "metadata": 1},
+                ).sort("last_seen", 1).limit(PAGE_SIZE))
             self._raise_page(rule, window, page, now, key=key, outcome=outcome)
             examined += len(page)
             if len(page) < PAGE_SIZE:
@@ -153,9 +165,9 @@ class OfflineBook:
             else {"$set": {"resume": low}})
         with self.store.guard():
             try:
-                states.update_one({"_id": f"sweep:{rule.name}"}, update, upsert=True)
+                states.update_one({"_id": progress}, update, upsert=True)
             except DuplicateKeyError:
-                states.update_one({"_id": f"sweep:{rule.name}"}, update)
+                states.update_one({"_id": progress}, update)
 
     def _raise_page(self, rule: OfflineRule, window: float, page: list[dict[str, Any]],
                     now: datetime, *, key: str, outcome: Outcome) -> None:
@@ -166,6 +178,12 @@ class OfflineBook:
         for device, sid in zip(page, ids, strict=True):
             if device.get("enabled", True) is False:
                 continue
+            if not rule.scope.everything or rule.overrides:
+                # The page carries the device's metadata: deciding the rule reads nothing more.
+                decided = verdict(rule, device["_id"], device.get("metadata") or {})
+                if not decided.applies or not isinstance(decided.rule, OfflineRule) or (
+                        decided.rule.window(self.default_window) != window):
+                    continue  # another rule's scope, or another window's pass
             self._transition(rule, device["_id"], docs.get(sid), key, outcome, raise_at=(
                 now, _utc(device["last_seen"]), window))
 
