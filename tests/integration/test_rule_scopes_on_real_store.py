@@ -56,3 +56,22 @@ def test_scoped_rules_cost_no_store_command_per_event_in_steady_state(
     # The same rule evaluated, and nothing else: no read of the device's metadata, nor of
     # alerts of the rule that does not apply to it (both were read by the first event).
     assert scoped == unscoped
+
+
+def test_rules_check_reads_the_device_from_the_store_at_mongo_url(
+        mongo_url, mongo_db, monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    from iot_telemetry.local.cli import main
+
+    rt = real_runtime(mongo_url, mongo_db)
+    Registry(rt.store).add("a-2", metadata={"location": "greenhouse-a"})
+    for name, value in (("MONGO_URL", mongo_url), ("MONGO_DB", mongo_db),
+                        ("ALERT_RULES", json.dumps(GROUPS))):
+        monkeypatch.setenv(name, value)
+    assert main(["rules", "check", "a-2"]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith(f'a-2: metadata {{"location": "greenhouse-a"}} (from the store at '
+                          f"MONGO_URL={mongo_url})")
+    assert "override #0 (device 'a-2'): threshold 30 -> 35, clear_threshold 28 -> 33" in out
+    assert main(["rules", "check", "a-3"]) == 0
+    assert "(not in the store at MONGO_URL=" in capsys.readouterr().out
