@@ -39,7 +39,7 @@ from .events import (
 from .eventtime import settled
 from .observability import ALERT_TRANSITIONS, DUPLICATES_SKIPPED, EVENTS_PROCESSED
 from .offline import OfflineBook
-from .rules import verdict
+from .rules import AlertRule, verdict
 from .runtime import Runtime, get_runtime
 from .service import require, serve
 from .store import ALERTS
@@ -89,9 +89,11 @@ def _alert(request: flask.Request, rt: Runtime) -> flask.Response:
 
 def evaluate(event: TelemetryEvent, rt: Runtime) -> Outcome:
     """The alert changes one telemetry event makes: the device's rules, its offline alerts."""
-    book = _book(rt)
+    # Decided once per event: with rules scoped by metadata, that is one metadata lookup.
+    verdicts = rt.rule_resolver.verdicts(event.device_id)
+    book = _book(rt, rt.rule_resolver.threshold_rules_for(verdicts))
     _resolve_removed_rules(book, rt)
-    _resolve_out_of_scope(book, rt, event.device_id)
+    _resolve_out_of_scope(book, rt, event.device_id, rt.rule_resolver.not_applying(verdicts))
     outcome = book.handle(event)
     back = _offline(rt).handle(event)
     outcome.transitions += back.transitions
@@ -100,9 +102,11 @@ def evaluate(event: TelemetryEvent, rt: Runtime) -> Outcome:
     return outcome
 
 
-def _book(rt: Runtime) -> AlertBook:
+def _book(rt: Runtime, device_rules: tuple[AlertRule, ...] | None = None) -> AlertBook:
+    """The alert book; with `device_rules`, for one device's event: the rules applying to it."""
     return AlertBook(rt.store, rt.settings.rules, [r.name for r in rt.settings.offline_rules],
-                     rt.alert_states, rt.rule_resolver.threshold_rules_for)
+                     rt.alert_states,
+                     None if device_rules is None else lambda _device: device_rules)
 
 
 def _offline(rt: Runtime) -> OfflineBook:
@@ -168,7 +172,8 @@ def _resolve_removed_rules(book: AlertBook, rt: Runtime) -> None:
         _SWEPT.add(rt)
 
 
-def _resolve_out_of_scope(book: AlertBook, rt: Runtime, device_id: str) -> None:
+def _resolve_out_of_scope(book: AlertBook, rt: Runtime, device_id: str,
+                          names: frozenset[str]) -> None:
     """On a device's event: resolve its open alerts of rules that no longer apply to it.
 
     The store is asked only when the set of rules not applying to the device differs from
@@ -177,7 +182,6 @@ def _resolve_out_of_scope(book: AlertBook, rt: Runtime, device_id: str) -> None:
     meanwhile (it still had the old metadata) is found by the sweep of each tick.
     """
     resolver = rt.rule_resolver
-    names = resolver.not_applying(device_id)
     if not resolver.needs_check(device_id, names):
         return
     with rt.store.guard():

@@ -17,7 +17,7 @@ from collections import OrderedDict
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any, Final
 
-from .rules import AlertRule, OfflineRule, Rule, Verdict, needs_metadata, verdict
+from .rules import AlertRule, Rule, Verdict, needs_metadata, verdict
 from .store import DEVICES, Store
 
 _MAX_DEVICES: Final = 100_000
@@ -83,28 +83,24 @@ class RuleResolver:
         self.sweep_after: str | None = None
 
     def verdicts(self, device_id: str, metadata: Mapping[str, Any] | None = None,
-                 ) -> list[Verdict]:
+                 ) -> list[Verdict] | None:
+        """Every rule decided for the device; None when no rule depends on the device."""
+        if not self.scoped:
+            return None
         if metadata is None:
             metadata = self.metadata.get(device_id) if self.needs_metadata else {}
         return [verdict(r, device_id, metadata) for r in self.rules]
 
-    def threshold_rules_for(self, device_id: str) -> tuple[AlertRule, ...]:
-        """The threshold rules that apply to the device, with its values."""
-        if not self.scoped:
+    def threshold_rules_for(self, verdicts: Sequence[Verdict] | None) -> tuple[AlertRule, ...]:
+        """The threshold rules that apply to a device (its verdicts), with its values."""
+        if verdicts is None:
             return self.threshold_rules
-        return tuple(v.rule for v in self.verdicts(device_id)
-                     if v.applies and isinstance(v.rule, AlertRule))
+        return tuple(v.rule for v in verdicts if v.applies and isinstance(v.rule, AlertRule))
 
-    def offline_rule_for(self, rule: OfflineRule, device_id: str,
-                         metadata: Mapping[str, Any]) -> OfflineRule | None:
-        v = verdict(rule, device_id, metadata)
-        return v.rule if v.applies and isinstance(v.rule, OfflineRule) else None
-
-    def not_applying(self, device_id: str) -> frozenset[str]:
-        """Names of the rules that do not apply to the device."""
-        if not self.scoped:
-            return frozenset()
-        return frozenset(v.rule.name for v in self.verdicts(device_id) if not v.applies)
+    @staticmethod
+    def not_applying(verdicts: Sequence[Verdict] | None) -> frozenset[str]:
+        """Names of the rules that do not apply to a device (its verdicts)."""
+        return frozenset(v.rule.name for v in verdicts or () if not v.applies)
 
     def needs_check(self, device_id: str, names: frozenset[str]) -> bool:
         """Whether this process has yet to check that no alert of these rules is open for
