@@ -199,6 +199,8 @@ def _run_local(args: argparse.Namespace) -> int:
 
 
 def _devices(args: argparse.Namespace) -> int:
+    import json
+
     from pymongo.errors import PyMongoError
 
     from iot_telemetry.devices import Registry
@@ -230,6 +232,17 @@ def _devices(args: argparse.Namespace) -> int:
                 seen = d.last_seen.isoformat() if d.last_seen else "never"
                 state = "enabled" if d.enabled else "DISABLED"
                 print(f"{d.id:<24} {state:<9} last seen {seen:<32} {d.name} {d.metadata or ''}")
+        elif args.action == "set-metadata":
+            changes: dict[str, str | None] = {}
+            for item in args.changes:
+                key, sep, value = item.partition("=")
+                if not sep:
+                    print(f"error: {item!r}: give KEY=VALUE (KEY= removes KEY)",
+                          file=sys.stderr)
+                    return 2
+                changes[key] = value or None
+            metadata = registry.set_metadata(args.device_id, changes)
+            print(f"{args.device_id} metadata: {json.dumps(metadata, sort_keys=True)}")
         elif args.action == "rotate-token":
             print(f"new token for {args.device_id} (the old one no longer works):\n"
                   f"{registry.rotate(args.device_id)}")
@@ -356,6 +369,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     add.add_argument("--unit", action="append", default=[], metavar="METRIC=UNIT",
                      help="unit of a metric, e.g. temperature=celsius (repeatable)")
     dsub.add_parser("list", help="list registered devices")
+    meta = dsub.add_parser(
+        "set-metadata", help="set registry metadata keys (KEY=VALUE; KEY= removes KEY), "
+                             "which rules scoped by metadata follow")
+    meta.add_argument("device_id")
+    meta.add_argument("changes", nargs="+", metavar="KEY=VALUE")
     for action, text in (("disable", "refuse the device's writes (403)"),
                          ("enable", "accept the device's writes again"),
                          ("rotate-token", "issue a new token; the old one stops working")):

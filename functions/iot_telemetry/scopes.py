@@ -24,7 +24,8 @@ from .telemetry import DEVICE_ID
 _PREFIX: Final = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
 #: A glob: the characters of device ids and fnmatch's `*`, `?`, `[`, `]`, `!`.
 _GLOB: Final = re.compile(r"^[A-Za-z0-9._:*?\[\]!-]{1,128}$")
-_METADATA_KEY: Final = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,63}$")
+#: A metadata key rules can name (no `.` or `$`: they would be paths and operators in the store).
+METADATA_KEY: Final = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_-]{0,63}$")
 SELECTOR_FIELDS: Final = ("device", "prefix", "glob", "metadata")
 Scalar = str | int | float | bool
 
@@ -119,9 +120,9 @@ def parse_selector(item: Any, where: str, problems: list[str]) -> Selector:
             problems.append(f"{where}.metadata: must be a non-empty object of key: value")
         else:
             for key, value in metadata.items():
-                if not isinstance(key, str) or not _METADATA_KEY.fullmatch(key):
+                if not isinstance(key, str) or not METADATA_KEY.fullmatch(key):
                     problems.append(f"{where}.metadata: key {key!r} must match "
-                                    f"{_METADATA_KEY.pattern}")
+                                    f"{METADATA_KEY.pattern}")
                 elif not isinstance(value, str | int | float) or (
                         isinstance(value, float) and not math.isfinite(value)):
                     problems.append(f"{where}.metadata.{key}: must be a string, a number or "

@@ -73,5 +73,12 @@ def test_rules_check_reads_the_device_from_the_store_at_mongo_url(
     assert out.startswith(f'a-2: metadata {{"location": "greenhouse-a"}} (from the store at '
                           f"MONGO_URL={mongo_url})")
     assert "override #0 (device 'a-2'): threshold 30 -> 35, clear_threshold 28 -> 33" in out
+    assert main(["devices", "set-metadata", "a-2", "location=greenhouse-b", "row=3"]) == 0
+    assert main(["devices", "set-metadata", "a-2", "row="]) == 0
+    capsys.readouterr()
+    assert main(["rules", "check", "a-2"]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith('a-2: metadata {"location": "greenhouse-b"}')
+    assert "  warm-b                 temperature > 25 (clears at 24), warning" in out
     assert main(["rules", "check", "a-3"]) == 0
     assert "(not in the store at MONGO_URL=" in capsys.readouterr().out

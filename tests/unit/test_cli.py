@@ -267,6 +267,19 @@ def test_rules_check_says_which_rules_apply_to_a_device_and_why(
         "does not apply:",
         "  damp                   scope metadata location=cellar: metadata has "
         "location=greenhouse-2, not location=cellar"]
+    # the device moves to the cellar: the cellar's rule applies, the greenhouse's override not
+    assert main(["devices", "set-metadata", "gh-1", "location=cellar", "floor=-1"]) == 0
+    assert capsys.readouterr().out == 'gh-1 metadata: {"floor": "-1", "location": "cellar"}\n'
+    assert main(["rules", "check", "gh-1"]) == 0
+    out = capsys.readouterr().out
+    assert "  warm                   temperature > 30 (clears at 28), warning" in out
+    assert "  damp                   humidity > 80 (clears at 80), warning" in out
+    assert main(["devices", "set-metadata", "gh-1", "floor="]) == 0
+    assert capsys.readouterr().out == 'gh-1 metadata: {"location": "cellar"}\n'
+    assert main(["devices", "set-metadata", "gh-1", "a.b=1"]) == 1
+    assert "metadata keys must match" in capsys.readouterr().err
+    assert main(["devices", "set-metadata", "nope", "a=1"]) == 1
+    assert "device 'nope' not found" in capsys.readouterr().err
     # a device the registry does not know has no metadata
     assert main(["rules", "check", "ab-1"]) == 0
     out = capsys.readouterr().out
