@@ -167,7 +167,7 @@ class Registry:
             update["$unset"] = unsets
         with self.store.guard():
             doc = self.store.collection(DEVICES).find_one_and_update(
-                {"_id": device_id}, update, projection={"metadata": 1},
+                {"_id": device_id}, update,
                 return_document=ReturnDocument.AFTER)
         if doc is None:
             raise NotFound(f"device {device_id!r} not found")
