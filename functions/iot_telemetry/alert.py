@@ -10,7 +10,7 @@ import urllib.request
 import weakref
 from collections.abc import Mapping
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, Final
 
 import flask
 
@@ -193,7 +193,7 @@ def _resolve_out_of_scope(book: AlertBook, rt: Runtime, device_id: str,
 
 
 #: Open alerts of scoped rules one tick checks; the next tick goes on after the last one.
-SCOPE_CHECKS_PER_TICK = 1000
+SCOPE_CHECKS_PER_TICK: Final = 1000
 
 
 def _sweep_out_of_scope(book: AlertBook, rt: Runtime) -> None:

@@ -106,7 +106,11 @@ class RuleResolver:
         """Whether this process has yet to check that no alert of these rules is open for
         the device: only when the set changed (a first event, a scope or metadata change)."""
         with self._lock:
-            return bool(names) and self._checked.get(device_id) != names
+            if not names:
+                # Every rule applies again: a later change must be checked afresh.
+                self._checked.pop(device_id, None)
+                return False
+            return self._checked.get(device_id) != names
 
     def checked(self, device_id: str, names: frozenset[str]) -> None:
         with self._lock:

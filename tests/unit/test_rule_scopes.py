@@ -243,6 +243,31 @@ def test_rules_per_device_group_through_the_alert_function(runtime, sink_server)
     rules_per_device_group(make, sink_server)
 
 
+def test_a_device_moving_out_in_and_out_of_a_group_has_each_alert_resolved(
+        runtime, sink_server) -> None:  # noqa: F811
+    # one scoped rule: in greenhouse A every rule applies to the device, elsewhere one does not
+    rt = make_runtime(ALERT_RULES=json.dumps(GROUPS[:1]), K_SINK=sink_server.url,
+                      ALERT_METADATA_CACHE_SECONDS="0.001")
+    set_runtime(rt)
+    registry = Registry(rt.store)
+    registry.add("m-1", metadata={"location": "greenhouse-a"})
+    apps = Apps()
+    t = datetime.now(UTC) - timedelta(minutes=30)
+    states = []
+    for i, location in enumerate(("greenhouse-a", "greenhouse-c", "greenhouse-a",
+                                  "greenhouse-c")):
+        registry.set_metadata("m-1", {"location": location})
+        reading(apps, "m-1", 31, t + timedelta(seconds=i), f"m{i}")
+        states.append([(a["id"], a["state"]) for a in alerts(apps, "m-1")])
+    assert states == [
+        [("m-1:warm-a:1", "open")],
+        [("m-1:warm-a:1", "resolved")],
+        [("m-1:warm-a:2", "open"), ("m-1:warm-a:1", "resolved")],
+        [("m-1:warm-a:2", "resolved"), ("m-1:warm-a:1", "resolved")]]
+    assert [h["ce-id"] for h, _ in sink_server.received] == [
+        "m-1:warm-a:1/resolved", "m-1:warm-a:2/resolved"]
+
+
 def test_an_offline_rule_scoped_to_a_group_sweeps_with_its_windows(
         runtime, sink_server) -> None:  # noqa: F811
     rules = [{"name": "gh-offline", "condition": "offline", "for_seconds": 600,
