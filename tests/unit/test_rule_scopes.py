@@ -12,7 +12,7 @@ import pytest
 
 from iot_telemetry.devices import Registry
 from iot_telemetry.rules import parse_rule, verdict
-from iot_telemetry.runtime import Runtime, set_runtime
+from iot_telemetry.runtime import Runtime, get_runtime, set_runtime
 from iot_telemetry.store import DEVICES
 from tests.conftest import Apps, make_runtime, record
 from tests.unit.test_alerting import sink_server  # noqa: F401 (fixture)
@@ -330,3 +330,30 @@ def test_an_offline_rule_scoped_by_metadata_raises_for_that_group_only(
     report(apps, "m-2", 900, "m2")
     assert sweep(apps, "tick").headers["ce-id"] == "m-1:gone:1/raised"
     assert alerts(apps, "m-2") == []
+
+
+def test_ticks_check_the_open_alerts_of_scoped_rules_a_page_at_a_time(
+        runtime, sink_server, monkeypatch: pytest.MonkeyPatch) -> None:  # noqa: F811
+    from iot_telemetry import alert
+
+    def start(rules: list[dict[str, Any]]) -> Apps:
+        set_runtime(make_runtime(ALERT_RULES=json.dumps(rules), K_SINK=sink_server.url))
+        return Apps()
+
+    monkeypatch.setattr(alert, "SCOPE_CHECKS_PER_TICK", 2)
+    apps = start(GROUPS)
+    t = datetime.now(UTC) - timedelta(minutes=30)
+    kept, moved = [f"o-{i}" for i in range(3)], [f"p-{i}" for i in range(5)]
+    for device in kept + moved:
+        Registry(get_runtime().store).add(device, metadata={"location": "greenhouse-b"})
+        reading(apps, device, 27, t, f"{device}-0")
+    # warm-b now applies to o-* only: the o-* alerts (first in id order) stay open, and
+    # each tick goes on after the last alert the previous one checked
+    apps = start([GROUPS[0], {**GROUPS[1], "scope": {"prefix": "o-"}}])
+    resolved = []
+    for tick in range(5):
+        sweep(apps, f"tick-{tick}")
+        resolved.append(sum(a["state"] == "resolved" for d in moved for a in alerts(apps, d)))
+    assert resolved == [0, 1, 3, 5, 5]
+    assert [a["state"] for d in kept for a in alerts(apps, d)] == ["open"] * 3
+    assert len(sink_server.received) == 5
