@@ -91,7 +91,7 @@ def evaluate(event: TelemetryEvent, rt: Runtime) -> Outcome:
     """The alert changes one telemetry event makes: the device's rules, its offline alerts."""
     # Decided once per event: with rules scoped by metadata, that is one metadata lookup.
     verdicts = rt.rule_resolver.verdicts(event.device_id)
-    book = _book(rt, rt.rule_resolver.threshold_rules_for(verdicts))
+    book = _book(rt, None if verdicts is None else rt.rule_resolver.threshold_rules_for(verdicts))
     _resolve_removed_rules(book, rt)
     _resolve_out_of_scope(book, rt, event.device_id, rt.rule_resolver.not_applying(verdicts))
     outcome = book.handle(event)
