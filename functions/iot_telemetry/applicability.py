@@ -58,7 +58,7 @@ class MetadataCache:
         return found
 
     def put(self, device_id: str, metadata: Any, now: float | None = None) -> dict[str, Any]:
-        """Keep metadata read elsewhere (a sweep's device page carries it)."""
+        """Keep a device's metadata as just read, for `seconds`."""
         value = dict(metadata) if isinstance(metadata, Mapping) else {}
         with self._lock:
             self._entries[device_id] = ((now or time.monotonic()) + self.seconds, value)

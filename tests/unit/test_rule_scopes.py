@@ -357,3 +357,22 @@ def test_ticks_check_the_open_alerts_of_scoped_rules_a_page_at_a_time(
     assert resolved == [0, 1, 3, 5, 5]
     assert [a["state"] for d in kept for a in alerts(apps, d)] == ["open"] * 3
     assert len(sink_server.received) == 5
+
+
+def test_an_offline_alert_of_a_rule_no_longer_applying_is_resolved_by_the_next_tick(
+        runtime, sink_server) -> None:  # noqa: F811
+    rule = {"name": "gh-gone", "condition": "offline", "scope": {"prefix": "gh-"}}
+    set_runtime(make_runtime(K_SINK=sink_server.url, ALERT_RULES=json.dumps([rule])))
+    apps = Apps()
+    report(apps, "gh-5", 900, "g0")
+    assert sweep(apps, "tick-1").headers["ce-id"] == "gh-5:gh-gone:1/raised"
+    # the device stays silent; the rule now covers gh-1* only
+    set_runtime(make_runtime(K_SINK=sink_server.url, ALERT_RULES=json.dumps(
+        [{**rule, "scope": {"prefix": "gh-1"}}])))
+    apps = Apps()
+    assert sweep(apps, "tick-2").status_code == 204
+    [alert] = alerts(apps, "gh-5")
+    assert (alert["state"], alert["resolved_reason"]) == ("resolved", "rule_out_of_scope")
+    assert [h["ce-id"] for h, _ in sink_server.received] == ["gh-5:gh-gone:1/resolved"]
+    assert sweep(apps, "tick-3").status_code == 204  # out of scope: not raised again
+    assert len(alerts(apps, "gh-5")) == 1
