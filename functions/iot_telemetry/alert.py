@@ -95,7 +95,7 @@ def evaluate(event: TelemetryEvent, rt: Runtime) -> Outcome:
     _resolve_removed_rules(book, rt)
     _resolve_out_of_scope(book, rt, event.device_id, rt.rule_resolver.not_applying(verdicts))
     outcome = book.handle(event)
-    back = _offline(rt).handle(event)
+    back = _offline(rt).handle(event, fresh=outcome.changed)
     outcome.transitions += back.transitions
     outcome.changed = outcome.changed or back.changed
     outcome.duplicate = outcome.duplicate and not back.changed
@@ -110,7 +110,8 @@ def _book(rt: Runtime, device_rules: tuple[AlertRule, ...] | None = None) -> Ale
 
 
 def _offline(rt: Runtime) -> OfflineBook:
-    return OfflineBook(rt.store, rt.settings.offline_rules, rt.settings.device_stale_seconds)
+    return OfflineBook(rt.store, rt.settings.offline_rules, rt.settings.device_stale_seconds,
+                       rt.offline_reports)
 
 
 def _is_ping(request: flask.Request) -> bool:

@@ -11,6 +11,7 @@ from .applicability import MetadataCache, RuleResolver
 from .clients import Network
 from .devices import Registry
 from .observability import configure_logging
+from .offline import ReportCache
 from .publisher import RecordSink, make_sink
 from .ratelimit import RateLimiter
 from .rollup import RollupWriter
@@ -50,6 +51,12 @@ class Runtime:
         with self._lock:
             return RuleResolver(self.settings.alert_rules or (), MetadataCache(
                 self.store, self.settings.alert_metadata_cache_seconds))
+
+    @cached_property
+    def offline_reports(self) -> ReportCache:
+        """The devices this process heard from lately (see offline.ReportCache)."""
+        with self._lock:
+            return ReportCache()
 
     @cached_property
     def registry(self) -> Registry:
