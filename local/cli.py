@@ -199,6 +199,8 @@ def _run_local(args: argparse.Namespace) -> int:
 
 
 def _devices(args: argparse.Namespace) -> int:
+    import json
+
     from pymongo.errors import PyMongoError
 
     from iot_telemetry.devices import Registry
@@ -230,6 +232,17 @@ def _devices(args: argparse.Namespace) -> int:
                 seen = d.last_seen.isoformat() if d.last_seen else "never"
                 state = "enabled" if d.enabled else "DISABLED"
                 print(f"{d.id:<24} {state:<9} last seen {seen:<32} {d.name} {d.metadata or ''}")
+        elif args.action == "set-metadata":
+            changes: dict[str, str | None] = {}
+            for item in args.changes:
+                key, sep, value = item.partition("=")
+                if not sep:
+                    print(f"error: {item!r}: give KEY=VALUE (KEY= removes KEY)",
+                          file=sys.stderr)
+                    return 2
+                changes[key] = value or None
+            metadata = registry.set_metadata(args.device_id, changes)
+            print(f"{args.device_id} metadata: {json.dumps(metadata, sort_keys=True)}")
         elif args.action == "rotate-token":
             print(f"new token for {args.device_id} (the old one no longer works):\n"
                   f"{registry.rotate(args.device_id)}")
@@ -251,6 +264,72 @@ def _devices(args: argparse.Namespace) -> int:
     except ConfigError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
+    return 0
+
+
+def _rules(args: argparse.Namespace) -> int:
+    """`rules check`: the rules as `alert` reads them (ALERT_RULES, ALERT_RULES_FILE or the
+    defaults) decided for one device, with its metadata from --metadata, the store at
+    MONGO_URL or the running embedded local run."""
+    import json
+
+    from pymongo.errors import PyMongoError
+
+    from iot_telemetry.errors import TelemetryError
+    from iot_telemetry.store import DEVICES, Store
+    from iot_telemetry.telemetry import DEVICE_ID
+
+    from .registry_endpoint import LocalRunUnreachable, RemoteRegistry
+    from .rules_check import report
+
+    if not DEVICE_ID.fullmatch(args.device_id):
+        print(f"error: device id must match {DEVICE_ID.pattern}", file=sys.stderr)
+        return 2
+    target = ""
+    try:
+        settings = Settings.from_environ(None, {
+            "MONGO_TIMEOUT_MS": os.environ.get("MONGO_TIMEOUT_MS") or "2000"})
+        if args.metadata is not None:
+            try:
+                metadata = json.loads(args.metadata)
+            except ValueError as exc:
+                print(f"error: --metadata: not JSON: {exc}", file=sys.stderr)
+                return 2
+            if not isinstance(metadata, dict):
+                print('error: --metadata: must be a JSON object, e.g. {"location": "gh-2"}',
+                      file=sys.stderr)
+                return 2
+            source = "from --metadata"
+        elif os.environ.get("MONGO_URL"):
+            target = f"the store at MONGO_URL={settings.mongo_url}"
+            store = Store(settings)
+            with store.guard():
+                doc = store.collection(DEVICES).find_one({"_id": args.device_id},
+                                                         {"metadata": 1})
+            metadata = dict((doc or {}).get("metadata") or {})
+            source = f"from {target}" if doc else f"not in {target}"
+        else:
+            port = os.environ.get(PORT_OPTIONS["query"][1]) or str(PORTS["query"])
+            target = f"127.0.0.1:{port}"
+            known = {d.id: d for d in RemoteRegistry(f"http://{target}/").list()}
+            device = known.get(args.device_id)
+            metadata = dict(device.metadata) if device else {}
+            source = (f"from the local run on {target}" if device
+                      else f"not registered in the local run on {target}")
+    except LocalRunUnreachable as exc:
+        print(f"error: no `iot-telemetry local` answers on {target} ({exc}): start one, set "
+              "MONGO_URL to read the device from a MongoDB store, or give --metadata JSON",
+              file=sys.stderr)
+        return 1
+    except (PyMongoError, TelemetryError) as exc:
+        reason = str(exc).split(" (configured timeouts", 1)[0].split(", Timeout:", 1)[0]
+        print(f"error: {target}: {reason}", file=sys.stderr)
+        return 1
+    except ConfigError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    print(report(args.device_id, metadata, settings.alert_rules or (),
+                 settings.device_stale_seconds, source))
     return 0
 
 
@@ -290,10 +369,26 @@ def main(argv: Sequence[str] | None = None) -> int:
     add.add_argument("--unit", action="append", default=[], metavar="METRIC=UNIT",
                      help="unit of a metric, e.g. temperature=celsius (repeatable)")
     dsub.add_parser("list", help="list registered devices")
+    meta = dsub.add_parser(
+        "set-metadata", help="set registry metadata keys (KEY=VALUE; KEY= removes KEY), "
+                             "which rules scoped by metadata follow")
+    meta.add_argument("device_id")
+    meta.add_argument("changes", nargs="+", metavar="KEY=VALUE")
     for action, text in (("disable", "refuse the device's writes (403)"),
                          ("enable", "accept the device's writes again"),
                          ("rotate-token", "issue a new token; the old one stops working")):
         dsub.add_parser(action, help=text).add_argument("device_id")
+    rules = sub.add_parser(
+        "rules", help="explain the alert rules (ALERT_RULES, ALERT_RULES_FILE or the defaults)")
+    rsub = rules.add_subparsers(dest="action", required=True)
+    check = rsub.add_parser(
+        "check", help="which rules apply to a device and why, with its thresholds",
+        description="The device's metadata comes from --metadata, else the store at MONGO_URL, "
+                    "else the running embedded `iot-telemetry local` (IOT_QUERY_PORT).")
+    check.add_argument("device_id")
+    check.add_argument("--metadata", default=None, metavar="JSON",
+                       help='the device\'s registry metadata, e.g. \'{"location": "gh-2"}\' '
+                            "(instead of reading it)")
     args, rest = parser.parse_known_args(argv)
     if args.command == "simulate":
         from .simulator import main as simulate_main
@@ -306,6 +401,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
     if args.command == "devices":
         return _devices(args)
+    if args.command == "rules":
+        return _rules(args)
     return _run_local(args)
 
 

@@ -43,6 +43,12 @@ def _handle(request: Request, registry: Registry) -> Response:
             raise BadRequest('body must be {"id": ..., "name": ..., "metadata": {...}}')
         token = registry.add(body["id"], str(body.get("name") or ""), body.get("metadata") or {})
         return _json({"token": token}, 201)
+    if len(parts) == 2 and parts[1] == "metadata":
+        changes = request.get_json(silent=True)
+        if not isinstance(changes, dict) or not all(
+                v is None or isinstance(v, str) for v in changes.values()):
+            raise BadRequest('body must be {"<key>": "<value>" or null, ...}')
+        return _json({"metadata": registry.set_metadata(parts[0], changes)})
     if len(parts) == 2 and parts[1] == "rotate-token":
         return _json({"token": registry.rotate(parts[0])})
     if len(parts) == 2 and parts[1] in ("enable", "disable"):
@@ -112,6 +118,9 @@ class RemoteRegistry:
 
     def set_enabled(self, device_id: str, enabled: bool) -> None:
         self._call(f"/{device_id}/{'enable' if enabled else 'disable'}", {})
+
+    def set_metadata(self, device_id: str, changes: Mapping[str, str | None]) -> dict[str, Any]:
+        return dict(self._call(f"/{device_id}/metadata", dict(changes))["metadata"])
 
     def rotate(self, device_id: str) -> str:
         return str(self._call(f"/{device_id}/rotate-token", {})["token"])

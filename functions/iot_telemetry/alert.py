@@ -10,12 +10,21 @@ import urllib.request
 import weakref
 from collections.abc import Mapping
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, Final
 
 import flask
 
 from .aggregate import decode_telemetry
-from .alerting import RESOLVED, RULE_REMOVED, AlertBook, Outcome, public
+from .alerting import (
+    ACKNOWLEDGED,
+    OPEN,
+    RESOLVED,
+    RULE_OUT_OF_SCOPE,
+    RULE_REMOVED,
+    AlertBook,
+    Outcome,
+    public,
+)
 from .errors import DependencyUnavailable
 from .events import (
     ALERT_TYPE,
@@ -30,9 +39,11 @@ from .events import (
 from .eventtime import settled
 from .observability import ALERT_TRANSITIONS, DUPLICATES_SKIPPED, EVENTS_PROCESSED
 from .offline import OfflineBook
+from .rules import AlertRule, verdict
 from .runtime import Runtime, get_runtime
 from .service import require, serve
-from .telemetry import parse_time
+from .store import ALERTS
+from .telemetry import TelemetryEvent, parse_time
 
 log = logging.getLogger(__name__)
 FUNCTION = "alert"
@@ -73,19 +84,29 @@ def _alert(request: flask.Request, rt: Runtime) -> flask.Response:
     event = decode_telemetry(request, FUNCTION)
     if event.points:  # a resend of an event without `time` is evaluated at the first time
         event = settled(rt.store, event)
-    book = _book(rt)
+    return _reply(evaluate(event, rt), rt, event.id, event.device_id)
+
+
+def evaluate(event: TelemetryEvent, rt: Runtime) -> Outcome:
+    """The alert changes one telemetry event makes: the device's rules, its offline alerts."""
+    # Decided once per event: with rules scoped by metadata, that is one metadata lookup.
+    verdicts = rt.rule_resolver.verdicts(event.device_id)
+    book = _book(rt, None if verdicts is None else rt.rule_resolver.threshold_rules_for(verdicts))
     _resolve_removed_rules(book, rt)
+    _resolve_out_of_scope(book, rt, event.device_id, rt.rule_resolver.not_applying(verdicts))
     outcome = book.handle(event)
     back = _offline(rt).handle(event, fresh=outcome.changed)
     outcome.transitions += back.transitions
     outcome.changed = outcome.changed or back.changed
     outcome.duplicate = outcome.duplicate and not back.changed
-    return _reply(outcome, rt, event.id, event.device_id)
+    return outcome
 
 
-def _book(rt: Runtime) -> AlertBook:
+def _book(rt: Runtime, device_rules: tuple[AlertRule, ...] | None = None) -> AlertBook:
+    """The alert book; with `device_rules`, for one device's event: the rules applying to it."""
     return AlertBook(rt.store, rt.settings.rules, [r.name for r in rt.settings.offline_rules],
-                     rt.alert_states)
+                     rt.alert_states,
+                     None if device_rules is None else lambda _device: device_rules)
 
 
 def _offline(rt: Runtime) -> OfflineBook:
@@ -115,6 +136,7 @@ def _sweep(raw: RawEvent, rt: Runtime) -> flask.Response:
     key = f"{raw.attributes.get('source')}\x1f{raw.attributes.get('id')}"
     book = _book(rt)
     _resolve_removed_rules(book, rt)
+    _sweep_out_of_scope(book, rt)
     rt.store.ensure_indexes()  # the sweep reads devices through the `recent` index
     outcome = _offline(rt).sweep(now, key)
     return _reply(outcome, rt, str(raw.attributes.get("id")), None)
@@ -141,31 +163,83 @@ def _reply(outcome: Outcome, rt: Runtime, event_id: str, device_id: str | None,
 
 
 def _resolve_removed_rules(book: AlertBook, rt: Runtime) -> None:
-    """Once per process (the rules are read at start): resolve alerts of rules now gone.
-
-    Each one's `resolved` event is sent to the Broker before the alert is resolved, so a
-    crash or an unreachable Broker in between sends it again on the next try, never loses it.
-    """
+    """Once per process (the rules are read at start): resolve alerts of rules now gone."""
     if rt in _SWEPT:
         return
     with _SWEEP_LOCK:
         if rt in _SWEPT:
             return
-        now = datetime.now(UTC)
-        for doc in book.orphans():
-            gone = public({**doc, "state": RESOLVED, "resolved_at": now, "resolved_value": None,
-                           "resolved_reason": RULE_REMOVED})
-            if rt.settings.alert_sink:
-                _send_to_sink(rt.settings.alert_sink, *alert_event(
-                    {"transition": RESOLVED, "alert": gone}))
-            else:
-                log.warning("alert resolved without an alert event: no K_SINK",
-                            extra={"alert_id": doc["_id"]})
-            book.resolve_orphan(doc, now)
-            ALERT_TRANSITIONS.labels(RESOLVED, doc["severity"]).inc()
-            log.info("alert resolved: its rule was removed", extra={
-                "alert_id": doc["_id"], "rule": doc["rule"], "device_id": doc["device_id"]})
+        _resolve_unclosable(book, rt, book.orphans(), RULE_REMOVED)
         _SWEPT.add(rt)
+
+
+def _resolve_out_of_scope(book: AlertBook, rt: Runtime, device_id: str,
+                          names: frozenset[str]) -> None:
+    """On a device's event: resolve its open alerts of rules that no longer apply to it.
+
+    The store is asked only when the set of rules not applying to the device differs from
+    the one this process last checked for it (its first event here, a scope or metadata
+    change), so steady traffic costs no store command. An alert another instance opened
+    meanwhile (it still had the old metadata) is found by the sweep of each tick.
+    """
+    resolver = rt.rule_resolver
+    if not resolver.needs_check(device_id, names):
+        return
+    with rt.store.guard():
+        docs = list(rt.store.collection(ALERTS).find(
+            {"device_id": device_id, "state": {"$in": [OPEN, ACKNOWLEDGED]},
+             "rule": {"$in": sorted(names)}}))
+    _resolve_unclosable(book, rt, docs, RULE_OUT_OF_SCOPE)
+    resolver.checked(device_id, names)
+
+
+#: Open alerts of scoped rules one tick checks; the next tick goes on after the last one.
+SCOPE_CHECKS_PER_TICK: Final = 1000
+
+
+def _sweep_out_of_scope(book: AlertBook, rt: Runtime) -> None:
+    """On a tick: resolve open alerts of scoped rules that no longer apply to their device,
+    also of devices that send nothing (an offline alert, a device gone quiet)."""
+    resolver = rt.rule_resolver
+    rules = {r.name: r for r in resolver.rules if not r.scope.everything}
+    if not rules:
+        return
+    query: dict[str, Any] = {"state": {"$in": [OPEN, ACKNOWLEDGED]},
+                             "rule": {"$in": sorted(rules)}}
+    if resolver.sweep_after is not None:
+        query["_id"] = {"$gt": resolver.sweep_after}
+    with rt.store.guard():
+        docs = list(rt.store.collection(ALERTS).find(query).sort("_id", 1).limit(
+            SCOPE_CHECKS_PER_TICK))
+    resolver.sweep_after = docs[-1]["_id"] if len(docs) == SCOPE_CHECKS_PER_TICK else None
+    metadata = (resolver.metadata.get_many(d["device_id"] for d in docs)
+                if resolver.needs_metadata else {})
+    gone = [d for d in docs if not verdict(rules[d["rule"]], d["device_id"],
+                                           metadata.get(d["device_id"], {})).applies]
+    _resolve_unclosable(book, rt, gone, RULE_OUT_OF_SCOPE)
+
+
+def _resolve_unclosable(book: AlertBook, rt: Runtime, docs: list[dict[str, Any]],
+                        reason: str) -> None:
+    """Resolve alerts no rule can close any more, each with its `resolved` event.
+
+    Each one's `resolved` event is sent to the Broker before the alert is resolved, so a
+    crash or an unreachable Broker in between sends it again on the next try, never loses it.
+    """
+    now = datetime.now(UTC)
+    for doc in docs:
+        gone = public({**doc, "state": RESOLVED, "resolved_at": now, "resolved_value": None,
+                       "resolved_reason": reason})
+        if rt.settings.alert_sink:
+            _send_to_sink(rt.settings.alert_sink, *alert_event(
+                {"transition": RESOLVED, "alert": gone}))
+        else:
+            log.warning("alert resolved without an alert event: no K_SINK",
+                        extra={"alert_id": doc["_id"]})
+        book.resolve_orphan(doc, now, reason)
+        ALERT_TRANSITIONS.labels(RESOLVED, doc["severity"]).inc()
+        log.info("alert resolved: %s", reason, extra={
+            "alert_id": doc["_id"], "rule": doc["rule"], "device_id": doc["device_id"]})
 
 
 def _send_to_sink(sink: str, attributes: dict[str, str], data: dict[str, Any]) -> None:

@@ -21,7 +21,7 @@ from __future__ import annotations
 import logging
 import threading
 from collections import OrderedDict
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Any, Final
@@ -47,6 +47,8 @@ _TIED_EVENTS: Final = 100
 #: Why an alert was resolved.
 CLEARED: Final = "cleared"
 RULE_REMOVED: Final = "rule_removed"
+#: The rule is still configured but no longer applies to the device (scope or metadata changed).
+RULE_OUT_OF_SCOPE: Final = "rule_out_of_scope"
 
 
 @dataclass(frozen=True)
@@ -216,17 +218,21 @@ class AlertBook:
     """
 
     def __init__(self, store: Store, rules: Sequence[AlertRule],
-                 other_rules: Sequence[str] = (), cache: StateCache | None = None) -> None:
+                 other_rules: Sequence[str] = (), cache: StateCache | None = None,
+                 rules_for: Callable[[str], Sequence[AlertRule]] | None = None) -> None:
         self.store = store
         self.cache = cache or StateCache(0)
         self.rules = tuple(rules)
         #: Names of the other rules configured (offline rules): their alerts are no orphans.
         self.other_rules = tuple(other_rules)
+        #: The rules that apply to a device, with its values (applicability.RuleResolver).
+        self.rules_for = rules_for or (lambda _device: self.rules)
 
     def applicable(self, event: TelemetryEvent) -> list[AlertRule]:
-        """The rules the event's readings can move: those of its metrics."""
+        """The rules the event's readings can move: those of its metrics that apply to its
+        device, with the device's values."""
         metrics = {p.metric for p in event.points}
-        return [r for r in self.rules if r.metric in metrics]
+        return [r for r in self.rules_for(event.device_id) if r.metric in metrics]
 
     def handle(self, event: TelemetryEvent) -> Outcome:
         outcome = Outcome()
@@ -325,15 +331,16 @@ class AlertBook:
         doc["recent"] = doc["recent"][-RECENT_EVENTS:]
         return doc
 
-    def _rule(self, name: str) -> AlertRule | None:
-        return next((r for r in self.rules if r.name == name), None)
+    def _rule(self, name: str, device_id: str) -> AlertRule | None:
+        """The rule as it applies to the device (its values); None if gone or not applying."""
+        return next((r for r in self.rules_for(device_id) if r.name == name), None)
 
     def _apply(self, device_id: str, effects: Sequence[Effect]) -> None:
         alerts = self.store.collection(ALERTS)
         later: list[Update] = []
         with self.store.guard():
             for e in effects:
-                rule = self._rule(e.rule)
+                rule = self._rule(e.rule, device_id)
                 if e.kind == "raised":
                     if rule is None:
                         continue  # its rule is gone: nothing to raise (orphans are resolved)
@@ -388,8 +395,10 @@ class AlertBook:
                  "rule": {"$nin": [r.name for r in self.rules] + list(self.other_rules)}},
             ).limit(limit))
 
-    def resolve_orphan(self, doc: Mapping[str, Any], now: datetime) -> None:
-        """Resolve an alert of a removed rule (reason rule_removed) and stop its evaluation state.
+    def resolve_orphan(self, doc: Mapping[str, Any], now: datetime,
+                       reason: str = RULE_REMOVED) -> None:
+        """Resolve an alert no rule can close any more (a removed rule, or one that no longer
+        applies to the device) with that reason, and stop its evaluation state.
 
         The state stops firing but keeps its episode count, so if a rule of that name comes
         back, its next raise opens a new alert instead of updating the resolved one.
@@ -398,7 +407,9 @@ class AlertBook:
             self.store.collection(ALERTS).update_one(
                 {"_id": doc["_id"], "state": {"$in": [OPEN, ACKNOWLEDGED]}},
                 {"$set": {"state": RESOLVED, "resolved_at": now, "resolved_value": None,
-                          "resolved_reason": RULE_REMOVED}})
+                          "resolved_reason": reason}})
+            # This process's copy of the state is stale from here on.
+            self.cache.drop(device_state_id(doc["device_id"]))
             stopped = {"firing": False, "streak": 0, "streak_since": None,
                        "streak_peak": None, "count": 0, "peak": None}
             at = f"rules.{doc['rule']}.state"

@@ -22,7 +22,10 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Final
 
+from pymongo import ReturnDocument
+
 from .errors import BadRequest, Conflict, Forbidden, NotFound, Unauthorized
+from .scopes import METADATA_KEY
 from .store import DEVICES, Store
 from .telemetry import DEVICE_ID
 
@@ -145,6 +148,30 @@ class Registry:
         with self.store.guard():
             docs = self.store.collection(DEVICES).find({}, {"token": 0, "latest": 0}).sort("_id")
             return [Device.from_doc(d) for d in docs]
+
+    def set_metadata(self, device_id: str, changes: Mapping[str, str | None]) -> dict[str, Any]:
+        """Set metadata keys (None removes one); return the device's metadata after.
+
+        Rules scoped or overridden by metadata follow within ALERT_METADATA_CACHE_SECONDS.
+        """
+        bad = [k for k in changes if not METADATA_KEY.fullmatch(k)]
+        if bad or not changes:
+            raise BadRequest(f"metadata keys must match {METADATA_KEY.pattern}"
+                             + (f": {', '.join(map(repr, bad))}" if bad else ""))
+        update: dict[str, Any] = {}
+        sets = {f"metadata.{k}": v for k, v in changes.items() if v is not None}
+        unsets = {f"metadata.{k}": "" for k, v in changes.items() if v is None}
+        if sets:
+            update["$set"] = sets
+        if unsets:
+            update["$unset"] = unsets
+        with self.store.guard():
+            doc = self.store.collection(DEVICES).find_one_and_update(
+                {"_id": device_id}, update,
+                return_document=ReturnDocument.AFTER)
+        if doc is None:
+            raise NotFound(f"device {device_id!r} not found")
+        return dict(doc.get("metadata") or {})
 
     def set_enabled(self, device_id: str, enabled: bool) -> None:
         with self.store.guard():

@@ -17,8 +17,9 @@ telemetry event finds its own effects in the state and answers the same alert ev
 Bounded work: a sweep reads, over the `recent` index, only devices whose last report fell
 between where the previous sweeps got to (less LATE_GRACE, for reports aggregate records
 late) and this sweep's cutoff, in pages of PAGE_SIZE, at most MAX_DEVICES and MAX_RAISES;
-where it stopped is kept (`sweep:<rule>` in alert_state) and the next sweep goes on from
-there.
+where it stopped is kept (`sweep:<rule>` in alert_state; `sweep:<rule>:<window>s` for a
+window an override gives some devices) and the next sweep goes on from there. A rule's scope
+and overrides are decided from the metadata each device page carries.
 """
 
 from __future__ import annotations
@@ -35,7 +36,7 @@ from typing import Any, Final
 from pymongo.errors import DuplicateKeyError
 
 from .alerting import ACKNOWLEDGED, CLEARED, OPEN, RECENT_EVENTS, RESOLVED, Outcome, public
-from .rules import OFFLINE, OfflineRule
+from .rules import OFFLINE, OfflineRule, verdict
 from .store import ALERT_STATE, ALERTS, DEVICES, Store
 from .telemetry import TelemetryEvent, parse_time
 
@@ -89,6 +90,12 @@ class ReportCache:
                 self._times.popitem(last=False)
 
 
+def windows(rule: OfflineRule, default: float) -> list[float]:
+    """Every window the rule gives some device: its own and each override's."""
+    return [rule.window(default), *(float(v) for o in rule.overrides for k, v in o.values
+                                    if k == "for_seconds")]
+
+
 def state_id(device_id: str, rule: OfflineRule) -> str:
     return f"{device_id}:{rule.name}"
 
@@ -134,7 +141,11 @@ class OfflineBook:
         outcome = Outcome()
         for rule in self.rules:
             self._resolve_reported(rule, event_key, outcome)
-            self._sweep_rule(rule, now, event_key, outcome)
+            base = rule.window(self.default_window)
+            for window in (base, *sorted(set(windows(rule, self.default_window)) - {base})):
+                self._sweep_rule(rule, window, now, event_key, outcome=outcome,
+                                 progress=f"sweep:{rule.name}" if window == base
+                                 else f"sweep:{rule.name}:{window:g}s")
         outcome.duplicate = not outcome.changed
         return outcome
 
@@ -162,14 +173,18 @@ class OfflineBook:
             if doc and last_seen and report and last_seen > report:
                 self._transition(rule, device, doc, key, outcome, resolve_at=last_seen)
 
-    def _sweep_rule(self, rule: OfflineRule, now: datetime, key: str, outcome: Outcome) -> None:
+    def _sweep_rule(self, rule: OfflineRule, window: float, now: datetime, key: str, *,
+                    outcome: Outcome, progress: str) -> None:
+        """One pass over the devices silent past `window`, raising for those whose window
+        it is: a rule whose overrides give some devices other windows makes one pass per
+        window, each with its own progress, so a long window is not skipped past by the
+        progress of a short one."""
         if len(outcome.transitions) >= MAX_RAISES:
             return  # this tick raised enough: the next one sweeps this rule
-        window = rule.window(self.default_window)
         cutoff = now - timedelta(seconds=window)
         states = self.store.collection(ALERT_STATE)
         with self.store.guard():
-            cursor = states.find_one({"_id": f"sweep:{rule.name}"}) or {}
+            cursor = states.find_one({"_id": progress}) or {}
         through, resume = _time(cursor.get("through")), _time(cursor.get("resume"))
         low = resume or (through - LATE_GRACE if through else None)
         done_at_low: list[str] = []
@@ -183,7 +198,8 @@ class OfflineBook:
                 query["_id"] = {"$nin": done_at_low}
             with self.store.guard():
                 page = list(self.store.collection(DEVICES).find(
-                    query, {"last_seen": 1, "enabled": 1}).sort("last_seen", 1).limit(PAGE_SIZE))
+                    query, {"last_seen": 1, "enabled": 1, "metadata": 1},
+                ).sort("last_seen", 1).limit(PAGE_SIZE))
             self._raise_page(rule, window, page, now, key=key, outcome=outcome)
             examined += len(page)
             if len(page) < PAGE_SIZE:
@@ -203,9 +219,9 @@ class OfflineBook:
             else {"$set": {"resume": low}})
         with self.store.guard():
             try:
-                states.update_one({"_id": f"sweep:{rule.name}"}, update, upsert=True)
+                states.update_one({"_id": progress}, update, upsert=True)
             except DuplicateKeyError:
-                states.update_one({"_id": f"sweep:{rule.name}"}, update)
+                states.update_one({"_id": progress}, update)
 
     def _raise_page(self, rule: OfflineRule, window: float, page: list[dict[str, Any]],
                     now: datetime, *, key: str, outcome: Outcome) -> None:
@@ -216,6 +232,12 @@ class OfflineBook:
         for device, sid in zip(page, ids, strict=True):
             if device.get("enabled", True) is False:
                 continue
+            if not rule.scope.everything or rule.overrides:
+                # The page carries the device's metadata: deciding the rule reads nothing more.
+                decided = verdict(rule, device["_id"], device.get("metadata") or {})
+                if not decided.applies or not isinstance(decided.rule, OfflineRule) or (
+                        decided.rule.window(self.default_window) != window):
+                    continue  # another rule's scope, or another window's pass
             self._transition(rule, device["_id"], docs.get(sid), key, outcome, raise_at=(
                 now, _utc(device["last_seen"]), window))
 
@@ -237,7 +259,7 @@ class OfflineBook:
             # ago, no sweep since could have raised (once aggregate recorded that report), so
             # the read of the offline states is skipped; a raise made on a report aggregate
             # recorded late is resolved by the next sweep (_resolve_reported).
-            shortest = min(r.window(self.default_window) for r in self.rules)
+            shortest = min(w for r in self.rules for w in windows(r, self.default_window))
             previous = self.reports.newest(event.device_id)
             # Half the window: room for the clocks of ingest's and this pod to differ.
             if previous is not None and (

@@ -123,12 +123,14 @@ def document(settings: Settings) -> dict[str, Any]:
                       "resolved_at": {"type": ["string", "null"], "format": "date-time"},
                       "resolved_value": {"type": ["number", "null"]},
                       "resolved_reason": {
-                          "enum": ["cleared", "rule_removed", None],
+                          "enum": ["cleared", "rule_removed", "rule_out_of_scope", None],
                           "description": "Why it was resolved: `cleared` by a reading (for "
                                          "an offline alert: the device reported again, "
-                                         "resolved_value null), or `rule_removed` when its "
-                                         "rule was removed or renamed (resolved_value is "
-                                         "then null)"}}},
+                                         "resolved_value null), `rule_removed` when its "
+                                         "rule was removed or renamed, `rule_out_of_scope` "
+                                         "when its rule no longer applies to the device (a "
+                                         "scope or metadata change; resolved_value is then "
+                                         "null)"}}},
         "Rule": {"type": "object",
                  "required": ["name", "metric", "condition", "threshold", "clear_threshold",
                               "severity"],
@@ -138,7 +140,31 @@ def document(settings: Settings) -> dict[str, Any]:
                      "threshold": {"type": "number"}, "clear_threshold": {"type": "number"},
                      "severity": {"enum": ["warning", "critical"]},
                      "for_count": {"type": "integer", "minimum": 1},
-                     "for_seconds": {"type": "number", "minimum": 0}}},
+                     "for_seconds": {"type": "number", "minimum": 0},
+                     "scope": {**_ref("Selector"), "description": "The devices the rule "
+                               "applies to (absent: every device); without device_id only"},
+                     "overrides": {"type": "array", "description": "Values for some devices: "
+                                   "the first whose match selects the device gives its values; "
+                                   "without device_id only",
+                                   "items": {"type": "object", "required": ["match"],
+                                             "properties": {
+                                                 "match": _ref("Selector"),
+                                                 "threshold": {"type": "number"},
+                                                 "clear_threshold": {"type": "number"},
+                                                 "for_count": {"type": "integer"},
+                                                 "for_seconds": {"type": "number"}}}},
+                     "matched_by": {"type": "string", "description": "With device_id: why "
+                                    "the rule applies to it (`all devices`, `prefix 'gh-'`, "
+                                    "`metadata location=greenhouse-2`...)"},
+                     "overridden": {"type": "object", "additionalProperties": {
+                         "type": ["number", "null"]}, "description": "With device_id: the "
+                         "rule's own value of each field an override changed for the device "
+                         "(the rule's fields hold the device's values)"}}},
+        "Selector": {"type": "object", "properties": {
+            "device": {"type": "string"}, "prefix": {"type": "string"},
+            "glob": {"type": "string"},
+            "metadata": {"type": "object", "description": "Every key must equal the device's "
+                         "registry metadata"}}},
     }
     return {
         "openapi": "3.1.0",
@@ -242,15 +268,25 @@ def document(settings: Settings) -> dict[str, Any]:
                            "(offline rules have no threshold and are not listed)",
                 "parameters": [
                     _param("device_id", "query", device_id,
-                           "Only the rules that apply to this device (today: every rule)"),
+                           "Only the rules that apply to this device, with its values "
+                           "(overrides applied); the others under not_applying"),
                     _param("metric", "query", {"type": "string",
                                                "pattern": r"^[a-z][a-z0-9_]{0,63}$"},
                            "Only the rules of this metric")],
                 "responses": {"200": _json({"type": "object", "required": ["rules"],
-                                            "properties": {"rules": {
-                                                "type": "array", "items": _ref("Rule")}}},
+                                            "properties": {
+                                                "rules": {"type": "array",
+                                                          "items": _ref("Rule")},
+                                                "device_id": device_id,
+                                                "not_applying": {
+                                                    "type": "array", "items": {
+                                                        "type": "object",
+                                                        "required": ["name", "reason"],
+                                                        "properties": {
+                                                            "name": {"type": "string"},
+                                                            "reason": {"type": "string"}}}}}},
                                            "Rules in configuration order"),
-                              **_errors(400)}}},
+                              **_errors(400, 503)}}},
             "/openapi.json": {"get": {"summary": "This document",
                                       "responses": {"200": {"description": "OpenAPI 3.1"}}}},
             "/healthz": {"get": {"summary": "Process alive",

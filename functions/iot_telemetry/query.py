@@ -21,7 +21,7 @@ from .alerting import ACKNOWLEDGED, OPEN, RESOLVED, AlertBook, public
 from .errors import BadRequest, MethodNotAllowed, NotFound, TelemetryError
 from .events import loads
 from .observability import ALERTS_ACKNOWLEDGED, QUERY_SECONDS, Timer
-from .rules import SEVERITIES
+from .rules import SEVERITIES, verdict
 from .runtime import Runtime, get_runtime
 from .series import STEPS, bucket_start, read_points, reading_of
 from .service import json_response, serve
@@ -384,12 +384,27 @@ def _alerts_csv(rt: Runtime, filt: dict[str, Any], rows: int,
 def _alert_rules(request: flask.Request, rt: Runtime) -> flask.Response:
     """The alert rules (as `alert` evaluates them), for charts that draw their thresholds."""
     p = Params(request, {"device_id", "metric"})
-    # Every rule applies to every device today; the parameter is checked so that clients
-    # can already ask for one device's rules.
-    p.text("device_id", DEVICE_ID)
+    device_id = p.text("device_id", DEVICE_ID)
     metric = p.text("metric", METRIC_NAME)
-    return json_response({"rules": [r.describe() for r in rt.settings.rules
-                                    if metric is None or r.metric == metric]})
+    rules = [r for r in rt.settings.rules if metric is None or r.metric == metric]
+    if device_id is None:
+        return json_response({"rules": [r.describe() for r in rules]})
+    # Read now, not from alert's cache: a page showing a device should see its metadata.
+    with rt.store.guard():
+        doc = rt.store.collection(DEVICES).find_one({"_id": device_id}, {"metadata": 1})
+    metadata = (doc or {}).get("metadata") or {}
+    applying, not_applying = [], []
+    for rule in rules:
+        decided = verdict(rule, device_id, metadata)
+        if not decided.applies:
+            not_applying.append({"name": rule.name, "reason": decided.reason})
+            continue
+        shown = {k: v for k, v in decided.rule.describe().items()
+                 if k not in ("scope", "overrides")}
+        applying.append({**shown, "matched_by": decided.reason, "overridden": {
+            name: before for name, before, _after in decided.changed}})
+    return json_response({"device_id": device_id, "rules": applying,
+                          "not_applying": not_applying})
 
 
 def _alert_id(value: str) -> str:

@@ -1,5 +1,6 @@
 """Alert rules: what violates a threshold, what clears it, and how long before raising; and
-offline rules: how long a device may stay silent."""
+offline rules: how long a device may stay silent. Each may be scoped to some devices and
+take other values for some (scopes.py); `verdict` says what a rule is for one device."""
 
 from __future__ import annotations
 
@@ -7,8 +8,10 @@ import math
 import operator
 import re
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, ClassVar, Final
+
+from .scopes import EVERY_DEVICE, Override, Selector, parse_overrides, parse_selector
 
 CONDITIONS: Final[dict[str, Callable[[float, float], bool]]] = {
     ">": operator.gt,
@@ -35,6 +38,8 @@ class AlertRule:
     clear_threshold: float
     for_count: int = 1
     for_seconds: float = 0.0
+    scope: Selector = EVERY_DEVICE
+    overrides: tuple[Override, ...] = ()
 
     @property
     def rising(self) -> bool:
@@ -62,7 +67,7 @@ class AlertRule:
             "name": self.name, "metric": self.metric, "condition": self.condition,
             "threshold": self.threshold, "clear_threshold": self.clear_threshold,
             "severity": self.severity, "for_count": self.for_count,
-            "for_seconds": self.for_seconds,
+            "for_seconds": self.for_seconds, **_scoping(self),
         }
 
 
@@ -73,6 +78,8 @@ class OfflineRule:
     name: str
     severity: str
     for_seconds: float | None = None
+    scope: Selector = EVERY_DEVICE
+    overrides: tuple[Override, ...] = ()
 
     #: Offline alerts have no metric: what they watch is the device's last report.
     condition: ClassVar[str] = OFFLINE
@@ -85,7 +92,17 @@ class OfflineRule:
     def describe(self) -> dict[str, Any]:
         """The rule as ALERT_RULES writes it."""
         window = {} if self.for_seconds is None else {"for_seconds": self.for_seconds}
-        return {"name": self.name, "condition": OFFLINE, "severity": self.severity, **window}
+        return {"name": self.name, "condition": OFFLINE, "severity": self.severity, **window,
+                **_scoping(self)}
+
+
+def _scoping(rule: AlertRule | OfflineRule) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    if not rule.scope.everything:
+        out["scope"] = rule.scope.describe()
+    if rule.overrides:
+        out["overrides"] = [o.describe() for o in rule.overrides]
+    return out
 
 
 def _number(item: Mapping[str, Any], key: str, where: str, problems: list[str]) -> float | None:
@@ -99,7 +116,7 @@ def _number(item: Mapping[str, Any], key: str, where: str, problems: list[str]) 
 def parse_offline_rule(item: Mapping[str, Any], where: str = "rule") -> OfflineRule:
     """Check one `"condition": "offline"` rule; raise ValueError listing every problem."""
     problems: list[str] = []
-    known = {"name", "condition", "severity", "for_seconds"}
+    known = {"name", "condition", "severity", "for_seconds", "scope", "overrides"}
     problems += [f"{where}.{k}: not used by offline rules" if k in _THRESHOLD_FIELDS
                  else f"{where}.{k}: unknown field" for k in item if k not in known]
     name = item.get("name")
@@ -113,9 +130,14 @@ def parse_offline_rule(item: Mapping[str, Any], where: str = "rule") -> OfflineR
                                or not 0 < window < math.inf):
         problems.append(f"{where}.for_seconds: must be a number > 0 (seconds of silence; "
                         "leave it out for DEVICE_STALE_SECONDS)")
+    scope = (Selector() if "scope" not in item
+             else parse_selector(item["scope"], f"{where}.scope", problems))
+    overrides = parse_overrides(item.get("overrides"), {"for_seconds": "positive"},
+                                f"{where}.overrides", problems)
     if problems:
         raise ValueError("; ".join(problems))
-    return OfflineRule(str(name), str(severity), None if window is None else float(window))
+    return OfflineRule(str(name), str(severity), None if window is None else float(window),
+                       scope, overrides)
 
 
 _THRESHOLD_FIELDS: Final = frozenset({"metric", "threshold", "clear_threshold", "for_count"})
@@ -131,7 +153,7 @@ def parse_rule(item: Any, where: str = "rule") -> Rule:
         return parse_offline_rule(item, where)
     problems: list[str] = []
     known = {"name", "metric", "condition", "threshold", "severity", "clear_threshold",
-             "for_count", "for_seconds"}
+             "for_count", "for_seconds", "scope", "overrides"}
     problems += [f"{where}.{k}: unknown field" for k in item if k not in known]
     name, metric = item.get("name"), item.get("metric")
     if not isinstance(name, str) or not RULE_NAME.fullmatch(name):
@@ -155,17 +177,46 @@ def parse_rule(item: Any, where: str = "rule") -> Rule:
         0 <= for_seconds < math.inf
     ):
         problems.append(f"{where}.for_seconds: must be a number >= 0")
+    scope = (Selector() if "scope" not in item
+             else parse_selector(item["scope"], f"{where}.scope", problems))
+    overrides = parse_overrides(item.get("overrides"), _OVERRIDABLE, f"{where}.overrides",
+                                problems)
     if threshold is not None and clear is not None and condition in CONDITIONS:
-        rising = condition in (">", ">=")
-        if (rising and clear > threshold) or (not rising and clear < threshold):
-            side = "above" if rising else "below"
-            problems.append(
-                f"{where}.clear_threshold: must not be {side} the threshold (hysteresis)")
+        _check_hysteresis(str(condition), threshold, clear, f"{where}.clear_threshold",
+                          detail="", problems=problems)
+        if "clear_threshold" not in item:
+            # The clear threshold defaults to the threshold, also an overridden one.
+            overrides = tuple(
+                replace(o, values=(*o.values, ("clear_threshold", dict(o.values)["threshold"])))
+                if "threshold" in dict(o.values) and "clear_threshold" not in dict(o.values)
+                else o for o in overrides)
+        for i, o in enumerate(overrides):
+            values = dict(o.values)
+            if "threshold" not in values and "clear_threshold" not in values:
+                continue
+            t = values.get("threshold", threshold)
+            c = values.get("clear_threshold", clear)
+            _check_hysteresis(str(condition), t, c, f"{where}.overrides[{i}].clear_threshold",
+                              detail=f" (threshold {t:g}, clear_threshold {c:g}: give both)",
+                              problems=problems)
     if problems:
         raise ValueError("; ".join(problems))
     assert threshold is not None and clear is not None
     return AlertRule(str(name), str(metric), str(condition), threshold, str(severity), clear,
-                     int(for_count), float(for_seconds))
+                     int(for_count), float(for_seconds), scope, overrides)
+
+
+#: What an override may change on a threshold rule, and how each is checked.
+_OVERRIDABLE: Final = {"threshold": "number", "clear_threshold": "number",
+                       "for_count": "count", "for_seconds": "nonnegative"}
+
+
+def _check_hysteresis(condition: str, threshold: float, clear: float, where: str, *,
+                      detail: str, problems: list[str]) -> None:
+    rising = condition in (">", ">=")
+    if (rising and clear > threshold) or (not rising and clear < threshold):
+        side = "above" if rising else "below"
+        problems.append(f"{where}: must not be {side} the threshold (hysteresis){detail}")
 
 
 def parse_rules(items: Any) -> tuple[Rule, ...]:
@@ -201,3 +252,39 @@ def default_rules() -> tuple[Rule, ...]:
          "threshold": 20.0, "clear_threshold": 25.0, "severity": "warning", "for_count": 3},
         {"name": "device-offline", "condition": OFFLINE, "severity": "warning"},
     ])
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """What one rule is for one device: whether it applies, why, and with which values."""
+
+    #: The rule with the device's values (overrides applied); as configured if it does not apply.
+    rule: Rule
+    applies: bool
+    #: Why it applies (`all devices`, `prefix 'gh-'`...) or why not.
+    reason: str
+    #: Index of the override that gave values, and what it changed: field -> (rule's, device's).
+    override: int | None = None
+    changed: tuple[tuple[str, float | None, float], ...] = ()
+
+
+def needs_metadata(rule: Rule) -> bool:
+    """Whether deciding the rule for a device takes the device's registry metadata."""
+    return bool(rule.scope.metadata) or any(o.match.metadata for o in rule.overrides)
+
+
+def verdict(rule: Rule, device_id: str, metadata: Mapping[str, Any]) -> Verdict:
+    """Precedence: the scope decides whether the rule applies; then the first override whose
+    selector matches gives its values; the rule's own values fill in the rest."""
+    misses = rule.scope.misses(device_id, metadata)
+    if misses:
+        return Verdict(rule, False, f"scope {rule.scope.explain()}: {'; '.join(misses)}")
+    reason = rule.scope.explain()
+    for i, o in enumerate(rule.overrides):
+        if o.match.matches(device_id, metadata):
+            values = dict(o.values)
+            changed = tuple((k, getattr(rule, k), v) for k, v in o.values
+                            if getattr(rule, k) != v)
+            effective: Rule = replace(rule, **values)  # type: ignore[arg-type]
+            return Verdict(effective, True, reason, i, changed)
+    return Verdict(rule, True, reason)

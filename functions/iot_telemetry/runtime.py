@@ -7,6 +7,7 @@ import threading
 from functools import cached_property
 
 from .alerting import StateCache
+from .applicability import MetadataCache, RuleResolver
 from .clients import Network
 from .devices import Registry
 from .observability import configure_logging
@@ -43,6 +44,13 @@ class Runtime:
         """The alert states this process wrote last (see alerting.StateCache)."""
         with self._lock:
             return StateCache()
+
+    @cached_property
+    def rule_resolver(self) -> RuleResolver:
+        """The rules decided per device, with the metadata this process read lately."""
+        with self._lock:
+            return RuleResolver(self.settings.alert_rules or (), MetadataCache(
+                self.store, self.settings.alert_metadata_cache_seconds))
 
     @cached_property
     def offline_reports(self) -> ReportCache:

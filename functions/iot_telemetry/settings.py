@@ -108,6 +108,10 @@ class Settings:
         "Alert rules as a JSON list (see Alert rules); unset = ALERT_RULES_FILE or defaults")
     alert_rules_file: str = _setting(
         "ALERT_RULES_FILE", "", "Path of a JSON file of alert rules (e.g. a mounted ConfigMap)")
+    alert_metadata_cache_seconds: float = _setting(
+        "ALERT_METADATA_CACHE_SECONDS", 30.0,
+        "How long alert keeps a device's registry metadata for rules scoped or overridden by "
+        "metadata before reading it again (a metadata change takes effect within this time)")
     alert_sink: str = _setting(
         "K_SINK", "",
         "Broker URL for alert events beyond the one sent as reply (injected by a SinkBinding)")

@@ -390,26 +390,30 @@ def test_charts_draw_the_rules_and_shade_when_alerts_were_open(
     screenshot(page, "device-rules")
 
 
+@pytest.mark.parametrize(("reason", "shown", "device"), [
+    ("rule_removed", "(rule removed)", "gone-1"),
+    ("rule_out_of_scope", "(rule no longer applies)", "gone-2")])
 def test_an_alert_resolved_because_its_rule_was_removed_says_so(
-        page: Any, dashboard: Dashboard) -> None:
+        page: Any, dashboard: Dashboard, reason: str, shown: str, device: str) -> None:
     from iot_telemetry.runtime import get_runtime
 
-    # As alert leaves it when a rule is removed or renamed (tests/unit/test_alerting.py).
+    # As alert leaves it when a rule is removed or renamed (tests/unit/test_alerting.py), or
+    # no longer applies to the device (tests/unit/test_rule_scopes.py).
     raised = datetime.now(UTC) - timedelta(days=6)
     get_runtime().store.collection("alerts").insert_one({
-        "_id": "gone-1:old-rule:1", "device_id": "gone-1", "metric": "temperature",
+        "_id": f"{device}:old-rule:1", "device_id": device, "metric": "temperature",
         "rule": "old-rule", "severity": "warning", "condition": ">", "threshold": 30.0,
         "clear_threshold": 28.0, "state": "resolved", "raised_at": raised,
         "first_seen": raised, "last_seen": raised, "count": 3, "peak": 33.0,
         "last_value": 33.0, "acknowledged_at": None, "acknowledged_by": None,
         "resolved_at": raised + timedelta(hours=1), "resolved_value": None,
-        "resolved_reason": "rule_removed"})
-    [alert] = dashboard.api("alerts?state=resolved&device_id=gone-1")["alerts"]
-    assert alert["resolved_reason"] == "rule_removed"
-    open_view(page, dashboard, "#/alerts?state=resolved&device=gone-1")
-    row = page.locator('#alerts-body tr[data-alert="gone-1:old-rule:1"]')
+        "resolved_reason": reason})
+    [alert] = dashboard.api(f"alerts?state=resolved&device_id={device}")["alerts"]
+    assert alert["resolved_reason"] == reason
+    open_view(page, dashboard, f"#/alerts?state=resolved&device={device}")
+    row = page.locator(f'#alerts-body tr[data-alert="{device}:old-rule:1"]')
     expect(row.locator(".state-cell")).to_contain_text("Resolved")
-    expect(row.locator(".state-cell")).to_contain_text("(rule removed)")
+    expect(row.locator(".state-cell")).to_contain_text(shown)
 
 
 def test_an_offline_alert_says_how_long_the_device_has_been_silent(

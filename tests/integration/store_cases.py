@@ -320,6 +320,14 @@ def _insert_duplicate_id(c: Collection[Doc]) -> Any:
     return _dup_key(lambda: c.insert_one({"_id": "a"}))
 
 
+def _fam_set_unset_dotted(c: Collection[Doc]) -> Any:
+    # devices.set_metadata: keys set and removed inside `metadata` (FerretDB 1.24 has no
+    # projection in findAndModify, so the whole document comes back)
+    return c.find_one_and_update(
+        {"_id": "a"}, {"$set": {"metadata.location": "gh-3"}, "$unset": {"metadata.row": ""}},
+        return_document=ReturnDocument.AFTER)
+
+
 def _ping(c: Collection[Doc]) -> Any:
     return c.database.client.admin.command("ping").get("ok")
 
@@ -426,6 +434,10 @@ CASES: list[Case] = [
          [{"_id": "a", "last_seen": T0}], "alerting updated"),
     Case("insert_one duplicate _id", _insert_duplicate_id, "duplicate key", [{"_id": "a"}],
          "devices.register"),
+    Case("find_one_and_update $set/$unset of dotted keys", _fam_set_unset_dotted,
+         {"_id": "a", "name": "n", "metadata": {"location": "gh-3", "floor": 2}},
+         [{"_id": "a", "name": "n", "metadata": {"location": "gh-2", "row": 4, "floor": 2}}],
+         "devices.set_metadata"),
 ]
 
 

@@ -302,7 +302,8 @@ def test_alerts_of_a_removed_rule_are_resolved_with_a_reason(runtime, now, sink_
     assert (data["state"], data["resolved_reason"]) == ("resolved", "rule_removed")
     # the OpenAPI description knows the field
     schema = apps.query.get("/openapi.json").get_json()["components"]["schemas"]["Alert"]
-    assert schema["properties"]["resolved_reason"]["enum"] == ["cleared", "rule_removed", None]
+    assert schema["properties"]["resolved_reason"]["enum"] == [
+        "cleared", "rule_removed", "rule_out_of_scope", None]
     # the rule comes back under its old name: a new violation opens a new alert
     set_runtime(make_runtime(K_SINK=sink_server.url))
     later = readings("dev-9", [34, 35, 36], now + timedelta(minutes=5), prefix="b")

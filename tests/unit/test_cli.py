@@ -225,3 +225,82 @@ def test_registered_local_run_registers_the_simulated_devices() -> None:
         proc.terminate()
         _out, err = proc.communicate(timeout=30)
     assert "rejected 0" in err.splitlines()[-1], err
+
+
+# ---------------------------------------------------------------- rules check
+
+GROUP_RULES = [
+    {"name": "warm", "metric": "temperature", "condition": ">", "threshold": 30,
+     "clear_threshold": 28, "scope": {"prefix": "gh-"},
+     "overrides": [{"match": {"device": "gh-9"}, "threshold": 40},
+                   {"match": {"metadata": {"location": "greenhouse-2"}}, "threshold": 35,
+                    "clear_threshold": 33}]},
+    {"name": "damp", "metric": "humidity", "condition": ">", "threshold": 80,
+     "scope": {"metadata": {"location": "cellar"}}},
+    {"name": "gone", "condition": "offline", "overrides": [
+        {"match": {"glob": "gh-*"}, "for_seconds": 900}]},
+]
+
+
+def test_rules_check_says_which_rules_apply_to_a_device_and_why(
+    registered_run, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setenv("ALERT_RULES", json.dumps(GROUP_RULES))
+    assert main(["devices", "add", "gh-1", "--location", "greenhouse-2"]) == 0
+    capsys.readouterr()
+    assert main(["rules", "check", "gh-1"]) == 0
+    port = registered_run.servers["query"].server_port
+    lines = [line.rstrip() for line in capsys.readouterr().out.splitlines()]
+    assert lines[0] == (f'gh-1: metadata {{"location": "greenhouse-2"}} (from the local run '
+                        f"on 127.0.0.1:{port})")
+    assert lines[3:] == [
+        "applies:",
+        "  warm                   temperature > 35 (clears at 33), warning",
+        "                         matched by prefix 'gh-'",
+        "                         override #1 (metadata location=greenhouse-2): "
+        "threshold 30 -> 35, clear_threshold 28 -> 33",
+        "  gone                   offline after 900 s of silence, warning",
+        "                         matched by all devices",
+        "                         override #0 (glob 'gh-*'): "
+        "for_seconds DEVICE_STALE_SECONDS -> 900",
+        "",
+        "does not apply:",
+        "  damp                   scope metadata location=cellar: metadata has "
+        "location=greenhouse-2, not location=cellar"]
+    # the device moves to the cellar: the cellar's rule applies, the greenhouse's override not
+    assert main(["devices", "set-metadata", "gh-1", "location=cellar", "floor=-1"]) == 0
+    assert capsys.readouterr().out == 'gh-1 metadata: {"floor": "-1", "location": "cellar"}\n'
+    assert main(["rules", "check", "gh-1"]) == 0
+    out = capsys.readouterr().out
+    assert "  warm                   temperature > 30 (clears at 28), warning" in out
+    assert "  damp                   humidity > 80 (clears at 80), warning" in out
+    assert main(["devices", "set-metadata", "gh-1", "floor="]) == 0
+    assert capsys.readouterr().out == 'gh-1 metadata: {"location": "cellar"}\n'
+    assert main(["devices", "set-metadata", "gh-1", "a.b=1"]) == 1
+    assert "metadata keys must match" in capsys.readouterr().err
+    assert main(["devices", "set-metadata", "nope", "a=1"]) == 1
+    assert "device 'nope' not found" in capsys.readouterr().err
+    # a device the registry does not know has no metadata
+    assert main(["rules", "check", "ab-1"]) == 0
+    out = capsys.readouterr().out
+    assert "(not registered in the local run" in out
+    assert "  warm                   scope prefix 'gh-': id does not start with 'gh-'" in out
+
+
+def test_rules_check_with_given_metadata_and_its_errors(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setenv("ALERT_RULES", json.dumps(GROUP_RULES))
+    assert main(["rules", "check", "x-1", "--metadata", '{"location": "cellar"}']) == 0
+    out = capsys.readouterr().out
+    assert "  damp                   humidity > 80 (clears at 80), warning" in out
+    assert "matched by metadata location=cellar" in out
+    assert main(["rules", "check", "x-1", "--metadata", '["cellar"]']) == 2
+    assert "--metadata: must be a JSON object" in capsys.readouterr().err
+    assert main(["rules", "check", "x 1", "--metadata", "{}"]) == 2
+    assert "device id must match" in capsys.readouterr().err
+    monkeypatch.setenv("ALERT_RULES", json.dumps([{**GROUP_RULES[0], "scope": {"prefx": "a"}}]))
+    assert main(["rules", "check", "x-1", "--metadata", "{}"]) == 1
+    assert capsys.readouterr().err == (
+        "error: ALERT_RULES: rules[0].scope.prefx: unknown field (use device, prefix, glob, "
+        "metadata)\n")

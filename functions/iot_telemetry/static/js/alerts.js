@@ -56,8 +56,10 @@ function state(alert) {
         offline(alert) ? ` · offline for ${silence(alert)}` : "")];
   }
   if (alert.state === "resolved") {
-    // An alert whose rule was removed or renamed never cleared: say so instead of a value.
+    // An alert whose rule was removed, renamed or no longer applies to the device never
+    // cleared: say so instead of a value.
     const why = alert.resolved_reason === "rule_removed" ? " (rule removed)"
+      : alert.resolved_reason === "rule_out_of_scope" ? " (rule no longer applies)"
       : offline(alert) && alert.resolved_at
         ? ` (reported again after ${silence(alert, Date.parse(alert.resolved_at))})`
       : alert.resolved_value !== undefined && alert.resolved_value !== null
