@@ -277,7 +277,8 @@ def _series(request: flask.Request, rt: Runtime, device_id: str) -> flask.Respon
     points = [{"t": format_time(t), "count": s.count, "min": s.min, "max": s.max,
                "avg": s.avg, "sum": s.sum, "first": format_time(s.first),
                "last": format_time(s.last), "last_value": s.last_value}
-              for t, s in read_series(rt.store, device_id, metric, step, first=first, to=to)]
+              for t, s in read_series(rt.store, device_id, metric, step, first=first, to=to,
+                                      compacted_before=rt.retention.compactable_before(now))]
     if export.wants_csv(request, fmt):
         return export.response(
             export.SERIES_COLUMNS, export.series_rows(device_id, metric, step, points),

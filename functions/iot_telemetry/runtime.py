@@ -12,6 +12,7 @@ from .devices import Registry
 from .observability import configure_logging
 from .publisher import RecordSink, make_sink
 from .ratelimit import RateLimiter
+from .retention import Retention
 from .rollup import RollupWriter
 from .settings import Settings
 from .store import Store
@@ -35,7 +36,11 @@ class Runtime:
     def rollups(self) -> RollupWriter:
         """One writer per process, so concurrent deliveries share its group commit."""
         with self._lock:
-            return RollupWriter(self.store)
+            return RollupWriter(self.store, retention=self.retention)
+
+    @cached_property
+    def retention(self) -> Retention:
+        return Retention.of(self.settings)
 
     @cached_property
     def alert_states(self) -> StateCache:
