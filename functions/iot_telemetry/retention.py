@@ -100,9 +100,12 @@ def sweep(store: Store, retention: Retention, now: datetime, page: int = PAGE) -
     outcome = SweepOutcome()
     cutoff = retention.compactable_before(now)
     while True:
+        # No sort: a page is whichever days the `exp` index yields first (a sort would
+        # hold every uncompacted day in memory); a compacted day has `exp`, so the next
+        # page is other days.
         with store.guard():
             days = list(store.collection(ROLLUP_DAYS).find(
-                {"exp": {"$exists": False}, "t": {"$lt": cutoff}}).sort("_id", 1).limit(page))
+                {"exp": {"$exists": False}, "t": {"$lt": cutoff}}).limit(page))
         if not days:
             break
         _compact(store, retention, days)

@@ -292,7 +292,9 @@ def _plain_index_on_ttl_field(c: Collection[Doc]) -> Any:
 
 
 def _unexpired_days_page(c: Collection[Doc]) -> Any:
-    return _ids(c.find({"exp": {"$exists": False}, "t": {"$lt": T0}}).sort("_id", 1).limit(2))
+    page = _ids(c.find({"exp": {"$exists": False}, "t": {"$lt": T0}}).limit(2))
+    return len(page), set(page) <= {"a", "c", "d"}, sorted(_ids(
+        c.find({"exp": {"$exists": False}, "t": {"$lt": T0}})))
 
 
 def _delete_expired(c: Collection[Doc]) -> Any:
@@ -411,8 +413,8 @@ CASES: list[Case] = [
          used_by="store.ensure_indexes (retention)"),
     Case("plain index on the expiry field", _plain_index_on_ttl_field, [("exp", 1)],
          used_by="store.ensure_indexes (no TTL indexes)"),
-    Case("find $exists false + $lt on date, sort _id, limit", _unexpired_days_page,
-         ["a", "c"],
+    Case("find $exists false + $lt on date, limit", _unexpired_days_page,
+         (2, True, ["a", "c", "d"]),
          [{"_id": "d", "t": T0 - timedelta(days=1)}, {"_id": "c", "t": T0 - timedelta(days=2)},
           {"_id": "b", "t": T0 - timedelta(days=3), "exp": T0},
           {"_id": "a", "t": T0 - timedelta(days=4)}, {"_id": "e", "t": T0}],
