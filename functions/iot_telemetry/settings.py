@@ -130,7 +130,8 @@ class Settings:
         "from offline rules without `for_seconds`")
     rollup_minute_retention_days: int = _setting(
         "ROLLUP_MINUTE_RETENTION_DAYS", 30,
-        "Days an hour's minute slots and event keys are kept after the hour (see Retention); "
+        "Days an hour's minute slots and event keys are kept after the hour (see Retention and "
+        "storage); "
         "readings older than this minus a day are skipped by aggregate, so keep "
         "INGEST_MAX_AGE_SECONDS and Kafka's retention below it")
     rollup_hour_retention_days: int = _setting(
