@@ -83,10 +83,12 @@ def _sweep(request: flask.Request, rt: Runtime) -> flask.Response:
     rt.store.ensure_indexes()
     outcome = sweep(rt.store, rt.retention, now)
     RETENTION_SWEPT.labels("compacted", "rollup_days").inc(outcome.compacted)
+    RETENTION_SWEPT.labels("dated", "rollup_hours").inc(outcome.dated)
     for name, count in outcome.deleted.items():
         RETENTION_SWEPT.labels("deleted", name).inc(count)
     EVENTS_PROCESSED.labels(FUNCTION, "swept").inc()
     log.info("retention sweep", extra={"event_id": raw.attributes.get("id"),
                                        "compacted_days": outcome.compacted,
+                                       "dated_hours": outcome.dated,
                                        "deleted": outcome.deleted})
     return flask.Response(status=204)

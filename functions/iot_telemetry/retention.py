@@ -85,10 +85,12 @@ class Retention:
 
 @dataclass
 class SweepOutcome:
-    """What one sweep did: days compacted, documents deleted per collection."""
+    """What one sweep did: days compacted, documents deleted per collection, hour documents
+    from before retention given their expiry."""
 
     compacted: int = 0
     deleted: dict[str, int] = field(default_factory=dict)
+    dated: int = 0
 
 
 def sweep(store: Store, retention: Retention, now: datetime, page: int = PAGE) -> SweepOutcome:
@@ -98,6 +100,7 @@ def sweep(store: Store, retention: Retention, now: datetime, page: int = PAGE) -
     version that only grows, a day's `exp` is the same whoever sets it.
     """
     outcome = SweepOutcome()
+    outcome.dated = _date_old_hours(store, retention, page)
     cutoff = retention.compactable_before(now)
     while True:
         # No sort: a page is whichever days the `exp` index yields first (a sort would
@@ -115,6 +118,23 @@ def sweep(store: Store, retention: Retention, now: datetime, page: int = PAGE) -
             outcome.deleted[name] = store.collection(name).delete_many(
                 {"exp": {"$lte": now}}).deleted_count
     return outcome
+
+
+def _date_old_hours(store: Store, retention: Retention, page: int) -> int:
+    """Hour documents written before retention existed have no `exp`: give them theirs,
+    so a store upgraded in place expires its old minute slots too (once; later ones are
+    created with it)."""
+    dated = 0
+    while True:
+        with store.guard():
+            hours = list(store.collection(ROLLUP_HOURS).find(
+                {"exp": {"$exists": False}}, {"t": 1}).limit(page))
+        if not hours:
+            return dated
+        _write(store, ROLLUP_HOURS, [
+            Update({"_id": h["_id"]}, {"$set": {"exp": retention.hour_expiry(_utc(h["t"]))}})
+            for h in hours])
+        dated += len(hours)
 
 
 def _compact(store: Store, retention: Retention, days: Sequence[Mapping[str, Any]]) -> None:

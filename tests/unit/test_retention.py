@@ -149,6 +149,16 @@ def test_a_day_never_compacted_is_never_deleted(store: Store, monkeypatch) -> No
     assert store.collection(ROLLUP_DAYS).count_documents({}) == 3
 
 
+def test_hour_documents_from_before_retention_get_their_expiry(store: Store) -> None:
+    written(store, Clock(D1 + timedelta(hours=2)))
+    store.collection(ROLLUP_HOURS).update_many({}, {"$unset": {"exp": ""}})
+    outcome = sweep(store, RETENTION, D1 + timedelta(hours=3), page=2)
+    assert outcome.dated == 5
+    doc = store.collection(ROLLUP_HOURS).find_one({"_id": D0_HOUR_10})
+    assert doc is not None and doc["exp"] == D0 + timedelta(hours=11, days=30)
+    assert sweep(store, RETENTION, D1 + timedelta(days=40)).deleted[ROLLUP_HOURS] == 5
+
+
 def test_day_totals_expire_when_a_retention_is_set(store: Store) -> None:
     retention = Retention(days=timedelta(days=400))
     written(store, Clock(D1 + timedelta(hours=2)))
