@@ -1,7 +1,7 @@
 """What the rollups cost in storage per device and metric, under the configured retentions.
 
     python -m tests.benchmarks.retention_storage [--mongo URL] [--metrics 1,5,20]
-                                                [--every 10,60]
+                                                [--every 10,60] [--sweep DEVICES]
 
 For each metric count and reporting interval: one device reports every metric at that
 interval for a whole day through the real write path (RollupWriter); the day is copied to
@@ -9,18 +9,23 @@ the month's other days and compacted by the real sweep. The BSON size of each do
 (what MongoDB stores before compression) is measured, and multiplied out by the default
 retentions (minute slots 30 days, hour totals 396 days, day totals per year). Prints a
 Markdown table; the README's Retention section quotes it.
+
+With --sweep N: N devices with 40 days each of 5-metric day documents, then one sweep;
+prints its store commands and wall time (the first sweep over a backlog).
 """
 
 from __future__ import annotations
 
 import argparse
 import sys
+import time
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import bson
 
 from iot_telemetry.events import RawEvent
+from iot_telemetry.observability import STORE_COMMANDS
 from iot_telemetry.retention import Retention, sweep
 from iot_telemetry.rollup import RollupWriter
 from iot_telemetry.series import bucket_start, month_start
@@ -78,17 +83,47 @@ def measure(store: Store, metrics: int, every: int) -> dict[str, Any]:
             "day": day_size, "month": month_size}
 
 
+def _commands() -> float:
+    return sum(sample.value for metric in STORE_COMMANDS.collect() for sample in metric.samples
+               if sample.name.endswith("_total"))
+
+
+def sweep_figures(store: Store, devices: int) -> str:
+    """One sweep over `devices` devices x 40 days of 5-metric day documents."""
+    writer = RollupWriter(store)
+    day = bucket_start(datetime.now(UTC), "1d") - timedelta(days=2)
+    writer.apply_batch([_event("sweep-seed", day + timedelta(minutes=m), 5, m)
+                        for m in range(0, 1440, 10)])
+    doc = store.collection(ROLLUP_DAYS).find_one({"_id": {"$regex": "^sweep-seed\\|"}})
+    assert doc is not None
+    docs = [{**doc, "_id": f"sweep-{d:05d}|{day - timedelta(days=k):%Y-%m-%d}",
+             "device_id": f"sweep-{d:05d}", "t": day - timedelta(days=k)}
+            for d in range(devices) for k in range(40)]
+    for i in range(0, len(docs), 1000):
+        store.collection(ROLLUP_DAYS).insert_many(docs[i:i + 1000])
+    before, start = _commands(), time.perf_counter()
+    outcome = sweep(store, Retention(), datetime.now(UTC))
+    took = time.perf_counter() - start
+    return (f"sweep: {outcome.compacted} days compacted of {len(docs) + 1}, "
+            f"{_commands() - before:.0f} store commands, {took:.1f} s")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--mongo", default="memory://")
     parser.add_argument("--metrics", default="1,5,20")
     parser.add_argument("--every", default="10,60")
+    parser.add_argument("--sweep", type=int, default=0, metavar="DEVICES")
     args = parser.parse_args(argv)
     reset_embedded()
     store = Store(Settings.from_environ({}, {"MONGO_URL": args.mongo,
                                              "MONGO_DB": "retention_storage"}))
     for name in (ROLLUP_HOURS, ROLLUP_DAYS, ROLLUP_MONTHS):
         store.collection(name).delete_many({})
+    if args.sweep:
+        print(sweep_figures(store, args.sweep))
+        store.close()
+        return 0
     retention = Retention()
     minutes_days, hours_days = retention.minutes.days, retention.hours.days
     print("| metrics | every | hour doc | day doc | month doc | minute level (30 d) "
