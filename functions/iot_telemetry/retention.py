@@ -26,7 +26,6 @@ counting, plus the margin for writes in flight; ingest refuses readings that old
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -36,8 +35,6 @@ from .errors import DependencyUnavailable
 from .series import Summary, month_id, month_start, next_month
 from .settings import RETENTION_MARGIN_SECONDS, Settings
 from .store import EVENT_TIMES, ROLLUP_DAYS, ROLLUP_HOURS, ROLLUP_MONTHS, Store, Update
-
-log = logging.getLogger(__name__)
 
 HOUR: Final = timedelta(hours=1)
 DAY: Final = timedelta(days=1)
@@ -50,10 +47,10 @@ EXPIRING: Final = (ROLLUP_HOURS, ROLLUP_DAYS, ROLLUP_MONTHS, EVENT_TIMES)
 
 @dataclass(frozen=True)
 class Retention:
-    """The three retentions (day totals: None = forever)."""
+    """The three retentions (day totals: None = forever); the settings' defaults."""
 
-    minutes: timedelta = timedelta(days=30)
-    hours: timedelta = timedelta(days=396)
+    minutes: timedelta = timedelta(days=Settings.rollup_minute_retention_days)
+    hours: timedelta = timedelta(days=Settings.rollup_hour_retention_days)
     days: timedelta | None = None
 
     @classmethod
