@@ -254,3 +254,13 @@ def test_retention_settings_have_defaults_and_refuse_what_could_count_twice() ->
             read(**env)
         assert error.value.variable == variable
     assert read(ROLLUP_MINUTE_RETENTION_DAYS="9").rollup_minute_retention_days == 9
+
+
+def test_the_api_says_how_long_each_step_is_kept() -> None:
+    from iot_telemetry.openapi import document
+
+    settings = Settings.from_environ({}, {"MONGO_URL": "memory://",
+                                          "ROLLUP_DAY_RETENTION_DAYS": "800"})
+    [step] = [p for p in document(settings)["paths"]["/devices/{device_id}/series"]["get"][
+        "parameters"] if p["name"] == "step"]
+    assert "1m for 30 days, 1h for 396 days, 1d for 800 days" in step["description"]
