@@ -67,7 +67,7 @@ def _alert(request: flask.Request, rt: Runtime) -> flask.Response:
     book = _book(rt)
     _resolve_removed_rules(book, rt)
     outcome = book.handle(event)
-    back = _offline(rt).handle(event)
+    back = _offline(rt).handle(event, fresh=outcome.changed)
     outcome.transitions += back.transitions
     outcome.changed = outcome.changed or back.changed
     outcome.duplicate = outcome.duplicate and not back.changed
@@ -80,7 +80,8 @@ def _book(rt: Runtime) -> AlertBook:
 
 
 def _offline(rt: Runtime) -> OfflineBook:
-    return OfflineBook(rt.store, rt.settings.offline_rules, rt.settings.device_stale_seconds)
+    return OfflineBook(rt.store, rt.settings.offline_rules, rt.settings.device_stale_seconds,
+                       rt.offline_reports)
 
 
 def _sweep(raw: RawEvent, rt: Runtime) -> flask.Response:

@@ -1,15 +1,19 @@
 """Alert lifecycle: rule evaluation with hysteresis, and its atomic record in the store.
 
-Per (device, metric, rule) a state document holds where evaluation stands. Handling an
-event: read the state, evaluate the readings not older than the last one evaluated (a
+Per device one state document (`<device>|rules`) holds where evaluation of each of its
+threshold rules stands. Handling an event: read the state (or take the one this process
+wrote last), evaluate each rule on the readings not older than the last one it evaluated (a
 reading at the same time counts unless this very event already gave one), then commit the
-new state with a compare-and-swap on `rev` together with the effects it implies (raise,
-update, resolve an alert). Effects are applied after the commit and are idempotent
-(deterministic alert ids, $max/$min/$setOnInsert, updates conditional on time); a state
-whose effects were not marked applied (a crash in between) gets them applied by whoever
-reads it next. The state also remembers the raises and resolves of its last
+new states of every rule with one compare-and-swap on `rev`, together with the effects they
+imply (raise, update, resolve an alert). Effects are applied after the commit and are
+idempotent (deterministic alert ids, $max/$min/$setOnInsert, updates conditional on time);
+the commit records them as unapplied, so after a crash in between whoever reads the state
+next applies them. The state also remembers the raises and resolves of its last
 RECENT_EVENTS events, so a redelivery of one of them re-applies them and answers the same
 alert events even after later events moved the state on.
+
+Store commands per event in the steady state: one (the compare-and-swap), plus one bulk
+of alert updates while an alert is open, plus an upsert and a read for a raise or resolve.
 """
 
 from __future__ import annotations
@@ -18,7 +22,7 @@ import logging
 import threading
 from collections import OrderedDict
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Any, Final
 
@@ -27,7 +31,7 @@ from pymongo.errors import DuplicateKeyError
 
 from .errors import Conflict, NotFound
 from .rules import AlertRule
-from .store import ALERT_STATE, ALERTS, Store
+from .store import ALERT_STATE, ALERTS, Store, Update
 from .telemetry import DataPoint, TelemetryEvent, format_time
 
 log = logging.getLogger(__name__)
@@ -70,6 +74,9 @@ class RuleState:
         values["last_events"] = tuple(values.get("last_events") or ())
         return cls(**values)
 
+    def to_doc(self) -> dict[str, Any]:
+        return {**vars(self), "last_events": list(self.last_events)}
+
 
 @dataclass(frozen=True)
 class Effect:
@@ -82,9 +89,11 @@ class Effect:
     count: int
     peak: float
     first_seen: datetime | None = None
+    #: The rule it belongs to (one state document holds every rule of a device).
+    rule: str = ""
 
     def to_doc(self) -> dict[str, Any]:
-        return asdict(self)
+        return dict(vars(self))  # flat: asdict's deep copy cost more than the evaluation
 
     @classmethod
     def from_doc(cls, doc: Mapping[str, Any]) -> Effect:
@@ -95,6 +104,12 @@ class Effect:
 
 def _utc(value: datetime) -> datetime:
     return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
+def device_state_id(device_id: str) -> str:
+    """The state document of a device's threshold rules: `|` is in no device id or rule
+    name, so it never meets the `<device>:<rule>` documents of offline rules."""
+    return f"{device_id}|rules"
 
 
 def alert_id(device_id: str, rule: AlertRule, episode: int) -> str:
@@ -124,13 +139,15 @@ def evaluate(rule: AlertRule, device_id: str, state: RuleState,
         if state.firing:
             if rule.clears(p.value):
                 effects.append(Effect(RESOLVED, aid, p.time, p.value, state.count,
-                                      state.peak if state.peak is not None else p.value))
+                                      state.peak if state.peak is not None else p.value,
+                                      rule=rule.name))
                 state = replace(state, firing=False, streak=0, streak_since=None,
                                 streak_peak=None, count=0, peak=None)
             elif rule.violates(p.value):
                 peak = p.value if state.peak is None else rule.worse(state.peak, p.value)
                 state = replace(state, count=state.count + 1, peak=peak)
-                effects.append(Effect("updated", aid, p.time, p.value, state.count, peak))
+                effects.append(Effect("updated", aid, p.time, p.value, state.count, peak,
+                                      rule=rule.name))
             continue
         if not rule.violates(p.value):
             state = replace(state, streak=0, streak_since=None, streak_peak=None)
@@ -144,7 +161,8 @@ def evaluate(rule: AlertRule, device_id: str, state: RuleState,
             state = replace(state, firing=True, episode=episode, count=state.streak, peak=peak,
                             streak=0, streak_since=None, streak_peak=None)
             effects.append(Effect("raised", alert_id(device_id, rule, episode), p.time,
-                                  p.value, state.count, peak, first_seen=since))
+                                  p.value, state.count, peak, first_seen=since,
+                                  rule=rule.name))
     return state, effects
 
 
@@ -158,11 +176,11 @@ class Outcome:
 
 
 class StateCache:
-    """The (device, rule) state documents this process wrote last, so the next event of
-    that device skips reading them back: the compare-and-swap on `rev` still guards every
+    """The device state documents this process wrote last, so the next event of that device
+    skips reading its document back: the compare-and-swap on `rev` still guards every
     write, and a refused one reads the store again. With ordered delivery each device's
     events reach one pod at a time, so almost every read is saved (one store command per
-    rule and event)."""
+    event)."""
 
     def __init__(self, size: int = 50_000) -> None:
         self._docs: OrderedDict[str, dict[str, Any]] = OrderedDict()
@@ -189,7 +207,13 @@ class StateCache:
 
 
 class AlertBook:
-    """Alert state and documents in the store, safe with several instances at once."""
+    """Alert state and documents in the store, safe with several instances at once.
+
+    One state document per device (`<device>|rules`) holds the evaluation state of every
+    threshold rule, so an event costs one compare-and-swap whatever the number of rules its
+    readings touch (it was one per rule: 4 with the default rules), and an event's effects on
+    all rules are committed together: a redelivery finds them in one place.
+    """
 
     def __init__(self, store: Store, rules: Sequence[AlertRule],
                  other_rules: Sequence[str] = (), cache: StateCache | None = None) -> None:
@@ -199,79 +223,120 @@ class AlertBook:
         #: Names of the other rules configured (offline rules): their alerts are no orphans.
         self.other_rules = tuple(other_rules)
 
+    def applicable(self, event: TelemetryEvent) -> list[AlertRule]:
+        """The rules the event's readings can move: those of its metrics."""
+        metrics = {p.metric for p in event.points}
+        return [r for r in self.rules if r.metric in metrics]
+
     def handle(self, event: TelemetryEvent) -> Outcome:
         outcome = Outcome()
-        metrics = {p.metric for p in event.points}
-        for rule in self.rules:
-            if rule.metric in metrics:
-                self._handle_rule(rule, event, outcome)
-        outcome.duplicate = not outcome.changed and bool(metrics & {r.metric for r in self.rules})
+        rules = self.applicable(event)
+        if rules:
+            self._handle(rules, event, outcome)
+            outcome.duplicate = not outcome.changed
         unique = {(t["transition"], t["alert"]["id"]): t for t in outcome.transitions}
         outcome.transitions = list(unique.values())
         return outcome
 
-    def _handle_rule(self, rule: AlertRule, event: TelemetryEvent, outcome: Outcome) -> None:
+    def _handle(self, rules: Sequence[AlertRule], event: TelemetryEvent,
+                outcome: Outcome) -> None:
         states = self.store.collection(ALERT_STATE)
-        _id = f"{event.device_id}:{rule.name}"
+        _id = device_state_id(event.device_id)
         for attempt in range(_CAS_ATTEMPTS):
             doc = self.cache.get(_id) if attempt == 0 else None
             if doc is None:
                 with self.store.guard():
-                    doc = states.find_one({"_id": _id})
-            if doc and not doc.get("applied", True):
-                pending = [Effect.from_doc(e) for e in doc["effects"]]
-                self._apply(rule, event.device_id, pending)
-                self._mark_applied(_id, doc["rev"])
+                    doc = states.find_one({"_id": _id}) or self._legacy(event.device_id)
+            if not doc.get("applied", True):
+                # The last writer crashed between its commit and its effects: apply them
+                # (idempotent) before moving on.
+                self._apply(event.device_id, [Effect.from_doc(e) for e in doc["effects"]])
             earlier = _earlier_effects(doc, event.key)
             if earlier is not None:
                 # A redelivery of an event that changed alerts (its reply may have been lost):
                 # apply its effects again (idempotent) and answer the same alert events.
                 # Applying again also repairs a write that FerretDB on SQLite lost to a
                 # concurrent update (BENCHMARKS.md).
-                self._apply(rule, event.device_id, earlier)
+                self._apply(event.device_id, earlier)
                 outcome.transitions += self._transitions(earlier)
                 return
-            state = RuleState.from_doc(doc)
-            new_state, effects = evaluate(rule, event.device_id, state, event.points, event.key)
-            if new_state == state:
+            saved = doc.get("rules") or {}
+            moved: dict[str, RuleState] = {}
+            effects: list[Effect] = []
+            for rule in rules:
+                state = RuleState.from_doc(saved.get(rule.name))
+                new_state, done = evaluate(rule, event.device_id, state, event.points,
+                                           event.key)
+                if new_state != state:
+                    moved[rule.name] = new_state
+                    effects += done
+            if not moved:
                 return
-            rev = int(doc["rev"]) if doc else 0
-            recent = list(doc.get("recent") or []) if doc else []
+            rev = int(doc.get("rev", 0))
+            recent = list(doc.get("recent") or [])
             changes = [e.to_doc() for e in effects if e.kind != "updated"]
             if changes:
                 recent = [*recent, {"event": event.key, "effects": changes}][-RECENT_EVENTS:]
-            body = {"state": asdict(new_state), "effects": [e.to_doc() for e in effects],
-                    "event": event.key, "applied": not effects, "rev": rev + 1,
-                    "device_id": event.device_id, "rule": rule.name, "recent": recent}
+            # Effects are marked unapplied in the commit and never marked applied after: the
+            # next event's commit replaces them, and a reader that finds them unapplied
+            # applies them again, which is harmless (they are idempotent). That saves a store
+            # command on every event that changes an alert.
+            whole = {**saved, **{name: {"state": st.to_doc()} for name, st in moved.items()}}
+            body: dict[str, Any] = {
+                "effects": [e.to_doc() for e in effects], "event": event.key,
+                "applied": not effects, "rev": rev + 1, "recent": recent}
             self.cache.drop(_id)  # until this write is known to have landed
             with self.store.guard():
-                if doc is None:
+                if rev == 0:
                     try:
-                        states.insert_one({"_id": _id, **body})
+                        states.insert_one({"_id": _id, "device_id": event.device_id,
+                                           "rules": whole, **body})
                     except DuplicateKeyError:
                         continue
-                elif states.update_one({"_id": _id, "rev": rev}, {"$set": body}).matched_count == 0:
+                elif states.update_one({"_id": _id, "rev": rev}, {"$set": {
+                        **{f"rules.{name}": whole[name] for name in moved}, **body},
+                }).matched_count == 0:
                     continue
             outcome.changed = True
             if effects:
-                self._apply(rule, event.device_id, effects)
-                self._mark_applied(_id, rev + 1)
+                self._apply(event.device_id, effects)
                 outcome.transitions += self._transitions(effects)
-                body["applied"] = True
-            self.cache.put(_id, {"_id": _id, **body})
+            self.cache.put(_id, {"_id": _id, "device_id": event.device_id, "rules": whole,
+                                 **body, "applied": True})
             return
         raise RuntimeError(f"alert state {_id}: too many concurrent updates")
 
-    def _mark_applied(self, state_id: str, rev: int) -> None:
+    def _legacy(self, device_id: str) -> dict[str, Any]:
+        """A device with no state document yet: its state from the per-rule documents that
+        earlier versions kept (`<device>:<rule>`), so an upgrade neither loses a firing
+        state nor opens a second alert for it; empty for a new device."""
         with self.store.guard():
-            self.store.collection(ALERT_STATE).update_one(
-                {"_id": state_id, "rev": rev}, {"$set": {"applied": True}})
+            docs = list(self.store.collection(ALERT_STATE).find(
+                {"_id": {"$in": [f"{device_id}:{r.name}" for r in self.rules]}}))
+        doc: dict[str, Any] = {"rules": {}, "recent": [], "rev": 0}
+        for old in docs:
+            doc["rules"][old["rule"]] = {"state": old.get("state", {})}
+            doc["recent"] += [{"event": r["event"], "effects": [
+                {**e, "rule": old["rule"]} for e in r.get("effects", [])]}
+                for r in old.get("recent") or []]
+            if not old.get("applied", True):
+                self._apply(device_id, [Effect.from_doc({**e, "rule": old["rule"]})
+                                        for e in old.get("effects", [])])
+        doc["recent"] = doc["recent"][-RECENT_EVENTS:]
+        return doc
 
-    def _apply(self, rule: AlertRule, device_id: str, effects: Sequence[Effect]) -> None:
+    def _rule(self, name: str) -> AlertRule | None:
+        return next((r for r in self.rules if r.name == name), None)
+
+    def _apply(self, device_id: str, effects: Sequence[Effect]) -> None:
         alerts = self.store.collection(ALERTS)
+        later: list[Update] = []
         with self.store.guard():
             for e in effects:
+                rule = self._rule(e.rule)
                 if e.kind == "raised":
+                    if rule is None:
+                        continue  # its rule is gone: nothing to raise (orphans are resolved)
                     # Applied late (a crash, a redelivery, another instance), a raise must not
                     # undo newer updates: the peak only moves to the violating side, the last
                     # value only while no newer reading was recorded.
@@ -290,17 +355,20 @@ class AlertBook:
                            else {"$max": extreme, "$min": peak}),
                     })
                     if not inserted:
-                        alerts.update_one({"_id": e.alert_id, "last_seen": e.time},
-                                          {"$set": {"last_value": e.value}})
+                        later.append(Update({"_id": e.alert_id, "last_seen": e.time},
+                                            {"$set": {"last_value": e.value}}))
                 elif e.kind == "updated":
-                    alerts.update_one({"_id": e.alert_id, "last_seen": {"$lte": e.time}},
-                                      {"$set": {"last_value": e.value, "peak": e.peak,
-                                                "last_seen": e.time, "count": e.count}})
+                    later.append(Update({"_id": e.alert_id, "last_seen": {"$lte": e.time}},
+                                        {"$set": {"last_value": e.value, "peak": e.peak,
+                                                  "last_seen": e.time, "count": e.count}}))
                 else:
-                    alerts.update_one(
+                    later.append(Update(
                         {"_id": e.alert_id, "state": {"$in": [OPEN, ACKNOWLEDGED]}},
                         {"$set": {"state": RESOLVED, "resolved_at": e.time,
-                                  "resolved_value": e.value, "resolved_reason": CLEARED}})
+                                  "resolved_value": e.value, "resolved_reason": CLEARED}}))
+        # Updates and resolves of all the event's rules in one round trip, in order (an
+        # update and the resolve of one alert in one event must land in that order).
+        self.store.bulk(ALERTS, later, ordered=True)
 
     def _transitions(self, effects: Sequence[Effect]) -> list[dict[str, Any]]:
         changes = [e for e in effects if e.kind in ("raised", RESOLVED)]
@@ -331,10 +399,18 @@ class AlertBook:
                 {"_id": doc["_id"], "state": {"$in": [OPEN, ACKNOWLEDGED]}},
                 {"$set": {"state": RESOLVED, "resolved_at": now, "resolved_value": None,
                           "resolved_reason": RULE_REMOVED}})
+            stopped = {"firing": False, "streak": 0, "streak_since": None,
+                       "streak_peak": None, "count": 0, "peak": None}
+            at = f"rules.{doc['rule']}.state"
+            # Pending effects stay: those of other rules still apply, and a raise of a rule
+            # that is gone is skipped when applied.
+            self.store.collection(ALERT_STATE).update_one(
+                {"_id": device_state_id(doc["device_id"]), f"{at}.firing": True},
+                {"$set": {f"{at}.{k}": v for k, v in stopped.items()}, "$inc": {"rev": 1}})
+            # A device not seen since an upgrade still has its state per rule.
             self.store.collection(ALERT_STATE).update_one(
                 {"_id": f"{doc['device_id']}:{doc['rule']}", "state.firing": True},
-                {"$set": {"state.firing": False, "state.streak": 0, "state.streak_since": None,
-                          "state.streak_peak": None, "state.count": 0, "state.peak": None,
+                {"$set": {**{f"state.{k}": v for k, v in stopped.items()},
                           "effects": [], "applied": True},
                  "$inc": {"rev": 1}})
 

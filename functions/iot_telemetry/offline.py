@@ -25,6 +25,8 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import threading
+from collections import OrderedDict
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -65,6 +67,28 @@ def _time(value: Any) -> datetime | None:
     return _utc(value) if isinstance(value, datetime) else None
 
 
+class ReportCache:
+    """The newest report time of each device whose offline states this process checked
+    (an LRU, one per process), so steady reporters are not checked on every event."""
+
+    def __init__(self, size: int = 100_000) -> None:
+        self._times: OrderedDict[str, datetime] = OrderedDict()
+        self._size = size
+        self._lock = threading.Lock()
+
+    def newest(self, device_id: str) -> datetime | None:
+        with self._lock:
+            return self._times.get(device_id)
+
+    def heard(self, device_id: str, at: datetime) -> None:
+        with self._lock:
+            old = self._times.get(device_id)
+            self._times[device_id] = _utc(at) if old is None else max(old, _utc(at))
+            self._times.move_to_end(device_id)
+            while len(self._times) > self._size:
+                self._times.popitem(last=False)
+
+
 def state_id(device_id: str, rule: OfflineRule) -> str:
     return f"{device_id}:{rule.name}"
 
@@ -97,10 +121,11 @@ class OfflineBook:
     """Offline alerts in the store, safe with several instances and sweeps at once."""
 
     def __init__(self, store: Store, rules: Sequence[OfflineRule], default_window: float,
-                 ) -> None:
+                 reports: ReportCache | None = None) -> None:
         self.store = store
         self.rules = tuple(rules)
         self.default_window = default_window
+        self.reports = reports
 
     # --- sweeps -----------------------------------------------------------------------------
 
@@ -108,9 +133,34 @@ class OfflineBook:
         """Raise an offline alert for every enabled device silent past a rule's window."""
         outcome = Outcome()
         for rule in self.rules:
+            self._resolve_reported(rule, event_key, outcome)
             self._sweep_rule(rule, now, event_key, outcome)
         outcome.duplicate = not outcome.changed
         return outcome
+
+    def _resolve_reported(self, rule: OfflineRule, key: str, outcome: Outcome) -> None:
+        """Resolve the rule's open alerts of devices that reported after their silence.
+
+        A report resolves its device's alert when alert handles it; this catches the ones it
+        could not: a raise that landed after alert skipped the check for a device it had
+        just heard from (OfflineBook.handle), when aggregate recorded the report late.
+        """
+        with self.store.guard():
+            open_ = list(self.store.collection(ALERTS).find(
+                {"state": {"$in": [OPEN, ACKNOWLEDGED]}, "rule": rule.name},
+                {"device_id": 1}).limit(PAGE_SIZE))
+            if not open_:
+                return
+            ids = sorted({a["device_id"] for a in open_})
+            seen = {d["_id"]: d.get("last_seen") for d in self.store.collection(DEVICES).find(
+                {"_id": {"$in": ids}}, {"last_seen": 1})}
+            docs = {d["_id"]: d for d in self.store.collection(ALERT_STATE).find(
+                {"_id": {"$in": [state_id(i, rule) for i in ids]}})}
+        for device in ids:
+            doc, last_seen = docs.get(state_id(device, rule)), _time(seen.get(device))
+            report = OfflineState.from_doc(doc).last_report
+            if doc and last_seen and report and last_seen > report:
+                self._transition(rule, device, doc, key, outcome, resolve_at=last_seen)
 
     def _sweep_rule(self, rule: OfflineRule, now: datetime, key: str, outcome: Outcome) -> None:
         if len(outcome.transitions) >= MAX_RAISES:
@@ -171,12 +221,29 @@ class OfflineBook:
 
     # --- telemetry --------------------------------------------------------------------------
 
-    def handle(self, event: TelemetryEvent) -> Outcome:
-        """Resolve the offline alerts of a device that reported again."""
+    def handle(self, event: TelemetryEvent, fresh: bool = False) -> Outcome:
+        """Resolve the offline alerts of a device that reported again.
+
+        `fresh`: the event is known to be new (its readings just moved threshold rules), so
+        it is no redelivery that must answer the alert events of its first delivery.
+        """
         outcome = Outcome()
         if not self.rules:
             return outcome
         seen = parse_time(event.attributes.get("ingesttime")) or event.time
+        if fresh and self.reports is not None:
+            # A sweep raises only for a device whose last report is older than the window.
+            # If this process handled a report of the device less than the shortest window
+            # ago, no sweep since could have raised (once aggregate recorded that report), so
+            # the read of the offline states is skipped; a raise made on a report aggregate
+            # recorded late is resolved by the next sweep (_resolve_reported).
+            shortest = min(r.window(self.default_window) for r in self.rules)
+            previous = self.reports.newest(event.device_id)
+            # Half the window: room for the clocks of ingest's and this pod to differ.
+            if previous is not None and (
+                    datetime.now(UTC) - previous).total_seconds() < shortest / 2:
+                self.reports.heard(event.device_id, seen)
+                return outcome
         ids = [state_id(event.device_id, r) for r in self.rules]
         with self.store.guard():
             docs = {d["_id"]: d for d in self.store.collection(ALERT_STATE).find(
@@ -185,6 +252,8 @@ class OfflineBook:
             if sid in docs:
                 self._transition(rule, event.device_id, docs[sid], event.key, outcome,
                                  resolve_at=_utc(seen))
+        if self.reports is not None:
+            self.reports.heard(event.device_id, seen)
         return outcome
 
     # --- both -------------------------------------------------------------------------------

@@ -6,9 +6,15 @@ from typing import Any
 
 from . import __version__
 from .export import ALERT_COLUMNS, SERIES_COLUMNS
+from .fleet import DEVICE_STATES
 from .settings import Settings
 
 _TIME = {"type": "string", "format": "date-time"}
+_STATES = ("`offline`: an offline alert is open or acknowledged and the device has not "
+           "reported since; `stale`: no report within DEVICE_STALE_SECONDS; "
+           "`never_reported`: registered, nothing received yet (never offline); "
+           "`reporting`: reported recently; `disabled`: switched off in the registry "
+           "(takes precedence over the others)")
 _ERROR = {"type": "object", "required": ["error", "message"], "properties": {
     "error": {"type": "string"}, "message": {"type": "string"},
     "problems": {"type": "array", "items": {"type": "string"}}}}
@@ -63,12 +69,17 @@ def document(settings: Settings) -> dict[str, Any]:
         "properties": {"value": {"type": "number"}, "time": _TIME}}}
     schemas = {
         "Error": _ERROR,
-        "Device": {"type": "object", "required": ["id", "last_seen", "stale", "metrics"],
+        "Device": {"type": "object",
+                   "required": ["id", "last_seen", "stale", "state", "metrics"],
                    "properties": {
                        "id": device_id, "first_seen": {**_TIME, "nullable": True},
                        "last_seen": {"type": ["string", "null"], "format": "date-time"},
                        "last_event_time": {"type": ["string", "null"], "format": "date-time"},
-                       "stale": {"type": "boolean"}, "metrics": latest,
+                       "stale": {"type": "boolean",
+                                 "description": "No report within DEVICE_STALE_SECONDS "
+                                                "(or none at all), whatever the state"},
+                       "state": {"enum": list(DEVICE_STATES), "description": _STATES},
+                       "metrics": latest,
                        "open_alerts": {"type": "integer", "minimum": 0},
                        "name": {"type": "string"}, "enabled": {"type": "boolean"},
                        "metadata": {"type": "object"}}},
@@ -146,6 +157,29 @@ def document(settings: Settings) -> dict[str, Any]:
                     "devices": {"type": "array", "items": _ref("Device")},
                     "next_cursor": {"type": ["string", "null"]}}}, "A page of devices"),
                     **_errors(400, 503)}}},
+            "/fleet": {"get": {
+                "summary": "Every device counted by state, over the whole fleet",
+                "description": "Four counts on the devices, then the unresolved offline "
+                               "alerts and their devices, "
+                               f"{settings.query_max_limit} (QUERY_MAX_LIMIT) per store reply: "
+                               "the cost grows with the unresolved alerts and the offline "
+                               "devices, not with the alerts' history.",
+                "responses": {"200": _json({
+                    "type": "object", "required": ["devices", "states"],
+                    "properties": {
+                        "devices": {"type": "integer", "minimum": 0,
+                                    "description": "Every registered or reporting device"},
+                        "states": {"type": "object", "required": list(DEVICE_STATES),
+                                   "additionalProperties": False,
+                                   "properties": {s: {"type": "integer", "minimum": 0}
+                                                  for s in DEVICE_STATES},
+                                   "description": "Devices in each state (they add up to "
+                                                  "`devices`): " + _STATES},
+                        "stale_after_seconds": {"type": "integer", "minimum": 1,
+                                                "description": "DEVICE_STALE_SECONDS"},
+                        "at": {**_TIME, "description": "The time the states were judged at"}}},
+                    "Device counts by state"),
+                    **_errors(503)}}},
             "/devices/{device_id}": {"get": {
                 "summary": "One device",
                 "parameters": [_param("device_id", "path", device_id, "Device id")],

@@ -16,7 +16,7 @@ from werkzeug.exceptions import MethodNotAllowed as RouteMethodNotAllowed
 from werkzeug.exceptions import NotFound as RouteNotFound
 from werkzeug.routing import Map, RequestRedirect, Rule
 
-from . import access, dashboard, export, openapi
+from . import access, dashboard, export, fleet, openapi
 from .alerting import ACKNOWLEDGED, OPEN, RESOLVED, AlertBook, public
 from .errors import BadRequest, MethodNotAllowed, NotFound, TelemetryError
 from .events import loads
@@ -43,6 +43,7 @@ ROUTES = Map([
     Rule("/devices", endpoint="devices", methods=["GET"]),
     Rule("/devices/<device_id>", endpoint="device", methods=["GET"]),
     Rule("/devices/<device_id>/series", endpoint="series", methods=["GET"]),
+    Rule("/fleet", endpoint="fleet", methods=["GET"]),
     Rule("/alerts", endpoint="alerts", methods=["GET"]),
     Rule("/alerts/<alert_id>", endpoint="alert", methods=["GET"]),
     Rule("/alerts/<alert_id>/ack", endpoint="ack", methods=["POST"]),
@@ -169,7 +170,7 @@ def _openapi(request: flask.Request, rt: Runtime) -> flask.Response:
 
 
 def _device_view(doc: Mapping[str, Any], now: datetime, stale_after: int,
-                 open_alerts: int | None = None) -> dict[str, Any]:
+                 alerts: fleet.OpenAlerts | None = None) -> dict[str, Any]:
     last_seen = doc.get("last_seen")
     metrics = {name: {"value": value, "time": format_time(at)}
                for name, (at, value) in sorted(
@@ -181,24 +182,16 @@ def _device_view(doc: Mapping[str, Any], now: datetime, stale_after: int,
         "last_event_time": (format_time(doc["last_event_time"])
                             if doc.get("last_event_time") else None),
         "stale": last_seen is None or (now - last_seen).total_seconds() > stale_after,
+        "state": fleet.device_state(doc, now, stale_after,
+                                    alerts.offline_since if alerts else None),
         "metrics": metrics,
         "name": doc.get("name") or doc["_id"],
         "enabled": doc.get("enabled", True),
         "metadata": doc.get("metadata") or {},
     }
-    if open_alerts is not None:
-        view["open_alerts"] = open_alerts
+    if alerts is not None:
+        view["open_alerts"] = alerts.count
     return view
-
-
-def _open_alert_counts(rt: Runtime, device_ids: list[str]) -> dict[str, int]:
-    counts: dict[str, int] = dict.fromkeys(device_ids, 0)
-    with rt.store.guard():
-        for doc in rt.store.collection(ALERTS).find(
-                {"device_id": {"$in": device_ids}, "state": {"$in": [OPEN, ACKNOWLEDGED]}},
-                {"device_id": 1}):
-            counts[doc["device_id"]] += 1
-    return counts
 
 
 def _devices(request: flask.Request, rt: Runtime) -> flask.Response:
@@ -218,13 +211,24 @@ def _devices(request: flask.Request, rt: Runtime) -> flask.Response:
         docs = list(rt.store.collection(DEVICES).find(filt, {"token": 0})
                     .sort("_id", 1).limit(limit + 1))
     page, more = docs[:limit], len(docs) > limit
-    counts = _open_alert_counts(rt, [d["_id"] for d in page])
+    alerts = fleet.open_alerts(rt.store, [d["_id"] for d in page])
     now = datetime.now(UTC)
     return json_response({
-        "devices": [_device_view(d, now, rt.settings.device_stale_seconds, counts[d["_id"]])
+        "devices": [_device_view(d, now, rt.settings.device_stale_seconds, alerts[d["_id"]])
                     for d in page],
         "next_cursor": page[-1]["_id"] if more else None,
     })
+
+
+def _fleet(request: flask.Request, rt: Runtime) -> flask.Response:
+    """Devices counted by state over the whole fleet (the fleet page shows at most a cap)."""
+    Params(request, set())
+    now = datetime.now(UTC)
+    counts = fleet.fleet_counts(rt.store, now, rt.settings.device_stale_seconds,
+                                rt.settings.query_max_limit)
+    return json_response({"devices": sum(counts.values()), "states": counts,
+                          "stale_after_seconds": rt.settings.device_stale_seconds,
+                          "at": format_time(now)})
 
 
 def _device_id(value: str) -> str:
@@ -240,9 +244,9 @@ def _device(request: flask.Request, rt: Runtime, device_id: str) -> flask.Respon
         doc = rt.store.collection(DEVICES).find_one({"_id": device_id}, {"token": 0})
     if doc is None:
         raise NotFound(f"device {device_id!r} not found")
-    counts = _open_alert_counts(rt, [device_id])
+    alerts = fleet.open_alerts(rt.store, [device_id])
     return json_response(_device_view(doc, datetime.now(UTC), rt.settings.device_stale_seconds,
-                                      counts[device_id]))
+                                      alerts[device_id]))
 
 
 def default_step(span: timedelta) -> str:
@@ -430,6 +434,7 @@ def _ack(request: flask.Request, rt: Runtime, alert_id: str) -> flask.Response:
 
 _ENDPOINTS: dict[str, Callable[..., flask.Response]] = {
     "index": _index, "openapi": _openapi, "devices": _devices, "device": _device,
+    "fleet": _fleet,
     "series": _series, "alerts": _alerts, "alert": _alert, "ack": _ack,
     "rules": _alert_rules,
     **dashboard.ENDPOINTS,

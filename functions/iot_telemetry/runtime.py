@@ -10,6 +10,7 @@ from .alerting import StateCache
 from .clients import Network
 from .devices import Registry
 from .observability import configure_logging
+from .offline import ReportCache
 from .publisher import RecordSink, make_sink
 from .ratelimit import RateLimiter
 from .retention import Retention
@@ -47,6 +48,12 @@ class Runtime:
         """The alert states this process wrote last (see alerting.StateCache)."""
         with self._lock:
             return StateCache()
+
+    @cached_property
+    def offline_reports(self) -> ReportCache:
+        """The devices this process heard from lately (see offline.ReportCache)."""
+        with self._lock:
+            return ReportCache()
 
     @cached_property
     def registry(self) -> Registry:

@@ -159,6 +159,9 @@ class Store:
                 [("raised_at", DESCENDING), ("_id", DESCENDING)], name="newest")
             self.db[ALERTS].create_index(
                 [("device_id", ASCENDING), ("raised_at", DESCENDING)], name="by_device")
+            # The sweeps' look at the open alerts of each offline rule (offline.py).
+            self.db[ALERTS].create_index([("state", ASCENDING), ("rule", ASCENDING)],
+                                         name="open_by_rule")
             self.db[DEVICES].create_index([("last_seen", DESCENDING)], name="recent")
             self._indexed = True
 

@@ -394,8 +394,12 @@ def run_variant(ctx: Context, variant: Variant, n: int, first: bool) -> dict[str
         worker = _worker(pipeline, "aggregate")
         with contextlib.ExitStack() as stack:
             if first:
-                stack.enter_context(profiled(ctx, "fig3-aggregate-under-ramp", worker,
-                                             ctx.pick(30, 60)))
+                for name in ("aggregate", "alert", "ingest", "dispatcher"):
+                    pid = worker if name == "aggregate" else (
+                        pipeline.processes[name].pid if name == "dispatcher"
+                        else _worker(pipeline, name))
+                    stack.enter_context(profiled(ctx, f"fig3-{name}-under-ramp", pid,
+                                                 ctx.pick(30, 60)))
             raw["ramp"] = ramp(ctx, pipeline, records, f"-v{n}")
         raw["drain_after_ramp_s"] = round(drain(ctx, pipeline, ctx.pick(180, 300)), 1)
         best = raw["ramp"]["best"]

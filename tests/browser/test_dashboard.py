@@ -82,7 +82,7 @@ def test_fleet_lists_what_the_api_lists(page: Any, dashboard: Dashboard) -> None
     for device in devices:
         row = page.locator(f'#fleet-body tr[data-device="{device["id"]}"]')
         expect(row.locator("td").first).to_contain_text(
-            "Stale" if device["stale"] else "Reporting")
+            {"stale": "Stale", "reporting": "Reporting"}[device["state"]])
         for metric, reading in device["metrics"].items():
             shown = row.locator(f'td[data-metric="{metric}"]').inner_text()
             assert float(shown.replace(",", "")) == pytest.approx(reading["value"], abs=0.006)
@@ -91,14 +91,17 @@ def test_fleet_lists_what_the_api_lists(page: Any, dashboard: Dashboard) -> None
     alerting = [d["id"] for d in devices if d["open_alerts"]]
     assert alerting, "the simulation left no open alert"
     expect(page.locator("#fleet-summary")).to_have_text(
-        f"{len(devices)} devices: {len(devices)} reporting, 0 stale, {len(alerting)} with open "
-        f"alerts ({alerts} open alert{'' if alerts == 1 else 's'})")
+        f"{len(devices)} devices: 0 offline, 0 stale, 0 never reported, {len(devices)} "
+        f"reporting, 0 disabled; {len(alerting)} with open alerts ({alerts} open "
+        f"alert{'' if alerts == 1 else 's'})")
     screenshot(page, "fleet")
 
     # Devices by state: each button shows its count and only those devices.
     page.get_by_role("button", name=f"With open alerts ({len(alerting)})").click()
     expect(rows).to_have_count(len(alerting))
     assert sorted(rows.evaluate_all("rows => rows.map(r => r.dataset.device)")) == alerting
+    expect(page.locator('#fleet-states button[data-state="offline"]')).not_to_have_class(
+        "attention")
     page.get_by_role("button", name="Stale (0)").click()
     expect(rows).to_have_count(0)
     expect(page.locator("#fleet-message")).to_have_text("No stale devices.")
@@ -258,12 +261,13 @@ def test_alerts_filter_and_page_with_the_api_cursor(page: Any, dashboard: Dashbo
 
 
 def test_the_page_says_when_the_data_is_stale(page: Any, dashboard: Dashboard) -> None:
-    # Staleness is the API's verdict (DEVICE_STALE_SECONDS); here it says so of every device.
+    # Staleness is the API's verdict (DEVICE_STALE_SECONDS); here it says so of every device
+    # (none of which has an offline alert: tests/browser/test_dashboard_fleet_states.py).
     def every_device_stale(route: Any) -> None:
         response = route.fetch()
         body = response.json()
         for device in body["devices"]:
-            device["stale"] = True
+            device["stale"], device["state"] = True, "stale"
         route.fulfill(response=response, json=body)
 
     page.route(re.compile(r"/devices\?"), every_device_stale)
@@ -273,7 +277,8 @@ def test_the_page_says_when_the_data_is_stale(page: Any, dashboard: Dashboard) -
     expect(banner).to_contain_text("Data is stale. Every device is stale")
     expect(page.locator("#fleet-body tr.stale")).to_have_count(6)
     expect(page.locator("#fleet-body tr").first.locator("td").first).to_have_text("○ Stale")
-    expect(page.locator("#fleet-summary")).to_contain_text("6 devices: 0 reporting, 6 stale, ")
+    expect(page.locator("#fleet-summary")).to_contain_text(
+        "6 devices: 0 offline, 6 stale, 0 never reported, 0 reporting, 0 disabled; ")
     expect(page.get_by_role("button", name="Reporting (0)")).to_be_visible()
     page.get_by_role("button", name="Stale (6)").click()
     expect(page.locator("#fleet-body tr")).to_have_count(6)

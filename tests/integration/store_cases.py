@@ -109,6 +109,19 @@ def _in_two_fields(c: Collection[Doc]) -> Any:
                                "state": {"$in": ["open", "acknowledged"]}}, {"device_id": 1})))
 
 
+def _count_enabled_by_last_seen(c: Collection[Doc]) -> Any:
+    enabled = {"enabled": {"$ne": False}}
+    cut = T0 + timedelta(hours=1)
+    return (c.count_documents({}), c.count_documents({"enabled": False}),
+            c.count_documents({"$and": [enabled, {"last_seen": {"$lt": cut}}]}),
+            c.count_documents({"$and": [enabled, {"last_seen": {"$gte": cut}}]}))
+
+
+def _in_equality_in_batches(c: Collection[Doc]) -> Any:
+    return sorted(_ids(c.find({"state": {"$in": ["open", "acknowledged"]},
+                               "condition": "offline"}, {"device_id": 1}, batch_size=1)))
+
+
 def _exists_false_update(c: Collection[Doc]) -> Any:
     r1 = c.update_one({"_id": "a", "token": {"$exists": False}}, {"$set": {"token": "t"}})
     r2 = c.update_one({"_id": "b", "token": {"$exists": False}}, {"$set": {"token": "t"}})
@@ -360,8 +373,21 @@ CASES: list[Case] = [
          [{"_id": i} for i in ("dev-1", "dev-2", "dev-3", "dev-4", "other")],
          "not sent (query devices uses $and)"),
     Case("find $in on two fields + projection", _in_two_fields, ["a", "c"], ALERTS,
-         "query._open_alert_counts"),
+         "fleet.open_alerts"),
     Case("count_documents", _count, (3, 4), ALERTS, "tests"),
+    Case("count_documents $ne false under $and with a date range",
+         _count_enabled_by_last_seen, (4, 1, 1, 1),
+         [{"_id": "a", "enabled": True, "last_seen": T0},
+          {"_id": "b", "last_seen": T0 + timedelta(hours=2)},
+          {"_id": "c", "enabled": False, "last_seen": T0}, {"_id": "d"}],
+         "fleet.fleet_counts"),
+    Case("find $in + equality, a batch per getMore", _in_equality_in_batches,
+         ["a", "b", "e"],
+         [{"_id": i, "device_id": "d", "state": st, "condition": cond}
+          for i, st, cond in (("a", "open", "offline"), ("b", "acknowledged", "offline"),
+                              ("c", "resolved", "offline"), ("d", "open", ">"),
+                              ("e", "open", "offline"))],
+         "fleet._offline_since"),
     Case("update $exists false", _exists_false_update, (1, 0),
          [{"_id": "a"}, {"_id": "b", "token": "x"}], "devices.register"),
     Case("upsert $setOnInsert + $set", _set_on_insert_upsert,

@@ -260,10 +260,10 @@ def test_a_late_applied_raise_keeps_the_newer_peak_and_last_value(
                      "warning", 30.0 if condition == ">" else 20.0)
     book = AlertBook(runtime.store, [rule])
     t3, t4 = T0, T0 + timedelta(seconds=10)
-    raised = Effect("raised", "d:r:1", t3, values[0], 1, values[0], first_seen=t3)
-    updated = Effect("updated", "d:r:1", t4, values[1], 2, values[1])
-    book._apply(rule, "d", [raised, updated])
-    book._apply(rule, "d", [raised])  # another instance, late
+    raised = Effect("raised", "d:r:1", t3, values[0], 1, values[0], first_seen=t3, rule="r")
+    updated = Effect("updated", "d:r:1", t4, values[1], 2, values[1], rule="r")
+    book._apply("d", [raised, updated])
+    book._apply("d", [raised])  # another instance, late
     doc = runtime.store.collection("alerts").find_one({"_id": "d:r:1"})
     assert (doc["peak"], doc["last_value"], doc["count"]) == (peak, values[1], 2)
     assert doc["state"] == "open"
@@ -378,3 +378,74 @@ def test_state_cache_saves_the_reads_and_two_instances_stay_exact(runtime, now,
     want = {d["_id"]: (d["state"], d["count"], d["peak"])
             for d in fresh.store.collection("alerts").find({})}
     assert got == want and want
+
+
+def _writes_to(runtime, monkeypatch, name):
+    """Count insert/update calls on one collection of the runtime's store."""
+    writes = {"n": 0}
+    collection_of = type(runtime.store).collection
+
+    class Counting:
+        def __init__(self, inner):
+            self.inner = inner
+
+        def __getattr__(self, attr):
+            if attr in ("insert_one", "update_one", "replace_one", "find_one_and_update"):
+                writes["n"] += 1
+            return getattr(self.inner, attr)
+
+    monkeypatch.setattr(type(runtime.store), "collection", lambda self, n: (
+        Counting(collection_of(self, n)) if n == name else collection_of(self, n)))
+    return writes
+
+
+def test_one_state_write_per_event_whatever_the_number_of_rules(runtime, now,
+                                                                monkeypatch) -> None:
+    """An event of temperature and humidity moves four default rules; their states are one
+    document, written once (it was one compare-and-swap per rule)."""
+    from iot_telemetry.alerting import StateCache
+    from iot_telemetry.settings import Settings
+
+    rules = [r for r in Settings.from_environ({}).rules if isinstance(r, AlertRule)]
+    recs = [_validated(record("dev-w", now + timedelta(seconds=10 * i),
+                              {"temperature": 20.0 + i, "humidity": 50.0 + i}, f"w{i}"))
+            for i in range(5)]
+    book = AlertBook(runtime.store, rules, cache=StateCache())
+    writes = _writes_to(runtime, monkeypatch, "alert_state")
+    for event in recs:
+        assert book.handle(event).changed
+    assert writes["n"] == len(recs)
+    # a redelivery changes nothing and writes nothing
+    assert book.handle(recs[2]).duplicate and writes["n"] == len(recs)
+
+
+def test_an_upgrade_keeps_the_per_rule_states_of_earlier_versions(runtime, now) -> None:
+    """A device whose state is still in the per-rule documents of earlier versions
+    (`<device>:<rule>`) goes on from it: its open alert (episode 3) is the one resolved,
+    no new episode 1 is raised, and its last event is still recognised as a redelivery."""
+    from iot_telemetry.alerting import device_state_id
+
+    rule = AlertRule("t-high", "temperature", ">", 30.0, "warning", 28.0)
+    runtime.store.collection("alerts").insert_one({
+        "_id": "dev-u:t-high:3", "device_id": "dev-u", "metric": "temperature",
+        "rule": "t-high", "severity": "warning", "condition": ">", "threshold": 30.0,
+        "clear_threshold": 28.0, "state": "open", "raised_at": now, "first_seen": now,
+        "last_seen": now, "last_value": 35.0, "count": 1, "peak": 35.0})
+    runtime.store.collection("alert_state").insert_one({
+        "_id": "dev-u:t-high", "device_id": "dev-u", "rule": "t-high", "rev": 7,
+        "applied": True, "event": "old", "effects": [],
+        "recent": [{"event": "src\x1fold-raise", "effects": [{
+            "kind": "raised", "alert_id": "dev-u:t-high:3", "time": now, "value": 35.0,
+            "count": 1, "peak": 35.0, "first_seen": now}]}],
+        "state": {"firing": True, "streak": 0, "streak_since": None, "streak_peak": None,
+                  "last_time": now, "episode": 3, "count": 1, "peak": 35.0,
+                  "last_events": ["old"]}})
+    book = AlertBook(runtime.store, [rule])
+    cool = _validated(record("dev-u", now + timedelta(seconds=10), {"temperature": 20.0}, "c1"))
+    outcome = book.handle(cool)
+    assert [(t["transition"], t["alert"]["id"]) for t in outcome.transitions] == [
+        ("resolved", "dev-u:t-high:3")]
+    assert runtime.store.collection("alerts").count_documents({}) == 1
+    doc = runtime.store.collection("alert_state").find_one({"_id": device_state_id("dev-u")})
+    assert doc["rules"]["t-high"]["state"]["episode"] == 3
+    assert any(r["event"] == "src\x1fold-raise" for r in doc["recent"])

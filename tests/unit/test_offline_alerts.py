@@ -210,3 +210,68 @@ def test_a_sweep_stops_after_its_share_of_raises_and_the_next_goes_on(
     assert sweep(apps, "tick-2").status_code == 200
     every = [a["device_id"] for a in apps.query.get("/alerts?limit=100").get_json()["alerts"]]
     assert sorted(every) == [f"mr-{i}" for i in range(7)]
+
+
+HOT = {"name": "hot", "metric": "temperature", "condition": ">", "threshold": 50.0}
+
+
+def _offline_state_reads(runtime, monkeypatch):
+    """Count reads of the offline rule's states (finds on alert_state by `_id $in`)."""
+    reads = {"n": 0}
+    collection_of = type(runtime.store).collection
+
+    class Counting:
+        def __init__(self, inner):
+            self.inner = inner
+
+        def __getattr__(self, attr):
+            return getattr(self.inner, attr)
+
+        def find(self, query=None, *args, **kwargs):
+            ids = ((query or {}).get("_id") or {}).get("$in") if isinstance(
+                (query or {}).get("_id"), dict) else None
+            if ids and any(i.endswith(":offline") for i in ids):
+                reads["n"] += 1
+            return self.inner.find(query, *args, **kwargs)
+
+    monkeypatch.setattr(type(runtime.store), "collection", lambda self, n: (
+        Counting(collection_of(self, n)) if n == "alert_state" else collection_of(self, n)))
+    return reads
+
+
+def test_a_steady_reporter_is_not_checked_for_offline_alerts_on_every_event(
+        runtime, sink_server, monkeypatch) -> None:  # noqa: F811
+    """alert reads a device's offline states when it had not heard from it for half the
+    shortest window, or for an event it cannot tell new; not for each event of a device
+    reporting every few seconds (it was one store read per event)."""
+    set_runtime(make_runtime(K_SINK=sink_server.url, ALERT_RULES=json.dumps([*RULES, HOT])))
+    apps = Apps()
+    reads = _offline_state_reads(get_runtime(), monkeypatch)
+    start = datetime.now(UTC) - timedelta(seconds=60)
+    recs = [record("steady", start + timedelta(seconds=10 * i), {"temperature": 21.0}, f"s{i}")
+            for i in range(6)]
+    for rec in recs:
+        assert apps.deliver("alert", rec).status_code == 204
+    assert reads["n"] == 1  # the first event: this process had not heard from it
+    # a redelivery may have to answer the alert events of its first delivery: checked
+    assert apps.deliver("alert", recs[-1]).status_code == 204
+    assert reads["n"] == 2
+
+
+def test_a_raise_on_a_late_recorded_report_is_resolved_by_the_next_sweep(
+        runtime, sink_server) -> None:  # noqa: F811
+    """aggregate records the device's reports late, so a sweep raises although alert has
+    just heard from the device and skips the check on its next report; the next sweep sees
+    the report recorded and resolves the alert, answering its resolved event."""
+    set_runtime(make_runtime(K_SINK=sink_server.url, ALERT_RULES=json.dumps([*RULES, HOT])))
+    apps = Apps()
+    report(apps, "late", 900, "l0")  # the last report aggregate recorded so far
+    report(apps, "late", 20, "l1", function="alert")
+    assert sweep(apps, "tick-1").headers["ce-id"] == "late:offline:1/raised"
+    assert report(apps, "late", 10, "l2", function="alert").status_code == 204  # skipped
+    report(apps, "late", 10, "l2")  # aggregate catches up
+    response = sweep(apps, "tick-2")
+    assert response.headers["ce-id"] == "late:offline:1/resolved"
+    [alert] = alerts(apps, "late")
+    assert (alert["state"], alert["resolved_reason"]) == ("resolved", "cleared")
+    assert sweep(apps, "tick-3").status_code == 204

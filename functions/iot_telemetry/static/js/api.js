@@ -105,6 +105,11 @@ export async function allDevices(cap = 5000) {
   return { devices, truncated: Boolean(cursor) };
 }
 
+/** Every device counted by state, however many there are (GET /fleet). */
+export function fleet() {
+  return call("fleet");
+}
+
 export function device(id) {
   return call(`devices/${encodeURIComponent(id)}`);
 }

@@ -1,4 +1,4 @@
-// The fleet: every device with its last report, latest metric values and open alerts.
+// The fleet: every device with its state, last report, latest metric values and open alerts.
 
 import * as api from "./api.js";
 import { el, full, keepFocus, quantity, say, when } from "./format.js";
@@ -12,14 +12,31 @@ function compare(a, b) {
   return a < b ? -1 : 1;
 }
 
-// Which devices each state button shows; "stale" is the API's verdict (DEVICE_STALE_SECONDS).
+// A device's state is the API's verdict (`state` of GET /devices; README "Dashboard"), in
+// the order the table sorts them: what needs a look first. Each has a symbol, so that a state
+// never reads by colour alone.
+const DEVICE_STATES = {
+  offline: { label: "Offline", icon: "✕",
+    title: "An offline alert is open or acknowledged and the device has not reported since" },
+  stale: { label: "Stale", icon: "○", title: "No report within DEVICE_STALE_SECONDS" },
+  never_reported: { label: "Never reported", icon: "◌",
+    title: "Registered, but nothing received yet (not offline)" },
+  reporting: { label: "Reporting", icon: "●", title: "Reported recently" },
+  disabled: { label: "Disabled", icon: "⊘", title: "Switched off in the registry" },
+};
+const RANKS = Object.fromEntries(Object.keys(DEVICE_STATES).map((name, i) => [name, i]));
+
+// Which devices each state button shows.
 const STATES = {
   all: () => true,
-  reporting: (d) => !d.stale,
-  stale: (d) => d.stale,
+  ...Object.fromEntries(Object.keys(DEVICE_STATES).map((name) => [name, (d) => d.state === name])),
   alerting: (d) => (d.open_alerts || 0) > 0,
 };
-const STATE_LABELS = { all: "All", reporting: "Reporting", stale: "Stale", alerting: "With open alerts" };
+const STATE_LABELS = {
+  all: "All",
+  ...Object.fromEntries(Object.entries(DEVICE_STATES).map(([name, s]) => [name, s.label])),
+  alerting: "With open alerts",
+};
 
 export class FleetView {
   constructor(app) {
@@ -27,8 +44,9 @@ export class FleetView {
     this.section = $("view-fleet");
     this.devices = [];
     this.truncated = false;
+    this.fleet = null; // GET /fleet's counts, read only when the list stops at its cap
     this.loaded = false;
-    this.sort = { key: "id", descending: false };
+    this.sort = { key: "status", descending: false }; // offline first
     this.search = $("fleet-search");
     this.search.addEventListener("input", () => this.render());
     this.state = "all";
@@ -51,8 +69,11 @@ export class FleetView {
 
   async refresh() {
     const { devices, truncated } = await api.allDevices();
+    // The whole list counts itself; past the cap only the API can count every device.
+    const fleet = truncated ? await api.fleet() : null;
     this.devices = devices;
     this.truncated = truncated;
+    this.fleet = fleet;
     this.loaded = true;
     this.app.knownDevices(devices.map((d) => d.id));
     this.render();
@@ -75,7 +96,7 @@ export class FleetView {
 
   value(device, key) {
     if (key === "id") return device.id;
-    if (key === "status") return device.stale ? 1 : 0;
+    if (key === "status") return RANKS[device.state] ?? RANKS.reporting;
     if (key === "last_seen") return device.last_seen ? Date.parse(device.last_seen) : null;
     if (key === "open_alerts") return device.open_alerts ?? 0;
     const metric = (device.metrics || {})[key.slice("metric:".length)];
@@ -92,7 +113,7 @@ export class FleetView {
       { key: "open_alerts", label: "Open alerts", num: true,
         title: "Open or acknowledged: raised and not yet resolved" },
     ];
-    if (!columns.some((c) => c.key === this.sort.key)) this.sort = { key: "id", descending: false };
+    if (!columns.some((c) => c.key === this.sort.key)) this.sort = { key: "status", descending: false };
     const needle = this.search.value.trim().toLowerCase();
     const inState = STATES[this.state];
     const shown = this.devices.filter((d) => d.id.toLowerCase().includes(needle) && inState(d));
@@ -106,16 +127,28 @@ export class FleetView {
     });
 
     const counts = Object.fromEntries(Object.entries(STATES).map(
-      ([name, test]) => [name, this.devices.filter(test).length]));
+      ([name, test]) => [name, String(this.devices.filter(test).length)]));
+    if (this.truncated) {
+      // The states of the whole fleet from the API; what only the list knows gets a "+".
+      for (const name of Object.keys(counts)) counts[name] += "+";
+      if (this.fleet) {
+        counts.all = String(this.fleet.devices);
+        for (const [name, n] of Object.entries(this.fleet.states)) counts[name] = String(n);
+      }
+    }
     const alerts = this.devices.reduce((sum, d) => sum + (d.open_alerts || 0), 0);
     const plus = this.truncated ? "+" : "";
-    $("fleet-summary").textContent = `${counts.all}${plus} device${counts.all === 1 ? "" : "s"}: `
-      + `${counts.reporting} reporting, ${counts.stale} stale, ${counts.alerting} with open alerts`
-      + ` (${alerts} open alert${alerts === 1 ? "" : "s"})`;
+    const byState = Object.entries(DEVICE_STATES)
+      .map(([name, s]) => `${counts[name]} ${s.label.toLowerCase()}`).join(", ");
+    $("fleet-summary").textContent = `${counts.all} device${counts.all === "1" ? "" : "s"}: `
+      + `${byState}; ${counts.alerting} with open alerts`
+      + ` (${alerts}${plus} open alert${alerts === 1 && !plus ? "" : "s"})`;
     for (const button of this.stateButtons) {
       const name = button.dataset.state;
       button.setAttribute("aria-pressed", String(name === this.state));
-      button.textContent = `${STATE_LABELS[name]} (${counts[name]}${plus})`;
+      button.textContent = `${STATE_LABELS[name]} (${counts[name]})`;
+      // Offline devices need a look: their button stands out while there are any.
+      button.classList.toggle("attention", name === "offline" && !/^0\+?$/.test(counts[name]));
     }
     const filtered = needle || this.state !== "all";
     $("fleet-count").textContent = filtered ? `${shown.length} of ${this.devices.length} shown` : "";
@@ -152,9 +185,11 @@ export class FleetView {
   row(device, metrics) {
     const href = `#/devices/${encodeURIComponent(device.id)}`;
     const open = device.open_alerts || 0;
-    return el("tr", { class: device.stale ? "stale" : "", "data-device": device.id },
+    // "stale" marks every silent row (as the API's `stale` does); the state its own look.
+    return el("tr", { class: `state-${device.state}${device.stale ? " stale" : ""}`,
+      "data-device": device.id, "data-state": device.state },
       el("th", { scope: "row" }, el("a", { href, "data-key": `device:${device.id}` }, device.id)),
-      el("td", {}, status(device.stale)),
+      el("td", {}, status(device)),
       el("td", {}, when(device.last_seen)),
       metrics.map((m) => {
         const reading = (device.metrics || {})[m];
@@ -174,9 +209,11 @@ export class FleetView {
   }
 }
 
-/** A device's reporting status as text and symbol, not only colour. */
-export function status(stale) {
-  return stale
-    ? el("span", { class: "badge stale" }, el("span", { "aria-hidden": "true", text: "○ " }), "Stale")
-    : el("span", { class: "badge ok" }, el("span", { "aria-hidden": "true", text: "● " }), "Reporting");
+/** A device's state as text and symbol, not only colour. Takes a device of the API, or (as the
+ * device view passed it before states existed) its `stale` flag. */
+export function status(device) {
+  const name = typeof device === "boolean" ? (device ? "stale" : "reporting") : device.state;
+  const state = DEVICE_STATES[name] || { label: String(name), icon: "?", title: "" };
+  return el("span", { class: `badge ${name === "reporting" ? "ok" : name}`, title: state.title },
+    el("span", { "aria-hidden": "true", text: `${state.icon} ` }), state.label);
 }
