@@ -1,4 +1,5 @@
-"""aggregate: telemetry events delivered by the Broker, rolled up in the store."""
+"""aggregate: telemetry events delivered by the Broker, rolled up in the store; the daily
+retention sweep (a PingSource tick)."""
 
 from __future__ import annotations
 
@@ -8,11 +9,17 @@ from datetime import UTC, datetime
 import flask
 
 from .errors import BadRequest
-from .events import read_delivery
-from .observability import DUPLICATES_SKIPPED, EVENTS_PROCESSED, POINTS_AGGREGATED
+from .events import is_ping, read_delivery
+from .observability import (
+    DUPLICATES_SKIPPED,
+    EVENTS_PROCESSED,
+    POINTS_AGGREGATED,
+    RETENTION_SWEPT,
+)
+from .retention import sweep
 from .runtime import Runtime, get_runtime
 from .service import require, serve
-from .telemetry import TelemetryEvent, validate
+from .telemetry import TelemetryEvent, parse_time, validate
 
 log = logging.getLogger(__name__)
 FUNCTION = "aggregate"
@@ -42,16 +49,46 @@ def decode_telemetry(request: flask.Request, function: str) -> TelemetryEvent:
 
 def _aggregate(request: flask.Request, rt: Runtime) -> flask.Response:
     # 1. Decode; 2. apply idempotently; 3. answer 204 (nothing to reply).
+    require(request, "/", "POST")
+    if is_ping(request.headers, request.mimetype, request.get_data()):
+        return _sweep(request, rt)
     event = decode_telemetry(request, FUNCTION)
     rt.store.ensure_indexes()
+    expired = rt.rollups.expired(event, rt.rollups.clock())
     fresh = rt.rollups.apply(event)
     if fresh:
-        POINTS_AGGREGATED.inc(len(event.points))
+        POINTS_AGGREGATED.inc(len(event.points) - expired)
         EVENTS_PROCESSED.labels(FUNCTION, "applied").inc()
+    elif expired and expired == len(event.points):
+        EVENTS_PROCESSED.labels(FUNCTION, "expired").inc()
     else:
         DUPLICATES_SKIPPED.labels(FUNCTION).inc()
         EVENTS_PROCESSED.labels(FUNCTION, "duplicate").inc()
     log.info("aggregated" if fresh else "duplicate", extra={
         "event_id": event.id, "source": event.source, "device_id": event.device_id,
         "points": len(event.points)})
+    return flask.Response(status=204)
+
+
+def _sweep(request: flask.Request, rt: Runtime) -> flask.Response:
+    """A tick of the rollup-retention PingSource: compact final days, delete expired ones.
+
+    "Now" is the tick's time (never later than the clock), so a redelivery sweeps with the
+    same cutoffs; the sweep is idempotent either way.
+    """
+    raw = read_delivery(request.headers, request.get_data())
+    wall = rt.rollups.clock()
+    ticked = parse_time(raw.attributes.get("time"))
+    now = min(ticked, wall) if ticked is not None else wall
+    rt.store.ensure_indexes()
+    outcome = sweep(rt.store, rt.retention, now)
+    RETENTION_SWEPT.labels("compacted", "rollup_days").inc(outcome.compacted)
+    RETENTION_SWEPT.labels("dated", "rollup_hours").inc(outcome.dated)
+    for name, count in outcome.deleted.items():
+        RETENTION_SWEPT.labels("deleted", name).inc(count)
+    EVENTS_PROCESSED.labels(FUNCTION, "swept").inc()
+    log.info("retention sweep", extra={"event_id": raw.attributes.get("id"),
+                                       "compacted_days": outcome.compacted,
+                                       "dated_hours": outcome.dated,
+                                       "deleted": outcome.deleted})
     return flask.Response(status=204)

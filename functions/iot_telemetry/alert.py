@@ -26,16 +26,7 @@ from .alerting import (
     public,
 )
 from .errors import DependencyUnavailable
-from .events import (
-    ALERT_TYPE,
-    PING_TYPE,
-    SPECVERSION,
-    STRUCTURED,
-    RawEvent,
-    loads,
-    read_delivery,
-    to_http,
-)
+from .events import ALERT_TYPE, SPECVERSION, RawEvent, is_ping, read_delivery, to_http
 from .eventtime import settled
 from .observability import ALERT_TRANSITIONS, DUPLICATES_SKIPPED, EVENTS_PROCESSED
 from .offline import OfflineBook
@@ -79,7 +70,7 @@ def alert_event(transition: Mapping[str, Any]) -> tuple[dict[str, str], dict[str
 def _alert(request: flask.Request, rt: Runtime) -> flask.Response:
     # 1. Decode; 2. evaluate rules atomically; 3. reply with the first alert event.
     require(request, "/", "POST")
-    if _is_ping(request):
+    if is_ping(request.headers, request.mimetype, request.get_data()):
         return _sweep(read_delivery(request.headers, request.get_data()), rt)
     event = decode_telemetry(request, FUNCTION)
     if event.points:  # a resend of an event without `time` is evaluated at the first time
@@ -112,16 +103,6 @@ def _book(rt: Runtime, device_rules: tuple[AlertRule, ...] | None = None) -> Ale
 def _offline(rt: Runtime) -> OfflineBook:
     return OfflineBook(rt.store, rt.settings.offline_rules, rt.settings.device_stale_seconds,
                        rt.offline_reports)
-
-
-def _is_ping(request: flask.Request) -> bool:
-    # The Broker delivers in binary mode; a structured delivery is checked in its body.
-    if request.headers.get("ce-type") is not None:
-        return request.headers.get("ce-type") == PING_TYPE
-    if request.mimetype != STRUCTURED:
-        return False
-    body = loads(request.get_data())
-    return isinstance(body, dict) and body.get("type") == PING_TYPE
 
 
 def _sweep(raw: RawEvent, rt: Runtime) -> flask.Response:

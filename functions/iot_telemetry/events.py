@@ -192,6 +192,16 @@ def _compact(data: Any) -> bytes:
     return json.dumps(data, separators=(",", ":")).encode()
 
 
+def is_ping(headers: Mapping[str, str] | Any, mimetype: str, body: bytes) -> bool:
+    """Whether a delivery is a PingSource tick (binary mode from the Broker, or structured)."""
+    if headers.get("ce-type") is not None:
+        return bool(headers.get("ce-type") == PING_TYPE)
+    if mimetype != STRUCTURED:
+        return False
+    event = loads(body)
+    return isinstance(event, dict) and event.get("type") == PING_TYPE
+
+
 def read_delivery(headers: Mapping[str, str] | Any, body: bytes) -> RawEvent:
     """Decode an event delivered by the Broker (binary or structured mode)."""
     try:

@@ -33,6 +33,13 @@ EVENTS_PROCESSED = Counter(
 DUPLICATES_SKIPPED = Counter(
     "iot_duplicates_skipped_total", "Redelivered events that changed nothing", ["function"])
 POINTS_AGGREGATED = Counter("iot_points_aggregated_total", "Data points added to rollups")
+POINTS_EXPIRED = Counter(
+    "iot_points_expired_total",
+    "Data points aggregate skipped: older than the minute retention lets it deduplicate")
+RETENTION_SWEPT = Counter(
+    "iot_retention_swept_total",
+    "Documents the retention sweep compacted (days) or deleted, by collection",
+    ["action", "collection"])
 STORE_COMMANDS = Counter(
     "iot_store_commands_total", "Commands sent to the store (round trips), by command name",
     ["command"])
@@ -57,6 +64,7 @@ DEPENDENCY_ERRORS = Counter(
 OWNERS: Final = {
     "iot_events_accepted": "ingest", "iot_points_accepted": "ingest",
     "iot_events_rejected": "ingest", "iot_points_aggregated": "aggregate",
+    "iot_points_expired": "aggregate", "iot_retention_swept": "aggregate",
     "iot_alert_transitions": "alert", "iot_alerts_acknowledged": "query",
     "iot_query_seconds": "query", "iot_aggregate_batch_events": "aggregate",
 }

@@ -221,7 +221,12 @@ def document(settings: Settings) -> dict[str, Any]:
                     _param("from", "query", _TIME, "Start (default: to - 1 hour)"),
                     _param("to", "query", _TIME, "End, exclusive (default: now)"),
                     _param("step", "query", {"enum": ["1m", "1h", "1d"]},
-                           "Bucket width (default: finest within ~1500 buckets)"),
+                           "Bucket width (default: finest within ~1500 buckets). Kept: 1m "
+                           f"for {settings.rollup_minute_retention_days} days, 1h for "
+                           f"{settings.rollup_hour_retention_days} days, 1d "
+                           + ("forever" if settings.rollup_day_retention_days is None else
+                              f"for {settings.rollup_day_retention_days} days after the "
+                              "month") + "; older buckets of a step are absent"),
                     _format_param()],
                 "responses": {"200": _json_or_csv({"type": "object", "properties": {
                     "device_id": device_id, "metric": {"type": "string"},

@@ -278,7 +278,8 @@ def _series(request: flask.Request, rt: Runtime, device_id: str) -> flask.Respon
         raise BadRequest(f"{'step' if chosen else 'from'}: {buckets} buckets of {step} "
                          f"requested, at most {rt.settings.query_max_buckets}; use a larger "
                          "step or a shorter range")
-    points = read_points(rt.store, device_id, metric, step, first=first, to=to)
+    points = read_points(rt.store, device_id, metric, step, first=first, to=to,
+                         compacted_before=rt.retention.compactable_before(now))
     if export.wants_csv(request, fmt):
         return export.response(
             export.SERIES_COLUMNS, export.series_rows(device_id, metric, step, points),

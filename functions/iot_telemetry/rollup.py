@@ -15,6 +15,10 @@ How an event counts exactly once without transactions (the layout is in series.p
 A redelivery redoes steps 2 and 3, so a crash anywhere is finished by the retry. An event
 without `time` first gets the time settled for its key (eventtime.py).
 
+Retention (retention.py): the hour document gets its expiry in step 1's update. Readings of
+an hour whose document, keys included, may be gone soon are skipped (counted in
+iot_points_expired_total), never counted again in a recreated document.
+
 Group commit: the events one process has in flight go through these steps together, each
 step one bulk command, so a batch costs 4 round trips whatever its size; a write refused
 for one event fails only that event.
@@ -25,9 +29,9 @@ from __future__ import annotations
 import hashlib
 import logging
 from collections import defaultdict
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any, Final
 
 from pymongo import ReturnDocument
@@ -36,7 +40,8 @@ from pymongo.errors import DuplicateKeyError, OperationFailure
 from .errors import BadRequest, DependencyUnavailable
 from .eventtime import settled
 from .groupcommit import GroupCommit
-from .observability import AGGREGATE_BATCH_EVENTS
+from .observability import AGGREGATE_BATCH_EVENTS, POINTS_EXPIRED
+from .retention import Retention
 from .series import Summary, bucket_start, day_id, hour_id, reading_key
 from .store import DEVICES, NOT_IMPLEMENTED, ROLLUP_DAYS, ROLLUP_HOURS, Store, Update
 from .telemetry import DataPoint, TelemetryEvent, parse_time
@@ -99,9 +104,13 @@ class _Merged:
 class RollupWriter:
     """Applies events to the rollups and each device's latest values (one per process)."""
 
-    def __init__(self, store: Store, max_events_per_hour: int = MAX_EVENTS_PER_HOUR) -> None:
+    def __init__(self, store: Store, max_events_per_hour: int = MAX_EVENTS_PER_HOUR, *,
+                 retention: Retention | None = None,
+                 clock: Callable[[], datetime] = lambda: datetime.now(UTC)) -> None:
         self.store = store
         self.max_events_per_hour = max_events_per_hour
+        self.retention = retention or Retention()
+        self.clock = clock
         self._commit: GroupCommit[TelemetryEvent, bool] = GroupCommit(self.apply_batch)
         # findAndModify with a projection: MongoDB has it, FerretDB 1.x answers 238.
         self._projected_find_and_modify = True
@@ -122,8 +131,9 @@ class RollupWriter:
                     events[i] = settled(self.store, event)
                 except DependencyUnavailable as exc:
                     failed[i] = exc
+        now = self.clock()
         writes = [w for i, e in enumerate(events) if i not in failed
-                  for w in self._hour_writes(i, e)]
+                  for w in self._hour_writes(i, e, now)]
         hours: dict[str, dict[str, Any]] = {}
         if len(writes) == 1 and self._projected_find_and_modify:
             fresh = self._count_one(writes[0], hours, failed)
@@ -136,7 +146,13 @@ class RollupWriter:
 
     # 1. hours -----------------------------------------------------------------------------
 
-    def _hour_writes(self, owner: int, event: TelemetryEvent) -> list[_HourWrite]:
+    def expired(self, event: TelemetryEvent, now: datetime) -> int:
+        """How many of the event's readings are too old to count (see retention.py)."""
+        return sum(1 for p in event.points
+                   if not self.retention.counts(bucket_start(p.time, "1h"), now))
+
+    def _hour_writes(self, owner: int, event: TelemetryEvent, now: datetime,
+                     ) -> list[_HourWrite]:
         by_hour: dict[datetime, dict[str, list[DataPoint]]] = defaultdict(
             lambda: defaultdict(list))
         for p in event.points:
@@ -144,8 +160,16 @@ class RollupWriter:
         key = event_hash(event.key)
         writes = []
         for start, metrics in sorted(by_hour.items()):
+            if not self.retention.counts(start, now):
+                skipped = sum(len(points) for points in metrics.values())
+                POINTS_EXPIRED.inc(skipped)
+                log.warning("readings too old to count: their hour's event keys may be gone",
+                            extra={"event_id": event.id, "device_id": event.device_id,
+                                   "hour": start.isoformat(), "points": skipped})
+                continue
             ops: dict[str, dict[str, Any]] = {
-                "$setOnInsert": {"device_id": event.device_id, "t": start},
+                "$setOnInsert": {"device_id": event.device_id, "t": start,
+                                 "exp": self.retention.hour_expiry(start)},
                 "$inc": {"v": 1}, "$min": {}, "$max": {}, "$push": {"ids": key}}
             for metric, points in metrics.items():
                 slots = [(f"tot.{metric}", points)]

@@ -14,6 +14,7 @@ from .observability import configure_logging
 from .offline import ReportCache
 from .publisher import RecordSink, make_sink
 from .ratelimit import RateLimiter
+from .retention import Retention
 from .rollup import RollupWriter
 from .settings import Settings
 from .store import Store
@@ -37,7 +38,11 @@ class Runtime:
     def rollups(self) -> RollupWriter:
         """One writer per process, so concurrent deliveries share its group commit."""
         with self._lock:
-            return RollupWriter(self.store)
+            return RollupWriter(self.store, retention=self.retention)
+
+    @cached_property
+    def retention(self) -> Retention:
+        return Retention.of(self.settings)
 
     @cached_property
     def alert_states(self) -> StateCache:

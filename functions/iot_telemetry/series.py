@@ -1,6 +1,6 @@
 """The rollup layout (the bucket pattern) and reading series from it.
 
-Two collections, one document per device and period, every metric in it:
+Three collections, one document per device and period, every metric in it:
 
 - `rollup_hours`, `<device>|<YYYY-MM-DDTHH>`: the minute slots of every metric
   (`min.<metric>.<MM>`), the hour totals of every metric (`tot.<metric>`), the version `v`
@@ -9,6 +9,8 @@ Two collections, one document per device and period, every metric in it:
 - `rollup_days`, `<device>|<YYYY-MM-DD>`: a snapshot of each hour's totals per metric
   (`h.<metric>.<HH>`), a string that starts with the hour document's version, so `$max`
   keeps the newest snapshot whatever order the writes arrive in.
+- `rollup_months`, `<device>|<YYYY-MM>`: each day's totals per metric (`d.<metric>.<DD>`),
+  copied from the day documents by the retention sweep, which outlive them (retention.py).
 
 A slot holds `c` (count), `s` (sum), `lo` (min), `hi` (max), `f` (first time) and `lv`
 (last time and value); `f` and `lv` are order-preserving strings (see `time_key` and
@@ -31,7 +33,7 @@ from functools import lru_cache
 from operator import itemgetter
 from typing import Any, Final
 
-from .store import ROLLUP_DAYS, ROLLUP_HOURS, Store
+from .store import ROLLUP_DAYS, ROLLUP_HOURS, ROLLUP_MONTHS, Store
 
 STEPS: Final = {"1m": timedelta(minutes=1), "1h": timedelta(hours=1), "1d": timedelta(days=1)}
 _EPOCH: Final = datetime(1970, 1, 1, tzinfo=UTC)
@@ -58,6 +60,18 @@ def hour_id(device_id: str, start: datetime) -> str:
 
 def day_id(device_id: str, start: datetime) -> str:
     return f"{device_id}|{start.strftime('%Y-%m-%d')}"
+
+
+def month_id(device_id: str, start: datetime) -> str:
+    return f"{device_id}|{start.strftime('%Y-%m')}"
+
+
+def month_start(t: datetime) -> datetime:
+    return bucket_start(t, "1d").replace(day=1)
+
+
+def next_month(start: datetime) -> datetime:
+    return (start.replace(day=1) + timedelta(days=32)).replace(day=1)
 
 
 # --- order-preserving encodings ----------------------------------------------------------
@@ -185,6 +199,10 @@ class Summary:
                          repr(self.min), repr(self.max), time_key(self.first),
                          reading_key(self.last, self.last_value)))
 
+    @staticmethod
+    def version_of(text: str) -> int:
+        return int(text.split("|", 1)[0], 16)
+
     @classmethod
     def from_snapshot(cls, text: str) -> Summary:
         _, count, total, low, high, first, last = text.split("|")
@@ -196,9 +214,11 @@ class Summary:
 # --- reading -----------------------------------------------------------------------------
 
 def read_series(store: Store, device_id: str, metric: str, step: str, *, first: datetime,
-                to: datetime) -> list[tuple[datetime, Summary]]:
+                to: datetime, compacted_before: datetime | None = None,
+                ) -> list[tuple[datetime, Summary]]:
     """Buckets of `step` in [first, to): minutes from hour documents, hours and days from
-    day documents, one `find` by `_id` for the whole range."""
+    day documents, one `find` by `_id` for the whole range; days before
+    `compacted_before` (retention.py) also from month documents, in a second `find`."""
     docs, field = _documents(store, device_id, metric, step, first=first, to=to)
     out: list[tuple[datetime, Summary]] = []
     for doc in docs:
@@ -215,18 +235,24 @@ def read_series(store: Store, device_id: str, metric: str, step: str, *, first: 
             total = Summary.merge_all(Summary.from_snapshot(v) for v in slots.values())
             if total is not None and first <= start < to:
                 out.append((start, total))
+    if step == "1d" and compacted_before is not None and first < to and (
+            bucket_start(first, "1d") < compacted_before):
+        out = _with_compacted(store, device_id, metric, docs, out, first=first,
+                              to=min(to, compacted_before))
     out.sort(key=lambda pair: pair[0])
     return out
 
 
 def read_points(store: Store, device_id: str, metric: str, step: str, *, first: datetime,
-                to: datetime) -> list[dict[str, Any]]:
+                to: datetime, compacted_before: datetime | None = None,
+                ) -> list[dict[str, Any]]:
     """The buckets of `read_series` as the API answers them (`t`, `count`, `min`, `max`,
     `avg`, `sum`, `first`, `last`, `last_value`; times as telemetry.format_time writes
     them), decoded from the stored slots and snapshots directly."""
     if step == "1d":
-        return [_point(micros(t), s) for t, s in read_series(store, device_id, metric, step,
-                                                              first=first, to=to)]
+        return [_point(micros(t), s) for t, s in read_series(
+            store, device_id, metric, step, first=first, to=to,
+            compacted_before=compacted_before)]
     docs, field = _documents(store, device_id, metric, step, first=first, to=to)
     low, high = micros(first), micros(to)
     width = _MINUTE_US if step == "1m" else _HOUR_US
@@ -281,6 +307,32 @@ def _point(t_us: int, s: Summary) -> dict[str, Any]:
     return {"t": micros_text(t_us), "count": s.count, "min": s.min, "max": s.max,
             "avg": s.avg, "sum": s.sum, "first": micros_text(micros(s.first)),
             "last": micros_text(micros(s.last)), "last_value": s.last_value}
+
+
+def _with_compacted(store: Store, device_id: str, metric: str, days: list[Mapping[str, Any]],
+                    out: list[tuple[datetime, Summary]], *, first: datetime, to: datetime,
+                    ) -> list[tuple[datetime, Summary]]:
+    """Day totals of month documents merged in; a day in both is taken at the higher
+    version (the day document until the sweep copied its last change)."""
+    version = {_utc(d["t"]): sum(Summary.version_of(v) for v in
+                                  ((d.get("h") or {}).get(metric) or {}).values())
+               for d in days}
+    ids = []
+    t = month_start(first)
+    while t < to:
+        ids.append(month_id(device_id, t))
+        t = next_month(t)
+    with store.guard():
+        months = list(store.collection(ROLLUP_MONTHS).find(
+            {"_id": {"$in": ids}}, {"t": 1, f"d.{metric}": 1}))
+    best = {t: (version.get(t, 0), s) for t, s in out}
+    for doc in months:
+        start = _utc(doc["t"])
+        for day, text in ((doc.get("d") or {}).get(metric) or {}).items():
+            t = start.replace(day=int(day))
+            if first <= t < to and Summary.version_of(text) > best.get(t, (0, None))[0]:
+                best[t] = (Summary.version_of(text), Summary.from_snapshot(text))
+    return [(t, s) for t, (_, s) in best.items() if s is not None]
 
 
 def _utc(value: datetime) -> datetime:

@@ -17,6 +17,12 @@ T = TypeVar("T")
 #: Scheme of the in-process broker and store of the embedded local run.
 MEMORY_URL: Final = "memory://"
 LOG_LEVELS: Final = ("DEBUG", "INFO", "WARNING", "ERROR")
+#: A retention that never ends (ROLLUP_DAY_RETENTION_DAYS).
+FOREVER: Final = "forever"
+DAY_SECONDS: Final = 86_400
+#: How long before its hour's event keys may go aggregate stops counting a reading: room
+#: for clocks that disagree and a write in flight while the sweep runs.
+RETENTION_MARGIN_SECONDS: Final = DAY_SECONDS
 
 
 class ConfigError(ValueError):
@@ -126,6 +132,20 @@ class Settings:
         "DEVICE_STALE_SECONDS", 300,
         "A device not heard from for this long is reported stale, and gets an offline alert "
         "from offline rules without `for_seconds`")
+    rollup_minute_retention_days: int = _setting(
+        "ROLLUP_MINUTE_RETENTION_DAYS", 30,
+        "Days an hour's minute slots and event keys are kept after the hour (see Retention and "
+        "storage); "
+        "readings older than this minus a day are skipped by aggregate, so keep "
+        "INGEST_MAX_AGE_SECONDS and Kafka's retention below it")
+    rollup_hour_retention_days: int = _setting(
+        "ROLLUP_HOUR_RETENTION_DAYS", 396,
+        "Days a day's hour totals are kept after the day (13 months; at least "
+        "ROLLUP_MINUTE_RETENTION_DAYS)")
+    rollup_day_retention_days: int | None = _setting(
+        "ROLLUP_DAY_RETENTION_DAYS", None,
+        "Days day totals are kept after their month (`forever`, or at least "
+        "ROLLUP_HOUR_RETENTION_DAYS)")
 
     @property
     def read_tokens(self) -> tuple[str, ...]:
@@ -201,6 +221,24 @@ class Settings:
             raise ConfigError("INGEST_TRUSTED_PROXIES", str(exc)) from None
         if self.query_default_limit > self.query_max_limit:
             raise ConfigError("QUERY_DEFAULT_LIMIT", "must not exceed QUERY_MAX_LIMIT")
+        self._check_retention()
+
+    def _check_retention(self) -> None:
+        # A reading older than the minute retention may find its hour's event keys gone, so
+        # aggregate skips it (retention.py); ingest must refuse it first.
+        minutes = self.rollup_minute_retention_days * DAY_SECONDS
+        if self.ingest_max_age_seconds + RETENTION_MARGIN_SECONDS >= minutes:
+            raise ConfigError(
+                "INGEST_MAX_AGE_SECONDS",
+                f"must be less than ROLLUP_MINUTE_RETENTION_DAYS ({minutes} s) minus one day: "
+                "older readings could no longer be deduplicated")
+        if self.rollup_hour_retention_days < self.rollup_minute_retention_days:
+            raise ConfigError("ROLLUP_HOUR_RETENTION_DAYS",
+                              "must be at least ROLLUP_MINUTE_RETENTION_DAYS")
+        days = self.rollup_day_retention_days
+        if days is not None and days < self.rollup_hour_retention_days:
+            raise ConfigError("ROLLUP_DAY_RETENTION_DAYS",
+                              "must be `forever` or at least ROLLUP_HOUR_RETENTION_DAYS")
 
     @classmethod
     def variables(cls) -> list[tuple[str, str, str]]:
@@ -208,7 +246,8 @@ class Settings:
         out = []
         for f in fields(cls):
             default = f.default
-            shown = "(defaults)" if f.name == "alert_rules" else str(default)
+            shown = ("(defaults)" if f.name == "alert_rules" else
+                     FOREVER if f.name == "rollup_day_retention_days" else str(default))
             out.append((f.metadata["env"], shown, f.metadata["doc"]))
         return out
 
@@ -260,8 +299,16 @@ def _lower(name: str, raw: str) -> str:
     return raw.lower()
 
 
+def _days_or_forever(name: str, raw: str) -> int | None:
+    if raw.lower() == FOREVER:
+        return None
+    days: int = _positive(int)(name, raw)
+    return days
+
+
 _PARSERS: dict[str, Callable[[str, str], Any]] = {
-    "log_level": _level, "alert_rules": _rules, "ingest_auth": _lower, "query_auth": _lower}
+    "log_level": _level, "alert_rules": _rules, "ingest_auth": _lower, "query_auth": _lower,
+    "rollup_day_retention_days": _days_or_forever}
 
 
 def _load_rules_file(path: str) -> tuple[Rule, ...]:

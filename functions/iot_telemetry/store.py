@@ -32,6 +32,7 @@ NOT_IMPLEMENTED: Final = 238
 #: Collections, by what they hold (the rollup layout is described in series.py).
 ROLLUP_HOURS: Final = "rollup_hours"
 ROLLUP_DAYS: Final = "rollup_days"
+ROLLUP_MONTHS: Final = "rollup_months"
 #: The time ingest gave each event that came without one, by event key (see rollup.py).
 EVENT_TIMES: Final = "event_times"
 DEVICES: Final = "devices"
@@ -142,14 +143,18 @@ class Store:
         if self._indexed:
             return
         with self._index_lock, self.guard():
-            # Rollup documents are only ever found by _id. Event times expire on their own.
-            try:
-                self.db[EVENT_TIMES].create_index("exp", name="expiry", expireAfterSeconds=0)
-            except OperationFailure as exc:
-                if exc.code != NOT_IMPLEMENTED:
-                    raise
-                log.warning("store: no TTL indexes (FerretDB 1.x); %s is never pruned",
-                            EVENT_TIMES)
+            # Rollups are read by _id; `exp` is when a document is past its retention
+            # (retention.py). The daily sweep finds what is due through this index too, and
+            # deletes it where the store has no TTL indexes.
+            for name in (EVENT_TIMES, ROLLUP_HOURS, ROLLUP_DAYS, ROLLUP_MONTHS):
+                try:
+                    self.db[name].create_index("exp", name="expiry", expireAfterSeconds=0)
+                except OperationFailure as exc:
+                    if exc.code != NOT_IMPLEMENTED:
+                        raise
+                    log.warning("store: no TTL indexes (FerretDB 1.x); the daily retention "
+                                "sweep deletes expired %s", name)
+                    self.db[name].create_index("exp", name="expiry")
             self.db[ALERTS].create_index(
                 [("raised_at", DESCENDING), ("_id", DESCENDING)], name="newest")
             self.db[ALERTS].create_index(

@@ -376,13 +376,16 @@ def test_eventing_references_resolve() -> None:
         assert dead is None or resolves(dead["ref"]), trigger["metadata"]["name"]
     for source in find(events, "KafkaSource") + find(events, "PingSource"):
         assert resolves(source["spec"]["sink"]["ref"])
-    # The offline sweep: the PingSource's ticks (Knative's type and source) reach alert only.
-    [ping] = find(events, "PingSource")
-    source = f"/apis/v1/namespaces/{NAMESPACE}/pingsources/{ping['metadata']['name']}"
-    sweepers = [t["spec"]["subscriber"]["ref"]["name"] for t in find(events, "Trigger")
-                if t["spec"]["filter"]["attributes"] == {
-                    "type": "dev.knative.sources.ping", "source": source}]
-    assert sweepers == ["alert"]
+    # Each PingSource's ticks (Knative's type and source) reach the one function sweeping:
+    # offline alerts in alert, rollup retention in aggregate.
+    sweepers = {}
+    for ping in find(events, "PingSource"):
+        source = f"/apis/v1/namespaces/{NAMESPACE}/pingsources/{ping['metadata']['name']}"
+        sweepers[ping["metadata"]["name"]] = [
+            t["spec"]["subscriber"]["ref"]["name"] for t in find(events, "Trigger")
+            if t["spec"]["filter"]["attributes"] == {
+                "type": "dev.knative.sources.ping", "source": source}]
+    assert sweepers == {"offline-sweep": ["alert"], "rollup-retention": ["aggregate"]}
     for broker in brokers.values():
         assert broker["metadata"]["annotations"]["eventing.knative.dev/broker.class"] == "Kafka"
     subscribed = {(t["spec"]["filter"]["attributes"]["type"],

@@ -48,7 +48,9 @@ class _Sink:
 set_runtime(Runtime(Settings.from_environ({}, {
     "MONGO_URL": "memory://", "KAFKA_BOOTSTRAP_SERVERS": "memory://", "LOG_LEVEL": "ERROR",
     # Readings of any year since 1709 get as far as the Kafka record, where encoding bugs hide.
-    "INGEST_MAX_AGE_SECONDS": str(10**10), "INGEST_MAX_FUTURE_SECONDS": str(10**10)})))
+    "INGEST_MAX_AGE_SECONDS": str(10**10), "INGEST_MAX_FUTURE_SECONDS": str(10**10),
+    # ... which the rollups' minute retention must outlast (settings refuse it otherwise).
+    "ROLLUP_MINUTE_RETENTION_DAYS": "200000", "ROLLUP_HOUR_RETENTION_DAYS": "200000"})))
 publisher.set_memory_sink(_Sink())
 INGEST = create_app("ingest", str(REPO / "functions" / "ingest.py"), "http").test_client()
 QUERY_APP = create_app("query", str(REPO / "functions" / "query.py"), "http").test_client()

@@ -298,6 +298,23 @@ def _ttl_index(c: Collection[Doc]) -> Any:
     return info["ttl"].get("expireAfterSeconds"), info["ttl_t"].get("expireAfterSeconds")
 
 
+def _plain_index_on_ttl_field(c: Collection[Doc]) -> Any:
+    # Where TTL indexes are refused, store.ensure_indexes makes a plain one for the sweep.
+    c.create_index("exp", name="expiry")
+    return c.index_information()["expiry"]["key"]
+
+
+def _unexpired_days_page(c: Collection[Doc]) -> Any:
+    page = _ids(c.find({"exp": {"$exists": False}, "t": {"$lt": T0}}).limit(2))
+    return len(page), set(page) <= {"a", "c", "d"}, sorted(_ids(
+        c.find({"exp": {"$exists": False}, "t": {"$lt": T0}})))
+
+
+def _delete_expired(c: Collection[Doc]) -> Any:
+    gone = c.delete_many({"exp": {"$lte": T0}}).deleted_count
+    return gone, sorted(_ids(c.find({})))
+
+
 def _count(c: Collection[Doc]) -> Any:
     return c.count_documents({"state": {"$in": ["open", "acknowledged"]}}), c.count_documents({})
 
@@ -427,7 +444,19 @@ CASES: list[Case] = [
     Case("secondary indexes, create_index idempotent", _secondary_indexes,
          ("recent", ["_id_", "by_device", "newest", "recent"]), used_by="store.ensure_indexes"),
     Case("TTL index (expireAfterSeconds)", _ttl_index, (0, 86400),
-         used_by="wanted (retention)"),
+         used_by="store.ensure_indexes (retention)"),
+    Case("plain index on the expiry field", _plain_index_on_ttl_field, [("exp", 1)],
+         used_by="store.ensure_indexes (no TTL indexes)"),
+    Case("find $exists false + $lt on date, limit", _unexpired_days_page,
+         (2, True, ["a", "c", "d"]),
+         [{"_id": "d", "t": T0 - timedelta(days=1)}, {"_id": "c", "t": T0 - timedelta(days=2)},
+          {"_id": "b", "t": T0 - timedelta(days=3), "exp": T0},
+          {"_id": "a", "t": T0 - timedelta(days=4)}, {"_id": "e", "t": T0}],
+         "retention.sweep (days to compact)"),
+    Case("delete_many $lte on date", _delete_expired, (2, ["c", "d"]),
+         [{"_id": "a", "exp": T0 - timedelta(days=1)}, {"_id": "b", "exp": T0},
+          {"_id": "c", "exp": T0 + timedelta(seconds=1)}, {"_id": "d"}],
+         "retention.sweep (expired documents)"),
     Case("update filter on rev (optimistic)", _optimistic_rev, (1, 0),
          [{"_id": "a", "rev": 1}], "alerting state"),
     Case("update filter $lte on date", _lte_date_filter, (1, 0),

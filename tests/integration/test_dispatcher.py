@@ -365,6 +365,57 @@ def test_a_ping_source_tick_reaches_the_real_alert_on_schedule_and_raises_offlin
         server.shutdown()
 
 
+def test_the_retention_tick_reaches_the_real_aggregate_daily_and_compacts(
+        kafka_bootstrap: str, naming: Naming, subscribers: dict[str, Subscriber]) -> None:
+    """eventing/ as is, with a clock set 1 s before the next 03:17 UTC: the rollup-retention
+    PingSource's tick goes through the broker topic and its Trigger to the real aggregate,
+    which compacts a day older than the minute retention into its month document."""
+    from datetime import UTC, datetime, timedelta
+
+    from functions_framework import create_app
+    from werkzeug.serving import make_server
+
+    from iot_telemetry import store
+    from iot_telemetry.retention import Retention
+    from iot_telemetry.rollup import RollupWriter
+    from iot_telemetry.runtime import get_runtime, set_runtime
+    from iot_telemetry.series import bucket_start, month_id
+    from tests.conftest import make_runtime
+    from tests.unit.test_rollup_exact import event_of
+
+    store.reset_embedded()
+    set_runtime(make_runtime())
+    rt = get_runtime()
+    day = bucket_start(datetime.now(UTC), "1d") - timedelta(days=40)
+    writer = RollupWriter(rt.store, retention=Retention(), clock=lambda: day + timedelta(hours=2))
+    assert writer.apply(event_of("dev-old", day + timedelta(hours=1), {"x": 2.0}, "old-1"))
+    app = create_app("aggregate", str(REPO / "functions" / "aggregate.py"), "http")
+    server = make_server("127.0.0.1", 0, app, threaded=True)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    now = datetime.now(UTC)
+    due = now.replace(hour=3, minute=17, second=0, microsecond=0)
+    due += timedelta(days=1) if due <= now else timedelta(0)
+    offset = (due - now).total_seconds() - 1.0
+    pipeline = Pipeline(load_eventing(EVENTING), kafka_bootstrap, naming, subscribers)
+    pipeline.dispatcher = Dispatcher(
+        pipeline.eventing, [kafka_bootstrap],
+        {"aggregate": f"http://127.0.0.1:{server.server_port}/",
+         "alert": subscribers["alert"].url},
+        ingress_port=0, naming=naming, clock=lambda: time.time() + offset)
+    try:
+        pipeline.dispatcher.start()
+        months = rt.store.collection("rollup_months")
+        wait_for(lambda: months.count_documents({}) == 1, 60, "no month document")
+        month = months.find_one({"_id": month_id("dev-old", day)})
+        assert month is not None and set(month["d"]["x"]) == {f"{day.day:02d}"}
+        stats = pipeline.dispatcher.stats()
+        assert stats["rollup-retention"].delivered == 1
+        assert stats["rollup-retention"].dead_lettered == 0
+    finally:
+        pipeline.close()
+        server.shutdown()
+
+
 # --- dead letters ---------------------------------------------------------------------------
 
 def test_a_poison_event_goes_to_the_dlq_and_its_partition_moves_on(

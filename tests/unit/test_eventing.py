@@ -39,7 +39,7 @@ def test_the_real_manifests_load_with_their_values() -> None:
     assert source.consumer_group == "iot-telemetry-source"
     assert source.sink.name == "iot-broker" and source.ordered
     assert {t.name for t in eventing.triggers} == {"aggregate", "alert", "alerts-to-kafka",
-                                                   "offline-sweep"}
+                                                   "offline-sweep", "rollup-retention"}
     assert eventing.sink_topic("iot-dead-letters") == "iot.telemetry.dlq"
     assert eventing.sink_topic("iot-alerts") == "iot.alerts"
     assert eventing.services == ("aggregate", "alert")
@@ -358,7 +358,7 @@ def test_a_sink_binding_must_bind_a_service_by_name_to_the_broker(tmp_path: Path
 
 def test_the_offline_sweep_ticks_every_minute_and_reaches_alert_only() -> None:
     eventing = load_eventing(EVENTING)
-    [ping] = eventing.pings
+    [ping] = [p for p in eventing.pings if p.name == "offline-sweep"]
     assert (ping.name, ping.namespace) == ("offline-sweep", "iot")
     assert ping.source == "/apis/v1/namespaces/iot/pingsources/offline-sweep"
     at = datetime(2026, 11, 28, 19, 41, tzinfo=UTC)
@@ -376,6 +376,18 @@ def test_the_offline_sweep_ticks_every_minute_and_reaches_alert_only() -> None:
     # another PingSource's ticks do not sweep
     other = {**attributes, "source": "/apis/v1/namespaces/iot/pingsources/other"}
     assert not eventing.trigger("offline-sweep").matches(other)
+
+
+def test_the_retention_sweep_ticks_daily_and_reaches_aggregate_only() -> None:
+    eventing = load_eventing(EVENTING)
+    [ping] = [p for p in eventing.pings if p.name == "rollup-retention"]
+    at = datetime(2026, 11, 28, 3, 17, tzinfo=UTC)
+    attributes, data = ping.event(at, "tick-1")
+    assert data == {"sweep": "retention"}
+    assert [t.name for t in eventing.triggers if t.matches(attributes)] == ["rollup-retention"]
+    assert eventing.trigger("rollup-retention").service == "aggregate"
+    assert ping.schedule.next_after(datetime(2026, 11, 28, 3, 16, 59, tzinfo=UTC)) == at
+    assert ping.schedule.next_after(at) == datetime(2026, 11, 29, 3, 17, tzinfo=UTC)
 
 
 @pytest.mark.parametrize(("schedule", "after", "expected"), [

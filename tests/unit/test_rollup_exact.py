@@ -257,7 +257,8 @@ def test_a_refused_write_fails_only_its_own_event(runtime, now, monkeypatch) -> 
 
 # --- every field under any mix of faults --------------------------------------------------
 
-BASE = datetime(2026, 11, 27, 23, 58, tzinfo=UTC)
+# Yesterday just before midnight: readings cross the day, and stay within the minute retention.
+BASE = datetime.now(UTC).replace(hour=23, minute=58, second=0, microsecond=0) - timedelta(days=1)
 offsets = st.integers(min_value=0, max_value=4 * 3600).map(lambda s: timedelta(seconds=s))
 values = st.sampled_from([-2.5, -1.0, 0.0, 1.0, 1.5, 3.0, 1e6])
 metric_maps = st.dictionaries(st.sampled_from(["x", "y"]), values, min_size=1, max_size=2)

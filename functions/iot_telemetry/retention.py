@@ -1,0 +1,174 @@
+"""How long each rollup level is kept, and the daily sweep that compacts and expires them.
+
+Three levels (the layout is in series.py), each with its own retention:
+
+- minute slots, and the keys of the events counted: the hour document. Its `exp` (hour
+  end + minute retention) is set when the document is created, in the same update that
+  counts the event (rollup.py), so retention costs the write path no store call.
+- hour totals: the day document. It gets its `exp` (day end + hour retention) only once
+  the sweep has copied its day totals into the month document: a day that was never
+  compacted has no expiry, so nothing can delete it before its totals are kept.
+- day totals: the month document `<device>|<YYYY-MM>`, one snapshot string per metric and
+  day (`d.<metric>.<DD>`), led by the day's version (the sum of its hours' versions, which
+  only grows), written by `$max`: a re-run, or two sweeps at once, keep the newest. Kept
+  forever, or with `exp` = month end + day retention.
+
+A TTL index on `exp` deletes what is due on MongoDB; the sweep deletes it as well, which
+is what enforces retention on stores without TTL indexes (FerretDB 1.x) or whose TTL
+indexes delete nothing (mongo-java-server 1.47).
+
+Redelivery: once an hour document may be gone, so are the keys that recognise an event
+already counted in it. aggregate therefore stops counting an hour `MARGIN` before its
+document expires (`counts`), and a day is compacted only after every hour of it stopped
+counting, plus the margin for writes in flight; ingest refuses readings that old first
+(settings: INGEST_MAX_AGE_SECONDS below the minute retention minus the margin).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import Any, Final
+
+from .errors import DependencyUnavailable
+from .series import Summary, month_id, month_start, next_month
+from .settings import RETENTION_MARGIN_SECONDS, Settings
+from .store import EVENT_TIMES, ROLLUP_DAYS, ROLLUP_HOURS, ROLLUP_MONTHS, Store, Update
+
+HOUR: Final = timedelta(hours=1)
+DAY: Final = timedelta(days=1)
+MARGIN: Final = timedelta(seconds=RETENTION_MARGIN_SECONDS)
+#: Day documents compacted per round trip of the sweep (bounds its memory).
+PAGE: Final = 500
+#: Collections whose documents carry `exp` and are deleted once it is past.
+EXPIRING: Final = (ROLLUP_HOURS, ROLLUP_DAYS, ROLLUP_MONTHS, EVENT_TIMES)
+
+
+@dataclass(frozen=True)
+class Retention:
+    """The three retentions (day totals: None = forever); the settings' defaults."""
+
+    minutes: timedelta = timedelta(days=Settings.rollup_minute_retention_days)
+    hours: timedelta = timedelta(days=Settings.rollup_hour_retention_days)
+    days: timedelta | None = None
+
+    @classmethod
+    def of(cls, settings: Settings) -> Retention:
+        days = settings.rollup_day_retention_days
+        return cls(timedelta(days=settings.rollup_minute_retention_days),
+                   timedelta(days=settings.rollup_hour_retention_days),
+                   None if days is None else timedelta(days=days))
+
+    def hour_expiry(self, start: datetime) -> datetime:
+        return start + HOUR + self.minutes
+
+    def counts(self, start: datetime, now: datetime) -> bool:
+        """Whether a reading of the hour starting at `start` may still be counted: its hour
+        document, keys included, is there for at least MARGIN more."""
+        return self.hour_expiry(start) - MARGIN > now
+
+    def compactable_before(self, now: datetime) -> datetime:
+        """Days starting before this are final: none of their hours counts any more, and
+        writes in flight when the last one stopped counting had MARGIN to land."""
+        return now - self.minutes - DAY
+
+    def day_expiry(self, start: datetime) -> datetime:
+        return start + DAY + self.hours
+
+    def month_expiry(self, start: datetime) -> datetime | None:
+        return None if self.days is None else next_month(start) + self.days
+
+
+@dataclass
+class SweepOutcome:
+    """What one sweep did: days compacted, documents deleted per collection, hour documents
+    from before retention given their expiry."""
+
+    compacted: int = 0
+    deleted: dict[str, int] = field(default_factory=dict)
+    dated: int = 0
+
+
+def sweep(store: Store, retention: Retention, now: datetime, page: int = PAGE) -> SweepOutcome:
+    """Compact the final days into month documents, then delete what is past its `exp`.
+
+    Idempotent and safe with several sweeps at once: month snapshots are `$max` over a
+    version that only grows, a day's `exp` is the same whoever sets it.
+    """
+    outcome = SweepOutcome()
+    outcome.dated = _date_old_hours(store, retention, page)
+    cutoff = retention.compactable_before(now)
+    while True:
+        # No sort: a page is whichever days the `exp` index yields first (a sort would
+        # hold every uncompacted day in memory); a compacted day has `exp`, so the next
+        # page is other days.
+        with store.guard():
+            days = list(store.collection(ROLLUP_DAYS).find(
+                {"exp": {"$exists": False}, "t": {"$lt": cutoff}}).limit(page))
+        if not days:
+            break
+        _compact(store, retention, days)
+        outcome.compacted += len(days)
+    for name in EXPIRING:
+        with store.guard():
+            outcome.deleted[name] = store.collection(name).delete_many(
+                {"exp": {"$lte": now}}).deleted_count
+    return outcome
+
+
+def _date_old_hours(store: Store, retention: Retention, page: int) -> int:
+    """Hour documents written before retention existed have no `exp`: give them theirs,
+    so a store upgraded in place expires its old minute slots too (once; later ones are
+    created with it)."""
+    dated = 0
+    while True:
+        with store.guard():
+            hours = list(store.collection(ROLLUP_HOURS).find(
+                {"exp": {"$exists": False}}, {"t": 1}).limit(page))
+        if not hours:
+            return dated
+        _write(store, ROLLUP_HOURS, [
+            Update({"_id": h["_id"]}, {"$set": {"exp": retention.hour_expiry(_utc(h["t"]))}})
+            for h in hours])
+        dated += len(hours)
+
+
+def _compact(store: Store, retention: Retention, days: Sequence[Mapping[str, Any]]) -> None:
+    months: dict[str, dict[str, Any]] = {}
+    for doc in days:
+        start = _utc(doc["t"])
+        first = month_start(start)
+        month = months.setdefault(month_id(doc["device_id"], first), {
+            "$setOnInsert": {"device_id": doc["device_id"], "t": first}, "$max": {}})
+        expiry = retention.month_expiry(first)
+        if expiry is not None:
+            month["$set"] = {"exp": expiry}
+        for metric, hours in (doc.get("h") or {}).items():
+            snapshots = list(hours.values())
+            total = Summary.merge_all(Summary.from_snapshot(s) for s in snapshots)
+            if total is None:
+                continue
+            path = f"d.{metric}.{start.day:02d}"
+            text = total.snapshot(sum(Summary.version_of(s) for s in snapshots))
+            month["$max"][path] = max(text, month["$max"].get(path, text))
+    _write(store, ROLLUP_MONTHS, [Update({"_id": _id}, update, upsert=True)
+                                  for _id, update in sorted(months.items())])
+    # Only now, with the totals kept, may the day expire.
+    _write(store, ROLLUP_DAYS, [Update({"_id": doc["_id"]},
+                                       {"$set": {"exp": retention.day_expiry(_utc(doc["t"]))}})
+                                for doc in days])
+
+
+def _write(store: Store, name: str, ops: list[Update]) -> None:
+    pending = ops
+    for _ in range(2):  # a refusal is a lost insert race (two sweeps): the second round applies
+        outcome = store.bulk(name, pending)
+        pending = [pending[i] for i in outcome.duplicates]
+        if not pending:
+            return
+    raise DependencyUnavailable(f"{name}: upserts kept colliding", 1)
+
+
+def _utc(value: datetime) -> datetime:
+    return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
