@@ -158,3 +158,11 @@ def test_past_the_lists_cap_the_counts_come_from_the_api(page: Any, dashboard: D
     expect(page.get_by_role("button", name="Offline (1)", exact=True)).to_be_visible()
     expect(page.get_by_role("button", name="With open alerts (0+)", exact=True)).to_be_visible()
     expect(page.locator("#fleet-message")).to_have_text("Showing the first 5000 devices only.")
+
+
+def test_a_device_page_shows_the_devices_own_state(page: Any, dashboard: Dashboard) -> None:
+    """The device page's badge is the API's state too: an offline device is not "Stale"."""
+    for device, state in (("quiet", "offline"), ("late", "stale"), ("up-1", "reporting")):
+        page.goto(f"{dashboard.url}#/devices/{device}")
+        expect(page.locator("#device-status .badge")).to_have_text(
+            f"{ICONS[state]} {LABELS[state]}")

@@ -209,7 +209,7 @@ export class DeviceView {
   }
 
   render(device, metrics) {
-    $("device-status").replaceChildren(status(device.stale));
+    $("device-status").replaceChildren(status(device));
     const open = device.open_alerts || 0;
     const fact = (term, ...value) => [el("dt", { text: term }), el("dd", {}, ...value)];
     $("device-facts").replaceChildren(
