@@ -49,6 +49,34 @@ class RecordingSink:
         return None
 
 
+def count_calls(monkeypatch: pytest.MonkeyPatch, on: store.Store, collection: str,
+                methods: Sequence[str], when: Any = None) -> dict[str, int]:
+    """Count the calls of `methods` on one collection of a store (those `when(*args,
+    **kwargs)` accepts); the returned dict's "n" grows as they happen."""
+    calls = {"n": 0}
+    collection_of = type(on).collection
+
+    class Counting:
+        def __init__(self, inner: Any) -> None:
+            self.inner = inner
+
+        def __getattr__(self, attr: str) -> Any:
+            inner = getattr(self.inner, attr)
+            if attr not in methods:
+                return inner
+
+            def counted(*args: Any, **kwargs: Any) -> Any:
+                if when is None or when(*args, **kwargs):
+                    calls["n"] += 1
+                return inner(*args, **kwargs)
+            return counted
+
+    monkeypatch.setattr(type(on), "collection", lambda self, name: (
+        Counting(collection_of(self, name)) if name == collection
+        else collection_of(self, name)))
+    return calls
+
+
 def make_runtime(**env: str) -> Runtime:
     settings = Settings.from_environ({}, {"MONGO_URL": "memory://",
                                           "KAFKA_BOOTSTRAP_SERVERS": "memory://", **env})

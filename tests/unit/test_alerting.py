@@ -10,7 +10,7 @@ import pytest
 from iot_telemetry.alerting import AlertBook, RuleState, evaluate
 from iot_telemetry.rules import AlertRule, parse_rule
 from iot_telemetry.telemetry import DataPoint
-from tests.conftest import Apps, iso, make_runtime, record
+from tests.conftest import Apps, count_calls, iso, make_runtime, record
 
 T0 = datetime(2026, 11, 26, 10, 0, tzinfo=UTC)
 HIGH = AlertRule("t-high", "temperature", ">", 30.0, "warning", 28.0, for_count=1)
@@ -340,23 +340,7 @@ def test_state_cache_saves_the_reads_and_two_instances_stay_exact(runtime, now,
     rules = Settings.from_environ({}).rules
     values = [31, 32, 33, 34, 35, 20, 21, 31, 32, 33, 41, 29, 27]
     recs = [_validated(r) for r in readings("dev-c", values, now)]
-    reads = {"n": 0}
-    collection_of = type(runtime.store).collection
-
-    class Counting:
-        def __init__(self, inner):
-            self.inner = inner
-
-        def __getattr__(self, name):
-            return getattr(self.inner, name)
-
-        def find_one(self, *args, **kwargs):
-            reads["n"] += 1
-            return self.inner.find_one(*args, **kwargs)
-
-    monkeypatch.setattr(type(runtime.store), "collection", lambda self, name: (
-        Counting(collection_of(self, name)) if name == "alert_state" else
-        collection_of(self, name)))
+    reads = count_calls(monkeypatch, runtime.store, "alert_state", ["find_one"])
     one = AlertBook(runtime.store, rules, cache=StateCache())
     one.handle(recs[0])
     before = reads["n"]
@@ -381,25 +365,6 @@ def test_state_cache_saves_the_reads_and_two_instances_stay_exact(runtime, now,
     assert got == want and want
 
 
-def _writes_to(runtime, monkeypatch, name):
-    """Count insert/update calls on one collection of the runtime's store."""
-    writes = {"n": 0}
-    collection_of = type(runtime.store).collection
-
-    class Counting:
-        def __init__(self, inner):
-            self.inner = inner
-
-        def __getattr__(self, attr):
-            if attr in ("insert_one", "update_one", "replace_one", "find_one_and_update"):
-                writes["n"] += 1
-            return getattr(self.inner, attr)
-
-    monkeypatch.setattr(type(runtime.store), "collection", lambda self, n: (
-        Counting(collection_of(self, n)) if n == name else collection_of(self, n)))
-    return writes
-
-
 def test_one_state_write_per_event_whatever_the_number_of_rules(runtime, now,
                                                                 monkeypatch) -> None:
     """An event of temperature and humidity moves four default rules; their states are one
@@ -412,7 +377,8 @@ def test_one_state_write_per_event_whatever_the_number_of_rules(runtime, now,
                               {"temperature": 20.0 + i, "humidity": 50.0 + i}, f"w{i}"))
             for i in range(5)]
     book = AlertBook(runtime.store, rules, cache=StateCache())
-    writes = _writes_to(runtime, monkeypatch, "alert_state")
+    writes = count_calls(monkeypatch, runtime.store, "alert_state",
+                         ["insert_one", "update_one", "replace_one", "find_one_and_update"])
     for event in recs:
         assert book.handle(event).changed
     assert writes["n"] == len(recs)

@@ -10,7 +10,7 @@ from iot_telemetry import events
 from iot_telemetry.devices import Registry
 from iot_telemetry.rules import OfflineRule, parse_rules
 from iot_telemetry.runtime import get_runtime, set_runtime
-from tests.conftest import Apps, iso, make_runtime, record
+from tests.conftest import Apps, count_calls, iso, make_runtime, record
 from tests.unit.test_alerting import sink_server  # noqa: F401 (fixture)
 
 PING_SOURCE = "/apis/v1/namespaces/iot/pingsources/offline-sweep"
@@ -217,26 +217,11 @@ HOT = {"name": "hot", "metric": "temperature", "condition": ">", "threshold": 50
 
 def _offline_state_reads(runtime, monkeypatch):
     """Count reads of the offline rule's states (finds on alert_state by `_id $in`)."""
-    reads = {"n": 0}
-    collection_of = type(runtime.store).collection
+    def of_offline_states(query=None, *args, **kwargs):
+        ids = (query or {}).get("_id")
+        return isinstance(ids, dict) and any(i.endswith(":offline") for i in ids.get("$in", ()))
 
-    class Counting:
-        def __init__(self, inner):
-            self.inner = inner
-
-        def __getattr__(self, attr):
-            return getattr(self.inner, attr)
-
-        def find(self, query=None, *args, **kwargs):
-            ids = ((query or {}).get("_id") or {}).get("$in") if isinstance(
-                (query or {}).get("_id"), dict) else None
-            if ids and any(i.endswith(":offline") for i in ids):
-                reads["n"] += 1
-            return self.inner.find(query, *args, **kwargs)
-
-    monkeypatch.setattr(type(runtime.store), "collection", lambda self, n: (
-        Counting(collection_of(self, n)) if n == "alert_state" else collection_of(self, n)))
-    return reads
+    return count_calls(monkeypatch, runtime.store, "alert_state", ["find"], of_offline_states)
 
 
 def test_a_steady_reporter_is_not_checked_for_offline_alerts_on_every_event(
