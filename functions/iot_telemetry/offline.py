@@ -253,6 +253,8 @@ class OfflineBook:
         if not self.rules:
             return outcome
         seen = parse_time(event.attributes.get("ingesttime")) or event.time
+        # Never later than this clock: a device's own time (no ingesttime) may run ahead.
+        heard = min(_utc(seen), datetime.now(UTC))
         if fresh and self.reports is not None:
             # A sweep raises only for a device whose last report is older than the window.
             # If this process handled a report of the device less than the shortest window
@@ -264,7 +266,7 @@ class OfflineBook:
             # Half the window: room for the clocks of ingest's and this pod to differ.
             if previous is not None and (
                     datetime.now(UTC) - previous).total_seconds() < shortest / 2:
-                self.reports.heard(event.device_id, seen)
+                self.reports.heard(event.device_id, heard)
                 return outcome
         ids = [state_id(event.device_id, r) for r in self.rules]
         with self.store.guard():
@@ -275,7 +277,7 @@ class OfflineBook:
                 self._transition(rule, event.device_id, docs[sid], event.key, outcome,
                                  resolve_at=_utc(seen))
         if self.reports is not None:
-            self.reports.heard(event.device_id, seen)
+            self.reports.heard(event.device_id, heard)
         return outcome
 
     # --- both -------------------------------------------------------------------------------

@@ -260,3 +260,31 @@ def test_a_raise_on_a_late_recorded_report_is_resolved_by_the_next_sweep(
     [alert] = alerts(apps, "late")
     assert (alert["state"], alert["resolved_reason"]) == ("resolved", "cleared")
     assert sweep(apps, "tick-3").status_code == 204
+
+
+def test_a_device_clock_running_ahead_does_not_postpone_the_check(runtime, monkeypatch) -> None:
+    """An event without ingesttime is heard at its own time, which may run ahead of this
+    clock: it counts as heard no later than now, so the check is not skipped for longer."""
+    from iot_telemetry import offline
+    from iot_telemetry.offline import OfflineBook, ReportCache
+    from tests.unit.test_alerting import _validated
+
+    start = datetime.now(UTC)
+    clock = {"now": start}
+
+    class Clock(datetime):
+        @classmethod
+        def now(cls, tz=None):  # the tests run in UTC: tz is always UTC
+            return clock["now"]
+
+    monkeypatch.setattr(offline, "datetime", Clock)
+    book = OfflineBook(runtime.store, (OfflineRule("offline", "warning", 300.0),), 300,
+                       ReportCache())
+    ahead = _validated(record("fast", start + timedelta(minutes=4), {"temperature": 21.0}, "f0"))
+    assert "ingesttime" not in ahead.attributes
+    book.handle(ahead, fresh=True)
+    clock["now"] = start + timedelta(minutes=3)  # past half the window since it was heard
+    reads = _offline_state_reads(runtime, monkeypatch)
+    later = _validated(record("fast", start + timedelta(minutes=3), {"temperature": 21.0}, "f1"))
+    book.handle(later, fresh=True)
+    assert reads["n"] == 1
