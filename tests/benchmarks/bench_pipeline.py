@@ -391,15 +391,11 @@ def run_variant(ctx: Context, variant: Variant, n: int, first: bool) -> dict[str
                            "aggregate_threads": variant.threads}
     latencies: list[float] = []
     with RssSampler(roots) as rss:
-        worker = _worker(pipeline, "aggregate")
         with contextlib.ExitStack() as stack:
             if first:
                 for name in ("aggregate", "alert", "ingest", "dispatcher"):
-                    pid = worker if name == "aggregate" else (
-                        pipeline.processes[name].pid if name == "dispatcher"
-                        else _worker(pipeline, name))
-                    stack.enter_context(profiled(ctx, f"fig3-{name}-under-ramp", pid,
-                                                 ctx.pick(30, 60)))
+                    stack.enter_context(profiled(ctx, f"fig3-{name}-under-ramp",
+                                                 _worker(pipeline, name), ctx.pick(30, 60)))
             raw["ramp"] = ramp(ctx, pipeline, records, f"-v{n}")
         raw["drain_after_ramp_s"] = round(drain(ctx, pipeline, ctx.pick(180, 300)), 1)
         best = raw["ramp"]["best"]
@@ -486,6 +482,8 @@ def run_variant(ctx: Context, variant: Variant, n: int, first: bool) -> dict[str
 
 
 def _worker(pipeline: RealPipeline, name: str) -> int:
+    """The process that serves: gunicorn's worker under a function's arbiter, or the
+    process itself (the dispatcher)."""
     from .common import children
 
     pid = pipeline.processes[name].pid

@@ -235,14 +235,19 @@ def memory_kb(pid: int) -> dict[str, int]:
 _CLOCK_TICKS: Final = os.sysconf("SC_CLK_TCK")
 
 
-def cpu_seconds(pid: int) -> float:
-    """User + system CPU seconds a process has used so far (all its threads); 0 if gone."""
+def cpu_split(pid: int) -> tuple[float, float]:
+    """User and system CPU seconds a process has used so far (all its threads); 0 if gone."""
     try:
         text = Path(f"/proc/{pid}/stat").read_text(encoding="utf-8")
     except OSError:
-        return 0.0
+        return 0.0, 0.0
     fields = text.rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / _CLOCK_TICKS
+    return int(fields[11]) / _CLOCK_TICKS, int(fields[12]) / _CLOCK_TICKS
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds a process has used so far (all its threads); 0 if gone."""
+    return sum(cpu_split(pid))
 
 
 

@@ -27,23 +27,22 @@ from .bench_pipeline import (
     _wait_ready,
     _worker,
 )
-from .common import BASE_PORT, Context, CpuMeter, cpu_summary, descendants, profiled
+from .common import (
+    BASE_PORT,
+    Context,
+    CpuMeter,
+    cpu_split,
+    cpu_summary,
+    descendants,
+    profiled,
+)
 
 
 def user_system(pid: int) -> tuple[float, float]:
     """User and system CPU seconds of a process tree so far (system time is where thread
     switches and socket calls go)."""
-    from .common import _CLOCK_TICKS
-
-    user = system = 0.0
-    for p in descendants(pid):
-        try:
-            fields = Path(f"/proc/{p}/stat").read_text(encoding="utf-8").rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        user += int(fields[11]) / _CLOCK_TICKS
-        system += int(fields[12]) / _CLOCK_TICKS
-    return user, system
+    splits = [cpu_split(p) for p in descendants(pid)]
+    return sum(u for u, _ in splits), sum(sy for _, sy in splits)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -82,9 +81,8 @@ def _run(ctx: Context, args: argparse.Namespace) -> int:
     split0 = {n: user_system(p.pid) for n, p in pipeline.processes.items()}
     with contextlib.ExitStack() as stack:
         for name in pipeline.processes:
-            pid = pipeline.processes[name].pid if name == "dispatcher" else _worker(
-                pipeline, name)
-            stack.enter_context(profiled(ctx, f"steady-{name}", pid, args.seconds))
+            stack.enter_context(profiled(ctx, f"steady-{name}", _worker(pipeline, name),
+                                         args.seconds))
         t0 = time.monotonic()
         _simulate(pipeline.url("ingest"), args.rate, args.seconds, ctx.log_dir / "s.jsonl", 2)
         deadline = time.monotonic() + 60
