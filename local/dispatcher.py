@@ -31,6 +31,7 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import selectors
 import signal
 import sys
 import threading
@@ -38,7 +39,7 @@ import time
 from collections import deque
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Final
 
@@ -113,6 +114,25 @@ def _kafka_errors() -> tuple[type[BaseException], ...]:
     return (KafkaError, TimeoutError, OSError)
 
 
+class QuietSelector(selectors.DefaultSelector):
+    """The default selector, minus the repr of a socket in a lookup miss.
+
+    kafka-python registers a socket for each wait and looks it up first; the standard
+    selector answers a miss with KeyError(f"{fileobj!r} is not registered"), and a socket's
+    repr asks the kernel for both addresses (getsockname, getpeername): two system calls
+    per Kafka request for a message nobody reads.
+    """
+
+    def get_key(self, fileobj: Any) -> selectors.SelectorKey:
+        if self.get_map() is None:
+            raise RuntimeError("Selector is closed")
+        key: selectors.SelectorKey | None = self._fd_to_key.get(  # type: ignore[attr-defined]
+            self._fileobj_lookup(fileobj))  # type: ignore[attr-defined]
+        if key is None:
+            raise KeyError(fileobj)
+        return key
+
+
 # --- writing --------------------------------------------------------------------------------
 
 class RecordWriter:
@@ -126,7 +146,7 @@ class RecordWriter:
             # kafka-python's idempotent producer stops sending for good once a retried
             # batch expires across a broker restart; a duplicate write is harmless here
             # (every consumer deduplicates), a wedged dispatcher is not.
-            "enable_idempotence": False,
+            "enable_idempotence": False, "selector": QuietSelector,
         }
         self._producer: Any = None
         self._lock = threading.Lock()
@@ -197,36 +217,53 @@ class RecordWriter:
 
 # --- consuming ------------------------------------------------------------------------------
 
-#: Handles records of one partition in order; calls done(next_offset) as each is finished.
+#: Handles items of one partition in order; calls done(next_offset) as each is finished.
 Process = Callable[[list[Any], Callable[[int], None], threading.Event], None]
 
 
-class PartitionWorker:
-    """Drains one partition's fetched records in order on its own thread."""
+class Lane:
+    """One consumer group's share of one partition, handled in offset order on its own thread.
 
-    def __init__(self, name: str, process: Process) -> None:
+    The reader hands it the records its group's filter takes, and with each hand-off the
+    offset up to which the partition was read: records the filter rejected are done once
+    everything queued before them is, so the group's committed offset moves past them too.
+    """
+
+    def __init__(self, name: str, process: Process, first: int) -> None:
+        self.name = name
+        #: Records below it were done by this group before this session: not handed again.
+        self.first = first
         self._process = process
-        self._queue: deque[Any] = deque()
+        self._queue: deque[Any] = deque()  # records, and ints: "done up to here"
+        self._pending = 0  # records queued or being handled
+        self._busy = False
         self._cond = threading.Condition()
         self.stop = threading.Event()
         self._done: int | None = None
         self._committed: int | None = None
-        self._batch: list[Any] = []
         self._thread = threading.Thread(target=self._run, name=name, daemon=True)
         self._thread.start()
 
-    def put(self, records: list[Any]) -> None:
+    def put(self, records: list[Any], upto: int) -> None:
+        """Queue `records` (in offset order), all of this group's below `upto`."""
         with self._cond:
+            if not records and not self._pending:
+                # Nothing of this group's in front: the rejected records are done now,
+                # without waking the thread.
+                if self._done is None or upto > self._done:
+                    self._done = upto
+                return
             self._queue.extend(records)
-            self._cond.notify()
+            self._queue.append(upto)
+            self._pending += len(records)
+            if not self._busy:
+                self._cond.notify()
 
     @property
     def queued(self) -> int:
-        """Records fetched for this partition and not yet done."""
+        """Records handed to this lane and not yet done."""
         with self._cond:
-            done = self._done
-            busy = sum(1 for r in self._batch if done is None or r.offset >= done)
-            return len(self._queue) + busy
+            return self._pending
 
     def take_done(self) -> int | None:
         """The next offset to commit if it moved since the last call."""
@@ -241,33 +278,42 @@ class PartitionWorker:
 
     def _mark(self, offset: int) -> None:
         with self._cond:
-            self._done = offset
+            if self._done is None or offset > self._done:
+                self._done = offset
 
     def _run(self) -> None:
         while not self.stop.is_set():
             with self._cond:
+                # No timeout: a put() or shutdown() notifies; an idle lane costs no wake-ups.
                 while not self._queue and not self.stop.is_set():
-                    self._cond.wait(0.5)
+                    self._cond.wait()
                 if self.stop.is_set():
                     return
-                batch = list(self._queue)
+                batch = [r for r in self._queue if not isinstance(r, int)]
+                upto = max(m for m in self._queue if isinstance(m, int))
                 self._queue.clear()
-                self._batch = batch
+                self._busy = True
+            taken = len(batch)
             delay = 1.0
-            while batch and not self.stop.is_set():
+            while not self.stop.is_set():
                 try:
-                    self._process(batch, self._mark, self.stop)
-                    batch = []
+                    if batch:
+                        self._process(batch, self._mark, self.stop)
+                    self._mark(upto)
+                    break
                 except Stopped:
                     return
                 except Exception:
                     # A bug, not a bad event: hold the partition rather than skip a record.
                     log.exception("record handling failed; retrying the same record",
-                                  extra={"worker": self._thread.name, "retry_in_seconds": delay})
+                                  extra={"worker": self.name, "retry_in_seconds": delay})
                     done = self._done
                     batch = [r for r in batch if done is None or r.offset >= done]
                     self.stop.wait(delay)
                     delay = min(delay * 2, 30.0)
+            with self._cond:
+                self._busy = False
+                self._pending -= taken
 
     def shutdown(self, timeout: float) -> None:
         self.stop.set()
@@ -276,21 +322,52 @@ class PartitionWorker:
         self._thread.join(timeout)
 
 
-class PartitionedConsumer:
-    """One consumer over every partition of some topics, a worker per partition, manual commits."""
+@dataclass
+class Group:
+    """A consumer group reading through the shared reader: the KafkaSource or one Trigger."""
 
-    def __init__(self, name: str, bootstrap: Sequence[str], topics: Sequence[str], *,
-                 group: str, offset_reset: str, process: Process, stop: threading.Event) -> None:
-        self.name = name
+    name: str
+    group_id: str
+    topics: tuple[str, ...]
+    offset_reset: str
+    process: Process
+    #: Whether a (prepared) record is this group's to handle; the rest are only committed.
+    wants: Callable[[Any], bool]
+    lanes: dict[Any, Lane] = field(default_factory=dict)
+
+    @property
+    def queued(self) -> int:
+        return sum(lane.queued for lane in list(self.lanes.values()))
+
+
+#: Turns one topic's fetched records into what the groups' `wants` and `process` take.
+Prepare = Callable[[list[Any]], list[Any]]
+
+
+class SharedReader:
+    """One consumer fetches every topic once for all groups; each group commits its own offsets.
+
+    Each record is fetched and prepared (decoded) once, offered to every group of its topic,
+    and queued on the lane of each group that wants it; the others only move that group's
+    offset past it. Each group's offsets are committed under its own consumer group name by
+    a consumer that never fetches, so they stay per group, as with one consumer per group.
+
+    A slow group (a subscriber down through its retries) holds its records in its lanes;
+    once one of its lanes holds MAX_QUEUED, that partition's fetching pauses for every group
+    until the lane is down to half. The other groups go on with what was fetched before the
+    pause and then wait: the stall is bounded by that buffer, and nothing is skipped or lost.
+    """
+
+    def __init__(self, bootstrap: Sequence[str], groups: Sequence[Group],
+                 prepare: Mapping[str, Prepare], stop: threading.Event) -> None:
         self._bootstrap = list(bootstrap)
-        self._topics = list(topics)
-        self._group = group
-        self._offset_reset = offset_reset
-        self._process = process
+        self.groups = list(groups)
+        self._topics = sorted({t for g in groups for t in g.topics})
+        self._prepare = dict(prepare)
         self._stop = stop
-        self._workers: dict[Any, PartitionWorker] = {}
         self._lock = threading.Lock()
-        self._thread = threading.Thread(target=self._run, name=f"consumer-{name}", daemon=True)
+        self._assigned = 0
+        self._thread = threading.Thread(target=self._run, name="reader", daemon=True)
 
     def start(self) -> None:
         self._thread.start()
@@ -299,14 +376,9 @@ class PartitionedConsumer:
         self._thread.join(timeout)
 
     @property
-    def queued(self) -> int:
-        with self._lock:
-            return sum(w.queued for w in self._workers.values())
-
-    @property
     def assigned(self) -> int:
         with self._lock:
-            return len(self._workers)
+            return self._assigned
 
     def _run(self) -> None:
         delay = 0.5
@@ -316,16 +388,21 @@ class PartitionedConsumer:
                 delay = 0.5
             except Exception as exc:
                 log.warning("consumer session ended, reconnecting", extra={
-                    "consumer": self.name, "error": f"{type(exc).__name__}: {exc}",
+                    "consumer": "reader", "error": f"{type(exc).__name__}: {exc}",
                     "retry_in_seconds": delay})
                 self._stop.wait(delay)
                 delay = min(delay * 2, MAX_KAFKA_BACKOFF)
 
-    def _partitions(self, consumer: Any) -> list[Any]:
+    def _options(self) -> dict[str, Any]:
+        return {"bootstrap_servers": self._bootstrap, "enable_auto_commit": False,
+                "reconnect_backoff_max_ms": 2000, "request_timeout_ms": 30000,
+                "selector": QuietSelector}
+
+    def _partitions(self, consumer: Any, topics: Sequence[str]) -> list[Any]:
         from kafka import TopicPartition
 
         tps = []
-        for topic in self._topics:
+        for topic in topics:
             ids = consumer.partitions_for_topic(topic)
             if not ids:
                 raise RuntimeError(f"topic {topic} has no partitions (yet)")
@@ -337,74 +414,158 @@ class PartitionedConsumer:
         known = sum(len(consumer.partitions_for_topic(t) or ()) for t in self._topics)
         return known > len(assigned)
 
+    def _starts(self, consumer: Any, committer: Any, group: Group,
+                tps: list[Any]) -> dict[Any, int]:
+        """Where `group` goes on in each partition: its committed offset, else its reset."""
+        starts = {}
+        for tp in tps:
+            committed = committer.committed(tp)
+            if committed is not None:
+                starts[tp] = committed
+        missing = [tp for tp in tps if tp not in starts]
+        if missing:
+            reset = (consumer.beginning_offsets(missing) if group.offset_reset == "earliest"
+                     else consumer.end_offsets(missing))
+            starts.update(reset)
+        return starts
+
     def _session(self) -> None:
         from kafka import KafkaConsumer
 
         consumer = KafkaConsumer(
-            bootstrap_servers=self._bootstrap, group_id=self._group, client_id=self._group,
-            enable_auto_commit=False, auto_offset_reset=self._offset_reset,
-            max_poll_records=500, reconnect_backoff_max_ms=2000, request_timeout_ms=30000,
-            fetch_min_bytes=FETCH_MIN_BYTES, fetch_max_wait_ms=FETCH_MAX_WAIT_MS)
+            client_id="iot-dispatcher", max_poll_records=500, fetch_min_bytes=FETCH_MIN_BYTES,
+            fetch_max_wait_ms=FETCH_MAX_WAIT_MS, **self._options())
+        committers: dict[str, Any] = {}
+        committer_thread: threading.Thread | None = None
         try:
-            tps = self._partitions(consumer)
+            tps = self._partitions(consumer, self._topics)
+            lowest: dict[Any, int] = {}
+            for group in self.groups:
+                committers[group.group_id] = committer = KafkaConsumer(
+                    group_id=group.group_id, client_id=group.group_id, **self._options())
+                mine = [tp for tp in tps if tp.topic in group.topics]
+                starts = self._starts(consumer, committer, group, mine)
+                group.lanes = {tp: Lane(f"{group.name}-{tp.partition}", group.process,
+                                        starts[tp]) for tp in mine}
+                for tp, offset in starts.items():
+                    lowest[tp] = min(offset, lowest.get(tp, offset))
             consumer.assign(tps)
+            for tp, offset in lowest.items():
+                consumer.seek(tp, offset)
+            by_topic = {t: [g for g in self.groups if t in g.topics] for t in self._topics}
             with self._lock:
-                self._workers = {tp: PartitionWorker(f"{self.name}-{tp.partition}",
-                                                     self._process) for tp in tps}
-            log.info("consuming", extra={"consumer": self.name, "group": self._group,
-                                         "topics": self._topics, "partitions": len(tps)})
+                self._assigned = len(tps)
+            log.info("consuming", extra={
+                "consumer": "reader", "topics": self._topics, "partitions": len(tps),
+                "groups": [g.group_id for g in self.groups]})
+            done = threading.Event()
+            committer_thread = threading.Thread(
+                target=self._commit_loop, args=(committers, done), name="committer",
+                daemon=True)
+            committer_thread.start()
             paused: set[Any] = set()
-            last_commit = last_check = time.monotonic()
+            last_check = time.monotonic()
             while not self._stop.is_set():
-                for tp, records in consumer.poll(timeout_ms=200).items():
-                    self._workers[tp].put(records)
-                for tp, worker in self._workers.items():
-                    backlog = worker.queued
-                    if backlog >= MAX_QUEUED and tp not in paused:
+                for tp, records in consumer.poll(timeout_ms=500).items():
+                    self._hand_out(tp, records, by_topic[tp.topic])
+                    if any(g.lanes[tp].queued >= MAX_QUEUED for g in by_topic[tp.topic]):
                         consumer.pause(tp)
                         paused.add(tp)
-                    elif backlog < MAX_QUEUED // 2 and tp in paused:
+                for tp in list(paused):
+                    if all(g.lanes[tp].queued < MAX_QUEUED // 2 for g in by_topic[tp.topic]):
                         consumer.resume(tp)
                         paused.discard(tp)
                 now = time.monotonic()
-                if now - last_commit >= COMMIT_INTERVAL:
-                    self._commit(consumer)
-                    last_commit = now
                 if now - last_check >= PARTITION_CHECK_INTERVAL:
                     last_check = now
                     if self._grown(consumer, tps):
                         raise RuntimeError("partitions were added; reassigning")
         finally:
             with self._lock:
-                workers, self._workers = self._workers, {}
-            for worker in workers.values():
-                worker.stop.set()
+                self._assigned = 0
+            if committer_thread is not None:
+                done.set()
+                committer_thread.join(30)
+            lanes = [(g, tp, lane) for g in self.groups for tp, lane in g.lanes.items()]
+            for _, _, lane in lanes:
+                lane.stop.set()
             deadline = time.monotonic() + 15
-            for worker in workers.values():
-                worker.shutdown(timeout=max(0.0, deadline - time.monotonic()))
-            self._commit(consumer, workers)
+            for _, _, lane in lanes:
+                lane.shutdown(timeout=max(0.0, deadline - time.monotonic()))
+            for group in self.groups:
+                if group.group_id in committers:
+                    self._commit(group, committers[group.group_id])
+                group.lanes = {}
+            for committer in committers.values():
+                committer.close(autocommit=False)
             consumer.close(autocommit=False)
 
-    def _commit(self, consumer: Any, workers: Mapping[Any, PartitionWorker] | None = None,
-                ) -> None:
+    def _hand_out(self, tp: Any, records: list[Any], groups: list[Group]) -> None:
+        upto = records[-1].offset + 1
+        items = self._prepare.get(tp.topic, list)(records)
+        for group in groups:
+            lane = group.lanes[tp]
+            if upto <= lane.first:
+                continue  # done by this group before this session
+            fresh = items if items[0].offset >= lane.first else [
+                i for i in items if i.offset >= lane.first]
+            lane.put([i for i in fresh if group.wants(i)], upto)
+
+    def _commit_loop(self, committers: Mapping[str, Any], done: threading.Event) -> None:
+        while not done.wait(COMMIT_INTERVAL):
+            for group in self.groups:
+                self._commit(group, committers[group.group_id])
+
+    def _commit(self, group: Group, committer: Any) -> None:
         from kafka.structs import OffsetAndMetadata
 
-        workers = self._workers if workers is None else workers
-        offsets = {tp: o for tp, w in workers.items() if (o := w.take_done()) is not None}
+        lanes = dict(group.lanes)
+        offsets = {tp: o for tp, lane in lanes.items() if (o := lane.take_done()) is not None}
         if not offsets:
             return
         try:
-            consumer.commit({tp: OffsetAndMetadata(o, "", -1) for tp, o in offsets.items()},
-                            timeout_ms=5000)
+            committer.commit({tp: OffsetAndMetadata(o, "", -1) for tp, o in offsets.items()},
+                             timeout_ms=5000)
         except _kafka_errors() as exc:
             log.warning("offset commit failed, will retry", extra={
-                "consumer": self.name, "error": f"{type(exc).__name__}: {exc}"})
+                "consumer": group.name, "error": f"{type(exc).__name__}: {exc}"})
             return
         for tp, offset in offsets.items():
-            workers[tp].committed(offset)
-
+            lanes[tp].committed(offset)
 
 # --- the dispatcher -------------------------------------------------------------------------
+
+@dataclass(frozen=True, slots=True)
+class Decoded:
+    """A Broker-topic record decoded once for every Trigger; `attributes` None = not a valid
+    CloudEvent (`error` says why), which each Trigger dead-letters."""
+
+    record: Any
+    attributes: dict[str, Any] | None
+    data: Any = None
+    error: str = ""
+
+    @property
+    def offset(self) -> int:
+        return int(self.record.offset)
+
+
+def _decode(record: Any) -> Decoded:
+    try:
+        event = from_kafka(record.key, record.headers or (), record.value or b"")
+        attributes = text_attributes(event.attributes)
+        missing = missing_attributes(attributes)
+        if missing:
+            raise BadRequest(f"record lacks {', '.join(missing)}")
+    except BadRequest as exc:
+        return Decoded(record, None, error=str(exc))
+    attributes.setdefault("datacontenttype", JSON)
+    return Decoded(record, attributes, event.data)
+
+
+def _decode_all(records: list[Any]) -> list[Any]:
+    return [_decode(r) for r in records]
+
 
 class Dispatcher:
     """KafkaSource + Broker + Triggers of eventing/ on a real Kafka cluster."""
@@ -424,7 +585,8 @@ class Dispatcher:
         self._writer = RecordWriter(self._bootstrap)
         self._counters = {t.name: TriggerCounters() for t in eventing.triggers}
         self._pools: list[ThreadPoolExecutor] = []
-        self._consumers: dict[str, PartitionedConsumer] = {}
+        self._groups: dict[str, Group] = {}
+        self._reader: SharedReader | None = None
         self._ingress_port = ingress_port
         self._ingress_host = ingress_host
         self._ingress: IngressServer | None = None
@@ -454,20 +616,19 @@ class Dispatcher:
         if self._stop.is_set():
             return
         for source in self.eventing.sources:
-            self._consumers[f"source/{source.name}"] = PartitionedConsumer(
-                f"source-{source.name}", self._bootstrap,
-                [self.naming.topic(t) for t in source.topics],
-                group=self.naming.group(source.consumer_group),
-                offset_reset=source.initial_offset, process=self._source_process(source),
-                stop=self._stop)
+            self._groups[f"source/{source.name}"] = Group(
+                f"source-{source.name}", self.naming.group(source.consumer_group),
+                tuple(self.naming.topic(t) for t in source.topics), source.initial_offset,
+                self._source_process(source), wants=lambda _record: True)
         for trigger in self.eventing.triggers:
             # Earliest: a Trigger created before any event is consumed must see all of them.
-            self._consumers[f"trigger/{trigger.name}"] = PartitionedConsumer(
-                f"trigger-{trigger.name}", self._bootstrap, [self.broker_topic],
-                group=self.naming.group(trigger.consumer_group), offset_reset="earliest",
-                process=self._trigger_process(trigger), stop=self._stop)
-        for consumer in self._consumers.values():
-            consumer.start()
+            self._groups[f"trigger/{trigger.name}"] = Group(
+                f"trigger-{trigger.name}", self.naming.group(trigger.consumer_group),
+                (self.broker_topic,), "earliest", self._trigger_process(trigger),
+                wants=self._trigger_wants(trigger))
+        self._reader = SharedReader(self._bootstrap, list(self._groups.values()),
+                                    {self.broker_topic: _decode_all}, self._stop)
+        self._reader.start()
         self._pings.start()
 
     def stop(self, timeout: float = 30.0) -> None:
@@ -477,8 +638,8 @@ class Dispatcher:
             self._ingress.stop()
             self._ingress = None
         deadline = time.monotonic() + timeout
-        for consumer in self._consumers.values():
-            consumer.join(max(0.0, deadline - time.monotonic()))
+        if self._reader is not None:
+            self._reader.join(max(0.0, deadline - time.monotonic()))
         self._pings.join(max(0.0, deadline - time.monotonic()))
         for pool in self._pools:
             pool.shutdown(wait=False, cancel_futures=True)
@@ -494,16 +655,16 @@ class Dispatcher:
             pass
 
     def ready(self) -> bool:
-        return (self._started and not self._stop.is_set() and bool(self._consumers)
-                and all(c.assigned for c in self._consumers.values()))
+        return (self._started and not self._stop.is_set() and self._reader is not None
+                and bool(self._reader.assigned))
 
     def stats(self) -> dict[str, TriggerStats]:
         stats = {}
         for name, counters in self._counters.items():
             snap = counters.snapshot()
-            consumer = self._consumers.get(f"trigger/{name}")
+            group = self._groups.get(f"trigger/{name}")
             stats[name] = TriggerStats(snap.delivered, snap.retried, snap.dead_lettered,
-                                       snap.filtered, consumer.queued if consumer else 0)
+                                       snap.filtered, group.queued if group else 0)
         return stats
 
     @property
@@ -583,12 +744,24 @@ class Dispatcher:
 
     # --- the Triggers -------------------------------------------------------------------
 
+    def _trigger_wants(self, trigger: Trigger) -> Callable[[Decoded], bool]:
+        counters = self._counters[trigger.name]
+
+        def wants(decoded: Decoded) -> bool:
+            # A record that is not a CloudEvent is every Trigger's, to dead-letter.
+            if decoded.attributes is None or trigger.matches(decoded.attributes):
+                return True
+            counters.add(filtered=1)
+            return False
+
+        return wants
+
     def _trigger_process(self, trigger: Trigger) -> Process:
         counters = self._counters[trigger.name]
         url = self._subscribers.get(trigger.service or "", "")
         local = threading.local()
 
-        def dispatch(record: Any, stop: threading.Event) -> None:
+        def dispatch(record: Decoded, stop: threading.Event) -> None:
             session = getattr(local, "session", None)
             if session is None:
                 session = local.session = HttpSession()
@@ -618,29 +791,21 @@ class Dispatcher:
 
         return process_unordered
 
-    def _dispatch(self, trigger: Trigger, record: Any, url: str, session: HttpSession, *,
+    def _dispatch(self, trigger: Trigger, decoded: Decoded, url: str, session: HttpSession, *,
                   counters: TriggerCounters, stop: threading.Event) -> None:
-        """Handle one record to the end (delivered, filtered or dead-lettered), or raise Stopped."""
-        try:
-            event = from_kafka(record.key, record.headers or (), record.value or b"")
-            attributes = text_attributes(event.attributes)
-            missing = missing_attributes(attributes)
-            if missing:
-                raise BadRequest(f"record lacks {', '.join(missing)}")
-            attributes.setdefault("datacontenttype", JSON)
-        except BadRequest as exc:
-            self._dead_letter(trigger, record, DeadLettered(str(exc), None, 0), url, stop)
+        """Handle one record the Trigger's filter took to the end (delivered or dead-lettered),
+        or raise Stopped."""
+        record, attributes = decoded.record, decoded.attributes
+        if attributes is None:
+            self._dead_letter(trigger, record, DeadLettered(decoded.error, None, 0), url, stop)
             counters.add(dead_lettered=1)
             return
-        if not trigger.matches(attributes):
-            counters.add(filtered=1)
-            return
         if trigger.sink is not None:
-            self._writer.write([to_kafka(self.sink_topic(trigger.sink), attributes, event.data)],
-                               stop)
+            self._writer.write([to_kafka(self.sink_topic(trigger.sink), attributes,
+                                         decoded.data)], stop)
             counters.add(delivered=1)
             return
-        outcome = deliver(trigger, attributes, event.data, url, session, stop=stop,
+        outcome = deliver(trigger, attributes, decoded.data, url, session, stop=stop,
                           on_retry=lambda _n, _why: counters.add(retried=1))
         if isinstance(outcome, Aborted):
             raise Stopped
