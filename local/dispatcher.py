@@ -5,16 +5,29 @@
 
 - The KafkaSource copies its topics (iot.telemetry) into the Broker topic
   (knative-broker-iot-iot-broker), record for record, keeping key and ce_* headers.
-- Each Trigger reads the Broker topic under its own consumer group
-  (knative-trigger-iot-<trigger>), one thread per partition so a partition's events are
-  delivered one at a time in offset order, filters, and delivers in binary mode with the
-  retries and backoff of its delivery spec (delivery.py, shared with the in-memory broker).
-  Replies go back into the Broker topic; dead letters to the topic of the deadLetterSink.
+- One consumer (SharedReader) fetches the source topics and the Broker topic for the
+  KafkaSource and every Trigger at once; each Broker record is decoded and run through every
+  Trigger's filter once, and queued on a lane (a thread per Trigger and partition) of each
+  Trigger it matches. Offsets stay per consumer group (knative-trigger-iot-<trigger> for a
+  Trigger, the KafkaSource's own group): each group commits through a consumer of that name
+  that never fetches; records a Trigger's filter rejects are committed for it once
+  everything before them is done. After a restart the fetch starts at the lowest committed
+  offset of a partition, and a group is not handed again what it had already done.
+- A Trigger delivers in binary mode with the retries and backoff of its delivery spec
+  (delivery.py, shared with the in-memory broker). Ordered: a partition's events one at a
+  time in offset order. Unordered: up to 64 in flight per Trigger, and a window's offsets
+  are committed only once all of it is done. Replies go back into the Broker topic; dead
+  letters to the topic of the deadLetterSink.
+- A slow Trigger (a subscriber down through its retries) keeps its records in its lanes; once
+  one lane holds MAX_QUEUED, fetching of that partition pauses for every group until the
+  lane is down to half. The others are held back only by that bounded buffer; nothing is
+  skipped or lost.
 - An offset is committed only once its record is done: delivered (and its reply written)
-  or dead-lettered (and the dead letter written). A crash redelivers, never skips.
+  or dead-lettered (and the dead letter written), at most COMMIT_INTERVAL late. A crash
+  redelivers, never skips.
 - Each PingSource publishes its event into the Broker topic at each time of its cron
   schedule (pings.py), like the ingress does with posted events.
-- Partitions are assigned to each consumer directly, not through group membership: run
+- Partitions are assigned to the reader directly, not through group membership: run
   one dispatcher per Kafka cluster. A Kafka restart then needs no rebalance; the clients
   reconnect and everything resumes from where it was. Writes (to the Broker topic, replies,
   dead letters) are retried until Kafka acknowledges them, so an outage delays, never drops.
@@ -68,10 +81,10 @@ from .pings import PingPlayer
 log = logging.getLogger("iot_telemetry.local.dispatcher")
 
 #: Fetches wait up to FETCH_MAX_WAIT_MS for FETCH_MIN_BYTES, so that a busy topic is read in
-#: batches rather than a fetch round trip per record: kafka-python's cost is per fetch, and
-#: five consumers (the source and four Triggers) read each event. At 40 events/s this cut the
-#: dispatcher's CPU per data point from 443 to 319 us and Kafka's from 95 to 74
-#: (tests/benchmarks/pipeline_cpu.py), for at most 50 ms more per hop.
+#: batches rather than a fetch round trip per record: kafka-python's cost is per fetch. At
+#: 40 events/s this cut the dispatcher's CPU per data point from 443 to 319 us and Kafka's
+#: from 95 to 74 (tests/benchmarks/pipeline_cpu.py; then one consumer per Trigger), for at
+#: most 50 ms more per hop. An idle reader makes 20 fetches a second.
 FETCH_MIN_BYTES: Final = 64 * 1024
 FETCH_MAX_WAIT_MS: Final = 50
 #: A group's lane holds at most this many fetched records; past it the partition's fetching
