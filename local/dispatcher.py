@@ -162,7 +162,7 @@ class RecordWriter:
     def __init__(self, bootstrap: Sequence[str], client_id: str = "iot-dispatcher") -> None:
         self._options: dict[str, Any] = {
             "bootstrap_servers": list(bootstrap), "client_id": client_id, "acks": "all",
-            "linger_ms": 0, "max_block_ms": 5000, "delivery_timeout_ms": 30000,
+            "linger_ms": 2, "max_block_ms": 5000, "delivery_timeout_ms": 30000,
             "request_timeout_ms": 10000, "reconnect_backoff_max_ms": 2000,
             # kafka-python's idempotent producer stops sending for good once a retried
             # batch expires across a broker restart; a duplicate write is harmless here
