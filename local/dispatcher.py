@@ -440,7 +440,7 @@ class SharedReader:
         """Where `group` goes on in each partition: its committed offset, else its reset."""
         starts = {}
         for tp in tps:
-            committed = committer.committed(tp)
+            committed = committer.committed(tp, timeout_ms=10000)
             if committed is not None:
                 starts[tp] = committed
         missing = [tp for tp in tps if tp not in starts]
