@@ -610,7 +610,11 @@ class SharedReader:
     def _commit_loop(self, committers: Mapping[str, Any], done: threading.Event) -> None:
         while not done.wait(COMMIT_INTERVAL):
             for group in self.groups:
-                self._commit(group, committers[group.group_id])
+                committer = committers[group.group_id]
+                # Serves its queued logs and error reports (a committer is never polled
+                # for records), which would otherwise pile up through a long outage.
+                committer.poll(0)
+                self._commit(group, committer)
 
     def _commit(self, group: Group, committer: Any) -> None:
         from confluent_kafka import TopicPartition
