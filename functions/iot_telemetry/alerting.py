@@ -177,6 +177,23 @@ def evaluate(rule: AlertRule, device_id: str, state: RuleState,
                      last_events=last_events), effects
 
 
+def _newest_updates(effects: Sequence[Effect]) -> list[Effect]:
+    """The effects with each run of updates of one alert cut to its newest.
+
+    An update carries the alert's whole standing (count, peak, last value and its time), so
+    the newest of a run says all the others do: one statement per alert and event to store
+    and apply, not one per reading (an event holds ten readings of a metric).
+    """
+    out: list[Effect] = []
+    for e in effects:
+        if (e.kind == "updated" and out and out[-1].kind == "updated"
+                and out[-1].alert_id == e.alert_id):
+            out[-1] = e
+        else:
+            out.append(e)
+    return out
+
+
 @dataclass
 class Outcome:
     """What handling an event did: alert events to emit, and whether anything was new."""
@@ -284,7 +301,7 @@ class AlertBook:
                                            event.key)
                 if new_state != state:
                     moved[rule.name] = new_state
-                    effects += done
+                    effects += _newest_updates(done)
             if not moved:
                 return
             rev = int(doc.get("rev", 0))
