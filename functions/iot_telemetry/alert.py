@@ -85,7 +85,7 @@ def evaluate(event: TelemetryEvent, rt: Runtime) -> Outcome:
     book = _book(rt, None if verdicts is None else rt.rule_resolver.threshold_rules_for(verdicts))
     _resolve_removed_rules(book, rt)
     _resolve_out_of_scope(book, rt, event.device_id, rt.rule_resolver.not_applying(verdicts))
-    outcome = book.handle(event)
+    outcome = rt.alert_commit.submit((book, event))
     back = _offline(rt).handle(event, fresh=outcome.changed)
     outcome.transitions += back.transitions
     outcome.changed = outcome.changed or back.changed
