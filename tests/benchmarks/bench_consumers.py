@@ -25,6 +25,7 @@ sending their events in order, as the dispatcher does per partition.
 
 from __future__ import annotations
 
+import contextlib
 import pickle
 import random
 import threading
@@ -62,6 +63,7 @@ from .common import (
     REPO,
     Context,
     FunctionServer,
+    broker_ingress,
     fresh_db,
     metric_sum,
     metrics,
@@ -432,8 +434,12 @@ def commands_per_event(ctx: Context) -> dict[str, Any]:
 def over_http(ctx: Context, function: str, db: str, events: list[list[Record]], profile: str,
               ) -> tuple[Way, dict[str, Ops]]:
     """The events delivered to the served function; its store calls by delivery."""
+    sink = contextlib.ExitStack()
     env = {"KAFKA_BOOTSTRAP_SERVERS": ctx.kafka, "MONGO_URL": ctx.mongo, "MONGO_DB": db,
-           "LOG_LEVEL": "INFO", "PYTHONPATH": str(REPO)}
+           "LOG_LEVEL": "INFO", "PYTHONPATH": str(REPO),
+           # alert posts a second alert event of one delivery there (as to the Broker)
+           "K_SINK": sink.enter_context(broker_ingress())}
+    ctx.on_exit(sink.close)
     server = FunctionServer(ctx, function, HERE / "recorded_function.py", env,
                             label=f"{function}-{db}").start()
     encoded = [[to_http(a, d) for a, d in thread] for thread in events]
@@ -454,6 +460,7 @@ def over_http(ctx: Context, function: str, db: str, events: list[list[Record]], 
             calls: dict[str, Ops] = pickle.loads(answer.read())
     finally:
         server.stop()
+        sink.close()
     cpu = store_cpu_seconds(ctx.mongo) - cpu0
     commands = round(metric_sum(after, "iot_store_commands_total")
                      - metric_sum(before, "iot_store_commands_total"))

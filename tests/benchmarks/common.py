@@ -447,6 +447,33 @@ def _wait_http(url: str, timeout: float, proc: subprocess.Popen[bytes] | None = 
             time.sleep(0.05)
 
 
+_SINK: Final = """
+import http.server
+class H(http.server.BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    def do_POST(self):
+        self.rfile.read(int(self.headers.get("Content-Length", 0)))
+        self.send_response(202); self.send_header("Content-Length", "0"); self.end_headers()
+    def log_message(self, *a): pass
+s = http.server.ThreadingHTTPServer(("127.0.0.1", 0), H)
+print(s.server_port, flush=True)
+s.serve_forever()
+"""
+
+
+@contextlib.contextmanager
+def broker_ingress() -> Iterator[str]:
+    """A Broker ingress stand-in (alert's K_SINK) answering 202, in a process of its own so
+    its CPU is not counted with the caller's; yields its URL."""
+    sink = subprocess.Popen([sys.executable, "-c", _SINK], stdout=subprocess.PIPE, text=True)
+    try:
+        assert sink.stdout is not None
+        yield f"http://127.0.0.1:{int(sink.stdout.readline())}/"
+    finally:
+        sink.kill()
+        sink.wait()
+
+
 class FunctionServer:
     """One function served the way production serves it: functions-framework's gunicorn."""
 

@@ -7,7 +7,7 @@ function_cpu measures the handler in-process; the difference is the cost of serv
     python -m tests.benchmarks.serving_cpu aggregate --mongo mongodb://127.0.0.1:27018 \
         [--events 400] [--threads 3] [--rounds 2] [--before /tmp/main-checkout] [--profile]
 
-Events as function_cpu makes them (60 devices, 27 data points each), delivered in binary
+Events as function_cpu makes them (figure 3's simulated devices), delivered in binary
 mode by --threads keep-alive clients, each owning its devices (as the dispatcher's
 partitions do). CPU is the function's process tree (gunicorn's arbiter and worker); the
 store's is apart. With --before, that checkout's functions serve the same stream in turn
@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import random
 import sys
 import uuid
 from pathlib import Path
@@ -28,18 +27,20 @@ from .common import (
     FUNCTIONS_DIR,
     Context,
     FunctionServer,
+    broker_ingress,
     cpu_seconds,
     descendants,
     mongo_client,
     profiled,
     python_load,
 )
-from .function_cpu import WARMUP, event
+from .function_cpu import WARMUP, stream
 
 
-def _serve(ctx: Context, function: str, checkout: Path | None, db: str) -> FunctionServer:
+def _serve(ctx: Context, function: str, checkout: Path | None, db: str, sink: str,
+           ) -> FunctionServer:
     env = {"MONGO_URL": ctx.mongo, "MONGO_DB": db, "KAFKA_BOOTSTRAP_SERVERS": ctx.kafka,
-           "LOG_LEVEL": "INFO", "K_SINK": "http://127.0.0.1:9/"}
+           "LOG_LEVEL": "INFO", "K_SINK": sink}
     source = FUNCTIONS_DIR / f"{function}.py"
     if checkout is not None:  # its package before the one installed in the venv
         env["PYTHONPATH"] = os.pathsep.join([str(checkout / "functions"), str(checkout)])
@@ -49,19 +50,20 @@ def _serve(ctx: Context, function: str, checkout: Path | None, db: str) -> Funct
 
 
 def one_round(ctx: Context, function: str, checkout: Path | None, events: int,
-              threads: int, label: str) -> float:
-    """CPU seconds of the function's processes per request, over `events` deliveries."""
+              threads: int, sink: str, label: str) -> tuple[float, float]:
+    """CPU seconds of the function's processes per request and per data point, over `events`
+    deliveries."""
     db = ctx.name(f"serving_{uuid.uuid4().hex[:6]}")
-    rng = random.Random(1)
-    stream = [event(i, rng) for i in range(WARMUP + events)]
-    server = _serve(ctx, function, checkout, db).start()
+    requests = stream(WARMUP + events)
+    points = sum(p for _, _, p in requests[WARMUP:])
+    server = _serve(ctx, function, checkout, db, sink).start()
     try:
         def make(offset: int, count: int) -> object:
             def request(thread: int, n: int) -> tuple[str, str, dict[str, str], bytes] | None:
                 i = offset + thread + n * threads
                 if i >= offset + count:
                     return None
-                headers, body = stream[i]
+                headers, body, _ = requests[i]
                 return "POST", "/", headers, body
             return request
 
@@ -83,7 +85,7 @@ def one_round(ctx: Context, function: str, checkout: Path | None, events: int,
         client = mongo_client(ctx)
         client.drop_database(db)
         client.close()
-    return cpu / events
+    return cpu / events, cpu / points
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -104,21 +106,22 @@ def main(argv: list[str] | None = None) -> int:
     versions: list[tuple[str, Path | None]] = [("this", None)]
     if args.before is not None:
         versions.insert(0, ("before", args.before.resolve()))
-    results: dict[str, list[float]] = {name: [] for name, _ in versions}
+    results: dict[str, list[tuple[float, float]]] = {name: [] for name, _ in versions}
     try:
-        for r in range(args.rounds):
-            for name, checkout in versions:
-                per_event = one_round(ctx, args.function, checkout, args.events, args.threads,
-                                      f"{args.function}-{name}-{r}")
-                results[name].append(per_event)
-                ctx.say(f"{args.function} {name} round {r + 1}: {per_event * 1e3:.2f} ms CPU "
-                        f"per event, {per_event / 27 * 1e6:.0f} us per data point")
+        with broker_ingress() as sink:
+            for r in range(args.rounds):
+                for name, checkout in versions:
+                    cpu = one_round(ctx, args.function, checkout, args.events, args.threads,
+                                    sink, f"{args.function}-{name}-{r}")
+                    results[name].append(cpu)
+                    ctx.say(f"{args.function} {name} round {r + 1}: {cpu[0] * 1e6:.0f} us CPU "
+                            f"per event, {cpu[1] * 1e6:.1f} us per data point")
     finally:
         ctx.cleanup()
     for name, values in results.items():
-        print(f"{args.function} {name}: " + ", ".join(
-            f"{v * 1e6:.0f}" for v in values) + " us CPU per event over HTTP; per point "
-            + ", ".join(f"{v / 27 * 1e6:.0f}" for v in values))
+        print(f"{args.function} {name}, CPU over HTTP: per event " + ", ".join(
+            f"{e * 1e6:.0f}" for e, _ in values) + " us; per data point "
+            + ", ".join(f"{p * 1e6:.1f}" for _, p in values) + " us")
     for name, prof in ctx.profiles.items():
         print(f"== {name}: {prof['busy_samples']} busy of {prof['samples']}")
         for frame, pct in prof["top_own"][:15]:
