@@ -9,9 +9,10 @@ function_cpu measures the handler in-process; the difference is the cost of serv
 
 Events as function_cpu makes them (figure 3's simulated devices), delivered in binary
 mode by --threads keep-alive clients, each owning its devices (as the dispatcher's
-partitions do). CPU is the function's process tree (gunicorn's arbiter and worker); the
-store's is apart. With --before, that checkout's functions serve the same stream in turn
-with this one's (before, after, before, after, ...), each round on a fresh database.
+partitions do), to a server with its Knative Service's THREADS. CPU is the function's
+process tree (gunicorn's arbiter and worker); the store's is apart. With --before, that
+checkout's functions serve the same stream in turn with this one's (before, after, before,
+after, ...), each round on a fresh database.
 """
 
 from __future__ import annotations
@@ -21,6 +22,8 @@ import os
 import sys
 import uuid
 from pathlib import Path
+
+from iot_telemetry.local.layout import THREADS
 
 from .common import (
     BASE_PORT,
@@ -40,7 +43,7 @@ from .function_cpu import WARMUP, stream
 def _serve(ctx: Context, function: str, checkout: Path | None, db: str, sink: str,
            ) -> FunctionServer:
     env = {"MONGO_URL": ctx.mongo, "MONGO_DB": db, "KAFKA_BOOTSTRAP_SERVERS": ctx.kafka,
-           "LOG_LEVEL": "INFO", "K_SINK": sink}
+           "LOG_LEVEL": "INFO", "K_SINK": sink, "THREADS": str(THREADS[function])}
     source = FUNCTIONS_DIR / f"{function}.py"
     if checkout is not None:  # its package before the one installed in the venv
         env["PYTHONPATH"] = os.pathsep.join([str(checkout / "functions"), str(checkout)])
