@@ -298,17 +298,20 @@ class AlertBook:
             whole = {**saved, **{name: {"state": st.to_doc()} for name, st in moved.items()}}
             body: dict[str, Any] = {
                 "effects": [e.to_doc() for e in effects], "event": event.key,
-                "applied": not effects, "rev": rev + 1, "recent": recent}
+                "applied": not effects, "rev": rev + 1}
+            # `recent` (up to RECENT_EVENTS events' effects, kilobytes) is written only when it
+            # changed: most events move a streak or a time, not an alert.
+            changed = {"recent": recent} if changes else {}
             self.cache.drop(_id)  # until this write is known to have landed
             with self.store.guard():
                 if rev == 0:
                     try:
                         states.insert_one({"_id": _id, "device_id": event.device_id,
-                                           "rules": whole, **body})
+                                           "rules": whole, **body, "recent": recent})
                     except DuplicateKeyError:
                         continue
                 elif states.update_one({"_id": _id, "rev": rev}, {"$set": {
-                        **{f"rules.{name}": whole[name] for name in moved}, **body},
+                        **{f"rules.{name}": whole[name] for name in moved}, **body, **changed},
                 }).matched_count == 0:
                     continue
             outcome.changed = True
@@ -316,7 +319,7 @@ class AlertBook:
                 self._apply(event.device_id, effects)
                 outcome.transitions += self._transitions(effects)
             self.cache.put(_id, {"_id": _id, "device_id": event.device_id, "rules": whole,
-                                 **body, "applied": True})
+                                 **body, "recent": recent, "applied": True})
             return
         raise RuntimeError(f"alert state {_id}: too many concurrent updates")
 

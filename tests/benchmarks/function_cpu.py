@@ -2,12 +2,15 @@
 handler (functions-framework's test client), one event after the other on a real store.
 
     python -m tests.benchmarks.function_cpu alert mongodb://127.0.0.1:27018 [EVENTS] [--profile]
+    python -m tests.benchmarks.function_cpu alert mongodb://127.0.0.1:27018 [EVENTS] --store-bytes
 
 Events as figure 3's simulator makes them (local/simulator.py's Device: 60 devices, 9 buffered
 samples and a reading per event, temperature, humidity and for some devices battery, 2% of
 readings starting an anomaly episode, so alert raises and resolves as in the pipeline).
 CPU time of this process (the store's is apart); --profile
-prints cProfile's top functions. Run it from two checkouts
+prints cProfile's top functions; --store-bytes counts the store commands per event and the
+bytes of BSON they send (figures that carry over to any MongoDB server; the counting itself
+costs CPU, so leave it out when comparing CPU). Run it from two checkouts
 (PYTHONPATH=<checkout>/functions:<checkout>) to compare versions.
 """
 
@@ -20,6 +23,9 @@ import sys
 import time
 import uuid
 from datetime import UTC, datetime, timedelta
+
+import bson
+from pymongo import monitoring
 
 from iot_telemetry import events
 from iot_telemetry.local.simulator import Device
@@ -54,7 +60,7 @@ def stream(n: int) -> list[tuple[dict[str, str], bytes, int]]:
 
 
 def main(argv: list[str]) -> int:
-    args = [a for a in argv if a != "--profile"]
+    args = [a for a in argv if not a.startswith("--")]
     function, url = args[0], args[1]
     n = int(args[2]) if len(args) > 2 else 400
     db = f"bench_fn_cpu_{uuid.uuid4().hex[:8]}"
@@ -64,7 +70,27 @@ def main(argv: list[str]) -> int:
         return _measure(function, url, n, db, sink, argv)
 
 
+class StoreBytes(monitoring.CommandListener):
+    """Commands sent to the store and their encoded size."""
+
+    def __init__(self) -> None:
+        self.commands = self.bytes = 0
+
+    def started(self, event: monitoring.CommandStartedEvent) -> None:
+        self.commands += 1
+        self.bytes += len(bson.encode(event.command))
+
+    def succeeded(self, event: monitoring.CommandSucceededEvent) -> None:
+        pass
+
+    def failed(self, event: monitoring.CommandFailedEvent) -> None:
+        pass
+
+
 def _measure(function: str, url: str, n: int, db: str, sink: str, argv: list[str]) -> int:
+    counter = StoreBytes() if "--store-bytes" in argv else None
+    if counter:
+        monitoring.register(counter)  # before the client is made
     rt = Runtime(Settings.from_environ({}, {"MONGO_URL": url, "MONGO_DB": db,
                                             "KAFKA_BOOTSTRAP_SERVERS": "memory://",
                                             "K_SINK": sink}))
@@ -77,6 +103,7 @@ def _measure(function: str, url: str, n: int, db: str, sink: str, argv: list[str
     # CPU time, not wall time: waits on the store are not this process's cost.
     profile = cProfile.Profile(time.process_time) if "--profile" in argv else None
     t0 = time.process_time()
+    commands0, bytes0 = (counter.commands, counter.bytes) if counter else (0, 0)
     if profile:
         profile.enable()
     for headers, body, _ in requests[WARMUP:]:
@@ -88,6 +115,9 @@ def _measure(function: str, url: str, n: int, db: str, sink: str, argv: list[str
     cpu = time.process_time() - t0
     print(f"{function}: {cpu / n * 1e3:.2f} ms CPU per event, {cpu / points * 1e6:.0f} us per "
           f"data point ({points / n:.1f} per event){' (under cProfile)' if profile else ''}")
+    if counter:
+        print(f"  store: {(counter.commands - commands0) / n:.2f} commands, "
+              f"{(counter.bytes - bytes0) / n:,.0f} bytes of BSON sent per event")
     if profile:
         pstats.Stats(profile).sort_stats("tottime").print_stats(25)
     rt.store.client.drop_database(db)

@@ -250,6 +250,26 @@ def test_redelivery_after_a_later_event_answers_the_same_alert_event(apps, now) 
     assert alert["count"] == 5 and alert["last_value"] == 35.0  # nothing counted twice
 
 
+def test_another_instance_answers_a_redelivery_from_the_stored_state(runtime, now) -> None:
+    """The raises and resolves of recent events are in the store, not only in the cache of
+    the instance that wrote them: a cold instance answers a redelivery the same way, after
+    later events that changed no alert and after one that resolved it."""
+    from iot_telemetry.alerting import StateCache
+    from iot_telemetry.settings import Settings
+
+    rules = [r for r in Settings.from_environ({}).rules if isinstance(r, AlertRule)]
+    recs = [_validated(r) for r in readings("dev-r", [31, 32, 33, 34, 35, 20, 21], now)]
+    warm = AlertBook(runtime.store, rules, cache=StateCache())
+    answers = [warm.handle(event).transitions for event in recs]
+    assert [t["transition"] for t in answers[2]] == ["raised"]
+    assert [t["transition"] for t in answers[5]] == ["resolved"]
+    cold = AlertBook(runtime.store, rules, cache=StateCache(0))
+    for i in (2, 5):
+        again = cold.handle(recs[i])
+        assert [(t["transition"], t["alert"]["id"]) for t in again.transitions] == [
+            (t["transition"], t["alert"]["id"]) for t in answers[i]]
+
+
 @pytest.mark.parametrize(("condition", "values", "peak"), [(">", (41.0, 45.0), 45.0),
                                                           ("<", (15.0, 10.0), 10.0)])
 def test_a_late_applied_raise_keeps_the_newer_peak_and_last_value(
