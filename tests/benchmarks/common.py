@@ -788,6 +788,16 @@ def profiled(ctx: Context, name: str, pid: int, seconds: float) -> Iterator[None
             ctx.say(f"profile {name}: py-spy wrote nothing ({err.decode()[-300:].strip()})")
 
 
+def print_profiles(ctx: Context, own: int = 12, total: int = 15) -> None:
+    """Each profile of the run: its top frames by own time, then by total time."""
+    for name, prof in ctx.profiles.items():
+        print(f"== {name}: {prof['busy_samples']} busy of {prof['samples']}")
+        for frame, pct in prof["top_own"][:own]:
+            print(f"   own {pct:5.1f}%  {frame}")
+        for frame, pct in prof["top_total"][:total]:
+            print(f"   tot {pct:5.1f}%  {frame}")
+
+
 _IDLE: Final = ("wait (threading.py", "select (selectors.py", "accept (socket.py",
                 "recv_into (", "PeriodicExecutor._run", "_receive_data_on_socket",
                 "_worker (concurrent", "sleep", "poll (selectors.py", "run (gunicorn",

@@ -34,6 +34,7 @@ from .common import (
     cpu_seconds,
     descendants,
     mongo_client,
+    print_profiles,
     profiled,
     python_load,
 )
@@ -125,12 +126,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{args.function} {name}, CPU over HTTP: per event " + ", ".join(
             f"{e * 1e6:.0f}" for e, _ in values) + " us; per data point "
             + ", ".join(f"{p * 1e6:.1f}" for _, p in values) + " us")
-    for name, prof in ctx.profiles.items():
-        print(f"== {name}: {prof['busy_samples']} busy of {prof['samples']}")
-        for frame, pct in prof["top_own"][:15]:
-            print(f"   own {pct:5.1f}%  {frame}")
-        for frame, pct in prof["top_total"][:20]:
-            print(f"   tot {pct:5.1f}%  {frame}")
+    print_profiles(ctx, 15, 20)
     return 0
 
 
