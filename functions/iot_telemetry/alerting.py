@@ -12,8 +12,9 @@ next applies them. The state also remembers the raises and resolves of its last
 RECENT_EVENTS events, so a redelivery of one of them re-applies them and answers the same
 alert events even after later events moved the state on.
 
-Store commands per event in the steady state: one (the compare-and-swap), plus one bulk
-of alert updates while an alert is open, plus an upsert and a read for a raise or resolve.
+Store commands per event in the steady state: one (the compare-and-swap), plus one update
+command carrying every raise, update and resolve of the event (while an alert is open), plus
+a read of the raised or resolved alerts for their events.
 """
 
 from __future__ import annotations
@@ -176,6 +177,23 @@ def evaluate(rule: AlertRule, device_id: str, state: RuleState,
                      last_events=last_events), effects
 
 
+def _newest_updates(effects: Sequence[Effect]) -> list[Effect]:
+    """The effects with each run of updates of one alert cut to its newest.
+
+    An update carries the alert's whole standing (count, peak, last value and its time), so
+    the newest of a run says all the others do: one statement per alert and event to store
+    and apply, not one per reading (an event holds ten readings of a metric).
+    """
+    out: list[Effect] = []
+    for e in effects:
+        if (e.kind == "updated" and out and out[-1].kind == "updated"
+                and out[-1].alert_id == e.alert_id):
+            out[-1] = e
+        else:
+            out.append(e)
+    return out
+
+
 @dataclass
 class Outcome:
     """What handling an event did: alert events to emit, and whether anything was new."""
@@ -283,7 +301,7 @@ class AlertBook:
                                            event.key)
                 if new_state != state:
                     moved[rule.name] = new_state
-                    effects += done
+                    effects += _newest_updates(done)
             if not moved:
                 return
             rev = int(doc.get("rev", 0))
@@ -347,46 +365,51 @@ class AlertBook:
         return next((r for r in self.rules_for(device_id) if r.name == name), None)
 
     def _apply(self, device_id: str, effects: Sequence[Effect]) -> None:
-        alerts = self.store.collection(ALERTS)
-        later: list[Update] = []
-        with self.store.guard():
-            for e in effects:
-                rule = self._rule(e.rule, device_id)
-                if e.kind == "raised":
-                    if rule is None:
-                        continue  # its rule is gone: nothing to raise (orphans are resolved)
-                    # Applied late (a crash, a redelivery, another instance), a raise must not
-                    # undo newer updates: the peak only moves to the violating side, the last
-                    # value only while no newer reading was recorded.
-                    extreme: dict[str, Any] = {"last_seen": e.time, "count": e.count}
-                    peak = {"peak": e.peak}
-                    inserted = _upsert(alerts, {"_id": e.alert_id}, {
-                        "$setOnInsert": {
-                            "device_id": device_id, "metric": rule.metric, "rule": rule.name,
-                            "severity": rule.severity, "condition": rule.condition,
-                            "threshold": rule.threshold, "clear_threshold": rule.clear_threshold,
-                            "state": OPEN, "raised_at": e.time, "first_seen": e.first_seen,
-                            "last_value": e.value, "acknowledged_at": None,
-                            "acknowledged_by": None, "resolved_at": None,
-                            "resolved_value": None, "resolved_reason": None},
-                        **({"$max": {**extreme, **peak}} if rule.rising
-                           else {"$max": extreme, "$min": peak}),
-                    })
-                    if not inserted:
-                        later.append(Update({"_id": e.alert_id, "last_seen": e.time},
-                                            {"$set": {"last_value": e.value}}))
-                elif e.kind == "updated":
-                    later.append(Update({"_id": e.alert_id, "last_seen": {"$lte": e.time}},
-                                        {"$set": {"last_value": e.value, "peak": e.peak,
-                                                  "last_seen": e.time, "count": e.count}}))
-                else:
-                    later.append(Update(
-                        {"_id": e.alert_id, "state": {"$in": [OPEN, ACKNOWLEDGED]}},
-                        {"$set": {"state": RESOLVED, "resolved_at": e.time,
-                                  "resolved_value": e.value, "resolved_reason": CLEARED}}))
-        # Updates and resolves of all the event's rules in one round trip, in order (an
-        # update and the resolve of one alert in one event must land in that order).
-        self.store.bulk(ALERTS, later, ordered=True)
+        """Apply effects to the alert documents: one ordered update command for all of them.
+
+        Every statement is idempotent ($setOnInsert, $max/$min, sets conditional on time or
+        state), so the command can run again whole: that is what a lost insert race (another
+        instance raised the same alert first: a duplicate key, which stops an ordered command)
+        does, and what a redelivery or a crash recovery does.
+        """
+        ops: list[Update] = []
+        for e in effects:
+            rule = self._rule(e.rule, device_id)
+            if e.kind == "raised":
+                if rule is None:
+                    continue  # its rule is gone: nothing to raise (orphans are resolved)
+                # Applied late (a crash, a redelivery, another instance), a raise must not
+                # undo newer updates: the peak only moves to the violating side, the last
+                # value only while no newer reading was recorded (the second statement: a
+                # no-op right after the insert, which set both).
+                extreme: dict[str, Any] = {"last_seen": e.time, "count": e.count}
+                peak = {"peak": e.peak}
+                ops.append(Update({"_id": e.alert_id}, {
+                    "$setOnInsert": {
+                        "device_id": device_id, "metric": rule.metric, "rule": rule.name,
+                        "severity": rule.severity, "condition": rule.condition,
+                        "threshold": rule.threshold, "clear_threshold": rule.clear_threshold,
+                        "state": OPEN, "raised_at": e.time, "first_seen": e.first_seen,
+                        "last_value": e.value, "acknowledged_at": None,
+                        "acknowledged_by": None, "resolved_at": None,
+                        "resolved_value": None, "resolved_reason": None},
+                    **({"$max": {**extreme, **peak}} if rule.rising
+                       else {"$max": extreme, "$min": peak}),
+                }, upsert=True))
+                ops.append(Update({"_id": e.alert_id, "last_seen": e.time},
+                                  {"$set": {"last_value": e.value}}))
+            elif e.kind == "updated":
+                ops.append(Update({"_id": e.alert_id, "last_seen": {"$lte": e.time}},
+                                  {"$set": {"last_value": e.value, "peak": e.peak,
+                                            "last_seen": e.time, "count": e.count}}))
+            else:
+                ops.append(Update(
+                    {"_id": e.alert_id, "state": {"$in": [OPEN, ACKNOWLEDGED]}},
+                    {"$set": {"state": RESOLVED, "resolved_at": e.time,
+                              "resolved_value": e.value, "resolved_reason": CLEARED}}))
+        # In order: an update and the resolve of one alert in one event must land in that order.
+        if self.store.bulk(ALERTS, ops, ordered=True).duplicates:
+            self.store.bulk(ALERTS, ops, ordered=True)  # the raise now finds the document
 
     def _transitions(self, effects: Sequence[Effect]) -> list[dict[str, Any]]:
         changes = [e for e in effects if e.kind in ("raised", RESOLVED)]
@@ -466,18 +489,6 @@ def _earlier_effects(doc: Mapping[str, Any] | None, event_key: str) -> list[Effe
         if entry.get("event") == event_key:
             return [Effect.from_doc(e) for e in entry.get("effects", [])]
     return None
-
-
-def _upsert(collection: Any, filter: dict[str, Any], update: dict[str, Any]) -> bool:
-    """Upsert; when another instance inserted the same document first, update it instead.
-
-    Returns whether this call inserted the document.
-    """
-    try:
-        return collection.update_one(filter, update, upsert=True).upserted_id is not None
-    except DuplicateKeyError:
-        collection.update_one(filter, update)
-        return False
 
 
 #: Fields every alert shows, null until they apply (FerretDB drops nulls set on insert);

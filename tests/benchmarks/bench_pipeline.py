@@ -180,10 +180,11 @@ class Counts:
         return c["accepted"] - min(c["aggregate"], c["alert"])
 
 
-def _simulate(url: str, rate: float, seconds: float, record: Path, seed: int) -> Any:
+def _simulate(url: str, rate: float, seconds: float, record: Path, seed: int,
+              anomaly_rate: float = 0.02) -> Any:
     options = SimulatorOptions(url=url, devices=DEVICES, rate=rate, duration=seconds,
                                mode="batch", batch_size=20, samples=SAMPLES,
-                               anomaly_rate=0.02, seed=seed, concurrency=4, progress=False,
+                               anomaly_rate=anomaly_rate, seed=seed, concurrency=4, progress=False,
                                record=str(record))
     return simulate(options)
 

@@ -59,6 +59,9 @@ def main(argv: list[str] | None = None) -> int:
                         "each in turn and fits fixed and marginal CPU")
     parser.add_argument("--seconds", type=float, default=40.0, help="measured window")
     parser.add_argument("--warmup", type=float, default=10.0)
+    parser.add_argument("--anomaly-rate", type=float, default=0.02,
+                        help="chance per reading that an anomaly episode starts (figure 3: "
+                        "0.02, about one alert event per telemetry event; 0: no alerts)")
     parser.add_argument("--variant", default="as-is:32")
     parser.add_argument("--kafka", default="127.0.0.1:9092")
     parser.add_argument("--mongo", default="mongodb://127.0.0.1:27018")
@@ -85,7 +88,8 @@ def _run(ctx: Context, args: argparse.Namespace) -> int:
     ctx.on_exit(lambda: _delete_kafka(ctx, suffix))
     counts = Counts(pipeline)
     ctx.say(f"warm-up {args.warmup:.0f}s at {rates[0]} ev/s")
-    _simulate(pipeline.url("ingest"), rates[0], args.warmup, ctx.log_dir / "warmup.jsonl", 1)
+    _simulate(pipeline.url("ingest"), rates[0], args.warmup, ctx.log_dir / "warmup.jsonl", 1,
+              args.anomaly_rate)
     meter = CpuMeter({n: p.pid for n, p in pipeline.processes.items()}, ctx.kafka, ctx.mongo)
     windows: list[tuple[float, dict[str, float]]] = []  # (points/s, cores by group)
     for i, rate in enumerate(rates):
@@ -110,7 +114,7 @@ def _window(ctx: Context, args: argparse.Namespace, pipeline: Any, counts: Count
                                              args.seconds))
         t0 = time.monotonic()
         _simulate(pipeline.url("ingest"), rate, args.seconds,
-                  ctx.log_dir / f"s{index}.jsonl", 2 + index)
+                  ctx.log_dir / f"s{index}.jsonl", 2 + index, args.anomaly_rate)
         deadline = time.monotonic() + 60
         while counts.backlog() > 0 and time.monotonic() < deadline:
             time.sleep(0.2)

@@ -484,3 +484,31 @@ def test_an_upgrade_keeps_the_per_rule_states_of_earlier_versions(runtime, now) 
     doc = runtime.store.collection("alert_state").find_one({"_id": device_state_id("dev-u")})
     assert doc["rules"]["t-high"]["state"]["episode"] == 3
     assert any(r["event"] == "src\x1fold-raise" for r in doc["recent"])
+
+
+def test_an_event_of_many_readings_writes_one_update_per_open_alert(runtime, now,
+                                                                   monkeypatch) -> None:
+    """Ten violating readings in one event move an open alert ten times; one statement, the
+    newest, says it all: the alert ends with the count, peak and last value of all ten."""
+    from iot_telemetry.alerting import StateCache
+
+    rule = AlertRule("t-high", "temperature", ">", 30.0, "warning", 28.0, for_count=1)
+    book = AlertBook(runtime.store, [rule], cache=StateCache())
+    book.handle(_validated(record("dev-m", now, {"temperature": 31.0}, "m0")))
+    statements: list[int] = []
+    bulk = type(runtime.store).bulk
+
+    def counting(store, name, ops, *args, **kwargs):
+        statements.append(len(ops))
+        return bulk(store, name, ops, *args, **kwargs)
+
+    monkeypatch.setattr(type(runtime.store), "bulk", counting)
+    values = [33.0, 36.0, 32.0, 35.0, 34.0, 39.0, 31.0, 32.5, 33.5, 34.5]
+    samples = [(now + timedelta(seconds=i + 1), {"temperature": v})
+               for i, v in enumerate(values[:-1])]
+    book.handle(_validated(record("dev-m", now + timedelta(seconds=10),
+                                  {"temperature": values[-1]}, "m1", samples)))
+    assert statements == [1]
+    doc = runtime.store.collection("alerts").find_one({"_id": "dev-m:t-high:1"})
+    assert (doc["count"], doc["peak"], doc["last_value"], doc["state"]) == (
+        11, 39.0, 34.5, "open")
