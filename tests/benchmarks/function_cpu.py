@@ -19,7 +19,6 @@ from __future__ import annotations
 import cProfile
 import pstats
 import random
-import subprocess
 import sys
 import time
 import uuid
@@ -34,6 +33,8 @@ from iot_telemetry.runtime import Runtime, set_runtime
 from iot_telemetry.settings import Settings
 from iot_telemetry.telemetry import format_time
 from tests.conftest import Apps
+
+from .common import broker_ingress
 
 WARMUP = 60
 
@@ -65,28 +66,8 @@ def main(argv: list[str]) -> int:
     db = f"bench_fn_cpu_{uuid.uuid4().hex[:8]}"
     # A raise of temperature and humidity at once replies one event and posts the other to
     # K_SINK: a Broker ingress stand-in in its own process, so its CPU is not counted here.
-    sink = subprocess.Popen([sys.executable, "-c", SINK], stdout=subprocess.PIPE, text=True)
-    assert sink.stdout is not None
-    port = int(sink.stdout.readline())
-    try:
-        return _measure(function, url, n, db, f"http://127.0.0.1:{port}/", argv)
-    finally:
-        sink.kill()
-        sink.wait()
-
-
-SINK = """
-import http.server
-class H(http.server.BaseHTTPRequestHandler):
-    protocol_version = "HTTP/1.1"
-    def do_POST(self):
-        self.rfile.read(int(self.headers.get("Content-Length", 0)))
-        self.send_response(202); self.send_header("Content-Length", "0"); self.end_headers()
-    def log_message(self, *a): pass
-s = http.server.ThreadingHTTPServer(("127.0.0.1", 0), H)
-print(s.server_port, flush=True)
-s.serve_forever()
-"""
+    with broker_ingress() as sink:
+        return _measure(function, url, n, db, sink, argv)
 
 
 class StoreBytes(monitoring.CommandListener):

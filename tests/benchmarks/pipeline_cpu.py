@@ -41,6 +41,7 @@ from .common import (
     cpu_split,
     cpu_summary,
     descendants,
+    print_profiles,
     profiled,
 )
 
@@ -96,12 +97,7 @@ def _run(ctx: Context, args: argparse.Namespace) -> int:
         windows.append(_window(ctx, args, pipeline, counts, meter, rate, i, profile=last))
     if len(windows) > 1:
         _fit(ctx, windows)
-    for name, prof in ctx.profiles.items():
-        print(f"== {name}: {prof['busy_samples']} busy of {prof['samples']}")
-        for frame, pct in prof["top_own"][:12]:
-            print(f"   own {pct:5.1f}%  {frame}")
-        for frame, pct in prof["top_total"][:15]:
-            print(f"   tot {pct:5.1f}%  {frame}")
+    print_profiles(ctx)
     return 0
 
 

@@ -3,7 +3,7 @@
 import json
 import threading
 from datetime import UTC, datetime, timedelta
-from http.server import BaseHTTPRequestHandler, HTTPServer
+from http.server import BaseHTTPRequestHandler, HTTPServer, ThreadingHTTPServer
 
 import pytest
 
@@ -287,6 +287,54 @@ def test_a_late_applied_raise_keeps_the_newer_peak_and_last_value(
     doc = runtime.store.collection("alerts").find_one({"_id": "d:r:1"})
     assert (doc["peak"], doc["last_value"], doc["count"]) == (peak, values[1], 2)
     assert doc["state"] == "open"
+
+
+class KeepAliveSink:
+    """A Broker ingress stand-in that keeps connections open (HTTP/1.1) and counts them."""
+
+    def __init__(self) -> None:
+        self.connections = 0
+        self.posts = 0
+        sink = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def setup(self):
+                super().setup()
+                sink.connections += 1
+
+            def do_POST(self):
+                self.rfile.read(int(self.headers["Content-Length"]))
+                sink.posts += 1
+                self.send_response(202)
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+
+            def log_message(self, *args):
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server.daemon_threads = True
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+        self.url = f"http://127.0.0.1:{self.server.server_port}/"
+
+
+def test_second_alert_events_reuse_one_connection_to_the_broker_ingress(runtime, now) -> None:
+    from iot_telemetry.runtime import set_runtime
+
+    sink = KeepAliveSink()
+    try:
+        set_runtime(make_runtime(K_SINK=sink.url))
+        apps = Apps()
+        # 41 after two readings over 30 raises temperature-high and -critical at once: the
+        # second raise of each device's third event goes to K_SINK
+        for device in ("dev-ka", "dev-kb", "dev-kc"):
+            for rec in readings(device, [31, 32, 41], now):
+                assert apps.deliver("alert", rec).status_code in (200, 204)
+        assert (sink.posts, sink.connections) == (3, 1)
+    finally:
+        sink.server.shutdown()
 
 
 def test_a_second_alert_event_without_k_sink_fails_the_delivery_instead_of_vanishing(
