@@ -16,13 +16,13 @@ import threading
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Final
-from urllib.parse import urlsplit
 
 from werkzeug.serving import BaseWSGIServer, WSGIRequestHandler, make_server
 from werkzeug.wrappers import Request, Response
 
 from iot_telemetry.errors import BadRequest, DependencyUnavailable
 from iot_telemetry.events import JSON, STRUCTURED, RawEvent, media_type, read_delivery, to_http
+from iot_telemetry.httpsession import HttpAnswer, HttpSession
 
 from .eventing import Trigger, retriable
 
@@ -83,70 +83,6 @@ def text_attributes(attributes: Mapping[str, Any]) -> dict[str, Any]:
 
 def missing_attributes(attributes: Mapping[str, Any]) -> list[str]:
     return [name for name in REQUIRED if not attributes.get(name)]
-
-
-# --- HTTP client ----------------------------------------------------------------------------
-
-@dataclass(frozen=True)
-class HttpAnswer:
-    status: int
-    headers: dict[str, str]
-    body: bytes
-
-
-class HttpSession:
-    """Keep-alive HTTP/1.1 connections, one per host; for one thread (one partition worker)."""
-
-    def __init__(self) -> None:
-        self._connections: dict[tuple[str, str, int], http.client.HTTPConnection] = {}
-
-    def post(self, url: str, headers: Mapping[str, str], body: bytes,
-             timeout: float) -> HttpAnswer:
-        """POST once; raises OSError (incl. timeouts) or http.client.HTTPException on no answer."""
-        parts = urlsplit(url)
-        if parts.scheme not in ("http", "https") or not parts.hostname:
-            raise ValueError(f"not an http(s) URL: {url!r}")
-        port = parts.port or (443 if parts.scheme == "https" else 80)
-        key = (parts.scheme, parts.hostname, port)
-        path = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
-        for reuse in (True, False):
-            conn = self._connections.get(key)
-            fresh = conn is None
-            if conn is None:
-                cls = (http.client.HTTPSConnection if parts.scheme == "https"
-                       else http.client.HTTPConnection)
-                conn = cls(parts.hostname, port, timeout=timeout)
-                self._connections[key] = conn
-            conn.timeout = timeout
-            if conn.sock is not None:
-                conn.sock.settimeout(timeout)
-            try:
-                conn.request("POST", path, body=body, headers=dict(headers))
-                response = conn.getresponse()
-                data = response.read()
-            except (http.client.RemoteDisconnected, ConnectionResetError, BrokenPipeError):
-                # A kept-alive connection the server already closed: try once on a new one.
-                self._drop(key)
-                if fresh or not reuse:
-                    raise
-                continue
-            except Exception:
-                self._drop(key)
-                raise
-            if response.will_close:
-                self._drop(key)
-            return HttpAnswer(response.status, {k.lower(): v for k, v in response.getheaders()},
-                              data)
-        raise AssertionError("unreachable")  # pragma: no cover
-
-    def _drop(self, key: tuple[str, str, int]) -> None:
-        conn = self._connections.pop(key, None)
-        if conn is not None:
-            conn.close()
-
-    def close(self) -> None:
-        for key in list(self._connections):
-            self._drop(key)
 
 
 # --- delivery -------------------------------------------------------------------------------

@@ -62,13 +62,13 @@ from typing import Any, Final, NamedTuple
 
 from iot_telemetry.errors import BadRequest, DependencyUnavailable
 from iot_telemetry.events import JSON, KafkaRecord, from_kafka, to_kafka
+from iot_telemetry.httpsession import HttpSession
 from iot_telemetry.observability import configure_logging
 
 from .delivery import (
     Aborted,
     DeadLettered,
     Delivered,
-    HttpSession,
     IngressServer,
     TriggerCounters,
     TriggerStats,

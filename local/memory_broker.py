@@ -21,12 +21,12 @@ from kafka.partitioner.default import murmur2
 
 from iot_telemetry.errors import BadRequest, DependencyUnavailable
 from iot_telemetry.events import JSON, KafkaRecord, from_kafka, to_kafka
+from iot_telemetry.httpsession import HttpSession
 
 from .delivery import (
     Aborted,
     DeadLettered,
     Delivered,
-    HttpSession,
     IngressServer,
     TriggerCounters,
     TriggerStats,

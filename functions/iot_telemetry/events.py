@@ -202,8 +202,51 @@ def is_ping(headers: Mapping[str, str] | Any, mimetype: str, body: bytes) -> boo
     return isinstance(event, dict) and event.get("type") == PING_TYPE
 
 
+#: Core attributes of CloudEvents 1.0 in the order the SDK lists an event's attributes.
+_CORE_ORDER: Final = ("specversion", "id", "source", "type", "datacontenttype", "dataschema",
+                      "subject", "time")
+#: Names the SDK's binary-mode decoder gives a meaning of its own, or fills in when absent.
+_SDK_SPECIAL: Final = frozenset({"data", "extensions", "datacontenttype"})
+
+
 def read_delivery(headers: Mapping[str, str] | Any, body: bytes) -> RawEvent:
     """Decode an event delivered by the Broker (binary or structured mode)."""
+    return _binary_delivery(headers, body) or _sdk_delivery(headers, body)
+
+
+def _binary_delivery(headers: Mapping[str, str] | Any, body: bytes) -> RawEvent | None:
+    """The Broker's usual delivery (binary mode, CloudEvents 1.0, `time` set, JSON data) as
+    the SDK decodes it, without the SDK's objects per event (54 -> 21 us a delivery).
+
+    None for anything else, which the SDK decodes: every refusal, default and quirk stays
+    the SDK's (tests/unit/test_events.py compares the two).
+    """
+    content_type = None
+    found: dict[str, str] = {}
+    for name, value in headers.items():
+        low = name.lower()
+        if low.startswith("ce-"):
+            found[low[3:]] = value
+        elif low == "content-type":
+            content_type = value
+    if (content_type is None or media_type(content_type) != JSON or not body
+            or found.get("specversion") != SPECVERSION
+            or not all(found.get(k) for k in ("id", "source", "type", "time"))
+            or not _SDK_SPECIAL.isdisjoint(found) or not all(found.values())):
+        return None
+    try:
+        data = json.loads(body)
+    except Exception:  # the SDK keeps undecodable data as it came; loads() then refuses it
+        return None
+    if isinstance(data, str):  # the SDK's answer looks undecoded; loads() refuses it
+        return None
+    found["datacontenttype"] = content_type
+    attributes: dict[str, Any] = {k: found.pop(k) for k in _CORE_ORDER if k in found}
+    attributes.update(found)
+    return RawEvent(attributes, data)
+
+
+def _sdk_delivery(headers: Mapping[str, str] | Any, body: bytes) -> RawEvent:
     try:
         event = _sdk_from_http(dict(headers), body)
     except Exception as exc:  # the SDK raises several unrelated types for bad input

@@ -46,6 +46,9 @@ STORE_COMMANDS = Counter(
 AGGREGATE_BATCH_EVENTS = Histogram(
     "iot_aggregate_batch_events", "Events written together by one group commit of aggregate",
     buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256))
+ALERT_BATCH_EVENTS = Histogram(
+    "iot_alert_batch_events", "Events handled together by one group commit of alert",
+    buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256))
 ALERT_TRANSITIONS = Counter(
     "iot_alert_transitions_total", "Alerts raised and resolved", ["transition", "severity"])
 ALERTS_ACKNOWLEDGED = Counter("iot_alerts_acknowledged_total", "Alerts acknowledged via the API")

@@ -295,9 +295,16 @@ class RollupWriter:
             device.raise_("last_seen", parse_time(event.attributes.get("ingesttime"))
                           or event.time)
             device.lower("first_seen", min((p.time for p in event.points), default=event.time))
+            # A key orders by time first, so only a metric's newest readings can hold its
+            # largest: encode those (ties at that time go to the larger value), not all.
+            newest: dict[str, datetime] = {}
             for p in event.points:
-                device.raise_("last_event_time", p.time)
-                device.raise_(f"latest.{p.metric}", reading_key(p.time, p.value))
+                if p.metric not in newest or p.time > newest[p.metric]:
+                    newest[p.metric] = p.time
+            for p in event.points:
+                if p.time == newest[p.metric]:
+                    device.raise_("last_event_time", p.time)
+                    device.raise_(f"latest.{p.metric}", reading_key(p.time, p.value))
         self._upsert_merged(DEVICES, devices, failed)
 
     def _upsert_merged(self, name: str, docs: dict[str, _Merged],

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import logging
 import threading
+from collections.abc import Sequence
 from functools import cached_property
 
-from .alerting import StateCache
+from .alerting import AlertBook, Outcome, StateCache
 from .applicability import MetadataCache, RuleResolver
 from .clients import Network
 from .devices import Registry
+from .groupcommit import GroupCommit
 from .observability import configure_logging
 from .offline import ReportCache
 from .publisher import RecordSink, make_sink
@@ -18,6 +20,7 @@ from .retention import Retention
 from .rollup import RollupWriter
 from .settings import Settings
 from .store import Store
+from .telemetry import TelemetryEvent
 
 log = logging.getLogger(__name__)
 
@@ -49,6 +52,17 @@ class Runtime:
         """The alert states this process wrote last (see alerting.StateCache)."""
         with self._lock:
             return StateCache()
+
+    @cached_property
+    def alert_commit(self) -> GroupCommit[tuple[AlertBook, TelemetryEvent], Outcome]:
+        """One per process, so concurrent deliveries share alert's store round trips
+        (AlertBook.handle_batch); each pairs its event with the book of its device's rules."""
+        def run(items: Sequence[tuple[AlertBook, TelemetryEvent]],
+                ) -> list[Outcome | Exception]:
+            return items[0][0].handle_batch(items)
+
+        with self._lock:
+            return GroupCommit(run)
 
     @cached_property
     def rule_resolver(self) -> RuleResolver:

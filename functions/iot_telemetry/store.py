@@ -118,9 +118,15 @@ class Store:
         self._indexed = False
         self._index_lock = threading.Lock()
         self._ferretdb: bool | None = None
+        self._collections: dict[str, Collection[dict[str, Any]]] = {}
 
     def collection(self, name: str) -> Collection[dict[str, Any]]:
-        collection: Collection[dict[str, Any]] = self.db[name]
+        # pymongo builds a Collection (and its codec options) on every db[name]: a few
+        # percent of a function's CPU per event when done per call. They are immutable and
+        # thread-safe, so one per name is kept.
+        collection = self._collections.get(name)
+        if collection is None:
+            collection = self._collections.setdefault(name, self.db[name])
         return collection
 
     @contextlib.contextmanager

@@ -7,21 +7,30 @@ of 1, 5 and 20 metrics and events of 9 samples, counted by pymongo's command mon
 Then, for each function and event shape, the same events are handled three ways, each on a fresh
 database, one after the other in the same run:
 1. library: the handler's library code (validate + RollupWriter / AlertBook) called
-   in-process, no HTTP; every store call it makes is recorded (with group commit, the
-   calls of a batch are recorded by the thread that ran it);
-2. raw pymongo: the recorded calls replayed with a bare pymongo client, nothing around them
-   ("the same writes with no framework": same documents, operators and round trips);
-3. HTTP: the events delivered in binary mode, as the dispatcher delivers them, to the
-   function served by functions-framework's gunicorn.
-Each way uses the same number of threads, each thread owning its devices and sending their
-events in order, as the dispatcher does per partition.
+   in-process, no HTTP;
+2. HTTP: the events delivered in binary mode, as the dispatcher delivers them, to the
+   function served by functions-framework's gunicorn (recorded_function.py: the function
+   with its store calls recorded);
+3. raw pymongo: the calls the served function made, replayed with a bare pymongo client,
+   nothing around them ("the same writes with no framework": same documents, operators and
+   round trips). They are the served function's calls, not the library's: three threads
+   in-process form larger group commits (fewer round trips per event) than HTTP
+   deliveries do. aggregate's group commit runs one batch at a time, so its calls are one
+   sequence, replayed in that order by one thread (threads replaying batches side by side
+   would overlap what the function never overlaps); alert's calls are replayed by thread,
+   each thread's events in order.
+The library and HTTP use the same number of threads, each thread owning its devices and
+sending their events in order, as the dispatcher does per partition.
 """
 
 from __future__ import annotations
 
+import contextlib
+import pickle
 import random
 import threading
 import time
+import urllib.request
 import uuid
 from collections import Counter, defaultdict
 from collections.abc import Callable, Sequence
@@ -50,9 +59,11 @@ from iot_telemetry.store import (
 from iot_telemetry.telemetry import TelemetryEvent, format_time, validate
 
 from .common import (
-    FUNCTIONS_DIR,
+    HERE,
+    REPO,
     Context,
     FunctionServer,
+    broker_ingress,
     fresh_db,
     metric_sum,
     metrics,
@@ -62,13 +73,11 @@ from .common import (
     python_load,
     store_cpu_seconds,
 )
+from .store_recording import DB_COMMAND, Op
 
 THREADS = 3  # the dispatcher delivers one event at a time per partition; 3 partitions
 DEVICES_PER_THREAD = 20
 EVENT_INTERVAL = timedelta(seconds=10)  # each device reports every 10 s of event time
-DB_COMMAND = ""  # the "collection" of a recorded database command
-RECORDED = frozenset({"bulk_write", "find", "find_one", "insert_one", "update_one",
-                      "find_one_and_update", "update_many", "replace_one", "delete_one"})
 
 
 # --- events ---------------------------------------------------------------------------------
@@ -104,62 +113,11 @@ def points_of(data: dict[str, Any]) -> int:
     return len(data.get("metrics", {})) + sum(len(s["metrics"]) for s in data.get("samples", []))
 
 
-# --- recording the store calls of the library ------------------------------------------------
-
-class Recorder:
-    """The store calls of the event a thread is handling."""
-
-    def __init__(self) -> None:
-        self.local = threading.local()
-
-    def begin(self) -> list[tuple[str, str, tuple[Any, ...], dict[str, Any]]]:
-        self.local.ops = []
-        ops: list[tuple[str, str, tuple[Any, ...], dict[str, Any]]] = self.local.ops
-        return ops
-
-
-class _RecordingCollection:
-    def __init__(self, collection: Any, recorder: Recorder) -> None:
-        self._collection, self._recorder = collection, recorder
-
-    def __getattr__(self, name: str) -> Any:
-        attr = getattr(self._collection, name)
-        if name not in RECORDED:
-            return attr
-
-        def call(*args: Any, **kwargs: Any) -> Any:
-            ops = getattr(self._recorder.local, "ops", None)
-            if ops is not None:
-                ops.append((self._collection.name, name, args, kwargs))
-            return attr(*args, **kwargs)
-
-        return call
-
-
-class _RecordingDatabase:
-    def __init__(self, db: Any, recorder: Recorder) -> None:
-        self._db, self._recorder = db, recorder
-
-    def __getitem__(self, name: str) -> _RecordingCollection:
-        return _RecordingCollection(self._db[name], self._recorder)
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._db, name)
-
-    def command(self, *args: Any, **kwargs: Any) -> Any:
-        ops = getattr(self._recorder.local, "ops", None)
-        if ops is not None:
-            ops.append((DB_COMMAND, "command", args, kwargs))
-        return self._db.command(*args, **kwargs)
-
-
-def store_for(ctx: Context, db: str, recorder: Recorder | None = None) -> Store:
+def store_for(ctx: Context, db: str) -> Store:
     settings = Settings.from_environ({"MONGO_URL": ctx.mongo, "MONGO_DB": db,
                                       "KAFKA_BOOTSTRAP_SERVERS": ctx.kafka})
     store = Store(settings)
     store.ensure_indexes()
-    if recorder is not None:
-        store.db = _RecordingDatabase(store.db, recorder)  # type: ignore[assignment,unused-ignore]
     return store
 
 
@@ -191,15 +149,16 @@ class Way:
         return self.points / self.seconds
 
 
-def _threads(work: Callable[[int], list[float]]) -> tuple[float, list[float]]:
-    results: list[list[float]] = [[] for _ in range(THREADS)]
-    gate = threading.Barrier(THREADS + 1)
+def _threads(work: Callable[[int], list[float]], count: int = THREADS,
+             ) -> tuple[float, list[float]]:
+    results: list[list[float]] = [[] for _ in range(count)]
+    gate = threading.Barrier(count + 1)
 
     def body(i: int) -> None:
         gate.wait()
         results[i] = work(i)
 
-    threads = [threading.Thread(target=body, args=(i,), daemon=True) for i in range(THREADS)]
+    threads = [threading.Thread(target=body, args=(i,), daemon=True) for i in range(count)]
     for t in threads:
         t.start()
     gate.wait()
@@ -209,15 +168,12 @@ def _threads(work: Callable[[int], list[float]]) -> tuple[float, list[float]]:
     return time.perf_counter() - t0, [x for r in results for x in r]
 
 
-Ops = list[tuple[str, str, tuple[Any, ...], dict[str, Any]]]
+Ops = list[Op]
 
 
-def library(ctx: Context, function: str, db: str, events: list[list[Record]],
-            ) -> tuple[Way, list[list[Ops]]]:
-    recorder = Recorder()
-    store = store_for(ctx, db, recorder)
+def library(ctx: Context, function: str, db: str, events: list[list[Record]]) -> Way:
+    store = store_for(ctx, db)
     rules = Settings.from_environ({}).rules
-    recorded: list[list[Ops]] = [[] for _ in range(THREADS)]
     handler: Callable[[TelemetryEvent], Any] = (
         RollupWriter(store).apply if function == "aggregate"
         else AlertBook(store, rules, cache=StateCache()).handle)  # a process's, as in alert
@@ -226,11 +182,9 @@ def library(ctx: Context, function: str, db: str, events: list[list[Record]],
         latencies = []
         for attributes, data in events[i]:
             t0 = time.perf_counter()
-            ops = recorder.begin()
             event = validate(RawEvent(dict(attributes), data), datetime.now(UTC), limits=None)
             assert isinstance(event, TelemetryEvent), event
             handler(event)
-            recorded[i].append(ops)
             latencies.append((time.perf_counter() - t0) * 1000)
         return latencies
 
@@ -241,27 +195,36 @@ def library(ctx: Context, function: str, db: str, events: list[list[Record]],
     store.close()
     n, pts = _count(events)
     return Way(n, pts, seconds, percentile(latencies, 50), percentile(latencies, 99),
-               store_cpu_s=cpu, commands=commands), recorded
+               store_cpu_s=cpu, commands=commands)
 
 
 def split_in(ops: Ops) -> Ops:
     """The what-if of RollupWriter._fetch: a find by `_id $in` as one find_one per id."""
     out: Ops = []
-    for collection, method, args, kwargs in ops:
+    for number, collection, method, args, kwargs in ops:
         filt = args[0] if args and isinstance(args[0], dict) else {}
         if method == "find" and set(filt) == {"_id"} and isinstance(filt["_id"], dict):
-            out += [(collection, "find_one", ({"_id": i}, *args[1:]), kwargs)
+            out += [(number, collection, "find_one", ({"_id": i}, *args[1:]), kwargs)
                     for i in filt["_id"]["$in"]]
         else:
-            out.append((collection, method, args, kwargs))
+            out.append((number, collection, method, args, kwargs))
     return out
+
+
+def replay_streams(function: str, events: list[list[Record]], calls: dict[str, Ops],
+                   ) -> list[list[Ops]]:
+    """The served function's calls as the replay makes them: per replay thread, the calls of
+    each delivery in order (see the module's docstring)."""
+    if function == "aggregate":
+        batches = sorted((ops for ops in calls.values() if ops), key=lambda ops: ops[0][0])
+        return [batches]
+    return [[calls.get(attributes["id"], []) for attributes, _ in thread] for thread in events]
 
 
 def raw_pymongo(ctx: Context, db: str, events: list[list[Record]], recorded: list[list[Ops]],
                 ) -> Way:
     client = mongo_client(ctx)
-    store_for(ctx, db).close()  # the same indexes as the other ways
-    database = client[db]
+    database = client[db]  # the recorded calls create the indexes, as the function did
     errors = Counter[str]()
     by_kind: dict[str, list[float]] = defaultdict(list)
     lock = threading.Lock()
@@ -270,7 +233,7 @@ def raw_pymongo(ctx: Context, db: str, events: list[list[Record]], recorded: lis
         latencies = []
         for ops in recorded[i]:
             t0 = time.perf_counter()
-            for collection, method, args, kwargs in ops:
+            for _number, collection, method, args, kwargs in ops:
                 t1 = time.perf_counter()
                 try:
                     target = database if collection == DB_COMMAND else database[collection]
@@ -288,7 +251,7 @@ def raw_pymongo(ctx: Context, db: str, events: list[list[Record]], recorded: lis
         return latencies
 
     cpu0 = store_cpu_seconds(ctx.mongo)
-    seconds, latencies = _threads(work)
+    seconds, latencies = _threads(work, len(recorded))
     cpu = store_cpu_seconds(ctx.mongo) - cpu0
     client.close()
     n, pts = _count(events)
@@ -469,10 +432,15 @@ def commands_per_event(ctx: Context) -> dict[str, Any]:
 
 
 def over_http(ctx: Context, function: str, db: str, events: list[list[Record]], profile: str,
-              ) -> Way:
+              ) -> tuple[Way, dict[str, Ops]]:
+    """The events delivered to the served function; its store calls by delivery."""
+    sink = contextlib.ExitStack()
     env = {"KAFKA_BOOTSTRAP_SERVERS": ctx.kafka, "MONGO_URL": ctx.mongo, "MONGO_DB": db,
-           "LOG_LEVEL": "INFO"}
-    server = FunctionServer(ctx, function, FUNCTIONS_DIR / f"{function}.py", env,
+           "LOG_LEVEL": "INFO", "PYTHONPATH": str(REPO),
+           # alert posts a second alert event of one delivery there (as to the Broker)
+           "K_SINK": sink.enter_context(broker_ingress())}
+    ctx.on_exit(sink.close)
+    server = FunctionServer(ctx, function, HERE / "recorded_function.py", env,
                             label=f"{function}-{db}").start()
     encoded = [[to_http(a, d) for a, d in thread] for thread in events]
 
@@ -488,8 +456,11 @@ def over_http(ctx: Context, function: str, db: str, events: list[list[Record]], 
         with profiled(ctx, profile, server.worker_pid(), 20):
             res = python_load(server.url, make, THREADS, 3600, lambda s: s in (200, 204))
         after = metrics(server.url)
+        with urllib.request.urlopen(server.url + "recorded", timeout=60) as answer:
+            calls: dict[str, Ops] = pickle.loads(answer.read())
     finally:
         server.stop()
+        sink.close()
     cpu = store_cpu_seconds(ctx.mongo) - cpu0
     commands = round(metric_sum(after, "iot_store_commands_total")
                      - metric_sum(before, "iot_store_commands_total"))
@@ -500,7 +471,7 @@ def over_http(ctx: Context, function: str, db: str, events: list[list[Record]], 
     if bad:
         ctx.say(f"  warning: {bad} deliveries not answered 200/204: {res.statuses}")
     return Way(n, pts, res.seconds, res.p50_ms, res.p99_ms, bad, store_cpu_s=cpu,
-               commands=commands, batches=round(batches))
+               commands=commands, batches=round(batches)), calls
 
 
 def _count(events: Sequence[Sequence[Record]]) -> tuple[int, int]:
@@ -541,14 +512,15 @@ def run(ctx: Context) -> None:
             label = f"{function} {shape}"
             ctx.say(f"fig 2: {label}: {n} events, {pts} points, {THREADS} threads")
             db_lib = fresh_db(ctx, f"{function}_{shape}_lib")
-            lib, recorded = library(ctx, function, db_lib, events)
+            lib = library(ctx, function, db_lib, events)
             ctx.say(f"  library in-process: {lib.events_per_s:,.1f} ev/s")
+            db_http = fresh_db(ctx, f"{function}_{shape}_http")
+            web, calls = over_http(ctx, function, db_http, events, f"fig2-{function}-{shape}")
+            ctx.say(f"  HTTP (gunicorn): {web.events_per_s:,.1f} ev/s")
+            recorded = replay_streams(function, events, calls)
             db_raw = fresh_db(ctx, f"{function}_{shape}_raw")
             ref = raw_pymongo(ctx, db_raw, events, recorded)
-            ctx.say(f"  raw pymongo replay: {ref.events_per_s:,.1f} ev/s")
-            db_http = fresh_db(ctx, f"{function}_{shape}_http")
-            web = over_http(ctx, function, db_http, events, f"fig2-{function}-{shape}")
-            ctx.say(f"  HTTP (gunicorn): {web.events_per_s:,.1f} ev/s")
+            ctx.say(f"  raw pymongo replay of the served calls: {ref.events_per_s:,.1f} ev/s")
             round_trips = sum(len(ops) for t in recorded for ops in t) / n
             counts = sizes(ctx, db_http)
             ctx.add("2", f"{label} over HTTP: events/s", web.events_per_s, "ev/s",
@@ -558,7 +530,7 @@ def run(ctx: Context) -> None:
             ctx.add("2", "  library in-process: events/s", lib.events_per_s, "ev/s",
                     f"{lib.points_per_s:,.0f} pt/s; store CPU "
                     f"{lib.store_ms_per_event:.2f} ms/event")
-            ctx.add("2", "  ref raw pymongo, same calls: events/s", ref.events_per_s, "ev/s",
+            ctx.add("2", "  ref raw pymongo, the served calls: events/s", ref.events_per_s, "ev/s",
                     f"{ref.points_per_s:,.0f} pt/s; {round_trips:.1f} store calls/event; "
                     f"store CPU {ref.store_ms_per_event:.2f} ms/event, "
                     f"{ref.store_cpu_s * 1000 / max(1.0, round_trips * n):.2f} ms/call")

@@ -32,6 +32,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from iot_telemetry.events import JSON, SPECVERSION, TELEMETRY_TYPE, RawEvent
+from iot_telemetry.retention import Retention
 from iot_telemetry.rollup import RollupWriter, event_hash
 from iot_telemetry.series import (
     STEPS,
@@ -91,7 +92,7 @@ def _hour_doc(device: str, hour: datetime,
     doc: dict[str, Any] = {"_id": hour_id(device, hour), "device_id": device, "t": hour,
                            "v": len(readings),
                            "ids": [event_hash(_key(device, t)) for t, _ in readings],
-                           "min": {}, "tot": {}}
+                           "min": {}, "tot": {}, "exp": Retention().hour_expiry(hour)}
     for metric in metrics:
         series = [(t, values[metric]) for t, values in readings if metric in values]
         doc["tot"][metric] = _slot(Summary.of(series))

@@ -447,6 +447,33 @@ def _wait_http(url: str, timeout: float, proc: subprocess.Popen[bytes] | None = 
             time.sleep(0.05)
 
 
+_SINK: Final = """
+import http.server
+class H(http.server.BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    def do_POST(self):
+        self.rfile.read(int(self.headers.get("Content-Length", 0)))
+        self.send_response(202); self.send_header("Content-Length", "0"); self.end_headers()
+    def log_message(self, *a): pass
+s = http.server.ThreadingHTTPServer(("127.0.0.1", 0), H)
+print(s.server_port, flush=True)
+s.serve_forever()
+"""
+
+
+@contextlib.contextmanager
+def broker_ingress() -> Iterator[str]:
+    """A Broker ingress stand-in (alert's K_SINK) answering 202, in a process of its own so
+    its CPU is not counted with the caller's; yields its URL."""
+    sink = subprocess.Popen([sys.executable, "-c", _SINK], stdout=subprocess.PIPE, text=True)
+    try:
+        assert sink.stdout is not None
+        yield f"http://127.0.0.1:{int(sink.stdout.readline())}/"
+    finally:
+        sink.kill()
+        sink.wait()
+
+
 class FunctionServer:
     """One function served the way production serves it: functions-framework's gunicorn."""
 
@@ -759,6 +786,16 @@ def profiled(ctx: Context, name: str, pid: int, seconds: float) -> Iterator[None
             ctx.say(f"profile {name}: {ctx.profiles[name]['samples']} samples -> {out}")
         else:
             ctx.say(f"profile {name}: py-spy wrote nothing ({err.decode()[-300:].strip()})")
+
+
+def print_profiles(ctx: Context, own: int = 12, total: int = 15) -> None:
+    """Each profile of the run: its top frames by own time, then by total time."""
+    for name, prof in ctx.profiles.items():
+        print(f"== {name}: {prof['busy_samples']} busy of {prof['samples']}")
+        for frame, pct in prof["top_own"][:own]:
+            print(f"   own {pct:5.1f}%  {frame}")
+        for frame, pct in prof["top_total"][:total]:
+            print(f"   tot {pct:5.1f}%  {frame}")
 
 
 _IDLE: Final = ("wait (threading.py", "select (selectors.py", "accept (socket.py",

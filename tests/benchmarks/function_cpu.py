@@ -2,10 +2,15 @@
 handler (functions-framework's test client), one event after the other on a real store.
 
     python -m tests.benchmarks.function_cpu alert mongodb://127.0.0.1:27018 [EVENTS] [--profile]
+    python -m tests.benchmarks.function_cpu alert mongodb://127.0.0.1:27018 [EVENTS] --store-bytes
 
-Events as figure 3's simulator sends them: 60 devices, 9 samples of temperature, humidity and
-pressure each (27 data points). CPU time of this process (the store's is apart); --profile
-prints cProfile's top functions. Run it from two checkouts
+Events as figure 3's simulator makes them (local/simulator.py's Device: 60 devices, 9 buffered
+samples and a reading per event, temperature, humidity and for some devices battery, 2% of
+readings starting an anomaly episode, so alert raises and resolves as in the pipeline).
+CPU time of this process (the store's is apart); --profile
+prints cProfile's top functions; --store-bytes counts the store commands per event and the
+bytes of BSON they send (figures that carry over to any MongoDB server; the counting itself
+costs CPU, so leave it out when comparing CPU). Run it from two checkouts
 (PYTHONPATH=<checkout>/functions:<checkout>) to compare versions.
 """
 
@@ -19,54 +24,100 @@ import time
 import uuid
 from datetime import UTC, datetime, timedelta
 
+import bson
+from pymongo import monitoring
+
 from iot_telemetry import events
+from iot_telemetry.local.simulator import Device
 from iot_telemetry.runtime import Runtime, set_runtime
 from iot_telemetry.settings import Settings
 from iot_telemetry.telemetry import format_time
 from tests.conftest import Apps
 
+from .common import broker_ingress
+
 WARMUP = 60
 
 
-def event(i: int, rng: random.Random) -> tuple[dict[str, str], bytes]:
-    device, now = f"d{i % 60}", datetime.now(UTC)
-    samples = [{"time": format_time(now - timedelta(seconds=9 - j)),
-                "metrics": {"temperature": rng.gauss(22, 1), "humidity": rng.gauss(50, 3),
-                            "pressure": 1013.0}} for j in range(9)]
-    attributes = {"specversion": "1.0", "type": "iot.telemetry.v1",
-                  "source": f"/devices/{device}", "id": f"e{i}", "subject": device,
-                  "time": format_time(now), "ingesttime": format_time(now),
-                  "datacontenttype": "application/json", "partitionkey": device}
-    return events.to_http(attributes, {"samples": samples})
+def stream(n: int) -> list[tuple[dict[str, str], bytes, int]]:
+    """n events of 60 devices, one second apart per device, each with its data points."""
+    rng = random.Random(1)
+    devices = [Device(f"d{k}", rng, 0) for k in range(60)]
+    start = datetime.now(UTC) - timedelta(seconds=n // 60 + 1)
+    out = []
+    for i in range(n):
+        device = devices[i % 60]
+        at = start + timedelta(seconds=i // 60)
+        data = device.measure(at, 9, 0.02)
+        points = len(data["metrics"]) + sum(len(s["metrics"]) for s in data["samples"])
+        attributes = {"specversion": "1.0", "type": "iot.telemetry.v1",
+                      "source": f"/devices/{device.device_id}", "id": f"e{i}",
+                      "subject": device.device_id, "time": format_time(at),
+                      "ingesttime": format_time(at), "datacontenttype": "application/json",
+                      "partitionkey": device.device_id}
+        out.append((*events.to_http(attributes, data), points))
+    return out
 
 
 def main(argv: list[str]) -> int:
-    args = [a for a in argv if a != "--profile"]
+    args = [a for a in argv if not a.startswith("--")]
     function, url = args[0], args[1]
     n = int(args[2]) if len(args) > 2 else 400
     db = f"bench_fn_cpu_{uuid.uuid4().hex[:8]}"
+    # A raise of temperature and humidity at once replies one event and posts the other to
+    # K_SINK: a Broker ingress stand-in in its own process, so its CPU is not counted here.
+    with broker_ingress() as sink:
+        return _measure(function, url, n, db, sink, argv)
+
+
+class StoreBytes(monitoring.CommandListener):
+    """Commands sent to the store and their encoded size."""
+
+    def __init__(self) -> None:
+        self.commands = self.bytes = 0
+
+    def started(self, event: monitoring.CommandStartedEvent) -> None:
+        self.commands += 1
+        self.bytes += len(bson.encode(event.command))
+
+    def succeeded(self, event: monitoring.CommandSucceededEvent) -> None:
+        pass
+
+    def failed(self, event: monitoring.CommandFailedEvent) -> None:
+        pass
+
+
+def _measure(function: str, url: str, n: int, db: str, sink: str, argv: list[str]) -> int:
+    counter = StoreBytes() if "--store-bytes" in argv else None
+    if counter:
+        monitoring.register(counter)  # before the client is made
     rt = Runtime(Settings.from_environ({}, {"MONGO_URL": url, "MONGO_DB": db,
                                             "KAFKA_BOOTSTRAP_SERVERS": "memory://",
-                                            "K_SINK": "http://127.0.0.1:9/"}))
+                                            "K_SINK": sink}))
     set_runtime(rt)
     client = getattr(Apps(), function)
-    rng = random.Random(1)
-    requests = [event(i, rng) for i in range(n + WARMUP)]
-    for headers, body in requests[:WARMUP]:  # connections, indexes, each device's first event
+    requests = stream(n + WARMUP)
+    points = sum(p for _, _, p in requests[WARMUP:])
+    for headers, body, _ in requests[:WARMUP]:  # connections, indexes, each device's first event
         client.post("/", data=body, headers=headers)
-    profile = cProfile.Profile() if "--profile" in argv else None
+    # CPU time, not wall time: waits on the store are not this process's cost.
+    profile = cProfile.Profile(time.process_time) if "--profile" in argv else None
     t0 = time.process_time()
+    commands0, bytes0 = (counter.commands, counter.bytes) if counter else (0, 0)
     if profile:
         profile.enable()
-    for headers, body in requests[WARMUP:]:
+    for headers, body, _ in requests[WARMUP:]:
         status = client.post("/", data=body, headers=headers).status_code
         if status not in (200, 204):
             raise SystemExit(f"{function} answered {status}")
     if profile:
         profile.disable()
-    cpu = (time.process_time() - t0) / n
-    print(f"{function}: {cpu * 1e3:.2f} ms CPU per event, {cpu / 27 * 1e6:.0f} us per data "
-          f"point{' (under cProfile)' if profile else ''}")
+    cpu = time.process_time() - t0
+    print(f"{function}: {cpu / n * 1e3:.2f} ms CPU per event, {cpu / points * 1e6:.0f} us per "
+          f"data point ({points / n:.1f} per event){' (under cProfile)' if profile else ''}")
+    if counter:
+        print(f"  store: {(counter.commands - commands0) / n:.2f} commands, "
+              f"{(counter.bytes - bytes0) / n:,.0f} bytes of BSON sent per event")
     if profile:
         pstats.Stats(profile).sort_stats("tottime").print_stats(25)
     rt.store.client.drop_database(db)

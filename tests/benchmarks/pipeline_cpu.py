@@ -8,6 +8,12 @@ py-spy installed, every Python process's top frames over the same window:
 
     python -m tests.benchmarks.pipeline_cpu --rate 20 --seconds 40 \
         --kafka 127.0.0.1:9092 --mongo mongodb://127.0.0.1:27018
+
+With several rates (`--rate 2,40`) the windows run one after the other on the same pipeline,
+and each process group's CPU is split by a least-squares line through them into a fixed part
+(cores burnt whatever the load: polls, timers, idle threads) and a marginal part (us per
+added data point). At a low rate the fixed part dominates CPU per point; at the 15,000
+points/s of the goal the marginal part is what counts.
 """
 
 from __future__ import annotations
@@ -16,6 +22,7 @@ import argparse
 import contextlib
 import time
 from pathlib import Path
+from typing import Any
 
 from .bench_pipeline import (
     STORE_GROUPS,
@@ -34,6 +41,7 @@ from .common import (
     cpu_split,
     cpu_summary,
     descendants,
+    print_profiles,
     profiled,
 )
 
@@ -47,9 +55,13 @@ def user_system(pid: int) -> tuple[float, float]:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m tests.benchmarks.pipeline_cpu")
-    parser.add_argument("--rate", type=float, default=20.0, help="events/s offered")
+    parser.add_argument("--rate", default="20", help="events/s offered; a comma list runs "
+                        "each in turn and fits fixed and marginal CPU")
     parser.add_argument("--seconds", type=float, default=40.0, help="measured window")
     parser.add_argument("--warmup", type=float, default=10.0)
+    parser.add_argument("--anomaly-rate", type=float, default=0.02,
+                        help="chance per reading that an anomaly episode starts (figure 3: "
+                        "0.02, about one alert event per telemetry event; 0: no alerts)")
     parser.add_argument("--variant", default="as-is:32")
     parser.add_argument("--kafka", default="127.0.0.1:9092")
     parser.add_argument("--mongo", default="mongodb://127.0.0.1:27018")
@@ -68,36 +80,56 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _run(ctx: Context, args: argparse.Namespace) -> int:
+    rates = [float(r) for r in str(args.rate).split(",")]
     pipeline, suffix, _db = _pipeline(ctx, Variant.parse(args.variant), 0)
     ctx.on_exit(pipeline.stop)
     pipeline.start(timeout=90)
     _wait_ready(f"http://127.0.0.1:{pipeline.broker_port}/", 90)
     ctx.on_exit(lambda: _delete_kafka(ctx, suffix))
     counts = Counts(pipeline)
-    ctx.say(f"warm-up {args.warmup:.0f}s at {args.rate} ev/s")
-    _simulate(pipeline.url("ingest"), args.rate, args.warmup, ctx.log_dir / "warmup.jsonl", 1)
+    ctx.say(f"warm-up {args.warmup:.0f}s at {rates[0]} ev/s")
+    _simulate(pipeline.url("ingest"), rates[0], args.warmup, ctx.log_dir / "warmup.jsonl", 1,
+              args.anomaly_rate)
     meter = CpuMeter({n: p.pid for n, p in pipeline.processes.items()}, ctx.kafka, ctx.mongo)
+    windows: list[tuple[float, dict[str, float]]] = []  # (points/s, cores by group)
+    for i, rate in enumerate(rates):
+        last = i == len(rates) - 1
+        windows.append(_window(ctx, args, pipeline, counts, meter, rate, i, profile=last))
+    if len(windows) > 1:
+        _fit(ctx, windows)
+    print_profiles(ctx)
+    return 0
+
+
+def _window(ctx: Context, args: argparse.Namespace, pipeline: Any, counts: Counts,
+            meter: CpuMeter, rate: float, index: int, profile: bool,
+            ) -> tuple[float, dict[str, float]]:
+    """One steady window at `rate`: prints its CPU per point; returns (points/s, cores)."""
     before, cpu0 = counts.read(), meter.snapshot()
     split0 = {n: user_system(p.pid) for n, p in pipeline.processes.items()}
     with contextlib.ExitStack() as stack:
-        for name in pipeline.processes:
-            stack.enter_context(profiled(ctx, f"steady-{name}", _worker(pipeline, name),
-                                         args.seconds))
+        if profile:
+            for name in pipeline.processes:
+                stack.enter_context(profiled(ctx, f"steady-{name}", _worker(pipeline, name),
+                                             args.seconds))
         t0 = time.monotonic()
-        _simulate(pipeline.url("ingest"), args.rate, args.seconds, ctx.log_dir / "s.jsonl", 2)
+        _simulate(pipeline.url("ingest"), rate, args.seconds,
+                  ctx.log_dir / f"s{index}.jsonl", 2 + index, args.anomaly_rate)
         deadline = time.monotonic() + 60
         while counts.backlog() > 0 and time.monotonic() < deadline:
             time.sleep(0.2)
         elapsed = time.monotonic() - t0
-    cores = CpuMeter.cores(cpu0, meter.snapshot())
+    cpu1 = meter.snapshot()
+    exact = {k: max(0.0, cpu1[k] - cpu0.get(k, 0.0)) / elapsed for k in cpu1 if k != "at"}
+    cores = CpuMeter.cores(cpu0, cpu1)
     split = {n: tuple(b - a for a, b in zip(split0[n], user_system(p.pid), strict=True))
              for n, p in pipeline.processes.items()}
     after = counts.read()
     points = after["points"] - before["points"]
     events = after["accepted"] - before["accepted"]
-    ctx.say(f"{events:.0f} events, {points:.0f} points in {elapsed:.1f}s "
+    ctx.say(f"{rate} ev/s: {events:.0f} events, {points:.0f} points in {elapsed:.1f}s "
             f"(backlog {counts.backlog():.0f}); CPU (cores): {cpu_summary(cores, 10)}")
-    per_point = {k: v * elapsed / max(points, 1) * 1e6 for k, v in cores.items()
+    per_point = {k: v * elapsed / max(points, 1) * 1e6 for k, v in exact.items()
                  if k not in STORE_GROUPS and k not in ("machine", "load generator")}
     ctx.say(f"CPU per data point but the store: {sum(per_point.values()):.0f} us ("
             + ", ".join(f"{k} {v:.0f}" for k, v in sorted(per_point.items(),
@@ -106,13 +138,34 @@ def _run(ctx: Context, args: argparse.Namespace) -> int:
     ctx.say(f"CPU per event but the store: {per_event:.0f} us")
     ctx.say("user/system seconds: " + ", ".join(
         f"{n} {u:.1f}/{sy:.1f}" for n, (u, sy) in split.items()))
-    for name, prof in ctx.profiles.items():
-        print(f"== {name}: {prof['busy_samples']} busy of {prof['samples']}")
-        for frame, pct in prof["top_own"][:12]:
-            print(f"   own {pct:5.1f}%  {frame}")
-        for frame, pct in prof["top_total"][:15]:
-            print(f"   tot {pct:5.1f}%  {frame}")
-    return 0
+    return points / elapsed, exact
+
+
+def _fit(ctx: Context, windows: list[tuple[float, dict[str, float]]]) -> None:
+    """Least squares per group over the windows: cores = fixed + marginal x points/s."""
+    xs = [x for x, _ in windows]
+    mean_x = sum(xs) / len(xs)
+    var = sum((x - mean_x) ** 2 for x in xs)
+    if var <= 0:
+        return
+    lines = []
+    total_fixed = total_marginal = 0.0
+    for group in windows[0][1]:
+        if group in ("machine", "load generator"):
+            continue
+        ys = [cores.get(group, 0.0) for _, cores in windows]
+        mean_y = sum(ys) / len(ys)
+        slope = sum((x - mean_x) * (y - mean_y) for x, y in zip(xs, ys, strict=True)) / var
+        fixed = mean_y - slope * mean_x
+        lines.append((slope, group, fixed))
+        if group not in STORE_GROUPS:
+            total_fixed += fixed
+            total_marginal += slope
+    ctx.say(f"fit over {len(windows)} rates ({', '.join(f'{x:.0f}' for x in xs)} points/s): "
+            f"everything but the store: fixed {total_fixed:.2f} cores, marginal "
+            f"{total_marginal * 1e6:.0f} us per data point")
+    for slope, group, fixed in sorted(lines, reverse=True):
+        ctx.say(f"  {group}: fixed {fixed:.3f} cores, marginal {slope * 1e6:.0f} us per point")
 
 
 if __name__ == "__main__":

@@ -297,7 +297,7 @@ def test_service_autoscaling_is_consistent(name: str) -> None:
     # The local real mode runs the function with the same threads.
     from iot_telemetry.local.layout import THREADS
 
-    assert THREADS.get(name, int(env["THREADS"])) == int(env["THREADS"])
+    assert THREADS[name] == int(env["THREADS"])
     # Scale settings live in the revision template only: deploy.sh reads them from there.
     assert not any(k.startswith("autoscaling.") for k in svc["metadata"].get("annotations", {}))
 

@@ -3,7 +3,7 @@
 import json
 import threading
 from datetime import UTC, datetime, timedelta
-from http.server import BaseHTTPRequestHandler, HTTPServer
+from http.server import BaseHTTPRequestHandler, HTTPServer, ThreadingHTTPServer
 
 import pytest
 
@@ -170,15 +170,15 @@ def test_a_crash_before_effects_then_redelivery_replies_again(apps, runtime, now
     recs = readings("dev-4", [31, 32, 33], now)
     apps.deliver("alert", recs[0])
     apps.deliver("alert", recs[1])
-    original = AlertBook._apply
+    original = AlertBook._write_effects
 
     def crash(self, *args, **kwargs):
         raise RuntimeError("killed after the state was committed")
 
-    monkeypatch.setattr(AlertBook, "_apply", crash)
+    monkeypatch.setattr(AlertBook, "_write_effects", crash)
     assert apps.deliver("alert", recs[2]).status_code == 500
     assert apps.query.get("/alerts?device_id=dev-4").get_json()["alerts"] == []
-    monkeypatch.setattr(AlertBook, "_apply", original)
+    monkeypatch.setattr(AlertBook, "_write_effects", original)
     response = apps.deliver("alert", recs[2])
     assert response.status_code == 200
     assert response.get_json()["state"] == "raised"
@@ -250,6 +250,26 @@ def test_redelivery_after_a_later_event_answers_the_same_alert_event(apps, now) 
     assert alert["count"] == 5 and alert["last_value"] == 35.0  # nothing counted twice
 
 
+def test_another_instance_answers_a_redelivery_from_the_stored_state(runtime, now) -> None:
+    """The raises and resolves of recent events are in the store, not only in the cache of
+    the instance that wrote them: a cold instance answers a redelivery the same way, after
+    later events that changed no alert and after one that resolved it."""
+    from iot_telemetry.alerting import StateCache
+    from iot_telemetry.settings import Settings
+
+    rules = [r for r in Settings.from_environ({}).rules if isinstance(r, AlertRule)]
+    recs = [_validated(r) for r in readings("dev-r", [31, 32, 33, 34, 35, 20, 21], now)]
+    warm = AlertBook(runtime.store, rules, cache=StateCache())
+    answers = [warm.handle(event).transitions for event in recs]
+    assert [t["transition"] for t in answers[2]] == ["raised"]
+    assert [t["transition"] for t in answers[5]] == ["resolved"]
+    cold = AlertBook(runtime.store, rules, cache=StateCache(0))
+    for i in (2, 5):
+        again = cold.handle(recs[i])
+        assert [(t["transition"], t["alert"]["id"]) for t in again.transitions] == [
+            (t["transition"], t["alert"]["id"]) for t in answers[i]]
+
+
 @pytest.mark.parametrize(("condition", "values", "peak"), [(">", (41.0, 45.0), 45.0),
                                                           ("<", (15.0, 10.0), 10.0)])
 def test_a_late_applied_raise_keeps_the_newer_peak_and_last_value(
@@ -267,6 +287,54 @@ def test_a_late_applied_raise_keeps_the_newer_peak_and_last_value(
     doc = runtime.store.collection("alerts").find_one({"_id": "d:r:1"})
     assert (doc["peak"], doc["last_value"], doc["count"]) == (peak, values[1], 2)
     assert doc["state"] == "open"
+
+
+class KeepAliveSink:
+    """A Broker ingress stand-in that keeps connections open (HTTP/1.1) and counts them."""
+
+    def __init__(self) -> None:
+        self.connections = 0
+        self.posts = 0
+        sink = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def setup(self):
+                super().setup()
+                sink.connections += 1
+
+            def do_POST(self):
+                self.rfile.read(int(self.headers["Content-Length"]))
+                sink.posts += 1
+                self.send_response(202)
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+
+            def log_message(self, *args):
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server.daemon_threads = True
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+        self.url = f"http://127.0.0.1:{self.server.server_port}/"
+
+
+def test_second_alert_events_reuse_one_connection_to_the_broker_ingress(runtime, now) -> None:
+    from iot_telemetry.runtime import set_runtime
+
+    sink = KeepAliveSink()
+    try:
+        set_runtime(make_runtime(K_SINK=sink.url))
+        apps = Apps()
+        # 41 after two readings over 30 raises temperature-high and -critical at once: the
+        # second raise of each device's third event goes to K_SINK
+        for device in ("dev-ka", "dev-kb", "dev-kc"):
+            for rec in readings(device, [31, 32, 41], now):
+                assert apps.deliver("alert", rec).status_code in (200, 204)
+        assert (sink.posts, sink.connections) == (3, 1)
+    finally:
+        sink.server.shutdown()
 
 
 def test_a_second_alert_event_without_k_sink_fails_the_delivery_instead_of_vanishing(
@@ -416,3 +484,148 @@ def test_an_upgrade_keeps_the_per_rule_states_of_earlier_versions(runtime, now) 
     doc = runtime.store.collection("alert_state").find_one({"_id": device_state_id("dev-u")})
     assert doc["rules"]["t-high"]["state"]["episode"] == 3
     assert any(r["event"] == "src\x1fold-raise" for r in doc["recent"])
+
+
+def test_an_event_of_many_readings_writes_one_update_per_open_alert(runtime, now,
+                                                                   monkeypatch) -> None:
+    """Ten violating readings in one event move an open alert ten times; one statement, the
+    newest, says it all: the alert ends with the count, peak and last value of all ten."""
+    from iot_telemetry.alerting import StateCache
+
+    rule = AlertRule("t-high", "temperature", ">", 30.0, "warning", 28.0, for_count=1)
+    book = AlertBook(runtime.store, [rule], cache=StateCache())
+    book.handle(_validated(record("dev-m", now, {"temperature": 31.0}, "m0")))
+    statements: list[int] = []
+    bulk = type(runtime.store).bulk
+
+    def counting(store, name, ops, *args, **kwargs):
+        statements.append(len(ops))
+        return bulk(store, name, ops, *args, **kwargs)
+
+    monkeypatch.setattr(type(runtime.store), "bulk", counting)
+    values = [33.0, 36.0, 32.0, 35.0, 34.0, 39.0, 31.0, 32.5, 33.5, 34.5]
+    samples = [(now + timedelta(seconds=i + 1), {"temperature": v})
+               for i, v in enumerate(values[:-1])]
+    book.handle(_validated(record("dev-m", now + timedelta(seconds=10),
+                                  {"temperature": values[-1]}, "m1", samples)))
+    assert statements == [1]
+    doc = runtime.store.collection("alerts").find_one({"_id": "dev-m:t-high:1"})
+    assert (doc["count"], doc["peak"], doc["last_value"], doc["state"]) == (
+        11, 39.0, 34.5, "open")
+
+
+def _stream(devices: int, values: list[float], now: datetime) -> list:
+    """Each device's readings in order, the devices interleaved as partitions deliver them."""
+    return [_validated(record(f"dev-b{d}", now + timedelta(seconds=10 * i),
+                              {"temperature": v + d, "humidity": 50.0 + v / 10}, f"b{d}-{i}"))
+            for i, v in enumerate(values) for d in range(devices)]
+
+
+def _alerts_of(store) -> dict:
+    return {d["_id"]: (d["state"], d["count"], d["peak"], d["last_value"])
+            for d in store.collection("alerts").find({})}
+
+
+@pytest.mark.parametrize("seed", [1, 2, 3])
+def test_group_commit_answers_as_one_event_at_a_time(runtime, now, seed) -> None:
+    """Events handled in batches (a device twice in one batch included) leave the alerts
+    and answer the alert events that handling them one at a time does."""
+    import random
+
+    from iot_telemetry import store as store_module
+    from iot_telemetry.alerting import StateCache
+    from iot_telemetry.settings import Settings
+
+    rules = [r for r in Settings.from_environ({}).rules if isinstance(r, AlertRule)]
+    values = [31, 32, 33, 34, 41, 42, 29, 27, 20, 31, 32, 33, 35, 26]
+    events = _stream(4, values, now)
+    book = AlertBook(runtime.store, rules, cache=StateCache())
+    rng = random.Random(seed)
+    got, i = [], 0
+    while i < len(events):
+        size = rng.randint(1, 7)
+        got += book.handle_batch([(book, e) for e in events[i:i + size]])
+        i += size
+    got_alerts = _alerts_of(runtime.store)
+
+    store_module.reset_embedded()
+    fresh = make_runtime()
+    single = AlertBook(fresh.store, rules, cache=StateCache())
+    want = [single.handle(e) for e in events]
+    assert got_alerts == _alerts_of(fresh.store) and got_alerts
+    assert [[(t["transition"], t["alert"]["id"], t["alert"]["count"]) for t in o.transitions]
+            for o in got] == [
+        [(t["transition"], t["alert"]["id"], t["alert"]["count"]) for t in o.transitions]
+        for o in want]
+    assert [(o.changed, o.duplicate) for o in got] == [(o.changed, o.duplicate) for o in want]
+
+
+def test_group_commit_a_refused_swap_goes_the_one_event_way(runtime, now) -> None:
+    """Another instance wrote one device's state since this one cached it: that event's
+    compare-and-swap is refused and it is handled again alone; the others of the batch
+    land; the alerts are those of one instance handling every event."""
+    from iot_telemetry import store as store_module
+    from iot_telemetry.alerting import StateCache
+    from iot_telemetry.settings import Settings
+
+    rules = [r for r in Settings.from_environ({}).rules if isinstance(r, AlertRule)]
+    values = [31, 32, 33, 34, 35, 27]
+    events = _stream(3, values, now)
+    a, b = (AlertBook(runtime.store, rules, cache=StateCache()) for _ in range(2))
+    per_step = 3  # one event of each device
+    for step in range(len(values)):
+        batch = events[step * per_step:(step + 1) * per_step]
+        if step == 2:  # b handles dev-b0's event: a's cached state of it is now stale
+            b.handle(batch[0])
+            results = a.handle_batch([(a, e) for e in batch[1:]])
+            assert all(not isinstance(r, Exception) for r in results)
+            results = a.handle_batch([(a, e) for e in events[(step + 1) * per_step:
+                                                             (step + 2) * per_step]])
+            assert all(not isinstance(r, Exception) for r in results)
+            break
+        a.handle_batch([(a, e) for e in batch])
+    for e in events[(step + 2) * per_step:]:
+        a.handle_batch([(a, e)])
+    got = _alerts_of(runtime.store)
+
+    store_module.reset_embedded()
+    fresh = make_runtime()
+    single = AlertBook(fresh.store, rules)
+    for e in events:
+        single.handle(e)
+    assert got == _alerts_of(fresh.store) and got
+
+
+def test_group_commit_a_failure_fails_only_its_own_event(runtime, now, monkeypatch) -> None:
+    """The store refuses one device's compare-and-swap, alone too: that event fails, the
+    others of the batch are handled."""
+    from iot_telemetry.alerting import StateCache
+    from iot_telemetry.errors import DependencyUnavailable
+    from iot_telemetry.settings import Settings
+    from iot_telemetry.store import BulkOutcome
+
+    rules = [r for r in Settings.from_environ({}).rules if isinstance(r, AlertRule)]
+    events = _stream(3, [31, 32, 33, 34], now)
+    book = AlertBook(runtime.store, rules, cache=StateCache())
+    book.handle_batch([(book, e) for e in events[:3]])  # every device has its state now
+    bulk = type(runtime.store).bulk
+    update_one = type(runtime.store.collection("alert_state")).update_one
+
+    def refusing_bulk(store, name, ops, *args, **kwargs):
+        if name != "alert_state":
+            return bulk(store, name, ops, *args, **kwargs)
+        kept = [op for op in ops if not op.filter["_id"].startswith("dev-b1|")]
+        outcome = bulk(store, name, kept, *args, **kwargs)
+        return BulkOutcome(failed={0: (2, "refused")}, matched=outcome.matched)
+
+    def refusing_update_one(collection, filter, *args, **kwargs):
+        if str(filter.get("_id", "")).startswith("dev-b1|"):
+            raise DependencyUnavailable("refused", 1)
+        return update_one(collection, filter, *args, **kwargs)
+
+    monkeypatch.setattr(type(runtime.store), "bulk", refusing_bulk)
+    monkeypatch.setattr(type(runtime.store.collection("alert_state")), "update_one",
+                        refusing_update_one)
+    results = book.handle_batch([(book, e) for e in events[3:6]])
+    assert isinstance(results[1], DependencyUnavailable)
+    assert [r.changed for i, r in enumerate(results) if i != 1] == [True, True]
