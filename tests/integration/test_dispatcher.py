@@ -539,3 +539,101 @@ def start_dispatcher_process(bootstrap: str, naming: Naming,
     for name, sub in subscribers.items():
         command += ["--subscriber", f"{name}={sub.url}"]
     return subprocess.Popen(command, cwd=REPO, env={**os.environ, "LOG_LEVEL": "WARNING"})
+
+
+# --- one shared fetch for every Trigger -----------------------------------------------------
+
+def hold_until(release: threading.Event) -> Callable[[RawEvent, int], tuple[int, Mapping[str, str],
+                                                                              bytes]]:
+    def answer(_event: RawEvent, _attempt: int) -> tuple[int, Mapping[str, str], bytes]:
+        release.wait(60)
+        return 202, {}, b""
+
+    return answer
+
+
+def test_a_stuck_trigger_holds_back_neither_the_others_nor_its_own_offsets(
+        pipeline: Pipeline, subscribers: dict[str, Subscriber]) -> None:
+    """The Triggers share one fetch: while alert's subscriber hangs, aggregate gets every
+    event and commits past them, offline-sweep (its filter takes none of them) commits past
+    them too, and alert's committed offsets stay where its records are not done."""
+    release = threading.Event()
+    subscribers["alert"].answer = hold_until(release)
+    pipeline.start()
+    devices = [f"dev-{i}" for i in range(6)]
+    pipeline.produce([record(d, seq) for seq in range(10) for d in devices])
+    expected = {f"{d}-{s}" for d in devices for s in range(10)}
+    try:
+        wait_for(lambda: delivered_ids(subscribers["aggregate"]) >= expected, 60,
+                 "a stuck Trigger held back another one")
+        for trigger in ("aggregate", "offline-sweep"):
+            wait_for(lambda t=trigger: sum(pipeline.committed(t).values()) == len(expected), 30,
+                     f"{trigger}'s offsets were not committed to the end")
+        assert sum(pipeline.committed("alert").values()) < len(expected)
+    finally:
+        release.set()
+    wait_for(lambda: delivered_ids(subscribers["alert"]) >= expected, 60, "alert lost events")
+    assert_in_order_per_device(subscribers["alert"], devices, 10)
+    wait_for(lambda: sum(pipeline.committed("alert").values()) == len(expected), 30,
+             "alert's offsets were not committed to the end")
+
+
+def test_a_trigger_past_its_buffer_pauses_the_fetch_and_nothing_is_skipped(
+        pipeline: Pipeline, subscribers: dict[str, Subscriber],
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """With a buffer of 3 records per Trigger and partition, a stuck alert pauses its
+    partition's fetching for every Trigger (aggregate stops short of the end); once alert
+    answers again, both get every event, in order, none twice."""
+    import iot_telemetry.local.dispatcher as dispatcher_module
+
+    monkeypatch.setattr(dispatcher_module, "MAX_QUEUED", 3)
+    release = threading.Event()
+    subscribers["alert"].answer = hold_until(release)
+    pipeline.start()
+    pipeline.produce([record("dev-1", seq) for seq in range(10)])
+    expected = {f"dev-1-{s}" for s in range(40)}
+    try:
+        # The first fetch may bring fewer than ten; alert then holds 3 or more: paused.
+        wait_for(lambda: len(subscribers["aggregate"].delivered) >= 3, 30, "first fetch")
+        time.sleep(1)
+        fetched = len(subscribers["aggregate"].delivered)
+        pipeline.produce([record("dev-1", seq) for seq in range(10, 40)])
+        time.sleep(2)
+        assert len(subscribers["aggregate"].delivered) == fetched
+    finally:
+        release.set()
+    for sub in subscribers.values():
+        wait_for(lambda s=sub: delivered_ids(s) >= expected, 60, "events were skipped")
+        assert_in_order_per_device(sub, ["dev-1"], 40)
+        assert len(sub.attempts) == len(expected)
+
+
+def test_a_restart_resumes_each_trigger_from_its_own_committed_offsets(
+        pipeline: Pipeline, subscribers: dict[str, Subscriber]) -> None:
+    """alert stopped halfway, aggregate at the end: after a restart the shared fetch starts
+    from alert's offset, alert gets the rest in order, and aggregate (whose offsets are
+    ahead) none of what it already had."""
+    def halfway(event: RawEvent, _attempt: int) -> tuple[int, Mapping[str, str], bytes]:
+        # Unavailable from the 11th on: retried until the dispatcher stops.
+        return (503 if event.data["seq"] >= 10 else 202), {}, b""
+
+    subscribers["alert"].answer = halfway
+    pipeline.start()
+    pipeline.produce([record("dev-1", seq) for seq in range(20)])
+    expected = {f"dev-1-{s}" for s in range(20)}
+    partition = partition_for(b"dev-1", 6)
+    wait_for(lambda: delivered_ids(subscribers["aggregate"]) >= expected, 60, "aggregate")
+    wait_for(lambda: pipeline.committed("aggregate").get(partition) == 20, 30,
+             "aggregate's offsets were not committed")
+    wait_for(lambda: pipeline.committed("alert").get(partition) == 10, 30,
+             "alert's first ten were not committed")
+    pipeline.stop()
+    aggregate_attempts = len(subscribers["aggregate"].attempts)
+    assert aggregate_attempts == 20
+
+    subscribers["alert"].answer = lambda _e, _a: (202, {}, b"")
+    pipeline.start()
+    wait_for(lambda: delivered_ids(subscribers["alert"]) >= expected, 60, "alert lost events")
+    assert_in_order_per_device(subscribers["alert"], ["dev-1"], 20)
+    wait_for(lambda: pipeline.committed("alert").get(partition) == 20, 30, "alert's offsets")
+    assert len(subscribers["aggregate"].attempts) == aggregate_attempts
