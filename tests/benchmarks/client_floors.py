@@ -21,6 +21,7 @@ import statistics
 import time
 import uuid
 from collections.abc import Callable
+from typing import Any
 
 import pymongo
 
@@ -75,15 +76,24 @@ def produce_case(bootstrap: str, topic: str, batches: int = 300) -> Callable[[],
     return run
 
 
-def consume_case(bootstrap: str, topic: str, records: int = 5000) -> Callable[[], float]:
+def _consumer(bootstrap: str, topic: str, from_start: bool) -> Any:
+    """A consumer of the topic's one partition, fetching as the old dispatcher did."""
     from kafka import KafkaConsumer, TopicPartition
 
-    def run() -> float:
-        consumer = KafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False,
-                                 fetch_min_bytes=64 * 1024, fetch_max_wait_ms=50)
-        tp = TopicPartition(topic, 0)
-        consumer.assign([tp])
+    consumer = KafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False,
+                             fetch_min_bytes=64 * 1024, fetch_max_wait_ms=50)
+    tp = TopicPartition(topic, 0)
+    consumer.assign([tp])
+    if from_start:
         consumer.seek(tp, 0)
+    else:
+        consumer.seek_to_end(tp)
+    return consumer
+
+
+def consume_case(bootstrap: str, topic: str, records: int = 5000) -> Callable[[], float]:
+    def run() -> float:
+        consumer = _consumer(bootstrap, topic, from_start=True)
         n, t0 = 0, time.process_time()
         while n < records:
             for batch in consumer.poll(timeout_ms=1000).values():
@@ -95,14 +105,8 @@ def consume_case(bootstrap: str, topic: str, records: int = 5000) -> Callable[[]
 
 
 def idle_case(bootstrap: str, topic: str, seconds: float = 5.0) -> Callable[[], float]:
-    from kafka import KafkaConsumer, TopicPartition
-
     def run() -> float:
-        consumer = KafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False,
-                                 fetch_min_bytes=64 * 1024, fetch_max_wait_ms=50)
-        tp = TopicPartition(topic, 0)
-        consumer.assign([tp])
-        consumer.seek_to_end(tp)
+        consumer = _consumer(bootstrap, topic, from_start=False)
         consumer.poll(timeout_ms=200)
         t0, w0 = time.process_time(), time.monotonic()
         while time.monotonic() - w0 < seconds:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import http.client
 import json
@@ -123,6 +124,16 @@ class Goal:
     measured: str
     met: bool | None  # None: not measured in this run
     note: str = ""
+
+
+def service_arguments(parser: argparse.ArgumentParser, out: str, base_port: int,
+                      profile: str) -> None:
+    """The options of a one-purpose benchmark that starts functions against the services."""
+    parser.add_argument("--kafka", default="127.0.0.1:9092")
+    parser.add_argument("--mongo", default="mongodb://127.0.0.1:27018")
+    parser.add_argument("--out", default=out)
+    parser.add_argument("--base-port", type=int, default=base_port)
+    parser.add_argument("--profile", action="store_true", help=profile)
 
 
 def percentile(values: Sequence[float], q: float) -> float:

@@ -43,6 +43,7 @@ from .common import (
     descendants,
     print_profiles,
     profiled,
+    service_arguments,
 )
 
 
@@ -63,11 +64,7 @@ def main(argv: list[str] | None = None) -> int:
                         help="chance per reading that an anomaly episode starts (figure 3: "
                         "0.02, about one alert event per telemetry event; 0: no alerts)")
     parser.add_argument("--variant", default="as-is:32")
-    parser.add_argument("--kafka", default="127.0.0.1:9092")
-    parser.add_argument("--mongo", default="mongodb://127.0.0.1:27018")
-    parser.add_argument("--out", default="artifacts/pipeline-cpu")
-    parser.add_argument("--base-port", type=int, default=BASE_PORT + 300)
-    parser.add_argument("--profile", action="store_true", help="py-spy every process")
+    service_arguments(parser, "artifacts/pipeline-cpu", BASE_PORT + 300, "py-spy every process")
     args = parser.parse_args(argv)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)

@@ -37,6 +37,7 @@ from .common import (
     print_profiles,
     profiled,
     python_load,
+    service_arguments,
 )
 from .function_cpu import WARMUP, stream
 
@@ -99,11 +100,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, default=3)
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--before", type=Path, help="a checkout to compare with, in turn")
-    parser.add_argument("--kafka", default="127.0.0.1:9092")
-    parser.add_argument("--mongo", default="mongodb://127.0.0.1:27018")
-    parser.add_argument("--out", default="artifacts/serving-cpu")
-    parser.add_argument("--base-port", type=int, default=BASE_PORT + 400)
-    parser.add_argument("--profile", action="store_true", help="py-spy the worker")
+    service_arguments(parser, "artifacts/serving-cpu", BASE_PORT + 400, "py-spy the worker")
     args = parser.parse_args(argv)
     ctx = Context(quick=True, kafka=args.kafka, mongo=args.mongo, out_dir=Path(args.out),
                   profile=args.profile, _next_port=args.base_port)
