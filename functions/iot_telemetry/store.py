@@ -189,7 +189,7 @@ class Store:
         outcome = BulkOutcome()
         if not ops:
             return outcome
-        collection = self.db[name]
+        collection = self.collection(name)
         with self.guard():
             if self.embedded:  # mongomock's bulk_write lags pymongo's; run them one by one
                 for i, op in enumerate(ops):
