@@ -29,6 +29,7 @@ CSV_TYPE: Final = "text/csv"
 
 SERIES_COLUMNS: Final = ("device_id", "metric", "step", "t", "count", "min", "max", "avg",
                          "sum", "first", "last", "last_value")
+RAW_COLUMNS: Final = ("device_id", "metric", "t", "value", "event_id")
 ALERT_COLUMNS: Final = (
     "id", "device_id", "device_name", "device_metadata", "metric", "rule", "severity",
     "state", "condition", "threshold", "clear_threshold", "raised_at", "first_seen",
@@ -105,6 +106,14 @@ def series_rows(device_id: str, metric: str, step: str,
     for p in points:
         yield [device_id, metric, step, p["t"], p["count"], p["min"], p["max"], p["avg"],
                p["sum"], p["first"], p["last"], p["last_value"]]
+
+
+def raw_rows(device_id: str, metric: str, pages: Iterable[Sequence[Any]],
+             ) -> Iterator[list[Any]]:
+    """Rows of RAW_COLUMNS from pages of raw readings (raw.Reading)."""
+    for page in pages:
+        for r in page:
+            yield [device_id, metric, r.t, r.value, r.event_id]
 
 
 def alert_rows(pages: Iterable[tuple[Sequence[Mapping[str, Any]], Mapping[str, Any]]],

@@ -36,6 +36,10 @@ POINTS_AGGREGATED = Counter("iot_points_aggregated_total", "Data points added to
 POINTS_EXPIRED = Counter(
     "iot_points_expired_total",
     "Data points aggregate skipped: older than the minute retention lets it deduplicate")
+RAW_DROPPED = Counter(
+    "iot_raw_readings_dropped_total",
+    "Readings aggregate counted in the rollups but could not keep raw: their device's "
+    "ten-minute window was full (raw.MAX_BYTES)")
 RETENTION_SWEPT = Counter(
     "iot_retention_swept_total",
     "Documents the retention sweep compacted (days) or deleted, by collection",

@@ -9,6 +9,7 @@ import math
 import re
 from collections.abc import Callable, Iterator, Mapping
 from datetime import UTC, datetime, timedelta
+from itertools import chain
 from typing import Any, Final
 
 import flask
@@ -16,7 +17,7 @@ from werkzeug.exceptions import MethodNotAllowed as RouteMethodNotAllowed
 from werkzeug.exceptions import NotFound as RouteNotFound
 from werkzeug.routing import Map, RequestRedirect, Rule
 
-from . import access, dashboard, export, fleet, openapi
+from . import access, dashboard, export, fleet, openapi, raw
 from .alerting import ACKNOWLEDGED, OPEN, RESOLVED, AlertBook, public
 from .errors import BadRequest, MethodNotAllowed, NotFound, TelemetryError
 from .events import loads
@@ -258,7 +259,7 @@ def default_step(span: timedelta) -> str:
 
 
 def _series(request: flask.Request, rt: Runtime, device_id: str) -> flask.Response:
-    p = Params(request, {"metric", "from", "to", "step", "format"})
+    p = Params(request, {"metric", "from", "to", "step", "format", "limit", "cursor"})
     fmt = p.text("format", choices=export.FORMATS)
     device_id = _device_id(device_id)
     metric = p.text("metric", METRIC_NAME)
@@ -269,7 +270,13 @@ def _series(request: flask.Request, rt: Runtime, device_id: str) -> flask.Respon
     start = p.time("from") or to - timedelta(hours=1)
     if start >= to:
         raise BadRequest("from: must be before to")
-    chosen = p.text("step", choices=tuple(STEPS))
+    chosen = p.text("step", choices=(*STEPS, raw.STEP))
+    if chosen == raw.STEP:
+        return _raw_series(request, rt, p, fmt, device_id=device_id, metric=metric,
+                           span=(start, to, now))
+    for name in ("limit", "cursor"):
+        if name in request.args:
+            raise BadRequest(f"{name}: only with step=raw (buckets come in one answer)")
     step = chosen or default_step(to - start)
     first = bucket_start(start, step)
     buckets = math.ceil((to - first) / STEPS[step])
@@ -287,6 +294,38 @@ def _series(request: flask.Request, rt: Runtime, device_id: str) -> flask.Respon
     response = json_response({"device_id": device_id, "metric": metric, "step": step,
                               "from": format_time(first), "to": format_time(to),
                               "buckets": points})
+    response.vary.add("Accept")
+    return response
+
+
+def _raw_series(request: flask.Request, rt: Runtime, p: Params, fmt: str | None, *,
+                device_id: str, metric: str,
+                span: tuple[datetime, datetime, datetime]) -> flask.Response:
+    """step=raw: the readings themselves, a page at a time (raw.py)."""
+    start, to, now = span
+    kept = rt.retention.raw
+    if kept is None:
+        raise BadRequest("step: raw readings are not kept here (RAW_RETENTION_HOURS=0)")
+    kept_from = now - kept
+    limit = p.integer("limit", raw.DEFAULT_LIMIT, 1, raw.MAX_LIMIT)
+    cursor = p.text("cursor")
+    after = raw.decode_cursor(cursor) if cursor else None
+    span_kept = (max(start, kept_from), to)
+    if export.wants_csv(request, fmt):
+        rows = limit if "limit" in request.args else rt.settings.query_export_max_rows
+        pages = raw.pages(rt.store, device_id, metric, span_kept, after=after, rows=rows)
+        first = next(pages)  # read now: a store outage is a 503, not a download cut short
+        return export.response(
+            export.RAW_COLUMNS, export.raw_rows(device_id, metric, chain([first], pages)),
+            export.filename(device_id, metric, raw.STEP, _compact(start), _compact(to)))
+    page = raw.read(rt.store, device_id, metric, start=span_kept[0], to=to, after=after,
+                    limit=limit)
+    response = json_response({
+        "device_id": device_id, "metric": metric, "step": raw.STEP,
+        "from": format_time(start), "to": format_time(to),
+        "kept_from": format_time(kept_from), "complete": page.complete,
+        "readings": [r.public() for r in page.readings],
+        "next_cursor": raw.encode_cursor(page.readings[-1].position) if page.more else None})
     response.vary.add("Accept")
     return response
 

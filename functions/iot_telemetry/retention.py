@@ -34,7 +34,15 @@ from typing import Any, Final
 from .errors import DependencyUnavailable
 from .series import Summary, month_id, month_start, next_month
 from .settings import RETENTION_MARGIN_SECONDS, Settings
-from .store import EVENT_TIMES, ROLLUP_DAYS, ROLLUP_HOURS, ROLLUP_MONTHS, Store, Update
+from .store import (
+    EVENT_TIMES,
+    RAW_READINGS,
+    ROLLUP_DAYS,
+    ROLLUP_HOURS,
+    ROLLUP_MONTHS,
+    Store,
+    Update,
+)
 
 HOUR: Final = timedelta(hours=1)
 DAY: Final = timedelta(days=1)
@@ -42,23 +50,27 @@ MARGIN: Final = timedelta(seconds=RETENTION_MARGIN_SECONDS)
 #: Day documents compacted per round trip of the sweep (bounds its memory).
 PAGE: Final = 500
 #: Collections whose documents carry `exp` and are deleted once it is past.
-EXPIRING: Final = (ROLLUP_HOURS, ROLLUP_DAYS, ROLLUP_MONTHS, EVENT_TIMES)
+EXPIRING: Final = (ROLLUP_HOURS, ROLLUP_DAYS, ROLLUP_MONTHS, EVENT_TIMES, RAW_READINGS)
 
 
 @dataclass(frozen=True)
 class Retention:
-    """The three retentions (day totals: None = forever); the settings' defaults."""
+    """The three retentions (day totals: None = forever) and that of raw readings (None =
+    none kept); the settings' defaults."""
 
     minutes: timedelta = timedelta(days=Settings.rollup_minute_retention_days)
     hours: timedelta = timedelta(days=Settings.rollup_hour_retention_days)
     days: timedelta | None = None
+    raw: timedelta | None = timedelta(hours=Settings.raw_retention_hours)
 
     @classmethod
     def of(cls, settings: Settings) -> Retention:
         days = settings.rollup_day_retention_days
+        raw = settings.raw_retention_hours
         return cls(timedelta(days=settings.rollup_minute_retention_days),
                    timedelta(days=settings.rollup_hour_retention_days),
-                   None if days is None else timedelta(days=days))
+                   None if days is None else timedelta(days=days),
+                   timedelta(hours=raw) if raw else None)
 
     def hour_expiry(self, start: datetime) -> datetime:
         return start + HOUR + self.minutes

@@ -40,10 +40,20 @@ from pymongo.errors import DuplicateKeyError, OperationFailure
 from .errors import BadRequest, DependencyUnavailable
 from .eventtime import settled
 from .groupcommit import GroupCommit
-from .observability import AGGREGATE_BATCH_EVENTS, POINTS_EXPIRED
+from .observability import AGGREGATE_BATCH_EVENTS, POINTS_EXPIRED, RAW_DROPPED
+from .raw import RawWrite
+from .raw import updates as raw_updates
 from .retention import Retention
 from .series import Summary, bucket_start, day_id, hour_id, reading_key
-from .store import DEVICES, NOT_IMPLEMENTED, ROLLUP_DAYS, ROLLUP_HOURS, Store, Update
+from .store import (
+    DEVICES,
+    NOT_IMPLEMENTED,
+    RAW_READINGS,
+    ROLLUP_DAYS,
+    ROLLUP_HOURS,
+    Store,
+    Update,
+)
 from .telemetry import DataPoint, TelemetryEvent, parse_time
 
 log = logging.getLogger(__name__)
@@ -142,6 +152,7 @@ class RollupWriter:
         writes = [w for w in writes if w.owner not in failed]
         self._snapshot_days(writes, hours, failed)
         self._latest([(i, e) for i, e in enumerate(events) if i not in failed], failed)
+        self._keep_raw([(i, e) for i, e in enumerate(events) if i not in failed], now, failed)
         return [failed.get(i, i in fresh or not e.points) for i, e in enumerate(events)]
 
     # 1. hours -----------------------------------------------------------------------------
@@ -329,3 +340,38 @@ class RollupWriter:
                 return
         for j in pending:
             self._fail(failed, docs[ids[j]].owners, 0, f"{name}: upserts kept colliding")
+
+    # 4. raw readings (raw.py) -------------------------------------------------------------
+
+    def _keep_raw(self, events: list[tuple[int, TelemetryEvent]], now: datetime,
+                  failed: dict[int, Exception]) -> None:
+        """Each reading as sent, in one update command for the batch; redone on redelivery
+        like steps 2 and 3. Readings a full window refuses are dropped from the raw view only
+        (the rollups counted them), and counted; another refusal fails the event (503)."""
+        retention = self.retention.raw
+        if retention is None:
+            return
+        writes: list[RawWrite] = [w for owner, e in events
+                                  for w in raw_updates(owner, e, event_hash(e.key), retention,
+                                                       now)]
+        pending = list(range(len(writes)))
+        for _ in range(2):  # the second round tells a lost insert race from a full window
+            outcome = self.store.bulk(RAW_READINGS, [writes[j].update for j in pending],
+                                      tolerate=True)
+            for index, (code, message) in outcome.failed.items():
+                write = writes[pending[index]]
+                if code in _TOO_LARGE:
+                    self._drop_raw(write, message)
+                else:
+                    self._fail(failed, [write.owner], code, message)
+            pending = [pending[index] for index in outcome.duplicates]
+            if not pending:
+                return
+        for j in pending:
+            self._drop_raw(writes[j], "its ten-minute window is full")
+
+    @staticmethod
+    def _drop_raw(write: RawWrite, why: str) -> None:
+        RAW_DROPPED.inc(write.points)
+        log.warning("raw readings not kept: %s", why,
+                    extra={"window": write.update.filter["_id"], "points": write.points})

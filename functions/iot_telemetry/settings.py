@@ -146,6 +146,10 @@ class Settings:
         "ROLLUP_DAY_RETENTION_DAYS", None,
         "Days day totals are kept after their month (`forever`, or at least "
         "ROLLUP_HOUR_RETENTION_DAYS)")
+    raw_retention_hours: int = _setting(
+        "RAW_RETENTION_HOURS", 48,
+        "Hours raw readings (series `step=raw`) are kept after their ten-minute window; "
+        "0 keeps none (and aggregate writes none)")
 
     @property
     def read_tokens(self) -> tuple[str, ...]:
@@ -299,6 +303,16 @@ def _lower(name: str, raw: str) -> str:
     return raw.lower()
 
 
+def _hours_or_off(name: str, raw: str) -> int:
+    try:
+        hours = int(raw)
+    except ValueError:
+        raise ConfigError(name, f"{raw!r} is not a whole number of hours") from None
+    if hours < 0:
+        raise ConfigError(name, "must be 0 (off) or more")
+    return hours
+
+
 def _days_or_forever(name: str, raw: str) -> int | None:
     if raw.lower() == FOREVER:
         return None
@@ -308,7 +322,7 @@ def _days_or_forever(name: str, raw: str) -> int | None:
 
 _PARSERS: dict[str, Callable[[str, str], Any]] = {
     "log_level": _level, "alert_rules": _rules, "ingest_auth": _lower, "query_auth": _lower,
-    "rollup_day_retention_days": _days_or_forever}
+    "rollup_day_retention_days": _days_or_forever, "raw_retention_hours": _hours_or_off}
 
 
 def _load_rules_file(path: str) -> tuple[Rule, ...]:

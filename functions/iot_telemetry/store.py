@@ -33,6 +33,8 @@ NOT_IMPLEMENTED: Final = 238
 ROLLUP_HOURS: Final = "rollup_hours"
 ROLLUP_DAYS: Final = "rollup_days"
 ROLLUP_MONTHS: Final = "rollup_months"
+#: Raw readings of a recent window, a document per device and ten minutes (raw.py).
+RAW_READINGS: Final = "raw_readings"
 #: The time ingest gave each event that came without one, by event key (see rollup.py).
 EVENT_TIMES: Final = "event_times"
 DEVICES: Final = "devices"
@@ -152,7 +154,7 @@ class Store:
             # Rollups are read by _id; `exp` is when a document is past its retention
             # (retention.py). The daily sweep finds what is due through this index too, and
             # deletes it where the store has no TTL indexes.
-            for name in (EVENT_TIMES, ROLLUP_HOURS, ROLLUP_DAYS, ROLLUP_MONTHS):
+            for name in (EVENT_TIMES, ROLLUP_HOURS, ROLLUP_DAYS, ROLLUP_MONTHS, RAW_READINGS):
                 try:
                     self.db[name].create_index("exp", name="expiry", expireAfterSeconds=0)
                 except OperationFailure as exc:

@@ -14,12 +14,19 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from iot_telemetry import events
+from iot_telemetry import events, raw
 from iot_telemetry.errors import BadRequest
 from iot_telemetry.events import RawEvent
 from iot_telemetry.rollup import RollupWriter, event_hash
 from iot_telemetry.series import STEPS, Summary, bucket_start, hour_id, read_series, reading_of
-from iot_telemetry.store import DEVICES, ROLLUP_DAYS, ROLLUP_HOURS, Store, reset_embedded
+from iot_telemetry.store import (
+    DEVICES,
+    RAW_READINGS,
+    ROLLUP_DAYS,
+    ROLLUP_HOURS,
+    Store,
+    reset_embedded,
+)
 from iot_telemetry.telemetry import TelemetryEvent, validate
 from tests.conftest import iso, make_runtime, telemetry
 
@@ -37,6 +44,21 @@ def stored(store: Store, device: str, metric: str, step: str, around: datetime,
            ) -> dict[datetime, Summary]:
     return dict(read_series(store, device, metric, step, first=around - timedelta(days=3),
                             to=around + timedelta(days=3)))
+
+
+def raw_stored(store: Store, device: str, metric: str, around: datetime,
+               ) -> list[tuple[datetime, float, str]]:
+    page = raw.read(store, device, metric, start=around - timedelta(days=1),
+                    to=around + timedelta(days=1), after=None, limit=raw.MAX_LIMIT)
+    assert not page.more and page.complete
+    return [(r.t, r.value, r.event_id) for r in page.readings]
+
+
+def raw_truth(evs: list[TelemetryEvent], device: str, metric: str,
+              ) -> list[tuple[datetime, float, str]]:
+    """Every reading once, in time order (readings at the same time in any order)."""
+    return sorted((p.time, p.value, e.id) for e in evs if e.device_id == device
+                  for p in e.points if p.metric == metric)
 
 
 def truth(points: list[tuple[str, str, datetime, float]], step: str,
@@ -230,7 +252,8 @@ def test_a_batch_costs_the_same_round_trips_as_one_event(runtime, now, monkeypat
     batch = [event_of(f"g{i % 7}", now + timedelta(seconds=i), {"a": i, "b": -i}, f"g{i}")
              for i in range(100)]
     assert writer.apply_batch(batch) == [True] * 100
-    assert calls == [ROLLUP_HOURS, ROLLUP_DAYS, DEVICES]  # plus one find of the hours
+    # plus one find of the hours
+    assert calls == [ROLLUP_HOURS, ROLLUP_DAYS, DEVICES, RAW_READINGS]
     assert writer.apply_batch(batch[:10]) == [False] * 10
 
 
@@ -284,7 +307,7 @@ def deliveries(draw: st.DrawFn) -> tuple[list[TelemetryEvent], list[tuple[int, b
 
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(deliveries(), st.integers(min_value=1, max_value=5), st.sampled_from(
-    ["_count", "_snapshot_days", "_latest"]), st.randoms())
+    ["_count", "_snapshot_days", "_latest", "_keep_raw"]), st.randoms())
 def test_every_field_exact_under_redelivery_crashes_and_any_order(
         case, batch_size, crash_in, rnd) -> None:
     evs, schedule = case
@@ -325,6 +348,11 @@ def test_every_field_exact_under_redelivery_crashes_and_any_order(
             if d == device and (m not in newest or (t, v) > newest[m]):
                 newest[m] = (t, v)
         assert {m: reading_of(k) for m, k in doc["latest"].items()} == newest
+    for device in ("a", "b"):  # raw readings: each once, in time order
+        for metric in ("x", "y"):
+            got_raw = raw_stored(store, device, metric, BASE)
+            assert [r[0] for r in got_raw] == sorted(r[0] for r in got_raw)
+            assert sorted(got_raw) == raw_truth(evs, device, metric)
 
 
 def test_concurrent_writers_in_threads_share_round_trips(runtime, now) -> None:
