@@ -5,8 +5,10 @@ from __future__ import annotations
 from typing import Any
 
 from . import __version__
-from .export import ALERT_COLUMNS, SERIES_COLUMNS
+from .export import ALERT_COLUMNS, RAW_COLUMNS, SERIES_COLUMNS
 from .fleet import DEVICE_STATES
+from .raw import DEFAULT_LIMIT as raw_default_limit
+from .raw import MAX_LIMIT as raw_max_limit
 from .settings import Settings
 
 _TIME = {"type": "string", "format": "date-time"}
@@ -29,12 +31,14 @@ def _json(schema: dict[str, Any], description: str) -> dict[str, Any]:
 
 
 def _json_or_csv(schema: dict[str, Any], description: str, columns: tuple[str, ...],
-                 ) -> dict[str, Any]:
+                 raw_columns: tuple[str, ...] = ()) -> dict[str, Any]:
     """A 200 that is JSON, or CSV with `format=csv` or `Accept: text/csv`."""
     answer = _json(schema, description)
+    header = "Header row " + ",".join(columns) + (
+        f" (step=raw: {','.join(raw_columns)})" if raw_columns else "")
     answer["content"]["text/csv"] = {"schema": {
-        "type": "string", "description": "Header row " + ",".join(columns)
-        + "; RFC 4180 quoting, CRLF line ends, times in RFC 3339 UTC"}}
+        "type": "string",
+        "description": header + "; RFC 4180 quoting, CRLF line ends, times in RFC 3339 UTC"}}
     answer["headers"] = {"Content-Disposition": {
         "description": "CSV only: attachment; filename=\"...csv\"",
         "schema": {"type": "string"}}}
@@ -90,6 +94,10 @@ def document(settings: Settings) -> dict[str, Any]:
                                   "avg": {"type": "number"}, "sum": {"type": "number"},
                                   "first": _TIME, "last": _TIME,
                                   "last_value": {"type": "number"}}},
+        "Reading": {"type": "object", "required": ["t", "value", "event_id"],
+                    "properties": {"t": _TIME, "value": {"type": "number"},
+                                   "event_id": {"type": "string",
+                                                "description": "The event that carried it"}}},
         "Alert": {"type": "object",
                   "required": ["id", "device_id", "metric", "rule", "severity", "state",
                                "raised_at", "count"],
@@ -212,7 +220,7 @@ def document(settings: Settings) -> dict[str, Any]:
                 "responses": {"200": _json(_ref("Device"), "The device"),
                               **_errors(400, 404, 503)}}},
             "/devices/{device_id}/series": {"get": {
-                "summary": "Rollup buckets of one metric over a time range",
+                "summary": "Rollup buckets, or the raw readings, of one metric over a time range",
                 "parameters": [
                     _param("device_id", "path", device_id, "Device id"),
                     _param("metric", "query", {"type": "string",
@@ -220,20 +228,43 @@ def document(settings: Settings) -> dict[str, Any]:
                            "Metric name", required=True),
                     _param("from", "query", _TIME, "Start (default: to - 1 hour)"),
                     _param("to", "query", _TIME, "End, exclusive (default: now)"),
-                    _param("step", "query", {"enum": ["1m", "1h", "1d"]},
-                           "Bucket width (default: finest within ~1500 buckets). Kept: 1m "
+                    _param("step", "query", {"enum": ["1m", "1h", "1d", "raw"]},
+                           "Bucket width (default: finest within ~1500 buckets), or `raw` for "
+                           "the readings themselves. Kept: 1m "
                            f"for {settings.rollup_minute_retention_days} days, 1h for "
                            f"{settings.rollup_hour_retention_days} days, 1d "
                            + ("forever" if settings.rollup_day_retention_days is None else
                               f"for {settings.rollup_day_retention_days} days after the "
-                              "month") + "; older buckets of a step are absent"),
+                              "month") + ", raw " + (
+                               f"for {settings.raw_retention_hours} hours"
+                               if settings.raw_retention_hours else "not at all (400)")
+                           + "; older buckets or readings are absent"),
+                    _param("limit", "query", {"type": "integer", "minimum": 1,
+                                              "maximum": raw_max_limit},
+                           "step=raw only: readings per page (default "
+                           f"{raw_default_limit}); for CSV the most rows (default: every "
+                           "reading of the range up to QUERY_EXPORT_MAX_ROWS = "
+                           f"{settings.query_export_max_rows})"),
+                    _param("cursor", "query", {"type": "string", "minLength": 1},
+                           "step=raw only: next_cursor of the previous page"),
                     _format_param()],
                 "responses": {"200": _json_or_csv({"type": "object", "properties": {
                     "device_id": device_id, "metric": {"type": "string"},
                     "step": {"type": "string"}, "from": _TIME, "to": _TIME,
-                    "buckets": {"type": "array", "items": _ref("Bucket")}}},
-                    f"Buckets in time order (at most {settings.query_max_buckets})",
-                    SERIES_COLUMNS),
+                    "buckets": {"type": "array", "items": _ref("Bucket"),
+                                "description": "Steps 1m, 1h, 1d"},
+                    "readings": {"type": "array", "items": _ref("Reading"),
+                                 "description": "step=raw: in time order, each once"},
+                    "kept_from": {**_TIME, "description": "step=raw: the oldest time raw "
+                                                          "readings are kept for"},
+                    "complete": {"type": "boolean", "description": (
+                        "step=raw: false when a ten-minute window of the device was full, "
+                        "so some readings were kept in the rollups only")},
+                    "next_cursor": {"type": ["string", "null"],
+                                    "description": "step=raw: the next page's cursor"}}},
+                    f"Buckets in time order (at most {settings.query_max_buckets}), or "
+                    "with step=raw a page of readings",
+                    SERIES_COLUMNS, RAW_COLUMNS),
                     # 404: an id with a character no path takes (a newline) matches no route.
                     **_errors(400, 404, 503)}}},
             "/alerts": {"get": {

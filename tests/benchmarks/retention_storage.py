@@ -7,8 +7,10 @@ For each metric count and reporting interval: one device reports every metric at
 interval for a whole day through the real write path (RollupWriter); the day is copied to
 the month's other days and compacted by the real sweep. The BSON size of each document
 (what MongoDB stores before compression) is measured, and multiplied out by the default
-retentions (minute slots 30 days, hour totals 396 days, day totals per year). Prints a
-Markdown table; the README's Retention section quotes it.
+retentions (minute slots 30 days, hour totals 396 days, day totals per year). Raw readings:
+the same device reports for the last two hours (raw readings are kept 48 hours), and the
+average ten-minute window is multiplied out by the raw retention. Prints a Markdown table;
+the README's Retention section quotes it.
 
 With --sweep N: N devices with 40 days each of 5-metric day documents, then one sweep;
 prints its store commands and wall time (the first sweep over a backlog).
@@ -30,7 +32,14 @@ from iot_telemetry.retention import Retention, sweep
 from iot_telemetry.rollup import RollupWriter
 from iot_telemetry.series import bucket_start, month_start
 from iot_telemetry.settings import Settings
-from iot_telemetry.store import ROLLUP_DAYS, ROLLUP_HOURS, ROLLUP_MONTHS, Store, reset_embedded
+from iot_telemetry.store import (
+    RAW_READINGS,
+    ROLLUP_DAYS,
+    ROLLUP_HOURS,
+    ROLLUP_MONTHS,
+    Store,
+    reset_embedded,
+)
 from iot_telemetry.telemetry import TelemetryEvent, validate
 
 KIB = 1024
@@ -83,6 +92,19 @@ def measure(store: Store, metrics: int, every: int) -> dict[str, Any]:
             "day": day_size, "month": month_size}
 
 
+def measure_raw(store: Store, metrics: int, every: int) -> float:
+    """Average size of one device's ten-minute raw window over the last two hours."""
+    device = f"raw-m{metrics}-e{every}"
+    end = bucket_start(datetime.now(UTC), "1h")
+    writer = RollupWriter(store)
+    events = [_event(device, end - timedelta(seconds=n * every), metrics, n)
+              for n in range(1, 7200 // every + 1)]
+    for i in range(0, len(events), 200):
+        writer.apply_batch(events[i:i + 200])
+    sizes = _sizes(store, RAW_READINGS, device)
+    return sum(sizes) / len(sizes)
+
+
 def _commands() -> float:
     return sum(sample.value for metric in STORE_COMMANDS.collect() for sample in metric.samples
                if sample.name.endswith("_total"))
@@ -118,7 +140,7 @@ def main(argv: list[str] | None = None) -> int:
     reset_embedded()
     store = Store(Settings.from_environ({}, {"MONGO_URL": args.mongo,
                                              "MONGO_DB": "retention_storage"}))
-    for name in (ROLLUP_HOURS, ROLLUP_DAYS, ROLLUP_MONTHS):
+    for name in (ROLLUP_HOURS, ROLLUP_DAYS, ROLLUP_MONTHS, RAW_READINGS):
         store.collection(name).delete_many({})
     if args.sweep:
         print(sweep_figures(store, args.sweep))
@@ -126,17 +148,20 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     retention = Retention()
     minutes_days, hours_days = retention.minutes.days, retention.hours.days
+    raw_windows = (retention.raw or timedelta(0)) / timedelta(minutes=10)
     print("| metrics | every | hour doc | day doc | month doc | minute level (30 d) "
-          "| hour level (396 d) | day level per year |")
-    print("|---|---|---|---|---|---|---|---|")
+          "| hour level (396 d) | day level per year | raw window doc | raw level (48 h) |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
     for every in (int(x) for x in args.every.split(",")):
         for metrics in (int(x) for x in args.metrics.split(",")):
             m = measure(store, metrics, every)
+            window = measure_raw(store, metrics, every)
             minute_level = m["hour"] * 24 * minutes_days / KIB / KIB
             print(f"| {metrics} | {every} s | {m['hour'] / KIB:.1f} KiB "
                   f"| {m['day'] / KIB:.1f} KiB | {m['month'] / KIB:.1f} KiB "
                   f"| {minute_level:.1f} MiB | {m['day'] * hours_days / KIB / KIB:.2f} MiB "
-                  f"| {m['month'] * 12 / KIB:.0f} KiB |", flush=True)
+                  f"| {m['month'] * 12 / KIB:.0f} KiB | {window / KIB:.1f} KiB "
+                  f"| {window * raw_windows / KIB / KIB:.2f} MiB |", flush=True)
     store.close()
     return 0
 

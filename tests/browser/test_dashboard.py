@@ -40,11 +40,17 @@ def fetch(url: str, headers: dict[str, str] | None = None) -> tuple[int, dict[st
 
 
 def series(dashboard: Dashboard, device: str, metric: str, figure: Any) -> list[dict[str, Any]]:
-    """The API's buckets for what a chart says it shows (its range and step)."""
+    """The API's buckets, or raw readings, for what a chart says it shows (range and step)."""
+    step = figure.get_attribute("data-step")
     query = urlencode({"metric": metric, "from": figure.get_attribute("data-from"),
-                       "to": figure.get_attribute("data-to"),
-                       "step": figure.get_attribute("data-step")})
-    buckets: list[dict[str, Any]] = dashboard.api(f"devices/{device}/series?{query}")["buckets"]
+                       "to": figure.get_attribute("data-to"), "step": step,
+                       **({"limit": 10000} if step == "raw" else {})})
+    answer = dashboard.api(f"devices/{device}/series?{query}")
+    if step == "raw":
+        assert answer["next_cursor"] is None
+        return [{"t": r["t"], "avg": r["value"], "min": r["value"], "max": r["value"],
+                 "count": 1} for r in answer["readings"]]
+    buckets: list[dict[str, Any]] = answer["buckets"]
     return buckets
 
 
@@ -140,7 +146,9 @@ def test_each_chart_draws_one_point_per_bucket_of_the_api(page: Any, dashboard: 
         assert float(row.inner_text().replace(",", "")) == pytest.approx(
             device["metrics"][metric]["value"], abs=0.006)
 
-    for label, range_, step, least in (("Last hour", "1h", "1m", 55), ("Last day", "1d", "1m", 100),
+    # An hour or less draws every reading (step=raw); longer ranges draw buckets.
+    for label, range_, step, least in (("Last hour", "1h", "raw", 150),
+                                       ("Last day", "1d", "1m", 100),
                                        ("Last week", "1w", "1h", 60)):
         page.get_by_label(label, exact=True).check()
         expect(page.locator("#charts")).to_have_attribute("data-range", range_)
@@ -153,7 +161,7 @@ def test_each_chart_draws_one_point_per_bucket_of_the_api(page: Any, dashboard: 
             assert figure.get_attribute("data-points") == str(len(buckets)), (label, metric)
         if range_ == "1h":
             screenshot(page, "device")
-            # The chart's data as a table: one row per bucket, the API's averages.
+            # The chart's data as a table: one row per reading, the API's values.
             figure = page.locator('figure[data-metric="temperature"]')
             figure.get_by_text("temperature as a table").click()
             table_rows = figure.locator("details tbody tr")

@@ -10,11 +10,19 @@ from datetime import UTC, datetime, timedelta
 import pytest
 
 from iot_telemetry.observability import STORE_COMMANDS
+from iot_telemetry.retention import Retention
 from iot_telemetry.rollup import RollupWriter
 from iot_telemetry.series import STEPS
 from iot_telemetry.settings import Settings
 from iot_telemetry.store import DEVICES, Store
-from tests.unit.test_rollup_exact import event_of, same, stored, truth
+from tests.unit.test_rollup_exact import (
+    event_of,
+    raw_stored,
+    raw_truth,
+    same,
+    stored,
+    truth,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -32,11 +40,13 @@ def commands() -> float:
                if sample.name.endswith("_total"))
 
 
-@pytest.mark.parametrize("metrics", [1, 5, 20])
-def test_at_most_three_store_commands_per_event_whatever_its_metrics(mongo_url, mongo_db,
-                                                                     metrics) -> None:
+@pytest.mark.parametrize(("metrics", "raw", "most"), [
+    (1, True, 4), (5, True, 4), (20, True, 4), (5, False, 3)])
+def test_at_most_four_store_commands_per_event_whatever_its_metrics(mongo_url, mongo_db,
+                                                                    metrics, raw, most) -> None:
+    """Three for the rollups and latest values, one for the raw readings (when kept)."""
     store = store_of(mongo_url, mongo_db)
-    writer = RollupWriter(store)
+    writer = RollupWriter(store, retention=Retention() if raw else Retention(raw=None))
     t = datetime.now(UTC).replace(minute=0, second=0, microsecond=0)
     writer.apply(event_of("warm", t, {"x": 1.0}, "warm"))  # server discovery, first calls
     if not writer._projected_find_and_modify:
@@ -46,7 +56,7 @@ def test_at_most_three_store_commands_per_event_whatever_its_metrics(mongo_url, 
     before = commands()
     for i in range(10):
         assert writer.apply(event_of(f"d{i}", t + timedelta(seconds=i), values, f"e{i}"))
-    assert (commands() - before) / 10 <= 3
+    assert (commands() - before) / 10 <= most
     store.close()
 
 
@@ -97,5 +107,8 @@ def test_every_field_exact_with_instances_on_their_own_connections(mongo_url, mo
         with store.guard():
             doc = store.collection(DEVICES).find_one({"_id": device})
         assert doc is not None and set(doc["latest"]) == {"x", "y"}
+        for metric in ("x", "y"):  # raw readings: each once
+            assert sorted(raw_stored(store, device, metric, base)) == raw_truth(
+                evs, device, metric)
     for writer in instances:
         writer.store.close()

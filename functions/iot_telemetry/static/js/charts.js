@@ -5,8 +5,9 @@
 
 import { count, el, full, number, quantity, unitSymbol } from "./format.js";
 
-export const STEP_SECONDS = { "1m": 60, "1h": 3600, "1d": 86400 };
-const STEP_NAMES = { "1m": "1 minute", "1h": "1 hour", "1d": "1 day" };
+// raw: each reading its own point (a line breaks where readings are 1/20 of the range apart).
+export const STEP_SECONDS = { "1m": 60, "1h": 3600, "1d": 86400, raw: 1 };
+const STEP_NAMES = { "1m": "1 minute", "1h": "1 hour", "1d": "1 day", raw: "raw readings" };
 const HEIGHT = 220;
 const LINE = "#1d4ed8";
 const EDGE = "rgba(29, 78, 216, 0.55)";
@@ -279,13 +280,14 @@ export class MetricChart {
     const stats = summary(series.buckets);
     const step = STEP_NAMES[series.step] || series.step;
     const q = (v) => quantity(v, this.unit);
+    const what = series.step === "raw" ? count(drawn, "reading") : `${count(drawn, "bucket")} of ${step}`;
     this.meta.textContent = stats
-      ? `${count(drawn, "bucket")} of ${step} · average ${q(stats.avg)} · lowest ${q(stats.min)} · `
+      ? `${what} · average ${q(stats.avg)} · lowest ${q(stats.min)} · `
         + `highest ${q(stats.max)} · drag to zoom, double-click to reset`
       : `No readings in this range (step ${step}).`;
     this.area.setAttribute("aria-label", stats
       ? `${this.metric} from ${full(new Date(from * 1000))} to ${full(new Date(to * 1000))}: `
-        + `${count(drawn, "bucket")} of ${step}, average ${q(stats.avg)}, lowest ${q(stats.min)}, `
+        + `${what}, average ${q(stats.avg)}, lowest ${q(stats.min)}, `
         + `highest ${q(stats.max)}`
       : `${this.metric}: no readings in this range`);
     this.empty.hidden = true;

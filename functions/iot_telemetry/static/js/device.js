@@ -16,6 +16,17 @@ export const RANGES = {
 };
 const STEP_NAMES = { "1m": "1 minute", "1h": "1 hour", "1d": "1 day" };
 const DEFAULT_RANGE = "1h";
+/** Ranges up to an hour draw the readings themselves (step=raw) when the API keeps them and
+ * they fit one answer; longer ones, or a step chosen by hand, draw buckets. */
+const RAW_UP_TO_MS = 3600e3;
+const RAW_LIMIT = 10000;
+
+/** A raw answer shaped as buckets of one reading each, so the chart draws it the same way. */
+export function readingsAsBuckets(answer) {
+  return { ...answer, buckets: answer.readings.map((r) => ({
+    t: r.t, count: 1, min: r.value, max: r.value, avg: r.value, sum: r.value,
+  })) };
+}
 
 /** With no range chosen: the shortest of 5 min, 15 min and an hour that holds every reading
  * of the device, so a device that began reporting a minute ago is not a sliver at the edge. */
@@ -129,6 +140,27 @@ export class DeviceView {
     return { from: new Date(Date.now() - RANGES[range].ms).toISOString() };
   }
 
+  /** Whether the range is short enough to draw the readings themselves. */
+  wantsRaw(params) {
+    if (params.step) return false;
+    const to = params.to ? Date.parse(params.to) : Date.now();
+    return to - Date.parse(params.from) <= RAW_UP_TO_MS;
+  }
+
+  /** One metric's chart data: its readings for a short range, else (or when the API keeps
+   * none, or not all of them) its buckets. */
+  async seriesOf(metric, params) {
+    if (this.wantsRaw(params)) {
+      try {
+        const answer = await api.series(this.id, { metric, ...params, step: "raw", limit: RAW_LIMIT });
+        if (!answer.next_cursor && answer.complete) return readingsAsBuckets(answer);
+      } catch (err) {
+        if (err.status !== 400) throw err; // 400: raw readings are off (RAW_RETENTION_HOURS=0)
+      }
+    }
+    return api.series(this.id, { metric, ...params });
+  }
+
   /** The start of the device's earliest bucket in the last hour, or null (a device
    * registered before its first reading has no first_seen). */
   async earliestReading(metrics) {
@@ -173,7 +205,7 @@ export class DeviceView {
     const since = Date.parse(params.from) || Date.now() - RANGES["1h"].ms;
     // Thresholds and alert periods are extras: a chart is still drawn without them.
     const [answers, rules, alerts] = await Promise.all([
-      Promise.all(metrics.map((metric) => api.series(this.id, { metric, ...params })
+      Promise.all(metrics.map((metric) => this.seriesOf(metric, params)
         .then((series) => ({ metric, series }), (error) => ({ metric, error })))),
       api.rules(this.id).then((answer) => answer.rules, () => []),
       api.deviceAlerts(this.id, since).catch(() => []),
@@ -253,13 +285,16 @@ export class DeviceView {
       }
     }
     if (!steps.size && this.params.step) steps.add(this.params.step);
+    const raw = steps.has("raw");
+    steps.delete("raw");
     steps = [...steps].map((s) => STEP_NAMES[s] || s).join(", ");
     const range = this.params.range === "custom" ? "Custom range" : RANGES[this.params.range].label;
     const chosen = this.params.range === "custom" && this.params.step ? "chosen" : "chosen for the range";
+    const drawn = [raw ? "every reading as sent" : "", steps ? `one bucket per ${steps} (${chosen}); `
+      + "band from lowest to highest, line the average" : ""].filter(Boolean).join("; ");
     $("range-note").textContent = answers.length
-      ? `${range}: one bucket per ${steps || "–"} (${chosen}); band from lowest to highest, `
-        + "line the average; horizontal lines are alert thresholds (dashed: where an alert "
-        + "clears), shading is when this device's alerts were open."
+      ? `${range}: ${drawn || "–"}; horizontal lines are alert thresholds (dashed: where an `
+        + "alert clears), shading is when this device's alerts were open."
       : "This device has no metrics yet.";
     container.dataset.range = this.params.range; // what the charts now show (tests wait on it)
   }
