@@ -142,9 +142,8 @@ export class DeviceView {
 
   /** Whether the range is short enough to draw the readings themselves. */
   wantsRaw(params) {
-    if (params.step) return false;
-    const to = params.to ? Date.parse(params.to) : Date.now();
-    return to - Date.parse(params.from) <= RAW_UP_TO_MS;
+    if (this.params.range !== "custom") return RANGES[this.params.range].ms <= RAW_UP_TO_MS;
+    return !params.step && Date.parse(params.to) - Date.parse(params.from) <= RAW_UP_TO_MS;
   }
 
   /** One metric's chart data: its readings for a short range, else (or when the API keeps
