@@ -1,5 +1,6 @@
 """A device seen for the first time a minute ago: the dashboard picks a range that fits it,
-shows the units the registry knows, two decimals everywhere, and says "1 bucket"."""
+shows the units the registry knows, two decimals everywhere, and says "1 reading" (a range of
+an hour or less draws the raw readings)."""
 
 from __future__ import annotations
 
@@ -59,7 +60,7 @@ def test_a_new_device_opens_on_a_range_that_fits_with_its_units(page: Any,
     figure = page.locator('figure[data-metric="temperature"]')
     expect(figure.locator("h3")).to_have_text("temperature (°C)")
     expect(figure.locator(".chart-meta")).to_contain_text(
-        "1 bucket of 1 minute · average 21.50 °C · lowest 21.50 °C · highest 21.50 °C")
+        "1 reading · average 21.50 °C · lowest 21.50 °C · highest 21.50 °C")
     screenshot(page, "device-first-minutes")
 
     # A range chosen by hand stays chosen; a device without units shows bare numbers.

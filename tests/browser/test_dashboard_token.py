@@ -64,7 +64,8 @@ def test_downloads_send_the_token(page: Any, dashboard: Dashboard, token_mode: N
 
     page.goto(dashboard.url + "#/devices/sim-0001")
     figure = page.locator('figure[data-metric="temperature"]')
-    expect(figure).to_have_attribute("data-step", "1m")
+    expect(figure).to_have_attribute("data-step", "raw")  # the last hour: raw readings
     with page.expect_download() as saved:
         figure.get_by_role("button", name="Download temperature as CSV").click()
-    assert saved.value.path().read_text(encoding="utf-8").startswith("device_id,metric,step,t,")
+    assert saved.value.path().read_text(encoding="utf-8").startswith(
+        "device_id,metric,t,value,event_id")
