@@ -345,6 +345,30 @@ def _fam_set_unset_dotted(c: Collection[Doc]) -> Any:
         return_document=ReturnDocument.AFTER)
 
 
+def _raw_window_upsert(c: Collection[Doc]) -> Any:
+    # raw.updates: $set of many dotted keys, $inc of the size, under a size filter; a second
+    # delivery sets the same fields; a full window refuses the upsert as a duplicate key
+    def keep(values: dict[str, float], size: int) -> str:
+        return _dup_key(lambda: c.update_one(
+            {"_id": "d|w", "b": {"$lt": 100}},
+            {"$set": {**{f"r.x.{k}": v for k, v in values.items()}, "e.k1": "ev-1"},
+             "$inc": {"b": size}, "$setOnInsert": {"t": T0}}, upsert=True))
+    first = keep({"000001aa0": 1.5, "000002aa1": 2.5}, 40)
+    again = keep({"000001aa0": 1.5, "000002aa1": 2.5}, 40)
+    full = keep({"000003bb0": 9.0}, 40)
+    late = keep({"000004cc0": 7.0}, 40)
+    doc = c.find_one({"_id": "d|w"})
+    assert doc is not None
+    return [first, again, full, late, doc["r"]["x"], doc["b"]]
+
+
+def _raw_window_range(c: Collection[Doc]) -> Any:
+    # raw._windows: one device's windows by a range of _id, oldest first, one metric projected
+    return [(d["_id"], sorted(d.get("r", {}))) for d in c.find(
+        {"_id": {"$gte": "d|2026-03-01T12:00", "$lte": "d|2026-03-01T12:20"}},
+        {"t": 1, "b": 1, "e": 1, "r.x": 1}).sort("_id", 1).batch_size(2)]
+
+
 def _ping(c: Collection[Doc]) -> Any:
     return c.database.client.admin.command("ping").get("ok")
 
@@ -467,6 +491,21 @@ CASES: list[Case] = [
          {"_id": "a", "name": "n", "metadata": {"location": "gh-3", "floor": 2}},
          [{"_id": "a", "name": "n", "metadata": {"location": "gh-2", "row": 4, "floor": 2}}],
          "devices.set_metadata"),
+    Case("upsert $set of many dotted keys + $inc under a $lt filter (raw window)",
+         _raw_window_upsert,
+         ["accepted", "accepted", "accepted", "duplicate key",
+          {"000001aa0": 1.5, "000002aa1": 2.5, "000003bb0": 9.0}, 120],
+         used_by="raw.updates"),
+    Case("find _id range $gte/$lte + sort + batches + nested projection", _raw_window_range,
+         [("d|2026-03-01T12:00", ["x"]), ("d|2026-03-01T12:10", []),
+          ("d|2026-03-01T12:20", ["x"])],
+         [{"_id": "d|2026-03-01T11:50", "r": {"x": {"1": 1.0}}},
+          {"_id": "d|2026-03-01T12:00", "r": {"x": {"1": 1.0}, "y": {"1": 2.0}}},
+          {"_id": "d|2026-03-01T12:10", "r": {"y": {"1": 2.0}}},
+          {"_id": "d|2026-03-01T12:20", "r": {"x": {"2": 3.0}}},
+          {"_id": "d-2|2026-03-01T12:10", "r": {"x": {"1": 1.0}}},
+          {"_id": "d|2026-03-01T12:30", "r": {"x": {"1": 1.0}}}],
+         "raw.read"),
 ]
 
 
