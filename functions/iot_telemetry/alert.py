@@ -119,10 +119,12 @@ def _sweep(raw: RawEvent, rt: Runtime) -> flask.Response:
     now = min(ticked, wall) if ticked is not None else wall
     key = f"{raw.attributes.get('source')}\x1f{raw.attributes.get('id')}"
     book = _book(rt)
-    _resolve_removed_rules(book, rt)
+    # Every tick, not once per process: an instance still running the old rules during a
+    # rolling update may raise alerts of a removed rule after this process started.
+    _resolve_unclosable(book, rt, book.orphans(REMOVED_PER_TICK), RULE_REMOVED)
     _sweep_out_of_scope(book, rt)
     rt.store.ensure_indexes()  # the sweep reads devices through the `recent` index
-    outcome = _offline(rt).sweep(now, key)
+    outcome = _offline(rt).sweep(now, key, wall)
     return _reply(outcome, rt, str(raw.attributes.get("id")), None)
 
 
@@ -179,6 +181,9 @@ def _resolve_out_of_scope(book: AlertBook, rt: Runtime, device_id: str,
 
 #: Open alerts of scoped rules one tick checks; the next tick goes on after the last one.
 SCOPE_CHECKS_PER_TICK: Final = 1000
+#: Alerts of removed rules one tick resolves (each with a POST to K_SINK, within the
+#: Trigger's 30 s); the next tick resolves the next ones, until none is left.
+REMOVED_PER_TICK: Final = 500
 
 
 def _sweep_out_of_scope(book: AlertBook, rt: Runtime) -> None:

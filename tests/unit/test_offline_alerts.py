@@ -252,6 +252,10 @@ def test_a_raise_on_a_late_recorded_report_is_resolved_by_the_next_sweep(
     apps = Apps()
     report(apps, "late", 900, "l0")  # the last report aggregate recorded so far
     report(apps, "late", 20, "l1", function="alert")
+    # alert's own `heard` keeps a sweep from raising on it; a raise it could not prevent (by
+    # an earlier version, or with the clocks of ingest and alert apart): as if not written
+    get_runtime().store.collection("alert_state").update_one(
+        {"_id": "late:offline"}, {"$unset": {"heard": ""}})
     assert sweep(apps, "tick-1").headers["ce-id"] == "late:offline:1/raised"
     assert report(apps, "late", 10, "l2", function="alert").status_code == 204  # skipped
     report(apps, "late", 10, "l2")  # aggregate catches up
