@@ -14,12 +14,17 @@ alert ids, upserts, updates conditional on the alert's state); a state whose eff
 not marked applied gets them applied by whoever reads it next, and a redelivered sweep or
 telemetry event finds its own effects in the state and answers the same alert events again.
 
-Bounded work: a sweep reads, over the `recent` index, only devices whose last report fell
-between where the previous sweeps got to (less LATE_GRACE, for reports aggregate records
-late) and this sweep's cutoff, in pages of PAGE_SIZE, at most MAX_DEVICES and MAX_RAISES;
-where it stopped is kept (`sweep:<rule>` in alert_state; `sweep:<rule>:<window>s` for a
-window an override gives some devices) and the next sweep goes on from there. A rule's scope
-and overrides are decided from the metadata each device page carries.
+Bounded work, paged: a sweep reads, over the `recent` index, only devices whose last report
+fell between where the previous sweeps got to (less LATE_GRACE, for reports aggregate
+records late) and this sweep's cutoff, and devices the registry changed since (`changed_at`:
+re-enabled, moved into a scope or to another window), in pages of PAGE_SIZE, at most
+MAX_DEVICES and MAX_RAISES; where it stopped is kept (in the `sweeps` collection, with each
+tick's journal: bookkeeping.py) and the next sweep goes on from there. A rule whose scope,
+overrides or window changed walks every silent device again. A rule's scope and overrides
+are decided from the metadata each device page carries.
+
+State ids are `<device>:<rule>`: a rule name has no `:` (RULE_NAME), so the last `:` splits
+any id one way, and nothing but devices' states lives among them.
 """
 
 from __future__ import annotations

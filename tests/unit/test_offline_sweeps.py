@@ -231,9 +231,9 @@ def wrongly_raised_alerts_are_all_resolved(make: Make, sink: FlakySink, offline_
     apps = Apps()
     silent(rt, [f"off-{i:03}" for i in range(offline_count)], timedelta(minutes=20))
     silent(rt, ["zz-reporter"], timedelta(minutes=10))
-    assert sweep(apps, "tick-0").status_code == 200
-    while sweep(apps, "tick-0b").status_code == 200:  # the raises, page by page
-        pass
+    raising = 0
+    while sweep(apps, f"raising-{raising}").status_code == 200:  # the raises, tick by tick
+        raising += 1
     assert len(every_alert(apps)) == offline_count + 1
     # aggregate records the reporter's reports; alert had skipped checking them
     rt.store.collection(DEVICES).update_one(
@@ -302,3 +302,18 @@ def test_a_backlog_in_aggregate_does_not_raise_and_resolve_every_window(
     assert alerts(apps, "lagging") == []
     assert get_runtime().store.collection(ALERT_STATE).find_one(
         {"_id": "lagging:offline"})["heard"] > start
+
+
+def test_offline_state_ids_split_one_way_whatever_the_device_id() -> None:
+    """`<device>:<rule>`: device ids may hold `:`, rule names may not, so no two (device,
+    rule) pairs share an id, nor meet a threshold state (`<device>|rules`)."""
+    from iot_telemetry.alerting import device_state_id
+    from iot_telemetry.rules import OfflineRule, parse_rules
+
+    with pytest.raises(ValueError, match="name"):
+        parse_rules([{"name": "b:c", "condition": "offline"}])
+    rules = [OfflineRule(n, "warning") for n in ("c", "b", "offline", "rules", "60s")]
+    devices = ["a", "a:b", "a:b:c", "sweep", "sweep:offline", "sweep:offline:60s", "x.y-z"]
+    ids = [offline.state_id(d, r) for d in devices for r in rules]
+    assert len(set(ids)) == len(ids)
+    assert not set(ids) & {device_state_id(d) for d in devices}
