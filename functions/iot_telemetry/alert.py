@@ -24,6 +24,7 @@ from .alerting import (
     Outcome,
     public,
 )
+from .bookkeeping import Bookkeeping
 from .errors import DependencyUnavailable
 from .events import ALERT_TYPE, SPECVERSION, RawEvent, is_ping, read_delivery, to_http
 from .eventtime import settled
@@ -181,6 +182,8 @@ def _resolve_out_of_scope(book: AlertBook, rt: Runtime, device_id: str,
 
 #: Open alerts of scoped rules one tick checks; the next tick goes on after the last one.
 SCOPE_CHECKS_PER_TICK: Final = 1000
+#: The progress record of that check (bookkeeping.py).
+OUT_OF_SCOPE: Final = "out-of-scope"
 #: Alerts of removed rules one tick resolves (each with a POST to K_SINK, within the
 #: Trigger's 30 s); the next tick resolves the next ones, until none is left.
 REMOVED_PER_TICK: Final = 500
@@ -195,17 +198,22 @@ def _sweep_out_of_scope(book: AlertBook, rt: Runtime) -> None:
         return
     query: dict[str, Any] = {"state": {"$in": [OPEN, ACKNOWLEDGED]},
                              "rule": {"$in": sorted(rules)}}
-    if resolver.sweep_after is not None:
-        query["_id"] = {"$gt": resolver.sweep_after}
+    # Where the last tick stopped, whichever instance ran it (in the store, not the process).
+    books = Bookkeeping(rt.store)
+    after = (books.read(OUT_OF_SCOPE) or {}).get("after")
+    if after is not None:
+        query["_id"] = {"$gt": after}
     with rt.store.guard():
         docs = list(rt.store.collection(ALERTS).find(query).sort("_id", 1).limit(
             SCOPE_CHECKS_PER_TICK))
-    resolver.sweep_after = docs[-1]["_id"] if len(docs) == SCOPE_CHECKS_PER_TICK else None
+    stopped = docs[-1]["_id"] if len(docs) == SCOPE_CHECKS_PER_TICK else None
     metadata = (resolver.metadata.get_many(d["device_id"] for d in docs)
                 if resolver.needs_metadata else {})
     gone = [d for d in docs if not verdict(rules[d["rule"]], d["device_id"],
                                            metadata.get(d["device_id"], {})).applies]
     _resolve_unclosable(book, rt, gone, RULE_OUT_OF_SCOPE)
+    if stopped != after:
+        books.save(OUT_OF_SCOPE, {"$set": {"after": stopped}})
 
 
 def _resolve_unclosable(book: AlertBook, rt: Runtime, docs: list[dict[str, Any]],

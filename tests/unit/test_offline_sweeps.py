@@ -317,3 +317,25 @@ def test_offline_state_ids_split_one_way_whatever_the_device_id() -> None:
     ids = [offline.state_id(d, r) for d in devices for r in rules]
     assert len(set(ids)) == len(ids)
     assert not set(ids) & {device_state_id(d) for d in devices}
+
+
+def test_the_out_of_scope_check_goes_on_across_instances(runtime, flaky_sink,
+                                                         monkeypatch) -> None:
+    """Its progress was the process's own: each tick on a new instance (a restart, another
+    pod) started over at the first page and never got past it."""
+    from tests.unit.test_rule_scopes import GROUPS, reading
+
+    monkeypatch.setattr(alert_function, "SCOPE_CHECKS_PER_TICK", 2)
+    rt = embedded(ALERT_RULES=json.dumps(GROUPS), K_SINK=flaky_sink.url)
+    apps = Apps()
+    t = datetime.now(UTC) - timedelta(minutes=30)
+    kept, moved = [f"o-{i}" for i in range(3)], [f"p-{i}" for i in range(5)]
+    for device in kept + moved:
+        Registry(rt.store).add(device, metadata={"location": "greenhouse-b"})
+        reading(apps, device, 27, t, f"{device}-0")
+    narrowed = [GROUPS[0], {**GROUPS[1], "scope": {"prefix": "o-"}}]
+    for tick in range(5):
+        embedded(ALERT_RULES=json.dumps(narrowed), K_SINK=flaky_sink.url)  # another instance
+        sweep(apps, f"tick-{tick}")
+    assert [a["state"] for d in moved for a in alerts(apps, d)] == ["resolved"] * 5
+    assert [a["state"] for d in kept for a in alerts(apps, d)] == ["open"] * 3
