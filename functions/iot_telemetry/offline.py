@@ -64,6 +64,10 @@ MAX_RAISES: Final = 500
 #: report after the sweep that should have seen it (a backlog), and a device whose
 #: last_seen moved into an already swept range must not be missed.
 LATE_GRACE: Final = timedelta(hours=1)
+#: How far before the last pass the walk of registry changes looks again: the clocks of
+#: whoever changed the registry and of this pod may differ, and a change stamped before a
+#: pass may land after it.
+CHANGE_GRACE: Final = timedelta(minutes=5)
 #: Open alerts of a rule one tick checks for devices that reported since (the fix-up of
 #: wrongly raised alerts); the next tick goes on after the last one checked.
 FIXUP_CHECKS: Final = 2000
@@ -294,8 +298,7 @@ class OfflineBook:
             update["$set"]["changes_through"] = changes = tick.journal.wall
         if stopped is None:
             update["$max"] = {"through": cutoff}
-            # Clocks of the registry's and this pod may differ: LATE_GRACE again.
-            low = _time(saved.get("changes_resume")) or changes - LATE_GRACE
+            low = _time(saved.get("changes_resume")) or changes - CHANGE_GRACE
             changed = self._walk(rule, window, tick, CHANGED_AT, silent=silent, low=low)
             update["$set"]["changes_resume"] = changed
             if changed is None and "changes_through" not in update["$set"]:
