@@ -39,6 +39,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any, Final
 
+from pymongo import ReturnDocument
 from pymongo.errors import DuplicateKeyError
 
 from .alerting import ACKNOWLEDGED, CLEARED, OPEN, RECENT_EVENTS, RESOLVED, Outcome, public
@@ -84,11 +85,13 @@ def _time(value: Any) -> datetime | None:
 
 
 class ReportCache:
-    """The newest report time of each device whose offline states this process checked
-    (an LRU, one per process), so steady reporters are not checked on every event."""
+    """Per device whose offline states this process checked (LRUs, one per process): the
+    newest report time, so steady reporters are not checked on every event, and the newest
+    `heard` this process wrote, so it is written only every so often."""
 
     def __init__(self, size: int = 100_000) -> None:
         self._times: OrderedDict[str, datetime] = OrderedDict()
+        self._written: OrderedDict[str, datetime] = OrderedDict()
         self._size = size
         self._lock = threading.Lock()
 
@@ -97,12 +100,22 @@ class ReportCache:
             return self._times.get(device_id)
 
     def heard(self, device_id: str, at: datetime) -> None:
+        self._raise(self._times, device_id, at)
+
+    def written(self, device_id: str) -> datetime | None:
         with self._lock:
-            old = self._times.get(device_id)
-            self._times[device_id] = _utc(at) if old is None else max(old, _utc(at))
-            self._times.move_to_end(device_id)
-            while len(self._times) > self._size:
-                self._times.popitem(last=False)
+            return self._written.get(device_id)
+
+    def wrote(self, device_id: str, at: datetime) -> None:
+        self._raise(self._written, device_id, at)
+
+    def _raise(self, times: OrderedDict[str, datetime], device_id: str, at: datetime) -> None:
+        with self._lock:
+            old = times.get(device_id)
+            times[device_id] = _utc(at) if old is None else max(old, _utc(at))
+            times.move_to_end(device_id)
+            while len(times) > self._size:
+                times.popitem(last=False)
 
 
 def windows(rule: OfflineRule, default: float) -> list[float]:
@@ -401,41 +414,46 @@ class OfflineBook:
                 self.reports.heard(event.device_id, heard)
                 return outcome
         ids = [state_id(event.device_id, r) for r in self.rules]
+        written = self.reports.written(event.device_id) if self.reports is not None else None
+        # alert's own knowledge of the device's reports, `heard`, is written at most every
+        # quarter of the shortest window (see _heard_update).
+        due = written is None or (heard - written).total_seconds() >= shortest / 4
+        states = self.store.collection(ALERT_STATE)
         with self.store.guard():
-            docs = {d["_id"]: d for d in self.store.collection(ALERT_STATE).find(
-                {"_id": {"$in": ids}})}
+            if due and len(ids) == 1:
+                # One offline rule (the defaults): read and write in one command. The state
+                # comes back with `heard` and its new `rev`, ready for a resolve.
+                doc = self._record_heard(event.device_id, self.rules[0], heard)
+                docs = {} if doc is None else {ids[0]: doc}
+            else:
+                docs = {d["_id"]: d for d in states.find({"_id": {"$in": ids}})}
         for rule, sid in zip(self.rules, ids, strict=True):
             if sid in docs:
                 self._transition(rule, event.device_id, docs[sid], event.key, outcome,
                                  resolve_at=_utc(seen))
-        self._record_heard(event.device_id, docs, heard, shortest)
+        if due and len(ids) > 1:
+            # A duplicate key (another instance inserted the state first) leaves its `heard`.
+            self.store.bulk(ALERT_STATE, [Update({"_id": sid}, _heard_update(
+                event.device_id, rule, heard), upsert=True)
+                for rule, sid in zip(self.rules, ids, strict=True)])
         if self.reports is not None:
             self.reports.heard(event.device_id, heard)
+            if due:
+                self.reports.wrote(event.device_id, heard)
         return outcome
 
-    def _record_heard(self, device_id: str, docs: Mapping[str, Mapping[str, Any]],
-                      heard: datetime, shortest: float) -> None:
-        """Keep alert's own knowledge of the device's reports in its offline states.
-
-        A sweep judges silence by aggregate's `last_seen`; while aggregate lags by more than
-        a window (a backlog), a device that reports would be raised on, resolved by its next
-        report, raised again a window later, and so on. `heard` (the newest report alert
-        handled, written at most every quarter of the shortest window, in one command)
-        keeps the sweep from raising on a device alert hears from.
-        """
-        ops = []
-        for rule in self.rules:
-            sid = state_id(device_id, rule)
-            known = _time((docs.get(sid) or {}).get("heard"))
-            if known is None or (heard - known).total_seconds() >= shortest / 4:
-                # A new `rev`: a sweep that read the state before this write raises on
-                # nothing (its compare-and-swap fails, it reads again and finds `heard`).
-                ops.append(Update({"_id": sid}, {
-                    "$max": {"heard": heard}, "$inc": {"rev": 1},
-                    "$setOnInsert": {"device_id": device_id, "rule": rule.name}},
-                    upsert=True))
-        # A duplicate key (another instance inserted the state first) leaves its `heard`.
-        self.store.bulk(ALERT_STATE, ops)
+    def _record_heard(self, device_id: str, rule: OfflineRule, heard: datetime,
+                      ) -> dict[str, Any] | None:
+        """Write `heard` into the device's state of `rule`; the state after."""
+        update, sid = _heard_update(device_id, rule, heard), state_id(device_id, rule)
+        states = self.store.collection(ALERT_STATE)
+        try:
+            doc = states.find_one_and_update({"_id": sid}, update, upsert=True,
+                                             return_document=ReturnDocument.AFTER)
+        except DuplicateKeyError:  # another instance inserted it first: update it
+            doc = states.find_one_and_update({"_id": sid}, update,
+                                             return_document=ReturnDocument.AFTER)
+        return doc
 
     # --- both -------------------------------------------------------------------------------
 
@@ -539,6 +557,19 @@ class OfflineBook:
                 {"_id": {"$in": [e["alert_id"] for e in effects]}})}
         return [{"transition": e["kind"], "alert": public(docs[e["alert_id"]])}
                 for e in effects if e["alert_id"] in docs]
+
+
+def _heard_update(device_id: str, rule: OfflineRule, heard: datetime) -> dict[str, Any]:
+    """Record in a device's offline state the newest report alert handled (`heard`).
+
+    A sweep judges silence by aggregate's `last_seen`; while aggregate lags by more than a
+    window (a backlog), a device that reports would be raised on, resolved by its next
+    report, raised again a window later, and so on. A sweep raises only for a device silent
+    by both. The write moves `rev`: a sweep that read the state before it fails its
+    compare-and-swap, reads again and finds `heard`.
+    """
+    return {"$max": {"heard": heard}, "$inc": {"rev": 1},
+            "$setOnInsert": {"device_id": device_id, "rule": rule.name}}
 
 
 def _earlier_effects(doc: Mapping[str, Any] | None, key: str) -> list[dict[str, Any]] | None:
