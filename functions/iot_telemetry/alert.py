@@ -119,12 +119,12 @@ def _sweep(raw: RawEvent, rt: Runtime) -> flask.Response:
     ticked = parse_time(raw.attributes.get("time"))
     now = min(ticked, wall) if ticked is not None else wall
     key = f"{raw.attributes.get('source')}\x1f{raw.attributes.get('id')}"
+    rt.store.ensure_indexes()  # the sweeps read alerts and devices through their indexes
     book = _book(rt)
     # Every tick, not once per process: an instance still running the old rules during a
     # rolling update may raise alerts of a removed rule after this process started.
     _resolve_unclosable(book, rt, book.orphans(REMOVED_PER_TICK), RULE_REMOVED)
     _sweep_out_of_scope(book, rt)
-    rt.store.ensure_indexes()  # the sweep reads devices through the `recent` index
     outcome = _offline(rt).sweep(now, key, wall)
     return _reply(outcome, rt, str(raw.attributes.get("id")), None)
 
