@@ -113,20 +113,28 @@ def test_devices_named_like_the_sweeps_records_are_alerted_and_stop_nothing(
     assert rt.store.collection(SWEEPS).count_documents({"_id": "offline:offline:300"}) == 1
 
 
-def test_an_upgrade_keeps_the_progress_of_the_earlier_layout(runtime, flaky_sink) -> None:
+@pytest.mark.parametrize("merged", [False, True])
+def test_an_upgrade_keeps_the_progress_of_the_earlier_layout(runtime, flaky_sink,
+                                                            merged) -> None:
     """The progress an earlier version kept as `sweep:<rule>` in alert_state is carried over
-    (the next sweep goes on from it, not over every device) and leaves alert_state."""
+    (the next sweep goes on from it, not over every device) and leaves alert_state; where
+    it had been written into device `sweep`'s state (`merged`), only its fields leave."""
     rt = embedded(K_SINK=flaky_sink.url, ALERT_RULES=json.dumps(RULES))
     now = datetime.now(UTC)
     states = rt.store.collection(ALERT_STATE)
-    states.insert_one({"_id": "sweep:offline", "through": now - timedelta(minutes=6)})
+    state = {"device_id": "sweep", "rule": "offline", "rev": 2, "applied": True,
+             "state": {"firing": False, "episode": 0, "last_report": None}} if merged else {}
+    states.insert_one({"_id": "sweep:offline", "through": now - timedelta(minutes=6),
+                       **state})
     # silent for 3 hours: before the carried-over progress (less its hour of grace)
     silent(rt, ["long-gone"], timedelta(hours=3))
     silent(rt, ["sweep"], timedelta(minutes=8))
     apps = Apps()
     assert sweep(apps, "tick-1", now).headers["ce-id"] == "sweep:offline:1/raised"
     assert [a["device_id"] for a in every_alert(apps)] == ["sweep"]
-    assert states.find_one({"_id": "sweep:offline"})["device_id"] == "sweep"
+    doc = states.find_one({"_id": "sweep:offline"})
+    assert doc["device_id"] == "sweep" and "through" not in doc
+    assert doc["rev"] == (3 if merged else 1)
     saved = rt.store.collection(SWEEPS).find_one({"_id": "offline:offline:300"})
     assert saved["through"] > now - timedelta(minutes=6)
 
