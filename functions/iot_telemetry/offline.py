@@ -294,7 +294,10 @@ class OfflineBook:
         if tick.full:
             return  # this tick raised enough: the next one sweeps this rule
         name, fingerprint = f"offline:{rule.name}:{window:g}", _fingerprint(rule)
-        saved = self.books.read(name) or self._adopt_legacy(name, legacy, fingerprint)
+        saved = self.books.read(name)
+        if saved is None:
+            self._retire_legacy(legacy)
+            saved = {}
         if saved.get("rule") != fingerprint:
             saved = {}  # the rule changed: who is in its scope, with which window
         cutoff = tick.now - timedelta(seconds=window)
@@ -318,22 +321,20 @@ class OfflineBook:
                 update["$max"]["changes_through"] = tick.journal.wall
         self.books.save(name, update)
 
-    def _adopt_legacy(self, name: str, legacy: str, fingerprint: str) -> dict[str, Any]:
-        """An upgrade: the progress an earlier version kept in alert_state (`sweep:<rule>`,
-        where a device named `sweep` has its state) moves here, and leaves alert_state."""
+    def _retire_legacy(self, legacy: str) -> None:
+        """An upgrade: the progress earlier versions kept in alert_state (`sweep:<rule>`,
+        the id of device `sweep`'s state) leaves it. It is not carried over: the pass
+        starts with a walk over every silent device, which also alerts the devices those
+        versions missed (eligible again after more than LATE_GRACE of silence)."""
         states = self.store.collection(ALERT_STATE)
         with self.store.guard():
-            old = states.find_one({"_id": legacy}) or {}
-        adopted = {k: old[k] for k in ("through", "resume") if old.get(k) is not None}
-        if not adopted:
-            return {}
-        self.books.save(name, {"$set": {**adopted, "rule": fingerprint}})
-        with self.store.guard():
+            old = states.find_one({"_id": legacy}, {"rev": 1, "through": 1, "resume": 1})
+            if old is None or ("through" not in old and "resume" not in old):
+                return  # none, or a device's state
             if "rev" in old:  # a device's state that the progress was written into
                 states.update_one({"_id": legacy}, {"$unset": {"through": "", "resume": ""}})
             else:
                 states.delete_one({"_id": legacy, "rev": {"$exists": False}})
-        return {**adopted, "rule": fingerprint}
 
     def _walk(self, rule: OfflineRule, window: float, tick: _Tick, order: str, *,
               silent: Mapping[str, Any], low: datetime | None) -> datetime | None:
