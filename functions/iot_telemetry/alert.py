@@ -24,6 +24,7 @@ from .alerting import (
     Outcome,
     public,
 )
+from .bookkeeping import Bookkeeping
 from .errors import DependencyUnavailable
 from .events import ALERT_TYPE, SPECVERSION, RawEvent, is_ping, read_delivery, to_http
 from .eventtime import settled
@@ -118,11 +119,13 @@ def _sweep(raw: RawEvent, rt: Runtime) -> flask.Response:
     ticked = parse_time(raw.attributes.get("time"))
     now = min(ticked, wall) if ticked is not None else wall
     key = f"{raw.attributes.get('source')}\x1f{raw.attributes.get('id')}"
+    rt.store.ensure_indexes()  # the sweeps read alerts and devices through their indexes
     book = _book(rt)
-    _resolve_removed_rules(book, rt)
+    # Every tick, not once per process: an instance still running the old rules during a
+    # rolling update may raise alerts of a removed rule after this process started.
+    _resolve_unclosable(book, rt, book.orphans(REMOVED_PER_TICK), RULE_REMOVED)
     _sweep_out_of_scope(book, rt)
-    rt.store.ensure_indexes()  # the sweep reads devices through the `recent` index
-    outcome = _offline(rt).sweep(now, key)
+    outcome = _offline(rt).sweep(now, key, wall)
     return _reply(outcome, rt, str(raw.attributes.get("id")), None)
 
 
@@ -179,6 +182,11 @@ def _resolve_out_of_scope(book: AlertBook, rt: Runtime, device_id: str,
 
 #: Open alerts of scoped rules one tick checks; the next tick goes on after the last one.
 SCOPE_CHECKS_PER_TICK: Final = 1000
+#: The progress record of that check (bookkeeping.py).
+OUT_OF_SCOPE: Final = "out-of-scope"
+#: Alerts of removed rules one tick resolves (each with a POST to K_SINK, within the
+#: Trigger's 30 s); the next tick resolves the next ones, until none is left.
+REMOVED_PER_TICK: Final = 500
 
 
 def _sweep_out_of_scope(book: AlertBook, rt: Runtime) -> None:
@@ -190,17 +198,22 @@ def _sweep_out_of_scope(book: AlertBook, rt: Runtime) -> None:
         return
     query: dict[str, Any] = {"state": {"$in": [OPEN, ACKNOWLEDGED]},
                              "rule": {"$in": sorted(rules)}}
-    if resolver.sweep_after is not None:
-        query["_id"] = {"$gt": resolver.sweep_after}
+    # Where the last tick stopped, whichever instance ran it (in the store, not the process).
+    books = Bookkeeping(rt.store)
+    after = (books.read(OUT_OF_SCOPE) or {}).get("after")
+    if after is not None:
+        query["_id"] = {"$gt": after}
     with rt.store.guard():
         docs = list(rt.store.collection(ALERTS).find(query).sort("_id", 1).limit(
             SCOPE_CHECKS_PER_TICK))
-    resolver.sweep_after = docs[-1]["_id"] if len(docs) == SCOPE_CHECKS_PER_TICK else None
+    stopped = docs[-1]["_id"] if len(docs) == SCOPE_CHECKS_PER_TICK else None
     metadata = (resolver.metadata.get_many(d["device_id"] for d in docs)
                 if resolver.needs_metadata else {})
     gone = [d for d in docs if not verdict(rules[d["rule"]], d["device_id"],
                                            metadata.get(d["device_id"], {})).applies]
     _resolve_unclosable(book, rt, gone, RULE_OUT_OF_SCOPE)
+    if stopped != after:
+        books.save(OUT_OF_SCOPE, {"$set": {"after": stopped}})
 
 
 def _resolve_unclosable(book: AlertBook, rt: Runtime, docs: list[dict[str, Any]],

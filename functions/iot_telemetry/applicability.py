@@ -83,8 +83,6 @@ class RuleResolver:
         self._decided: OrderedDict[str, tuple[Mapping[str, Any], list[Verdict]]] = OrderedDict()
         self._lock = threading.Lock()
         self.threshold_rules = tuple(r for r in self.rules if isinstance(r, AlertRule))
-        #: Where the tick's check of open alerts goes on (alert._sweep_out_of_scope).
-        self.sweep_after: str | None = None
 
     def verdicts(self, device_id: str, metadata: Mapping[str, Any] | None = None,
                  ) -> list[Verdict] | None:

@@ -35,7 +35,12 @@ _NO_RECORD: Final = {"scheme": HMAC_SHA256, "salt": base64.b64encode(bytes(16)).
                      "hash": base64.b64encode(bytes(32)).decode()}
 _MAX_CACHE: Final = 100_000
 #: Fields of a device document that the registry owns (telemetry fields are aggregate's).
-REGISTRY_FIELDS: Final = ("name", "metadata", "enabled", "registered_at", "token_rotated_at")
+REGISTRY_FIELDS: Final = ("name", "metadata", "enabled", "registered_at", "token_rotated_at",
+                          "changed_at")
+#: When the registry last changed what decides a device's offline rules (registered,
+#: enabled or disabled, metadata): the offline sweep looks again at a device changed since
+#: its last pass, however long it has been silent (offline.py).
+CHANGED_AT: Final = "changed_at"
 
 
 def _hmac(secret: str, salt: bytes) -> bytes:
@@ -132,7 +137,7 @@ class Registry:
                 {"_id": device_id, "token": {"$exists": False}},
                 {"$set": {"name": name or device_id, "metadata": dict(metadata or {}),
                           "enabled": True, "registered_at": now, "token": record,
-                          "token_rotated_at": now}},
+                          "token_rotated_at": now, CHANGED_AT: now}},
                 upsert=False)
             if result.matched_count == 0:
                 existing = self.store.collection(DEVICES).find_one({"_id": device_id})
@@ -141,7 +146,7 @@ class Registry:
                 self.store.collection(DEVICES).insert_one(
                     {"_id": device_id, "name": name or device_id,
                      "metadata": dict(metadata or {}), "enabled": True, "registered_at": now,
-                     "token": record, "token_rotated_at": now})
+                     "token": record, "token_rotated_at": now, CHANGED_AT: now})
         return token
 
     def list(self) -> list[Device]:
@@ -158,11 +163,10 @@ class Registry:
         if bad or not changes:
             raise BadRequest(f"metadata keys must match {METADATA_KEY.pattern}"
                              + (f": {', '.join(map(repr, bad))}" if bad else ""))
-        update: dict[str, Any] = {}
+        update: dict[str, Any] = {"$set": {CHANGED_AT: datetime.now(UTC)}}
         sets = {f"metadata.{k}": v for k, v in changes.items() if v is not None}
         unsets = {f"metadata.{k}": "" for k, v in changes.items() if v is None}
-        if sets:
-            update["$set"] = sets
+        update["$set"].update(sets)
         if unsets:
             update["$unset"] = unsets
         with self.store.guard():
@@ -176,7 +180,8 @@ class Registry:
     def set_enabled(self, device_id: str, enabled: bool) -> None:
         with self.store.guard():
             result = self.store.collection(DEVICES).update_one(
-                {"_id": device_id}, {"$set": {"enabled": enabled}})
+                {"_id": device_id}, {"$set": {"enabled": enabled,
+                                              CHANGED_AT: datetime.now(UTC)}})
         if result.matched_count == 0:
             raise NotFound(f"device {device_id!r} not found")
         self.forget(device_id)

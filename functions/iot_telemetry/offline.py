@@ -14,30 +14,39 @@ alert ids, upserts, updates conditional on the alert's state); a state whose eff
 not marked applied gets them applied by whoever reads it next, and a redelivered sweep or
 telemetry event finds its own effects in the state and answers the same alert events again.
 
-Bounded work: a sweep reads, over the `recent` index, only devices whose last report fell
-between where the previous sweeps got to (less LATE_GRACE, for reports aggregate records
-late) and this sweep's cutoff, in pages of PAGE_SIZE, at most MAX_DEVICES and MAX_RAISES;
-where it stopped is kept (`sweep:<rule>` in alert_state; `sweep:<rule>:<window>s` for a
-window an override gives some devices) and the next sweep goes on from there. A rule's scope
-and overrides are decided from the metadata each device page carries.
+Bounded work, paged: a sweep reads, over the `recent` index, only devices whose last report
+fell between where the previous sweeps got to (less LATE_GRACE, for reports aggregate
+records late) and this sweep's cutoff, and devices the registry changed since (`changed_at`:
+re-enabled, moved into a scope or to another window), in pages of PAGE_SIZE, at most
+MAX_DEVICES and MAX_RAISES; where it stopped is kept (in the `sweeps` collection, with each
+tick's journal: bookkeeping.py) and the next sweep goes on from there. A rule whose scope,
+overrides or window changed walks every silent device again. A rule's scope and overrides
+are decided from the metadata each device page carries.
+
+State ids are `<device>:<rule>`: a rule name has no `:` (RULE_NAME), so the last `:` splits
+any id one way, and nothing but devices' states lives among them.
 """
 
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import threading
 from collections import OrderedDict
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any, Final
 
+from pymongo import ReturnDocument
 from pymongo.errors import DuplicateKeyError
 
 from .alerting import ACKNOWLEDGED, CLEARED, OPEN, RECENT_EVENTS, RESOLVED, Outcome, public
+from .bookkeeping import Bookkeeping, TickJournal
+from .devices import CHANGED_AT
 from .rules import OFFLINE, OfflineRule, verdict
-from .store import ALERT_STATE, ALERTS, DEVICES, Store
+from .store import ALERT_STATE, ALERTS, DEVICES, Store, Update
 from .telemetry import TelemetryEvent, parse_time
 
 log = logging.getLogger(__name__)
@@ -56,6 +65,13 @@ MAX_RAISES: Final = 500
 #: report after the sweep that should have seen it (a backlog), and a device whose
 #: last_seen moved into an already swept range must not be missed.
 LATE_GRACE: Final = timedelta(hours=1)
+#: How far before the last pass the walk of registry changes looks again: the clocks of
+#: whoever changed the registry and of this pod may differ, and a change stamped before a
+#: pass may land after it.
+CHANGE_GRACE: Final = timedelta(minutes=5)
+#: Open alerts of a rule one tick checks for devices that reported since (the fix-up of
+#: wrongly raised alerts); the next tick goes on after the last one checked.
+FIXUP_CHECKS: Final = 2000
 _CAS_ATTEMPTS: Final = 20
 RAISED: Final = "raised"
 
@@ -69,11 +85,13 @@ def _time(value: Any) -> datetime | None:
 
 
 class ReportCache:
-    """The newest report time of each device whose offline states this process checked
-    (an LRU, one per process), so steady reporters are not checked on every event."""
+    """Per device whose offline states this process checked (LRUs, one per process): the
+    newest report time, so steady reporters are not checked on every event, and the newest
+    `heard` this process wrote, so it is written only every so often."""
 
     def __init__(self, size: int = 100_000) -> None:
         self._times: OrderedDict[str, datetime] = OrderedDict()
+        self._written: OrderedDict[str, datetime] = OrderedDict()
         self._size = size
         self._lock = threading.Lock()
 
@@ -82,12 +100,22 @@ class ReportCache:
             return self._times.get(device_id)
 
     def heard(self, device_id: str, at: datetime) -> None:
+        self._raise(self._times, device_id, at)
+
+    def written(self, device_id: str) -> datetime | None:
         with self._lock:
-            old = self._times.get(device_id)
-            self._times[device_id] = _utc(at) if old is None else max(old, _utc(at))
-            self._times.move_to_end(device_id)
-            while len(self._times) > self._size:
-                self._times.popitem(last=False)
+            return self._written.get(device_id)
+
+    def wrote(self, device_id: str, at: datetime) -> None:
+        self._raise(self._written, device_id, at)
+
+    def _raise(self, times: OrderedDict[str, datetime], device_id: str, at: datetime) -> None:
+        with self._lock:
+            old = times.get(device_id)
+            times[device_id] = _utc(at) if old is None else max(old, _utc(at))
+            times.move_to_end(device_id)
+            while len(times) > self._size:
+                times.popitem(last=False)
 
 
 def windows(rule: OfflineRule, default: float) -> list[float]:
@@ -124,6 +152,35 @@ class OfflineState:
         return {"firing": self.firing, "episode": self.episode, "last_report": self.last_report}
 
 
+@dataclass
+class _Tick:
+    """One delivery of a sweep tick: its time, what it changed so far, and its journal."""
+
+    now: datetime
+    key: str
+    journal: TickJournal
+    outcome: Outcome = field(default_factory=Outcome)
+    journaled: int = 0
+
+    @property
+    def full(self) -> bool:
+        """This tick raised its share: the next one goes on."""
+        return len(self.outcome.transitions) >= MAX_RAISES
+
+    def flush(self, *, done: bool = False) -> None:
+        """Journal the changes made since the last flush: before saving any progress that
+        skips past them, so a redelivery answers them."""
+        new = self.outcome.transitions[self.journaled:]
+        self.journal.record([{"kind": t["transition"], "alert_id": t["alert"]["id"]}
+                             for t in new], done=done)
+        self.journaled = len(self.outcome.transitions)
+
+
+def _fingerprint(rule: OfflineRule) -> str:
+    """What decides which devices a pass of the rule alerts: a change starts a full pass."""
+    return json.dumps(rule.describe(), sort_keys=True, default=str)
+
+
 class OfflineBook:
     """Offline alerts in the store, safe with several instances and sweeps at once."""
 
@@ -133,98 +190,187 @@ class OfflineBook:
         self.rules = tuple(rules)
         self.default_window = default_window
         self.reports = reports
+        self.books = Bookkeeping(store)
 
     # --- sweeps -----------------------------------------------------------------------------
 
-    def sweep(self, now: datetime, event_key: str) -> Outcome:
-        """Raise an offline alert for every enabled device silent past a rule's window."""
-        outcome = Outcome()
+    def sweep(self, now: datetime, event_key: str, wall: datetime | None = None) -> Outcome:
+        """Raise an offline alert for every enabled device silent past a rule's window.
+
+        `now` is the tick's time (the cutoffs), `wall` this clock (the journal's age). A
+        redelivery of a tick that finished answers what it changed and changes nothing; one
+        of a tick that stopped halfway goes on and answers both.
+        """
+        journal = TickJournal(self.store, event_key, wall or datetime.now(UTC))
+        earlier, done = journal.read()
+        if done:
+            return Outcome(transitions=self._transitions(earlier), duplicate=True)
+        tick = _Tick(now, event_key, journal)
         for rule in self.rules:
-            self._resolve_reported(rule, event_key, outcome)
+            self._resolve_reported(rule, tick)
             base = rule.window(self.default_window)
             for window in (base, *sorted(set(windows(rule, self.default_window)) - {base})):
-                self._sweep_rule(rule, window, now, event_key, outcome=outcome,
-                                 progress=f"sweep:{rule.name}" if window == base
-                                 else f"sweep:{rule.name}:{window:g}s")
+                self._sweep_rule(rule, window, tick, legacy=f"sweep:{rule.name}"
+                                 if window == base else f"sweep:{rule.name}:{window:g}s")
+        tick.flush(done=True)
+        journal.expire()
+        outcome = tick.outcome
         outcome.duplicate = not outcome.changed
+        if earlier:
+            unique = {(t["transition"], t["alert"]["id"]): t
+                      for t in [*self._transitions(earlier), *outcome.transitions]}
+            outcome.transitions = list(unique.values())
         return outcome
 
-    def _resolve_reported(self, rule: OfflineRule, key: str, outcome: Outcome) -> None:
+    def _resolve_reported(self, rule: OfflineRule, tick: _Tick) -> None:
         """Resolve the rule's open alerts of devices that reported after their silence.
 
         A report resolves its device's alert when alert handles it; this catches the ones it
         could not: a raise that landed after alert skipped the check for a device it had
-        just heard from (OfflineBook.handle), when aggregate recorded the report late.
+        just heard from (OfflineBook.handle), when aggregate recorded the report late. It
+        pages through every open alert of the rule in id order, at most FIXUP_CHECKS a
+        tick, and the next tick goes on after the last one checked; at the end it starts
+        over.
         """
+        name = f"reported:{rule.name}"
+        saved = self.books.read(name) or {}
+        after, checked = saved.get("after"), 0
+        alerts = self.store.collection(ALERTS)
+        while True:
+            query: dict[str, Any] = {"state": {"$in": [OPEN, ACKNOWLEDGED]}, "rule": rule.name}
+            if after is not None:
+                query["_id"] = {"$gt": after}
+            with self.store.guard():
+                page = list(alerts.find(query, {"device_id": 1, "last_seen": 1})
+                            .sort("_id", 1).limit(PAGE_SIZE))
+            self._resolve_page(rule, page, tick)
+            checked += len(page)
+            if len(page) < PAGE_SIZE:
+                after = None  # every open alert checked: the next tick starts over
+                break
+            after = page[-1]["_id"]
+            if checked >= FIXUP_CHECKS or tick.full:
+                break
+        tick.flush()
+        if after != saved.get("after"):
+            self.books.save(name, {"$set": {"after": after}})
+
+    def _resolve_page(self, rule: OfflineRule, page: list[dict[str, Any]], tick: _Tick) -> None:
+        if not page:
+            return
         with self.store.guard():
-            open_ = list(self.store.collection(ALERTS).find(
-                {"state": {"$in": [OPEN, ACKNOWLEDGED]}, "rule": rule.name},
-                {"device_id": 1}).limit(PAGE_SIZE))
-            if not open_:
-                return
-            ids = sorted({a["device_id"] for a in open_})
-            seen = {d["_id"]: d.get("last_seen") for d in self.store.collection(DEVICES).find(
-                {"_id": {"$in": ids}}, {"last_seen": 1})}
+            seen = {d["_id"]: _time(d.get("last_seen")) for d in self.store.collection(
+                DEVICES).find({"_id": {"$in": sorted({a["device_id"] for a in page})}},
+                              {"last_seen": 1})}
+        # An alert's last_seen is the report its silence began with: only a device that
+        # reported after it may have been raised on wrongly.
+        later = sorted({a["device_id"] for a in page
+                        if (at := seen.get(a["device_id"])) is not None
+                        and (since := _time(a.get("last_seen"))) is not None and at > since})
+        if not later:
+            return
+        with self.store.guard():
             docs = {d["_id"]: d for d in self.store.collection(ALERT_STATE).find(
-                {"_id": {"$in": [state_id(i, rule) for i in ids]}})}
-        for device in ids:
-            doc, last_seen = docs.get(state_id(device, rule)), _time(seen.get(device))
+                {"_id": {"$in": [state_id(i, rule) for i in later]}})}
+        for device in later:
+            doc, last_seen = docs.get(state_id(device, rule)), seen[device]
             report = OfflineState.from_doc(doc).last_report
             if doc and last_seen and report and last_seen > report:
-                self._transition(rule, device, doc, key, outcome, resolve_at=last_seen)
+                self._transition(rule, device, doc, tick.key, tick.outcome,
+                                 resolve_at=last_seen)
 
-    def _sweep_rule(self, rule: OfflineRule, window: float, now: datetime, key: str, *,
-                    outcome: Outcome, progress: str) -> None:
+    def _sweep_rule(self, rule: OfflineRule, window: float, tick: _Tick, *, legacy: str,
+                    ) -> None:
         """One pass over the devices silent past `window`, raising for those whose window
         it is: a rule whose overrides give some devices other windows makes one pass per
         window, each with its own progress, so a long window is not skipped past by the
-        progress of a short one."""
-        if len(outcome.transitions) >= MAX_RAISES:
+        progress of a short one.
+
+        Two walks: the devices whose last report fell since the previous pass (less
+        LATE_GRACE), and the devices the registry changed since (re-enabled, moved into the
+        rule's scope or to this window), however long they have been silent. A pass that
+        is new, or whose rule changed (scope, overrides), walks every silent device.
+        """
+        if tick.full:
             return  # this tick raised enough: the next one sweeps this rule
-        cutoff = now - timedelta(seconds=window)
+        name, fingerprint = f"offline:{rule.name}:{window:g}", _fingerprint(rule)
+        saved = self.books.read(name)
+        if saved is None:
+            self._retire_legacy(legacy)
+            saved = {}
+        if saved.get("rule") != fingerprint:
+            saved = {}  # the rule changed: who is in its scope, with which window
+        cutoff = tick.now - timedelta(seconds=window)
+        silent = {"last_seen": {"$lt": cutoff}}
+        through, resume = _time(saved.get("through")), _time(saved.get("resume"))
+        stopped = self._walk(rule, window, tick, "last_seen", silent=silent,
+                             low=resume or (through - LATE_GRACE if through else None))
+        # Progress only ever saves work: a sweep that starts earlier than it could redoes
+        # devices it then finds firing, so racing sweeps need no coordination here.
+        update: dict[str, Any] = {"$set": {"rule": fingerprint, "resume": stopped}}
+        changes = _time(saved.get("changes_through"))
+        if changes is None:
+            # Changes before a full walk are found by it, however silent the device.
+            update["$set"]["changes_through"] = changes = tick.journal.wall
+        if stopped is None:
+            update["$max"] = {"through": cutoff}
+            low = _time(saved.get("changes_resume")) or changes - CHANGE_GRACE
+            changed = self._walk(rule, window, tick, CHANGED_AT, silent=silent, low=low)
+            update["$set"]["changes_resume"] = changed
+            if changed is None and "changes_through" not in update["$set"]:
+                update["$max"]["changes_through"] = tick.journal.wall
+        self.books.save(name, update)
+
+    def _retire_legacy(self, legacy: str) -> None:
+        """An upgrade: the progress earlier versions kept in alert_state (`sweep:<rule>`,
+        the id of device `sweep`'s state) leaves it. It is not carried over: the pass
+        starts with a walk over every silent device, which also alerts the devices those
+        versions missed (eligible again after more than LATE_GRACE of silence)."""
         states = self.store.collection(ALERT_STATE)
         with self.store.guard():
-            cursor = states.find_one({"_id": progress}) or {}
-        through, resume = _time(cursor.get("through")), _time(cursor.get("resume"))
-        low = resume or (through - LATE_GRACE if through else None)
+            old = states.find_one({"_id": legacy}, {"rev": 1, "through": 1, "resume": 1})
+            if old is None or ("through" not in old and "resume" not in old):
+                return  # none, or a device's state
+            if "rev" in old:  # a device's state that the progress was written into
+                states.update_one({"_id": legacy}, {"$unset": {"through": "", "resume": ""}})
+            else:
+                states.delete_one({"_id": legacy, "rev": {"$exists": False}})
+
+    def _walk(self, rule: OfflineRule, window: float, tick: _Tick, order: str, *,
+              silent: Mapping[str, Any], low: datetime | None) -> datetime | None:
+        """Raise for silent devices in the order of `order` from `low`, a page at a time, at
+        most MAX_DEVICES; None if it got to the end, else where the next walk goes on."""
         done_at_low: list[str] = []
-        examined, finished = 0, False
+        examined = 0
         while examined < MAX_DEVICES:
-            span: dict[str, Any] = {"$lt": cutoff}
+            query: dict[str, Any] = {**silent}
             if low is not None:
-                span["$gte"] = low
-            query: dict[str, Any] = {"last_seen": span}
+                query[order] = {**query.get(order, {}), "$gte": low}
+            elif order != "last_seen":
+                query[order] = {"$exists": True}
             if done_at_low:
                 query["_id"] = {"$nin": done_at_low}
             with self.store.guard():
                 page = list(self.store.collection(DEVICES).find(
-                    query, {"last_seen": 1, "enabled": 1, "metadata": 1},
-                ).sort("last_seen", 1).limit(PAGE_SIZE))
-            self._raise_page(rule, window, page, now, key=key, outcome=outcome)
+                    query, {"last_seen": 1, "enabled": 1, "metadata": 1, order: 1},
+                ).sort(order, 1).limit(PAGE_SIZE))
+            self._raise_page(rule, window, page, tick)
             examined += len(page)
             if len(page) < PAGE_SIZE:
-                finished = True
-                break
-            last = _utc(page[-1]["last_seen"])
+                tick.flush()
+                return None
+            last = _utc(page[-1][order])
             if last != low:
                 done_at_low = []
             low = last
-            done_at_low += [d["_id"] for d in page if _utc(d["last_seen"]) == last]
-            if len(outcome.transitions) >= MAX_RAISES:
+            done_at_low += [d["_id"] for d in page if _utc(d[order]) == last]
+            if tick.full:
                 break
-        # Progress only ever saves work: a sweep that starts earlier than it could redoes
-        # devices it then finds firing, so racing sweeps need no coordination here.
-        update: dict[str, Any] = (
-            {"$max": {"through": cutoff}, "$set": {"resume": None}} if finished
-            else {"$set": {"resume": low}})
-        with self.store.guard():
-            try:
-                states.update_one({"_id": progress}, update, upsert=True)
-            except DuplicateKeyError:
-                states.update_one({"_id": progress}, update)
+        tick.flush()
+        return low
 
     def _raise_page(self, rule: OfflineRule, window: float, page: list[dict[str, Any]],
-                    now: datetime, *, key: str, outcome: Outcome) -> None:
+                    tick: _Tick) -> None:
         ids = [state_id(d["_id"], rule) for d in page]
         with self.store.guard():
             docs = {d["_id"]: d for d in self.store.collection(ALERT_STATE).find(
@@ -238,8 +384,8 @@ class OfflineBook:
                 if not decided.applies or not isinstance(decided.rule, OfflineRule) or (
                         decided.rule.window(self.default_window) != window):
                     continue  # another rule's scope, or another window's pass
-            self._transition(rule, device["_id"], docs.get(sid), key, outcome, raise_at=(
-                now, _utc(device["last_seen"]), window))
+            self._transition(rule, device["_id"], docs.get(sid), tick.key, tick.outcome,
+                             raise_at=(tick.now, _utc(device["last_seen"]), window))
 
     # --- telemetry --------------------------------------------------------------------------
 
@@ -255,13 +401,13 @@ class OfflineBook:
         seen = parse_time(event.attributes.get("ingesttime")) or event.time
         # Never later than this clock: a device's own time (no ingesttime) may run ahead.
         heard = min(_utc(seen), datetime.now(UTC))
+        shortest = min(w for r in self.rules for w in windows(r, self.default_window))
         if fresh and self.reports is not None:
             # A sweep raises only for a device whose last report is older than the window.
             # If this process handled a report of the device less than the shortest window
             # ago, no sweep since could have raised (once aggregate recorded that report), so
             # the read of the offline states is skipped; a raise made on a report aggregate
             # recorded late is resolved by the next sweep (_resolve_reported).
-            shortest = min(w for r in self.rules for w in windows(r, self.default_window))
             previous = self.reports.newest(event.device_id)
             # Half the window: room for the clocks of ingest's and this pod to differ.
             if previous is not None and (
@@ -269,16 +415,46 @@ class OfflineBook:
                 self.reports.heard(event.device_id, heard)
                 return outcome
         ids = [state_id(event.device_id, r) for r in self.rules]
+        written = self.reports.written(event.device_id) if self.reports is not None else None
+        # alert's own knowledge of the device's reports, `heard`, is written at most every
+        # quarter of the shortest window (see _heard_update).
+        due = written is None or (heard - written).total_seconds() >= shortest / 4
+        states = self.store.collection(ALERT_STATE)
         with self.store.guard():
-            docs = {d["_id"]: d for d in self.store.collection(ALERT_STATE).find(
-                {"_id": {"$in": ids}})}
+            if due and len(ids) == 1:
+                # One offline rule (the defaults): read and write in one command. The state
+                # comes back with `heard` and its new `rev`, ready for a resolve.
+                doc = self._record_heard(event.device_id, self.rules[0], heard)
+                docs = {} if doc is None else {ids[0]: doc}
+            else:
+                docs = {d["_id"]: d for d in states.find({"_id": {"$in": ids}})}
         for rule, sid in zip(self.rules, ids, strict=True):
             if sid in docs:
                 self._transition(rule, event.device_id, docs[sid], event.key, outcome,
                                  resolve_at=_utc(seen))
+        if due and len(ids) > 1:
+            # A duplicate key (another instance inserted the state first) leaves its `heard`.
+            self.store.bulk(ALERT_STATE, [Update({"_id": sid}, _heard_update(
+                event.device_id, rule, heard), upsert=True)
+                for rule, sid in zip(self.rules, ids, strict=True)])
         if self.reports is not None:
             self.reports.heard(event.device_id, heard)
+            if due:
+                self.reports.wrote(event.device_id, heard)
         return outcome
+
+    def _record_heard(self, device_id: str, rule: OfflineRule, heard: datetime,
+                      ) -> dict[str, Any] | None:
+        """Write `heard` into the device's state of `rule`; the state after."""
+        update, sid = _heard_update(device_id, rule, heard), state_id(device_id, rule)
+        states = self.store.collection(ALERT_STATE)
+        try:
+            doc = states.find_one_and_update({"_id": sid}, update, upsert=True,
+                                             return_document=ReturnDocument.AFTER)
+        except DuplicateKeyError:  # another instance inserted it first: update it
+            doc = states.find_one_and_update({"_id": sid}, update,
+                                             return_document=ReturnDocument.AFTER)
+        return doc
 
     # --- both -------------------------------------------------------------------------------
 
@@ -293,9 +469,12 @@ class OfflineBook:
             if attempt:
                 with self.store.guard():
                     doc = states.find_one({"_id": sid})
+            # A state that older versions merged with their sweep progress has no rev.
+            held = doc.get("rev") if doc else None
+            rev = int(held or 0)
             if doc and not doc.get("applied", True):
                 self._apply(rule, device_id, doc.get("effects") or [])
-                self._mark_applied(sid, int(doc["rev"]))
+                self._mark_applied(sid, rev)
             earlier = _earlier_effects(doc, key)
             if earlier is not None:
                 # A redelivery (its reply may have been lost): apply again, answer the same.
@@ -306,7 +485,9 @@ class OfflineBook:
             effect: dict[str, Any]
             if raise_at is not None:
                 now, last_seen, window = raise_at
-                silent_since = max(last_seen, state.last_report or last_seen)
+                # aggregate's last_seen may lag (a backlog): alert's own `heard` may be newer.
+                silent_since = max(last_seen, state.last_report or last_seen,
+                                   _time((doc or {}).get("heard")) or last_seen)
                 if state.firing or silent_since >= now - timedelta(seconds=window):
                     return
                 episode = state.episode + 1
@@ -320,7 +501,6 @@ class OfflineBook:
                 new = OfflineState(False, state.episode, resolve_at)
                 effect = {"kind": RESOLVED, "alert_id": alert_id(device_id, rule, state.episode),
                           "time": resolve_at}
-            rev = int(doc["rev"]) if doc else 0
             recent = [*(doc.get("recent") or [] if doc else []),
                       {"event": key, "effects": [effect]}][-RECENT_EVENTS:]
             body = {"state": new.to_doc(), "effects": [effect], "event": key, "applied": False,
@@ -332,7 +512,7 @@ class OfflineBook:
                         states.insert_one({"_id": sid, **body})
                     except DuplicateKeyError:
                         continue
-                elif states.update_one({"_id": sid, "rev": rev},
+                elif states.update_one({"_id": sid, "rev": held},
                                        {"$set": body}).matched_count == 0:
                     continue
             outcome.changed = True
@@ -378,6 +558,19 @@ class OfflineBook:
                 {"_id": {"$in": [e["alert_id"] for e in effects]}})}
         return [{"transition": e["kind"], "alert": public(docs[e["alert_id"]])}
                 for e in effects if e["alert_id"] in docs]
+
+
+def _heard_update(device_id: str, rule: OfflineRule, heard: datetime) -> dict[str, Any]:
+    """Record in a device's offline state the newest report alert handled (`heard`).
+
+    A sweep judges silence by aggregate's `last_seen`; while aggregate lags by more than a
+    window (a backlog), a device that reports would be raised on, resolved by its next
+    report, raised again a window later, and so on. A sweep raises only for a device silent
+    by both. The write moves `rev`: a sweep that read the state before it fails its
+    compare-and-swap, reads again and finds `heard`.
+    """
+    return {"$max": {"heard": heard}, "$inc": {"rev": 1},
+            "$setOnInsert": {"device_id": device_id, "rule": rule.name}}
 
 
 def _earlier_effects(doc: Mapping[str, Any] | None, key: str) -> list[dict[str, Any]] | None:

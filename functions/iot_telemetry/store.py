@@ -40,6 +40,9 @@ EVENT_TIMES: Final = "event_times"
 DEVICES: Final = "devices"
 ALERTS: Final = "alerts"
 ALERT_STATE: Final = "alert_state"
+#: The sweeps' and cleanups' own bookkeeping (bookkeeping.py), apart from every
+#: collection keyed by device ids.
+SWEEPS: Final = "sweeps"
 
 class _CommandCounter(monitoring.CommandListener):
     """Counts every command sent to the store: the round trips a design costs, which carry
@@ -171,6 +174,11 @@ class Store:
             self.db[ALERTS].create_index([("state", ASCENDING), ("rule", ASCENDING)],
                                          name="open_by_rule")
             self.db[DEVICES].create_index([("last_seen", DESCENDING)], name="recent")
+            # The offline sweep's look at devices the registry changed (re-enabled, metadata).
+            self.db[DEVICES].create_index([("changed_at", ASCENDING)], name="registry_changes")
+            # The expiry of tick journals (bookkeeping.py).
+            self.db[SWEEPS].create_index([("kind", ASCENDING), ("at", ASCENDING)],
+                                         name="journal_age")
             self._indexed = True
 
     def ping(self) -> bool:

@@ -216,12 +216,16 @@ HOT = {"name": "hot", "metric": "temperature", "condition": ">", "threshold": 50
 
 
 def _offline_state_reads(runtime, monkeypatch):
-    """Count reads of the offline rule's states (finds on alert_state by `_id $in`)."""
+    """Count reads of the offline rule's states (finds on alert_state by `_id $in`, or the
+    find-and-modify that reads the one state while it records `heard`)."""
     def of_offline_states(query=None, *args, **kwargs):
         ids = (query or {}).get("_id")
+        if isinstance(ids, str):
+            return ids.endswith(":offline")
         return isinstance(ids, dict) and any(i.endswith(":offline") for i in ids.get("$in", ()))
 
-    return count_calls(monkeypatch, runtime.store, "alert_state", ["find"], of_offline_states)
+    return count_calls(monkeypatch, runtime.store, "alert_state",
+                       ["find", "find_one_and_update"], of_offline_states)
 
 
 def test_a_steady_reporter_is_not_checked_for_offline_alerts_on_every_event(
@@ -252,6 +256,10 @@ def test_a_raise_on_a_late_recorded_report_is_resolved_by_the_next_sweep(
     apps = Apps()
     report(apps, "late", 900, "l0")  # the last report aggregate recorded so far
     report(apps, "late", 20, "l1", function="alert")
+    # alert's own `heard` keeps a sweep from raising on it; a raise it could not prevent (by
+    # an earlier version, or with the clocks of ingest and alert apart): as if not written
+    get_runtime().store.collection("alert_state").update_one(
+        {"_id": "late:offline"}, {"$unset": {"heard": ""}})
     assert sweep(apps, "tick-1").headers["ce-id"] == "late:offline:1/raised"
     assert report(apps, "late", 10, "l2", function="alert").status_code == 204  # skipped
     report(apps, "late", 10, "l2")  # aggregate catches up
