@@ -152,3 +152,13 @@ def test_sums_and_averages_without_float_noise(apps, now, step) -> None:
     assert (bucket["sum"], bucket["avg"]) == (0.7, 0.233333333333)
     csv = apps.query.get(url + "&format=csv").get_data(as_text=True)
     assert ",0.233333333333,0.7," in csv and "0000000" not in csv
+
+
+def test_json_answers_end_with_a_newline(seeded, sink) -> None:
+    """So that `curl` in a terminal leaves the next prompt on a line of its own (issue 23)."""
+    for url in ("/fleet", "/devices?limit=1", "/alerts?limit=1", "/devices?limit=0"):
+        assert seeded.query.get(url).get_data(as_text=True).endswith("}\n"), url
+    accepted = seeded.ingest.post("/", json={"metrics": {"t": 1}}, headers={
+        "ce-specversion": "1.0", "ce-type": "iot.telemetry.v1", "ce-source": "/d/nl",
+        "ce-id": "nl-1", "ce-subject": "nl"})
+    assert accepted.status_code == 202 and accepted.get_data(as_text=True).endswith("}\n")
