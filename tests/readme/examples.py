@@ -13,9 +13,10 @@ How a block is marked and what it must print (the convention the tests hold it t
     before a block marked as below.
   - `<!-- readme-test: stop the foreground run first -->`: the text asks the reader to stop
     the foreground run (Ctrl-C) before this block; the test does so.
-- What a block prints: a ```text block right after it (only blank lines between). Each of
-  its lines must appear in the block's output, in that order (other lines may come between);
-  `...` in a line stands for any text, and a line that is only `...` just says more follows.
+- What a block prints: a ```text block right after it, with at most one paragraph between
+  them that ends with ":" ("prints the devices:"). Each of its lines must appear in the
+  block's output, in that order (other lines may come between); `...` in a line stands for
+  any text, and a line that is only `...` just says more follows.
 - `curl -i` commands: `# NNN` at the end of the command is the status it must answer (for
   example `# 400`); without it, any 2xx. A `# NNN` on any other command is refused: nothing
   could check it (say it in words, or show it in the block's ```text output).
@@ -130,9 +131,13 @@ def parse(text: str) -> list[Block]:
                 count[section] = count.get(section, 0) + 1
                 block = Block(section, subsection, count[section], i + 1,
                               "\n".join(lines[i + 1:end]) + "\n", m.group(1) if m else "")
-                after = end + 1
-                while after < len(lines) and not lines[after].strip():
-                    after += 1
+                after = _skip_blank(lines, end + 1)
+                prose = after
+                while prose < len(lines) and lines[prose].strip() \
+                        and not lines[prose].startswith(("```", "#", "<!--")):
+                    prose += 1
+                if prose > after and lines[prose - 1].rstrip().endswith(":"):
+                    after = _skip_blank(lines, prose)  # one paragraph ending in ":"
                 if after < len(lines) and lines[after].strip() == "```text":
                     stop = after + 1
                     while stop < len(lines) and not lines[stop].startswith("```"):
@@ -142,6 +147,12 @@ def parse(text: str) -> list[Block]:
             i = end
         i += 1
     return blocks
+
+
+def _skip_blank(lines: list[str], at: int) -> int:
+    while at < len(lines) and not lines[at].strip():
+        at += 1
+    return at
 
 
 def newcomer_blocks(text: str | None = None) -> list[Block]:

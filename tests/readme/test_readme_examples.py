@@ -36,6 +36,7 @@ from iot_telemetry.local.cli import PORT_OPTIONS
 from iot_telemetry.settings import Settings
 from tests.readme.examples import (
     README,
+    SECTIONS,
     Block,
     first_unmatched,
     missing_sections,
@@ -173,9 +174,10 @@ class Foreground:
 
 
 def report(pass_no: int, block: Block, problem: str, output: str, command: str = "") -> str:
-    shown = command or block.code.rstrip()
+    shown = (f"  command: {command}" if command else
+             "  block:\n" + "".join(f"    {line}\n" for line in block.code.splitlines()).rstrip())
     return (f"README example failed: pass {pass_no} of {PASSES}, {block.where}\n"
-            f"  command: {shown}\n  {problem}\n"
+            f"{shown}\n  {problem}\n"
             f"--- what the block printed ---\n{output.rstrip()}\n--- end ---\n"
             "(fix the command or its expected ```text output, or mark the block: "
             "tests/readme/examples.py says how)")
@@ -289,3 +291,45 @@ def test_the_readme_examples_run_as_pasted_twice_in_a_row(newcomer) -> None:
         run_pass(pass_no, blocks, newcomer)
         busy = ports_in_use()
         assert not busy, f"pass {pass_no} left ports {busy} taken"
+
+
+def _block(code: str, expected: tuple[str, ...] = ()) -> Block:
+    return Block("Query API", "", 2, 400, code, expected=list(expected))
+
+
+def test_a_block_is_held_to_its_statuses_output_and_final_newline() -> None:
+    """What the run checks, on made-up output (the run itself takes a minute)."""
+    block = _block("curl -i 'http://127.0.0.1:8002/fleet'\n"
+                   "curl -g -i 'http://127.0.0.1:8002/devices?device_id[$ne]=x'   # 400\n",
+                   ("HTTP/1.1 200 OK", "...", '{"devices": ..., "states": {...}}'))
+    good = 'HTTP/1.1 200 OK\nA: b\n\n{"devices": 3, "states": {"x": 1}}\nHTTP/1.1 400 BAD\n'
+    assert check(block, Ran(0, good, "")) is None
+    wrong = good.replace("400 BAD", "200 OK")
+    assert check(block, Ran(0, wrong, "")) == (
+        "expected HTTP status 400, got 200",
+        "curl -g -i 'http://127.0.0.1:8002/devices?device_id[$ne]=x'   # 400")
+    problem, _ = check(block, Ran(0, good.replace('"states"', '"counts"'), "")) or ("", "")
+    assert "expected output line 3" in problem and '"states": {...}' in problem
+    problem, _ = check(block, Ran(0, good.rstrip("\n"), "")) or ("", "")
+    assert problem.startswith("its output does not end with a newline")
+    assert check(block, Ran(7, good, "curl -i x")) == ("exited with status 7", "curl -i x")
+    assert check(block, Ran(None, "", ""))[0].startswith("did not finish")  # type: ignore[index]
+
+
+def test_marks_and_status_comments_are_read_as_documented() -> None:
+    text = "\n".join([
+        "## Quick start", "<!-- readme-test: skip (a cluster) -->", "```bash", "kubectl x", "```",
+        "<!-- readme-test: foreground; ready when http://127.0.0.1:8002/healthz answers -->",
+        "```bash", "iot-telemetry local", "```", "", "prints the devices:", "", "```text",
+        "one", "```", "## Security", "<!-- readme-test: stop the foreground run first -->",
+        "```bash", "iot-telemetry devices disable d   # 403 from now on", "```",
+        "<!-- readme-test: sometimes -->", "```bash", "true", "```",
+        "## Deploying on Knative", "```bash", "kn service create", "```"])
+    skip, foreground, stop, odd = newcomer_blocks(text)
+    assert skip.skip_reason == "a cluster" and skip.where.startswith('section "Quick start"')
+    assert foreground.ready_url == "http://127.0.0.1:8002/healthz"
+    assert foreground.expected == ["one"]
+    assert stop.stops_foreground and stop.unchecked_status_comments() == [
+        "iot-telemetry devices disable d   # 403 from now on"]
+    assert "unknown mark" in (odd.directive_problem() or "")
+    assert missing_sections(text) == [s for s in SECTIONS if s not in ("Quick start", "Security")]
