@@ -44,9 +44,10 @@ def test_figures_of_test_runs_are_dated() -> None:
     for name in ("Quick start", "Development"):
         previous = ""
         for paragraph in re.split(r"\n\s*\n", section(name)):
-            dated = bool(DATE.search(paragraph)) or (
-                paragraph.lstrip().startswith("|") and bool(DATE.search(previous)))
-            if RUN_FIGURE.search(paragraph) and not dated and "```" not in paragraph:
-                undated.append(f"{name}: {paragraph.strip()[:160]}")
+            table = paragraph.lstrip().startswith("|")
+            for part in paragraph.strip().splitlines() if table else [paragraph]:
+                dated = bool(DATE.search(part)) or (table and bool(DATE.search(previous)))
+                if RUN_FIGURE.search(part) and not dated and "```" not in part:
+                    undated.append(f"{name}: {part.strip()[:160]}")
             previous = paragraph
     assert not undated, "figures without a date:\n" + "\n".join(undated)
