@@ -99,7 +99,8 @@ def run_in_terminal(block: Block, env: dict[str, str]) -> Ran:
     fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 50, 200, 0, 0))
     with tempfile.NamedTemporaryFile("r", suffix=".cmd") as failed:
         script = ("set -eo pipefail\n"
-                  f"trap 'printf \"%s\\n\" \"$BASH_COMMAND\" > {failed.name}' ERR\n" + block.code)
+                  f"trap 'printf \"%s %s\\n\" $LINENO \"$BASH_COMMAND\" > {failed.name}' ERR\n"
+                  + block.code)
         proc = subprocess.Popen(["bash", "-c", script], stdin=slave, stdout=slave,
                                 stderr=slave, cwd=ROOT, env=env, start_new_session=True)
         os.close(slave)
@@ -124,7 +125,21 @@ def run_in_terminal(block: Block, env: dict[str, str]) -> Ran:
         kill_group(proc)
         reader.join(5)
         os.close(master)
-        return Ran(returncode, normalise(b"".join(chunks)), failed.read().strip())
+        return Ran(returncode, normalise(b"".join(chunks)), failing(block, failed.read()))
+
+
+def failing(block: Block, trapped: str) -> str:
+    """The command the ERR trap named, with the line of the block it ran on."""
+    number, _, command = trapped.strip().partition(" ")
+    lines = block.code.splitlines()
+    n = int(number) - 2 if number.isdigit() else 0  # the script's first two lines are ours
+    if 1 <= n <= len(lines):
+        first = n
+        while first > 1 and lines[first - 2].endswith("\\"):  # a continued command
+            first -= 1
+        text = " ".join(x.rstrip("\\").strip() for x in lines[first - 1:n])
+        return f"{text}  (line {first} of the block; bash: {command})"
+    return command
 
 
 class Foreground:
