@@ -53,7 +53,8 @@ DRAWN = """(figure) => {
     plot: { left: b.left / r, top: b.top / r, right: (b.left + b.width) / r,
             bottom: (b.top + b.height) / r },
     xMin: u.scales.x.min, buckets, labels: chart.labelBoxes,
-    inBand: pixel((first.avg + first.max) / 2), aboveBand: pixel(first.max + 0.3 * (first.max - first.min)),
+    inBand: pixel((first.avg + first.max) / 2),
+    aboveBand: pixel(first.max + 0.3 * (first.max - first.min)),
   };
 }"""
 
