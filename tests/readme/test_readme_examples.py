@@ -118,13 +118,15 @@ def run_in_terminal(block: Block, env: dict[str, str]) -> Ran:
 
         reader = threading.Thread(target=read, daemon=True)
         reader.start()
+        returncode: int | None = None
         try:
-            returncode: int | None = proc.wait(BLOCK_TIMEOUT)
+            returncode = proc.wait(BLOCK_TIMEOUT)
         except subprocess.TimeoutExpired:
-            returncode = None
-        kill_group(proc)
-        reader.join(5)
-        os.close(master)
+            pass
+        finally:  # also when the test is interrupted: nothing of the block keeps running
+            kill_group(proc)
+            reader.join(5)
+            os.close(master)
         return Ran(returncode, normalise(b"".join(chunks)), failing(block, failed.read()))
 
 
