@@ -350,3 +350,24 @@ def test_marks_and_status_comments_are_read_as_documented() -> None:
         "iot-telemetry devices disable d   # 403 from now on"]
     assert "unknown mark" in (odd.directive_problem() or "")
     assert missing_sections(text) == [s for s in SECTIONS if s not in ("Quick start", "Security")]
+
+
+def test_the_background_example_gives_up_with_the_runs_own_error(newcomer) -> None:
+    """Issue 23: `until curl ...; do sleep 1; done` looped for good when the run had failed to
+    start. The README's own lines, up to its wait, with the ingest port taken: they end
+    within seconds and show why."""
+    [block] = [b for b in newcomer_blocks()
+               if "INGEST_AUTH=registered iot-telemetry local" in b.code]
+    lines = block.code.splitlines()
+    wait = next(i for i, line in enumerate(lines) if "|| tail" in line)
+    head = Block(block.section, block.subsection, block.index, block.line,
+                 "\n".join(lines[:wait + 1]) + "\n")
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", PORTS[0]))
+        taken.listen()
+        started = time.monotonic()
+        ran = run_in_terminal(head, newcomer)
+        took = time.monotonic() - started
+    assert ran.returncode == 0, ran
+    assert f"port {PORTS[0]} (ingest) is already in use" in ran.output, ran.output
+    assert took < 30, f"the wait took {took:.0f} s to give up"
