@@ -363,6 +363,8 @@ def test_the_background_example_gives_up_with_the_runs_own_error(newcomer) -> No
     head = Block(block.section, block.subsection, block.index, block.line,
                  "\n".join(lines[:wait + 1]) + "\n")
     with socket.socket() as taken:
+        # a listener (the address reused: an earlier run's connections may be in TIME_WAIT)
+        taken.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         taken.bind(("127.0.0.1", PORTS[0]))
         taken.listen()
         started = time.monotonic()
