@@ -75,6 +75,9 @@ def _claim_ports(args: argparse.Namespace) -> dict[str, int] | str:
     for name, (flag, variable, _default) in PORT_OPTIONS.items():
         port = getattr(args, f"{name}_port")
         with socket.socket() as probe:
+            # Judged as the servers judge it (they reuse the address): a connection of the
+            # previous run in TIME_WAIT does not make the port taken, a listener does.
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
             try:
                 probe.bind(("127.0.0.1", port))
             except OverflowError:
@@ -206,6 +209,7 @@ def _devices(args: argparse.Namespace) -> int:
     from iot_telemetry.devices import Registry
     from iot_telemetry.errors import TelemetryError
     from iot_telemetry.store import Store
+    from iot_telemetry.telemetry import format_time
 
     from .registry_endpoint import LocalRunUnreachable, RemoteRegistry
 
@@ -228,10 +232,12 @@ def _devices(args: argparse.Namespace) -> int:
             token = registry.add(args.device_id, args.name, metadata)
             print(f"registered {args.device_id}; its token (shown only now):\n{token}")
         elif args.action == "list":
+            # Times and metadata written as the query API writes them (RFC 3339 with Z, JSON).
             for d in registry.list():
-                seen = d.last_seen.isoformat() if d.last_seen else "never"
+                seen = format_time(d.last_seen) if d.last_seen else "never"
                 state = "enabled" if d.enabled else "DISABLED"
-                print(f"{d.id:<24} {state:<9} last seen {seen:<32} {d.name} {d.metadata or ''}")
+                meta = json.dumps(d.metadata, sort_keys=True) if d.metadata else ""
+                print(f"{d.id:<24} {state:<9} last seen {seen:<24} {d.name} {meta}".rstrip())
         elif args.action == "set-metadata":
             changes: dict[str, str | None] = {}
             for item in args.changes:

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import datetime
 from typing import Any, Final
 
 from .alerting import ACKNOWLEDGED, OPEN
@@ -83,36 +83,19 @@ def fleet_counts(store: Store, now: datetime, stale_after: float, page_size: int
                  ) -> dict[str, int]:
     """Every device counted by state, for the whole fleet however large.
 
-    Four counts on `devices` (the silent and recent ones over the `recent` index), then the
-    unresolved offline alerts (over the unresolved alerts, by the `open_by_rule` index) and
-    their devices, `page_size` per reply: the cost grows with the unresolved alerts and the
-    offline devices, not with the alerts' history.
+    One scan of the devices (their `enabled` and `last_seen` only, `page_size` per reply),
+    each device's state decided once from the document the scan read, after the unresolved
+    offline alerts (over the `open_by_rule` index, `page_size` per reply). So the counts
+    always add up to the devices scanned and none is negative, while devices register and
+    report meanwhile: separate counts of each state, each at its own moment, did not.
     """
-    cutoff = now - timedelta(seconds=stale_after)
-    enabled = {"enabled": {"$ne": False}}
-    devices = store.collection(DEVICES)
-    with store.guard():
-        total = devices.count_documents({})
-        counts = {
-            DISABLED: devices.count_documents({"enabled": False}),
-            STALE: devices.count_documents({"$and": [enabled, {"last_seen": {"$lt": cutoff}}]}),
-            REPORTING: devices.count_documents(
-                {"$and": [enabled, {"last_seen": {"$gte": cutoff}}]}),
-            OFFLINE: 0,
-        }
-    counts[NEVER_REPORTED] = total - counts[DISABLED] - counts[STALE] - counts[REPORTING]
     since = _offline_since(store, page_size)
-    ids = sorted(since)
-    for start in range(0, len(ids), page_size):
-        with store.guard():
-            docs = list(devices.find({"_id": {"$in": ids[start:start + page_size]}},
-                                     {"last_seen": 1, "enabled": 1}))
-        for doc in docs:
-            if device_state(doc, now, stale_after, since[doc["_id"]]) == OFFLINE:
-                # Counted above by its last report: move it from there.
-                counts[device_state(doc, now, stale_after, None)] -= 1
-                counts[OFFLINE] += 1
-    return {state: counts[state] for state in DEVICE_STATES}
+    counts = dict.fromkeys(DEVICE_STATES, 0)
+    with store.guard():
+        for doc in store.collection(DEVICES).find({}, {"last_seen": 1, "enabled": 1},
+                                                  batch_size=page_size):
+            counts[device_state(doc, now, stale_after, since.get(doc["_id"]))] += 1
+    return counts
 
 
 def _offline_since(store: Store, batch: int) -> dict[str, datetime]:

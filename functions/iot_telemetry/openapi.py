@@ -12,6 +12,7 @@ from .raw import MAX_LIMIT as raw_max_limit
 from .settings import Settings
 
 _TIME = {"type": "string", "format": "date-time"}
+_SHOWN = "to 12 significant digits (no binary-fraction noise: 0.3, not 0.30000000000000004)"
 _STATES = ("`offline`: an offline alert is open or acknowledged and the device has not "
            "reported since; `stale`: no report within DEVICE_STALE_SECONDS; "
            "`never_reported`: registered, nothing received yet (never offline); "
@@ -91,7 +92,8 @@ def document(settings: Settings) -> dict[str, Any]:
                    "required": ["t", "count", "min", "max", "avg"],
                    "properties": {"t": _TIME, "count": {"type": "integer", "minimum": 1},
                                   "min": {"type": "number"}, "max": {"type": "number"},
-                                  "avg": {"type": "number"}, "sum": {"type": "number"},
+                                  "avg": {"type": "number", "description": _SHOWN},
+                                  "sum": {"type": "number", "description": _SHOWN},
                                   "first": _TIME, "last": _TIME,
                                   "last_value": {"type": "number"}}},
         "Reading": {"type": "object", "required": ["t", "value", "event_id"],

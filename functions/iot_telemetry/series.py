@@ -243,6 +243,16 @@ def read_series(store: Store, device_id: str, metric: str, step: str, *, first: 
     return out
 
 
+#: Significant digits of the sums and averages the API answers (README, Query API).
+SHOWN_DIGITS: Final = 12
+
+
+def shown(value: float) -> float:
+    """`value` to SHOWN_DIGITS significant digits: a sum or an average of readings without
+    the noise of binary fractions (488.5, not 488.5000000000001); readings have far fewer."""
+    return float(f"{value:.{SHOWN_DIGITS}g}")
+
+
 def read_points(store: Store, device_id: str, metric: str, step: str, *, first: datetime,
                 to: datetime, compacted_before: datetime | None = None,
                 ) -> list[dict[str, Any]]:
@@ -273,7 +283,7 @@ def read_points(store: Store, device_id: str, metric: str, step: str, *, first: 
                 _, c, sum_, min_, max_, f, lv = v.split("|")  # Summary.snapshot's fields
                 count, total, lo, hi = int(c), float(sum_), float(min_), float(max_)
             out.append({"t": micros_text(t_us), "count": count, "min": lo, "max": hi,
-                        "avg": total / count, "sum": total,
+                        "avg": shown(total / count), "sum": shown(total),
                         "first": micros_text(int(f[:_TIME_DIGITS], 16)),
                         "last": micros_text(int(lv[:_TIME_DIGITS], 16)),
                         "last_value": _float_of(int(lv[_TIME_DIGITS:], 16))})
@@ -305,7 +315,7 @@ def _documents(store: Store, device_id: str, metric: str, step: str, *, first: d
 
 def _point(t_us: int, s: Summary) -> dict[str, Any]:
     return {"t": micros_text(t_us), "count": s.count, "min": s.min, "max": s.max,
-            "avg": s.avg, "sum": s.sum, "first": micros_text(micros(s.first)),
+            "avg": shown(s.avg), "sum": shown(s.sum), "first": micros_text(micros(s.first)),
             "last": micros_text(micros(s.last)), "last_value": s.last_value}
 
 

@@ -26,7 +26,8 @@ Handler = Callable[[flask.Request], flask.Response]
 
 def json_response(body: Any, status: int = 200, headers: dict[str, str] | None = None,
                   ) -> flask.Response:
-    return flask.Response(json.dumps(body, default=str), status=status,
+    # A newline at the end, as curl users expect: the next prompt starts on its own line.
+    return flask.Response(json.dumps(body, default=str) + "\n", status=status,
                           headers=headers or {}, mimetype="application/json")
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -77,6 +78,30 @@ def test_a_port_in_use_names_its_flag_and_variable() -> None:
     assert err.count("\n") == 1, err
     assert f"port {port} (query) is already in use" in err
     assert "--query-port or IOT_QUERY_PORT" in err
+
+
+def test_a_port_whose_last_connection_is_in_time_wait_is_free() -> None:
+    """Restarting right after a run that served a request (issue 20, item 12; issue 23's
+    README examples run twice in a row): the server closed first, so its side of the
+    connection waits in TIME_WAIT; nothing listens, and the servers reuse the address."""
+    with socket.socket() as server:
+        server.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        server.bind(("127.0.0.1", 0))
+        server.listen()
+        port = server.getsockname()[1]
+        client = socket.create_connection(("127.0.0.1", port))
+        conn, _ = server.accept()
+        conn.close()  # the server's side closes first: TIME_WAIT on `port`
+        client.recv(1)
+        client.close()
+    others = [a for n in ("ingest", "aggregate", "alert", "broker") for a in (f"--{n}-port", "0")]
+    proc = _local("--no-simulator", *others, env={"IOT_QUERY_PORT": str(port)})
+    try:
+        assert proc.stdout is not None
+        assert proc.stdout.readline().startswith("iot-telemetry local"), proc.stderr
+    finally:
+        proc.terminate()
+        proc.communicate(timeout=30)
 
 
 def test_ports_are_chosen_by_flag_or_variable() -> None:
@@ -175,8 +200,12 @@ def test_devices_commands_manage_the_local_runs_registry(
     assert _post(ingest, "dev-42", token) == 202
     assert _post(ingest, "dev-42", None) == 401
 
+    assert registered_run.wait_idle()
     assert main(["devices", "list"]) == 0
-    assert "celsius" in capsys.readouterr().out
+    # As the query API writes them: the time in RFC 3339 with Z, the metadata as JSON.
+    line = next(x for x in capsys.readouterr().out.splitlines() if x.startswith("dev-42 "))
+    assert re.search(r" last seen \d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z ", line), line
+    assert line.endswith(' {"units": {"temperature": "celsius"}}'), line
     assert main(["devices", "rotate-token", "dev-42"]) == 0
     assert _post(ingest, "dev-42", capsys.readouterr().out.splitlines()[-1]) == 202
     assert main(["devices", "disable", "nope"]) == 1

@@ -111,3 +111,51 @@ def test_an_offline_alert_of_a_device_not_in_the_registry_counts_nothing(fleet_a
         "state": "open", "last_seen": datetime.now(UTC), "raised_at": datetime.now(UTC)})
     body = fleet_apps.query.get("/fleet").get_json()
     assert body["devices"] == 7 and body["states"]["offline"] == 2
+
+
+class _ReportingMeanwhile:
+    """The devices collection, with the fleet registering and reporting during every read:
+    a new device reports, and another is registered, before each read and after each
+    document a scan returns (issue 23: counts taken one by one went negative)."""
+
+    def __init__(self, devices, now):
+        self._devices = devices
+        self._now = now
+        self.writes = 0
+
+    def _write(self):
+        self.writes += 1
+        self._devices.insert_one({"_id": f"joined-{self.writes}", "last_seen": self._now})
+        self._devices.insert_one({"_id": f"registered-{self.writes}"})
+
+    def count_documents(self, *args, **kwargs):
+        self._write()
+        return self._devices.count_documents(*args, **kwargs)
+
+    def find(self, *args, **kwargs):
+        self._write()
+        for doc in list(self._devices.find(*args, **kwargs)):
+            yield doc
+            self._write()
+
+    def __getattr__(self, name):
+        return getattr(self._devices, name)
+
+
+def test_fleet_counts_add_up_while_devices_register_and_report(fleet_apps, monkeypatch) -> None:
+    rt = get_runtime()
+    now = datetime.now(UTC)
+    devices = rt.store.collection("devices")
+    meanwhile = _ReportingMeanwhile(devices, now)
+    real_collection = rt.store.collection
+    monkeypatch.setattr(rt.store, "collection",
+                        lambda name: meanwhile if name == "devices" else real_collection(name))
+    counts = fleet.fleet_counts(rt.store, now, 300, 2)
+    assert meanwhile.writes > 1
+    assert all(n >= 0 for n in counts.values()), counts
+    # Every device the one scan saw, once: the seeded fleet and those that joined before it.
+    seen = counts["reporting"] - COUNTS["reporting"]
+    assert counts["never_reported"] - COUNTS["never_reported"] == seen
+    assert sum(counts.values()) == sum(COUNTS.values()) + 2 * seen
+    assert {k: v for k, v in counts.items() if k not in ("reporting", "never_reported")} == {
+        k: v for k, v in COUNTS.items() if k not in ("reporting", "never_reported")}

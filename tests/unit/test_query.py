@@ -136,3 +136,29 @@ def test_a_path_the_router_would_redirect_is_a_404_not_a_500(apps) -> None:
         response = apps.query.get(path)
         assert response.status_code == 404, path
         assert response.get_json()["error"] == "not_found"
+
+
+@pytest.mark.parametrize("step", ["1m", "1h", "1d"])
+def test_sums_and_averages_without_float_noise(apps, now, step) -> None:
+    """Issue 23: 0.1 + 0.2 answered 0.30000000000000004; 12 significant digits (README)."""
+    for i, value in enumerate((0.1, 0.2, 0.4)):
+        apps.deliver("aggregate", record("noisy", now + timedelta(seconds=i), {"x": value},
+                                         f"n{i}"))
+    span = {"1m": timedelta(minutes=30), "1h": timedelta(days=1), "1d": timedelta(days=30)}[step]
+    url = (f"/devices/noisy/series?metric=x&step={step}&from={iso(now - span)}"
+           f"&to={iso(now + span)}")
+    response = apps.query.get(url)
+    [bucket] = response.get_json()["buckets"]
+    assert (bucket["sum"], bucket["avg"]) == (0.7, 0.233333333333)
+    csv = apps.query.get(url + "&format=csv").get_data(as_text=True)
+    assert ",0.233333333333,0.7," in csv and "0000000" not in csv
+
+
+def test_json_answers_end_with_a_newline(seeded, sink) -> None:
+    """So that `curl` in a terminal leaves the next prompt on a line of its own (issue 23)."""
+    for url in ("/fleet", "/devices?limit=1", "/alerts?limit=1", "/devices?limit=0"):
+        assert seeded.query.get(url).get_data(as_text=True).endswith("}\n"), url
+    accepted = seeded.ingest.post("/", json={"metrics": {"t": 1}}, headers={
+        "ce-specversion": "1.0", "ce-type": "iot.telemetry.v1", "ce-source": "/d/nl",
+        "ce-id": "nl-1", "ce-subject": "nl"})
+    assert accepted.status_code == 202 and accepted.get_data(as_text=True).endswith("}\n")

@@ -20,6 +20,7 @@ from iot_telemetry.series import (
     micros_text,
     read_points,
     read_series,
+    shown,
 )
 from iot_telemetry.telemetry import format_time
 from tests.unit.test_rollup_exact import event_of
@@ -27,8 +28,8 @@ from tests.unit.test_rollup_exact import event_of
 
 def as_api(t: datetime, s: Summary) -> dict[str, Any]:
     """A bucket as query.py wrote it from read_series before read_points."""
-    return {"t": format_time(t), "count": s.count, "min": s.min, "max": s.max, "avg": s.avg,
-            "sum": s.sum, "first": format_time(s.first), "last": format_time(s.last),
+    return {"t": format_time(t), "count": s.count, "min": s.min, "max": s.max, "avg": shown(s.avg),
+            "sum": shown(s.sum), "first": format_time(s.first), "last": format_time(s.last),
             "last_value": s.last_value}
 
 

@@ -1,9 +1,10 @@
-// One chart per metric: the average of each bucket as a line over a band from its min to max,
-// the thresholds of the alert rules on that metric as horizontal lines (clear thresholds
-// dashed), and the periods the device's alerts on it were open shaded behind.
+// One chart per metric: the average of each bucket as a line over a band from its min to max
+// (drawn per bucket, so a lone bucket shows its spread too), the thresholds of the alert rules
+// on that metric as horizontal lines (clear thresholds dashed) with labels placed inside the
+// plot and off the data, and the periods the device's alerts on it were open shaded behind.
 // Drawn with uPlot (static/vendor/uplot, loaded by the page as the global `uPlot`).
 
-import { count, el, full, number, quantity, unitSymbol } from "./format.js";
+import { clock, count, el, full, number, quantity, unitSymbol } from "./format.js";
 
 // raw: each reading its own point (a line breaks where readings are 1/20 of the range apart).
 export const STEP_SECONDS = { "1m": 60, "1h": 3600, "1d": 86400, raw: 1 };
@@ -16,6 +17,8 @@ const _ = null;
 const RULE_COLOURS = { critical: "#a40e26", warning: "#b07800" };
 const OPEN_SHADE = { critical: "rgba(164, 14, 38, 0.13)", warning: "rgba(212, 167, 44, 0.2)" };
 const CLEARS = { ">": "≤", ">=": "≤", "<": "≥", "<=": "≥" };
+const LABEL_FONT = 11; // CSS px
+const LABEL_GAP = 3; // CSS px between a threshold line and its label
 // uPlot's time-axis labels, in 24-hour time: [tick spacing (s), label, then the label where
 // the year, month, day, hour, minute or second changes, mode]
 const TIME_TICKS = [
@@ -87,6 +90,8 @@ export class MetricChart {
     this.periods = [];
     this.zoomed = false;
     this.range = [0, 1];
+    this.step = "1m";
+    this.labelBoxes = []; // where the threshold labels were drawn (CSS px in the canvas)
     this.meta = el("p", { class: "chart-meta muted" });
     this.area = el("div", { class: "chart-area", role: "img" });
     this.empty = el("p", { class: "chart-empty", hidden: true });
@@ -107,6 +112,7 @@ export class MetricChart {
         this.meta), this.area, this.key, this.empty, this.details);
     this.resizer = new ResizeObserver(() => this.fit());
     this.resizer.observe(this.figure);
+    this.figure.chart = this; // for the browser tests, which check what was drawn where
   }
 
   width() {
@@ -131,11 +137,10 @@ export class MetricChart {
         { label: "Min", stroke: EDGE, width: 1, dash: [4, 3], value: format, points: { show: false } },
         { label: "Average", stroke: LINE, width: 2, value: format },
       ],
-      bands: [{ series: [1, 2], fill: BAND }],
       axes: [{ values: TIME_TICKS }, { size: 60 }],
       cursor: { drag: { x: true, y: false } },
       hooks: {
-        drawClear: [(u) => this.drawPeriods(u)],
+        drawClear: [(u) => this.drawPeriods(u), (u) => this.drawBand(u)],
         draw: [(u) => this.drawThresholds(u)],
         // uPlot commits scale changes in a microtask: a time scale other than the requested
         // range once committed means the user zoomed in (drag) or out (double-click autoscale).
@@ -187,6 +192,60 @@ export class MetricChart {
     ctx.restore();
   }
 
+  /** Each bucket's min-max as a bar centred on its time, filled as one shape: buckets closer
+   * than a bar's width merge into a band, and a lone bucket shows its spread (uPlot's own
+   * band needs two points). */
+  drawBand(u) {
+    const [xs, max, min] = u.data;
+    const { ctx } = u;
+    const { left, top, width, height } = u.bbox;
+    const ratio = globalThis.devicePixelRatio || 1;
+    const stepPx = Math.abs(u.valToPos(STEP_SECONDS[this.step] || 60, "x", true)
+      - u.valToPos(0, "x", true));
+    const bar = Math.min(Math.max(stepPx * 0.6, 4 * ratio), 16 * ratio);
+    ctx.save();
+    ctx.beginPath();
+    ctx.rect(left, top, width, height);
+    ctx.clip();
+    ctx.beginPath();
+    for (let i = 0; i < xs.length; i++) {
+      if (max[i] === null || min[i] === null) continue;
+      const x = u.valToPos(xs[i], "x", true);
+      const high = u.valToPos(max[i], "y", true);
+      const low = u.valToPos(min[i], "y", true);
+      const h = Math.max(low - high, 2 * ratio);
+      ctx.rect(x - bar / 2, (high + low) / 2 - h / 2, bar, h);
+    }
+    ctx.fillStyle = BAND;
+    ctx.fill();
+    ctx.restore();
+  }
+
+  /** The data as boxes in canvas pixels: a bar per bucket (min to max) and the segments of
+   * the lines between buckets, for placing labels off them. */
+  dataBoxes(u) {
+    const [xs, max, min, avg] = u.data;
+    const boxes = [];
+    const ratio = globalThis.devicePixelRatio || 1;
+    const pad = 2 * ratio;
+    let previous = null;
+    for (let i = 0; i < xs.length; i++) {
+      if (max[i] === null || min[i] === null) {
+        previous = null;
+        continue;
+      }
+      const x = u.valToPos(xs[i], "x", true);
+      const ys = [max[i], min[i], avg[i]].filter((v) => v !== null).map((v) => u.valToPos(v, "y", true));
+      const box = { x0: x - 8 * ratio, x1: x + 8 * ratio, y0: Math.min(...ys) - pad, y1: Math.max(...ys) + pad };
+      boxes.push(box);
+      if (previous) {
+        boxes.push({ x0: previous.x0, x1: box.x1, y0: Math.min(previous.y0, box.y0), y1: Math.max(previous.y1, box.y1), segment: true });
+      }
+      previous = box;
+    }
+    return boxes;
+  }
+
   drawThresholds(u) {
     if (!this.rules.length) return;
     const { ctx } = u;
@@ -196,33 +255,68 @@ export class MetricChart {
     ctx.beginPath();
     ctx.rect(left, top, width, height);
     ctx.clip();
-    ctx.font = `${11 * ratio}px system-ui, sans-serif`;
-    ctx.textAlign = "right";
+    ctx.font = `${LABEL_FONT * ratio}px system-ui, sans-serif`;
+    const lines = [];
     for (const rule of this.rules) {
       const colour = RULE_COLOURS[rule.severity] || RULE_COLOURS.warning;
-      // Each label on the side of its line away from the other, so the two do not overlap.
-      const up = -3 * ratio;
-      const down = 12 * ratio;
+      // Each label on the side of its line away from the other line of the rule, if it fits.
       const rising = rule.condition === ">" || rule.condition === ">=";
-      const lines = [[rule.threshold, [], `${rule.name} ${rule.condition} ${number(rule.threshold)}`,
-        rising ? up : down]];
+      lines.push({ value: rule.threshold, dash: [], colour, above: rising,
+        text: `${rule.name} ${rule.condition} ${number(rule.threshold)}` });
       if (rule.clear_threshold !== rule.threshold) {
-        lines.push([rule.clear_threshold, [6 * ratio, 4 * ratio],
-          `clears ${CLEARS[rule.condition] || ""} ${number(rule.clear_threshold)}`, rising ? down : up]);
-      }
-      for (const [value, dash, label, offset] of lines) {
-        const y = Math.round(u.valToPos(value, "y", true)) + 0.5;
-        ctx.strokeStyle = colour;
-        ctx.fillStyle = colour;
-        ctx.lineWidth = 1.5 * ratio;
-        ctx.setLineDash(dash);
-        ctx.beginPath();
-        ctx.moveTo(left, y);
-        ctx.lineTo(left + width, y);
-        ctx.stroke();
-        ctx.fillText(label, left + width - 4 * ratio, y + offset);
+        lines.push({ value: rule.clear_threshold, dash: [6 * ratio, 4 * ratio], colour, above: !rising,
+          text: `clears ${CLEARS[rule.condition] || ""} ${number(rule.clear_threshold)}` });
       }
     }
+    for (const line of lines) {
+      line.y = Math.round(u.valToPos(line.value, "y", true)) + 0.5;
+      ctx.strokeStyle = line.colour;
+      ctx.lineWidth = 1.5 * ratio;
+      ctx.setLineDash(line.dash);
+      ctx.beginPath();
+      ctx.moveTo(left, line.y);
+      ctx.lineTo(left + width, line.y);
+      ctx.stroke();
+    }
+    // Labels inside the plot, off the data and off each other: the first place that is
+    // free of both among the right and left ends, each side of the line; else the one that
+    // covers the least, never outside the plot (where it would be cut off).
+    const data = this.dataBoxes(u);
+    const placed = [];
+    const gap = LABEL_GAP * ratio;
+    const textHeight = LABEL_FONT * ratio;
+    const overlaps = (a, b) => a.x0 < b.x1 && b.x0 < a.x1 && a.y0 < b.y1 && b.y0 < a.y1;
+    for (const line of lines) {
+      const w = ctx.measureText(line.text).width;
+      const candidates = [];
+      for (const above of [line.above, !line.above]) {
+        for (const right of [true, false]) {
+          const x1 = right ? left + width - 4 * ratio : left + 4 * ratio + w;
+          let y0 = above ? line.y - gap - textHeight : line.y + gap;
+          y0 = Math.min(Math.max(y0, top + 1), top + height - textHeight - 1);
+          candidates.push({ x0: x1 - w, x1, y0, y1: y0 + textHeight });
+        }
+      }
+      const cost = (box) => 2 * data.filter((d) => overlaps(box, d)).length
+        + placed.filter((p) => overlaps(box, p)).length * 3
+        + (Math.abs((box.y0 + box.y1) / 2 - line.y) > textHeight * 1.5 ? 1 : 0);
+      let best = candidates[0];
+      let bestCost = cost(best);
+      for (const box of candidates.slice(1)) {
+        const c = cost(box);
+        if (c < bestCost) {
+          best = box;
+          bestCost = c;
+        }
+      }
+      placed.push(best);
+      ctx.fillStyle = line.colour;
+      ctx.textAlign = "left";
+      ctx.textBaseline = "top";
+      ctx.fillText(line.text, best.x0, best.y0);
+    }
+    this.labelBoxes = placed.map((b, i) => ({ text: lines[i].text, left: b.x0 / ratio,
+      top: b.y0 / ratio, right: b.x1 / ratio, bottom: b.y1 / ratio }));
     ctx.restore();
   }
 
@@ -262,9 +356,15 @@ export class MetricChart {
   /** Draw a series answer of the API (GET /devices/{id}/series). */
   update(series) {
     this.series = series;
+    this.step = series.step;
     const from = Date.parse(series.from) / 1000;
     const to = Date.parse(series.to) / 1000;
-    this.range = [from, to];
+    // The plot starts at the first reading (half a bucket before it) rather than showing
+    // empty time before a device's first report; the line above the chart says so.
+    const first = series.buckets.length ? Date.parse(series.buckets[0].t) / 1000 : null;
+    const half = (STEP_SECONDS[series.step] || 60) / 2;
+    const start = first !== null && first - half > from ? Math.min(first - half, to - 2 * half) : from;
+    this.range = [start, to];
     this.periods = openPeriods(this.alerts || [], this.metric, from, to);
     const data = columns(series.buckets, series.step, to - from);
     if (this.plot) {
@@ -276,6 +376,7 @@ export class MetricChart {
     const drawn = this.plot.data[3].filter((v) => v !== null).length;
     Object.assign(this.figure.dataset, {
       points: String(drawn), step: series.step, from: series.from, to: series.to,
+      shownFrom: new Date(start * 1000).toISOString(),
     });
     const stats = summary(series.buckets);
     const step = STEP_NAMES[series.step] || series.step;
@@ -283,7 +384,8 @@ export class MetricChart {
     const what = series.step === "raw" ? count(drawn, "reading") : `${count(drawn, "bucket")} of ${step}`;
     this.meta.textContent = stats
       ? `${what} · average ${q(stats.avg)} · lowest ${q(stats.min)} · `
-        + `highest ${q(stats.max)} · drag to zoom, double-click to reset`
+        + `highest ${q(stats.max)}${start > from ? ` · from its first ${series.step === "raw" ? "reading" : "bucket"} (${clock(new Date(first * 1000))}),`
+          + " none earlier in this range" : ""} · drag to zoom, double-click to reset`
       : `No readings in this range (step ${step}).`;
     this.area.setAttribute("aria-label", stats
       ? `${this.metric} from ${full(new Date(from * 1000))} to ${full(new Date(to * 1000))}: `
