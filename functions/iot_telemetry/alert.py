@@ -26,7 +26,6 @@ from .alerting import (
 )
 from .errors import DependencyUnavailable
 from .events import ALERT_TYPE, SPECVERSION, RawEvent, is_ping, read_delivery, to_http
-from .eventtime import settled
 from .httpsession import HttpSession
 from .observability import ALERT_TRANSITIONS, DUPLICATES_SKIPPED, EVENTS_PROCESSED
 from .offline import OfflineBook
@@ -77,7 +76,7 @@ def _alert(request: flask.Request, rt: Runtime) -> flask.Response:
         return _sweep(read_delivery(request.headers, request.get_data()), rt)
     event = decode_telemetry(request, FUNCTION)
     if event.points:  # a resend of an event without `time` is evaluated at the first time
-        event = settled(rt.store, event)
+        event = rt.event_times.settled(event)
     return _reply(evaluate(event, rt), rt, event.id, event.device_id)
 
 

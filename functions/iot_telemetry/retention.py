@@ -52,13 +52,17 @@ class Retention:
     minutes: timedelta = timedelta(days=Settings.rollup_minute_retention_days)
     hours: timedelta = timedelta(days=Settings.rollup_hour_retention_days)
     days: timedelta | None = None
+    #: How long after its first copy a device may resend an event without `time`
+    #: (INGEST_MAX_AGE_SECONDS: as old as a reading with a time may be).
+    resend: timedelta = timedelta(seconds=Settings.ingest_max_age_seconds)
 
     @classmethod
     def of(cls, settings: Settings) -> Retention:
         days = settings.rollup_day_retention_days
         return cls(timedelta(days=settings.rollup_minute_retention_days),
                    timedelta(days=settings.rollup_hour_retention_days),
-                   None if days is None else timedelta(days=days))
+                   None if days is None else timedelta(days=days),
+                   timedelta(seconds=settings.ingest_max_age_seconds))
 
     def hour_expiry(self, start: datetime) -> datetime:
         return start + HOUR + self.minutes
@@ -67,6 +71,17 @@ class Retention:
         """Whether a reading of the hour starting at `start` may still be counted: its hour
         document, keys included, is there for at least MARGIN more."""
         return self.hour_expiry(start) - MARGIN > now
+
+    def settled_expiry(self, first: datetime) -> datetime:
+        """When the time settled for an event first stamped `first` may go (eventtime.py):
+        never before its hour document, whose keys recognise the event, may go."""
+        return first + HOUR + self.minutes
+
+    def stamp_counts(self, stamp: datetime, now: datetime) -> bool:
+        """Whether a copy of an event without `time`, stamped `stamp` by ingest, may still
+        be counted: the time settled by any other copy (stamped at most `resend` away) is
+        kept for MARGIN more. Later, a copy could be counted again at its own stamp."""
+        return stamp + self.minutes - self.resend - MARGIN > now
 
     def compactable_before(self, now: datetime) -> datetime:
         """Days starting before this are final: none of their hours counts any more, and

@@ -13,7 +13,8 @@ How an event counts exactly once without transactions (the layout is in series.p
 3. The device's latest value of each metric is `$max` over (time, value) strings; last
    seen `$max`, first seen `$min`.
 A redelivery redoes steps 2 and 3, so a crash anywhere is finished by the retry. An event
-without `time` first gets the time settled for its key (eventtime.py).
+without `time` first gets the time settled for it (eventtime.py); a copy of one stamped too
+long ago to be recognised by that time any more is not counted (`Retention.stamp_counts`).
 
 Retention (retention.py): the hour document gets its expiry in step 1's update. Readings of
 an hour whose document, keys included, may be gone soon are skipped (counted in
@@ -38,7 +39,7 @@ from pymongo import ReturnDocument
 from pymongo.errors import DuplicateKeyError, OperationFailure
 
 from .errors import BadRequest, DependencyUnavailable
-from .eventtime import settled
+from .eventtime import EventTimes
 from .groupcommit import GroupCommit
 from .observability import AGGREGATE_BATCH_EVENTS, POINTS_EXPIRED
 from .retention import Retention
@@ -106,11 +107,13 @@ class RollupWriter:
 
     def __init__(self, store: Store, max_events_per_hour: int = MAX_EVENTS_PER_HOUR, *,
                  retention: Retention | None = None,
-                 clock: Callable[[], datetime] = lambda: datetime.now(UTC)) -> None:
+                 clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+                 event_times: EventTimes | None = None) -> None:
         self.store = store
         self.max_events_per_hour = max_events_per_hour
         self.retention = retention or Retention()
         self.clock = clock
+        self.event_times = event_times or EventTimes(store, self.retention, clock)
         self._commit: GroupCommit[TelemetryEvent, bool] = GroupCommit(self.apply_batch)
         # findAndModify with a projection: MongoDB has it, FerretDB 1.x answers 238.
         self._projected_find_and_modify = True
@@ -125,14 +128,23 @@ class RollupWriter:
         events = list(batch)
         AGGREGATE_BATCH_EVENTS.observe(len(events))
         failed: dict[int, Exception] = {}
+        now = self.clock()
+        stale: set[int] = set()
         for i, event in enumerate(events):
             if event.points and event.receipt_stamped:
+                if not self.retention.stamp_counts(event.time, now):
+                    stale.add(i)
+                    POINTS_EXPIRED.inc(len(event.points))
+                    log.warning("readings too old to count: stamped on receipt too long ago "
+                                "to be told from a resend", extra={
+                                    "event_id": event.id, "device_id": event.device_id,
+                                    "points": len(event.points)})
+                    continue
                 try:
-                    events[i] = settled(self.store, event)
+                    events[i] = self.event_times.settled(event)
                 except DependencyUnavailable as exc:
                     failed[i] = exc
-        now = self.clock()
-        writes = [w for i, e in enumerate(events) if i not in failed
+        writes = [w for i, e in enumerate(events) if i not in failed and i not in stale
                   for w in self._hour_writes(i, e, now)]
         hours: dict[str, dict[str, Any]] = {}
         if len(writes) == 1 and self._projected_find_and_modify:
@@ -141,13 +153,16 @@ class RollupWriter:
             fresh = self._count(writes, failed)
         writes = [w for w in writes if w.owner not in failed]
         self._snapshot_days(writes, hours, failed)
-        self._latest([(i, e) for i, e in enumerate(events) if i not in failed], failed)
+        self._latest([(i, e) for i, e in enumerate(events) if i not in failed and i not in stale],
+                     failed)
         return [failed.get(i, i in fresh or not e.points) for i, e in enumerate(events)]
 
     # 1. hours -----------------------------------------------------------------------------
 
     def expired(self, event: TelemetryEvent, now: datetime) -> int:
         """How many of the event's readings are too old to count (see retention.py)."""
+        if event.receipt_stamped and not self.retention.stamp_counts(event.time, now):
+            return len(event.points)
         return sum(1 for p in event.points
                    if not self.retention.counts(bucket_start(p.time, "1h"), now))
 
