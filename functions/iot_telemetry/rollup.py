@@ -234,9 +234,14 @@ class RollupWriter:
                         doc = collection.find_one_and_update(
                             write.update.filter, write.update.update, upsert=True,
                             projection=_TOTALS, return_document=ReturnDocument.AFTER)
+                    except DuplicateKeyError:
+                        raise
                     except OperationFailure as exc:
                         if exc.code != NOT_IMPLEMENTED:
-                            raise
+                            # Refused for this event alone (say, too large): as in _count,
+                            # it fails only its own delivery, not the batch it is in.
+                            self._fail(failed, [write.owner], exc.code or 0, str(exc))
+                            return set()
                         self._projected_find_and_modify = False
                         log.info("store: no projection in findAndModify; using update + find")
                         return self._count([write], failed)

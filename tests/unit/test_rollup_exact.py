@@ -390,3 +390,40 @@ def test_a_series_reads_one_find_of_at_most_a_day_or_a_month_of_documents(
     assert buckets
     [only] = finds
     assert set(only) == {"_id"} and len(only["_id"]["$in"]) <= most
+
+
+# --- refusals of one event (issue 20 items 9 and 10) --------------------------------------
+
+def test_a_lone_hour_write_the_store_refuses_fails_only_its_event(runtime, now,
+                                                                   monkeypatch) -> None:
+    """A group commit with exactly one hour write (the others heartbeats) runs it as
+    findAndModify; a refusal of that write (document too large) is a 400 for its event, not
+    a 503 for the whole batch."""
+    from pymongo.errors import OperationFailure
+
+    writer = RollupWriter(runtime.store)
+    collection_of = Store.collection
+
+    class TooLarge:
+        def __init__(self, inner: Any) -> None:
+            self.inner = inner
+
+        def __getattr__(self, name: str) -> Any:
+            if name == "find_one_and_update":
+                def refuse(*args: Any, **kwargs: Any) -> Any:
+                    raise OperationFailure("Resulting document after update is larger than "
+                                           "16777216", code=17419)
+                return refuse
+            return getattr(self.inner, name)
+
+    monkeypatch.setattr(Store, "collection", lambda self, name: (
+        TooLarge(collection_of(self, name)) if name == ROLLUP_HOURS
+        else collection_of(self, name)))
+    attributes, _ = telemetry("quiet", now, {}, "hb")
+    heartbeat = validate(RawEvent(attributes, {"samples": []}), datetime.now(UTC), None)
+    assert isinstance(heartbeat, TelemetryEvent)
+    reading = event_of("big", now, {"x": 1.0}, "r1")
+    results = writer.apply_batch([heartbeat, reading])
+    assert results[0] is True
+    assert isinstance(results[1], BadRequest) and "size limit" in str(results[1])
+    assert runtime.store.db[DEVICES].find_one({"_id": "quiet"}) is not None
