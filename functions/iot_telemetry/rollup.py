@@ -27,6 +27,7 @@ for one event fails only that event.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import logging
 from collections import defaultdict
@@ -148,13 +149,22 @@ class RollupWriter:
                   for w in self._hour_writes(i, e, now)]
         hours: dict[str, dict[str, Any]] = {}
         if len(writes) == 1 and self._projected_find_and_modify:
-            fresh = self._count_one(writes[0], hours, failed)
+            fresh, full = self._count_one(writes[0], hours, failed)
         else:
-            fresh = self._count(writes, failed)
-        writes = [w for w in writes if w.owner not in failed]
+            fresh, full = self._count(writes, failed)
+        # An event refused in a full hour is still counted consistently in its other hours:
+        # their day snapshots and its latest values, without the refused hours' readings.
+        refused = {id(w) for w in full}
+        writes = [w for w in writes if w.owner not in failed and id(w) not in refused]
         self._snapshot_days(writes, hours, failed)
-        self._latest([(i, e) for i, e in enumerate(events) if i not in failed and i not in stale],
+        self._latest([(i, _without(e, {w.start for w in full if w.owner == i}))
+                      for i, e in enumerate(events) if i not in failed and i not in stale],
                      failed)
+        for w in full:
+            failed.setdefault(w.owner, BadRequest(
+                f"device {w.device_id!r} sent more than {self.max_events_per_hour} events "
+                f"stamped in the hour {w.start.isoformat()}; this event's readings of that "
+                "hour are refused (those of its other hours are counted)"))
         return [failed.get(i, i in fresh or not e.points) for i, e in enumerate(events)]
 
     # 1. hours -----------------------------------------------------------------------------
@@ -203,8 +213,10 @@ class RollupWriter:
                                             ops, upsert=True)))
         return writes
 
-    def _count(self, writes: list[_HourWrite], failed: dict[int, Exception]) -> set[int]:
-        """Run the hour updates; return the events that added something (not duplicates)."""
+    def _count(self, writes: list[_HourWrite], failed: dict[int, Exception],
+               ) -> tuple[set[int], list[_HourWrite]]:
+        """Run the hour updates; return the events that added something (not duplicates),
+        and the writes refused because their hour is full."""
         pending = list(range(len(writes)))
         # An upsert whose condition is false on an existing document is refused as a
         # duplicate key; so is one that lost the race to insert a new document. The second
@@ -220,11 +232,10 @@ class RollupWriter:
                        if j not in refused and writes[j].owner not in failed}
             if not pending:
                 break
-        self._refuse_full([writes[j] for j in pending], failed)
-        return applied
+        return applied, self._full([writes[j] for j in pending])
 
     def _count_one(self, write: _HourWrite, hours: dict[str, dict[str, Any]],
-                   failed: dict[int, Exception]) -> set[int]:
+                   failed: dict[int, Exception]) -> tuple[set[int], list[_HourWrite]]:
         """A lone hour update as findAndModify returning the totals: one round trip less."""
         collection = self.store.collection(ROLLUP_HOURS)
         for _ in range(2):  # the second round: as in _count
@@ -241,7 +252,7 @@ class RollupWriter:
                             # Refused for this event alone (say, too large): as in _count,
                             # it fails only its own delivery, not the batch it is in.
                             self._fail(failed, [write.owner], exc.code or 0, str(exc))
-                            return set()
+                            return set(), []
                         self._projected_find_and_modify = False
                         log.info("store: no projection in findAndModify; using update + find")
                         return self._count([write], failed)
@@ -249,24 +260,21 @@ class RollupWriter:
                 continue
             if doc is not None:
                 hours[write.id] = doc
-            return {write.owner}
-        self._refuse_full([write], failed)
-        return set()
+            return {write.owner}, []
+        return set(), self._full([write])
 
-    def _refuse_full(self, refused: list[_HourWrite], failed: dict[int, Exception]) -> None:
-        """Refused twice: counted before, or the hour document is full (a 400 for that event)."""
+    def _full(self, refused: list[_HourWrite]) -> list[_HourWrite]:
+        """Of the writes refused twice (counted before, or the hour document is full), those
+        refused because the hour is full and the event is not in it."""
         if not refused:
-            return
+            return []
         with self.store.guard():
             full = {d["_id"] for d in self.store.collection(ROLLUP_HOURS).find(
                 {"_id": {"$in": sorted({w.id for w in refused})},
                  "v": {"$gte": self.max_events_per_hour}}, {"_id": 1})}
-            for w in refused:
-                if w.id in full and self.store.collection(ROLLUP_HOURS).find_one(
-                        {"_id": w.id, "ids": w.key}, {"_id": 1}) is None:
-                    failed[w.owner] = BadRequest(
-                        f"device {w.device_id!r} sent more than {self.max_events_per_hour} "
-                        f"events stamped in the hour {w.start.isoformat()}; this one is refused")
+            return [w for w in refused
+                    if w.id in full and self.store.collection(ROLLUP_HOURS).find_one(
+                        {"_id": w.id, "ids": w.key}, {"_id": 1}) is None]
 
     def _fail(self, failed: dict[int, Exception], owners: Iterable[int], code: int,
               message: str) -> None:
@@ -349,3 +357,11 @@ class RollupWriter:
                 return
         for j in pending:
             self._fail(failed, docs[ids[j]].owners, 0, f"{name}: upserts kept colliding")
+
+
+def _without(event: TelemetryEvent, hours: set[datetime]) -> TelemetryEvent:
+    """`event` without its readings of `hours` (those refused: their hours are full)."""
+    if not hours:
+        return event
+    return dataclasses.replace(event, points=tuple(
+        p for p in event.points if bucket_start(p.time, "1h") not in hours))
