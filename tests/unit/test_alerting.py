@@ -629,3 +629,92 @@ def test_group_commit_a_failure_fails_only_its_own_event(runtime, now, monkeypat
     results = book.handle_batch([(book, e) for e in events[3:6]])
     assert isinstance(results[1], DependencyUnavailable)
     assert [r.changed for i, r in enumerate(results) if i != 1] == [True, True]
+
+
+# --- alert changes refused by the store (issue 20, suspected item a) ----------------------
+
+def _refusing(monkeypatch, refuse):
+    """Store.bulk on the alerts whose command `refuse(ops)` stops at (index, code): the ops
+    before it are applied, as an ordered command does."""
+    from iot_telemetry.errors import DependencyUnavailable
+    from iot_telemetry.store import ALERTS, DUPLICATE_KEY, BulkOutcome, Store
+
+    bulk = Store.bulk
+
+    def fake(self, name, ops, ordered=False, *, tolerate=False):
+        hit = refuse(ops) if name == ALERTS else None
+        if hit is None:
+            return bulk(self, name, ops, ordered, tolerate=tolerate)
+        index, code = hit
+        if index:
+            bulk(self, name, ops[:index], ordered, tolerate=tolerate)
+        if code == DUPLICATE_KEY:
+            return BulkOutcome(duplicates=[index])
+        if not tolerate:
+            raise DependencyUnavailable("store refused a write", 1)
+        return BulkOutcome(failed={index: (code, "refused")})
+
+    monkeypatch.setattr(Store, "bulk", fake)
+
+
+def _default_rules():
+    from iot_telemetry.settings import Settings
+
+    return [r for r in Settings.from_environ({}).rules if isinstance(r, AlertRule)]
+
+
+def test_a_raise_that_loses_two_insert_races_is_still_applied(runtime, now,
+                                                              monkeypatch) -> None:
+    """The ordered write of an event's alert changes was retried once: a second duplicate
+    key (another instance raising the same alert again) left the changes after it unapplied
+    while this process's cache marked them applied, so the critical alert never existed."""
+    from iot_telemetry.alerting import StateCache
+    from iot_telemetry.store import ALERTS, DUPLICATE_KEY
+
+    races = {"left": 2}
+
+    def race(ops):
+        critical = [i for i, op in enumerate(ops)
+                    if op.upsert and "temperature-critical" in op.filter["_id"]]
+        if critical and races["left"]:
+            races["left"] -= 1
+            return critical[0], DUPLICATE_KEY
+        return None
+
+    _refusing(monkeypatch, race)
+    book = AlertBook(runtime.store, _default_rules(), cache=StateCache())
+    event = _validated(record("dev-x", now, {"temperature": 31.0}, "e1", samples=[
+        (now + timedelta(seconds=10), {"temperature": 32.0}),
+        (now + timedelta(seconds=20), {"temperature": 41.0})]))
+    outcome = book.handle(event)
+    assert races["left"] == 0
+    assert sorted(t["alert"]["rule"] for t in outcome.transitions) == [
+        "temperature-critical", "temperature-high"]
+    assert runtime.store.db[ALERTS].count_documents({"device_id": "dev-x"}) == 2
+
+
+def test_an_alert_change_refused_for_one_device_fails_only_that_devices_event(
+        runtime, now, monkeypatch) -> None:
+    """A group commit's alert changes go in one ordered command: a refusal other than a
+    duplicate key (say, a document too large) failed every device of the batch."""
+    from iot_telemetry.alerting import Outcome, StateCache
+    from iot_telemetry.errors import DependencyUnavailable
+    from iot_telemetry.store import ALERTS
+
+    book = AlertBook(runtime.store, _default_rules(), cache=StateCache())
+    for device in ("bad", "good"):  # known states: the batch goes the group-commit way
+        book.handle(_validated(record(device, now, {"temperature": 20.0}, "e0")))
+    _refusing(monkeypatch, lambda ops: next(
+        ((i, 2) for i, op in enumerate(ops) if op.filter["_id"].startswith("bad:")), None))
+    bad, good = (_validated(record(d, now + timedelta(seconds=10), {"temperature": 41.0}, "e1"))
+                 for d in ("bad", "good"))
+    results = book.handle_batch([(book, bad), (book, good)])
+    assert isinstance(results[0], DependencyUnavailable)
+    assert isinstance(results[1], Outcome)
+    assert [t["transition"] for t in results[1].transitions] == ["raised"]
+    assert runtime.store.db[ALERTS].count_documents({"device_id": "good"}) == 1
+    # the redelivery of the failed one, once the store takes it, raises its alert
+    monkeypatch.undo()
+    again = book.handle_batch([(book, bad)])[0]
+    assert isinstance(again, Outcome) and [t["transition"] for t in again.transitions] == [
+        "raised"]
