@@ -11,7 +11,9 @@ Three levels (the layout is in series.py), each with its own retention:
 - day totals: the month document `<device>|<YYYY-MM>`, one snapshot string per metric and
   day (`d.<metric>.<DD>`), led by the day's version (the sum of its hours' versions, which
   only grows), written by `$max`: a re-run, or two sweeps at once, keep the newest. Kept
-  forever, or with `exp` = month end + day retention.
+  forever, or with `exp` = month end + day retention (and `keep`, that retention in days).
+  Each sweep brings every month to the day retention configured now, so a change of it
+  applies to the months compacted before as well.
 
 A TTL index on `exp` deletes what is due on MongoDB; the sweep deletes it as well, which
 is what enforces retention on stores without TTL indexes (FerretDB 1.x) or whose TTL
@@ -103,6 +105,7 @@ class SweepOutcome:
     compacted: int = 0
     deleted: dict[str, int] = field(default_factory=dict)
     dated: int = 0
+    redated: int = 0
 
 
 def sweep(store: Store, retention: Retention, now: datetime, page: int = PAGE) -> SweepOutcome:
@@ -113,6 +116,7 @@ def sweep(store: Store, retention: Retention, now: datetime, page: int = PAGE) -
     """
     outcome = SweepOutcome()
     outcome.dated = _date_old_hours(store, retention, page)
+    outcome.redated = _redate_months(store, retention, page)
     cutoff = retention.compactable_before(now)
     while True:
         # No sort: a page is whichever days the `exp` index yields first (a sort would
@@ -149,6 +153,28 @@ def _date_old_hours(store: Store, retention: Retention, page: int) -> int:
         dated += len(hours)
 
 
+def _redate_months(store: Store, retention: Retention, page: int) -> int:
+    """Months compacted under another day retention: give them the expiry of this one
+    (none when it is `forever`), before anything is deleted by it."""
+    months = store.collection(ROLLUP_MONTHS)
+    if retention.days is None:
+        with store.guard():
+            return months.update_many({"exp": {"$exists": True}},
+                                      {"$unset": {"exp": "", "keep": ""}}).modified_count
+    keep = retention.days.days
+    redated = 0
+    while True:
+        with store.guard():
+            docs = list(months.find({"keep": {"$ne": keep}}, {"t": 1}).limit(page))
+        if not docs:
+            return redated
+        _write(store, ROLLUP_MONTHS, [
+            Update({"_id": d["_id"]}, {"$set": {"exp": retention.month_expiry(_utc(d["t"])),
+                                                "keep": keep}})
+            for d in docs])
+        redated += len(docs)
+
+
 def _compact(store: Store, retention: Retention, days: Sequence[Mapping[str, Any]]) -> None:
     months: dict[str, dict[str, Any]] = {}
     for doc in days:
@@ -157,8 +183,8 @@ def _compact(store: Store, retention: Retention, days: Sequence[Mapping[str, Any
         month = months.setdefault(month_id(doc["device_id"], first), {
             "$setOnInsert": {"device_id": doc["device_id"], "t": first}, "$max": {}})
         expiry = retention.month_expiry(first)
-        if expiry is not None:
-            month["$set"] = {"exp": expiry}
+        if expiry is not None and retention.days is not None:
+            month["$set"] = {"exp": expiry, "keep": retention.days.days}
         for metric, hours in (doc.get("h") or {}).items():
             snapshots = list(hours.values())
             total = Summary.merge_all(Summary.from_snapshot(s) for s in snapshots)

@@ -264,3 +264,23 @@ def test_the_api_says_how_long_each_step_is_kept() -> None:
     [step] = [p for p in document(settings)["paths"]["/devices/{device_id}/series"]["get"][
         "parameters"] if p["name"] == "step"]
     assert "1m for 30 days, 1h for 396 days, 1d for 800 days" in step["description"]
+
+
+def test_a_changed_day_retention_applies_to_months_compacted_before(store: Store) -> None:
+    """Issue 20 item 11: a month's expiry stuck after a change of ROLLUP_DAY_RETENTION_DAYS,
+    so setting it back to `forever` still deleted the months compacted meanwhile; and months
+    compacted under `forever` never got the retention set later."""
+    finite = Retention(days=timedelta(days=400))
+    written(store, Clock(D1 + timedelta(hours=2)))
+    sweep(store, finite, D1 + timedelta(days=40))
+    _id = month_id("d", D0)
+    assert store.collection(ROLLUP_MONTHS).find_one({"_id": _id})["exp"] is not None
+    past = next_month(month_start(D0)) + timedelta(days=401)
+    sweep(store, Retention(), past)  # back to forever
+    month = store.collection(ROLLUP_MONTHS).find_one({"_id": _id})
+    assert month is not None and "exp" not in month
+    sweep(store, Retention(days=timedelta(days=500)), past)
+    month = store.collection(ROLLUP_MONTHS).find_one({"_id": _id})
+    assert month["exp"] == next_month(month_start(D0)) + timedelta(days=500)
+    sweep(store, finite, past)
+    assert store.collection(ROLLUP_MONTHS).find_one({"_id": _id}) is None
