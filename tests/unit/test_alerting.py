@@ -117,15 +117,17 @@ def test_raise_and_resolve_are_replied_as_alert_events(runtime, now, sink_server
             replies.append((response.headers, response.get_json()))
     assert [h["ce-type"] for h, _ in replies] == ["iot.alert.v1"] * 3
     assert [(d["rule"], d["state"]) for _, d in replies] == [
-        ("temperature-high", "raised"), ("temperature-critical", "resolved"),
+        ("temperature-critical", "raised"), ("temperature-critical", "resolved"),
         ("temperature-high", "resolved")]
     assert replies[0][0]["ce-subject"] == "dev-1"
-    assert replies[0][0]["ce-id"] == "dev-1:temperature-high:1/raised"
-    # the second change of one event (critical raised at 41) went to the Broker ingress
+    assert replies[0][0]["ce-id"] == "dev-1:temperature-critical:1/raised"
+    # the first change of one event (high raised at 41) went to the Broker ingress before
+    # the reply carrying the last
     [(headers, data)] = sink_server.received
     assert (data["rule"], data["state"], data["severity"]) == (
-        "temperature-critical", "raised", "critical")
+        "temperature-high", "raised", "warning")
     assert headers["ce-type"] == "iot.alert.v1"
+    assert headers["ce-id"] == "dev-1:temperature-high:1/raised"
     alerts = apps.query.get("/alerts?device_id=dev-1").get_json()["alerts"]
     assert {(a["rule"], a["state"]) for a in alerts} == {
         ("temperature-high", "resolved"), ("temperature-critical", "resolved")}
@@ -718,3 +720,20 @@ def test_an_alert_change_refused_for_one_device_fails_only_that_devices_event(
     again = book.handle_batch([(book, bad)])[0]
     assert isinstance(again, Outcome) and [t["transition"] for t in again.transitions] == [
         "raised"]
+
+
+def test_alert_events_of_one_event_leave_in_the_order_they_happened(runtime, now,
+                                                                   sink_server) -> None:
+    """Issue 20 item 5: one event whose samples are 41 then 30 raises and resolves
+    temperature-critical. The reply reaches the Broker only after the delivery is answered,
+    so it must carry the last change, and K_SINK the earlier ones (it carried `raised` while
+    `resolved` had gone to K_SINK first)."""
+    from iot_telemetry.runtime import set_runtime
+
+    set_runtime(make_runtime(K_SINK=sink_server.url))
+    apps = Apps()
+    response = apps.deliver("alert", record("dev-o", now, {"temperature": 41.0}, "e1", samples=[
+        (now + timedelta(seconds=10), {"temperature": 30.0})]))
+    assert response.status_code == 200
+    sent = [h["ce-id"] for h, _ in sink_server.received] + [response.headers["ce-id"]]
+    assert sent == ["dev-o:temperature-critical:1/raised", "dev-o:temperature-critical:1/resolved"]
