@@ -18,6 +18,7 @@ copy looks it up too, so a resend settled before the upgrade keeps its time and 
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import threading
 from collections.abc import Callable
@@ -110,10 +111,8 @@ class EventTimes:
                 earlier = collection.find_one({"_id": {"$ne": LAYOUT_ID}}, {"_id": 1})
                 now = self.clock()
                 until = now + LEGACY_KEEP if earlier is not None else now
-                try:
+                with contextlib.suppress(DuplicateKeyError):  # another instance was first
                     collection.insert_one({"_id": LAYOUT_ID, "legacy_until": until})
-                except DuplicateKeyError:  # another instance recorded it first
-                    pass
                 layout = collection.find_one({"_id": LAYOUT_ID})
             if layout is None:
                 raise DependencyUnavailable("event time: the layout record is missing", 1)

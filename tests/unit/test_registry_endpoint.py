@@ -8,12 +8,12 @@ import json
 from typing import Any
 
 import pytest
+from local.registry_endpoint import PREFIX, with_registry
 from werkzeug.test import Client
 from werkzeug.wrappers import Response
 
 from iot_telemetry import store
 from iot_telemetry.runtime import get_runtime, set_runtime
-from local.registry_endpoint import PREFIX, with_registry
 from tests.conftest import make_runtime
 
 
