@@ -24,25 +24,46 @@ already counted in it. aggregate therefore stops counting an hour `MARGIN` befor
 document expires (`counts`), and a day is compacted only after every hour of it stopped
 counting, plus the margin for writes in flight; ingest refuses readings that old first
 (settings: INGEST_MAX_AGE_SECONDS below the minute retention minus the margin).
+
+A change of the minute retention: an hour document keeps the expiry it was created with, so
+an hour is judged by the shortest minute retention in effect since shortly before it began
+(`retention_changes` records each value and since when; `with_history`). Otherwise, after
+raising it, a late replay would recreate an hour whose document, keys included, was gone.
 """
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
+import itertools
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any, Final
 
+from pymongo.errors import DuplicateKeyError
+
 from .errors import DependencyUnavailable
 from .series import Summary, month_id, month_start, next_month
 from .settings import RETENTION_MARGIN_SECONDS, Settings
-from .store import EVENT_TIMES, ROLLUP_DAYS, ROLLUP_HOURS, ROLLUP_MONTHS, Store, Update
+from .store import (
+    EVENT_TIMES,
+    RETENTION_CHANGES,
+    ROLLUP_DAYS,
+    ROLLUP_HOURS,
+    ROLLUP_MONTHS,
+    Store,
+    Update,
+)
 
 HOUR: Final = timedelta(hours=1)
 DAY: Final = timedelta(days=1)
 MARGIN: Final = timedelta(seconds=RETENTION_MARGIN_SECONDS)
 #: Day documents compacted per round trip of the sweep (bounds its memory).
 PAGE: Final = 500
+#: How long before its hour an hour document may be created (a reading stamped ahead of
+#: the clock: ingest allows minutes, INGEST_MAX_FUTURE_SECONDS), with room to spare.
+CREATED_BEFORE: Final = timedelta(hours=1)
 #: Collections whose documents carry `exp` and are deleted once it is past.
 EXPIRING: Final = (ROLLUP_HOURS, ROLLUP_DAYS, ROLLUP_MONTHS, EVENT_TIMES)
 
@@ -57,6 +78,9 @@ class Retention:
     #: How long after its first copy a device may resend an event without `time`
     #: (INGEST_MAX_AGE_SECONDS: as old as a reading with a time may be).
     resend: timedelta = timedelta(seconds=Settings.ingest_max_age_seconds)
+    #: Earlier minute retentions: (until when it was configured, the retention), from
+    #: `with_history`.
+    earlier: tuple[tuple[datetime, timedelta], ...] = ()
 
     @classmethod
     def of(cls, settings: Settings) -> Retention:
@@ -71,8 +95,13 @@ class Retention:
 
     def counts(self, start: datetime, now: datetime) -> bool:
         """Whether a reading of the hour starting at `start` may still be counted: its hour
-        document, keys included, is there for at least MARGIN more."""
-        return self.hour_expiry(start) - MARGIN > now
+        document, keys included, is there for at least MARGIN more, whichever minute
+        retention it was created with."""
+        return start + HOUR + self._minutes_since(start - CREATED_BEFORE) - MARGIN > now
+
+    def _minutes_since(self, t: datetime) -> timedelta:
+        """The shortest minute retention configured at any time since `t`."""
+        return min([self.minutes, *(m for until, m in self.earlier if until > t)])
 
     def settled_expiry(self, first: datetime) -> datetime:
         """When the time settled for an event first stamped `first` may go (eventtime.py):
@@ -83,7 +112,8 @@ class Retention:
         """Whether a copy of an event without `time`, stamped `stamp` by ingest, may still
         be counted: the time settled by any other copy (stamped at most `resend` away) is
         kept for MARGIN more. Later, a copy could be counted again at its own stamp."""
-        return stamp + self.minutes - self.resend - MARGIN > now
+        minutes = self._minutes_since(stamp - self.resend)  # when the entry may have been made
+        return stamp + minutes - self.resend - MARGIN > now
 
     def compactable_before(self, now: datetime) -> datetime:
         """Days starting before this are final: none of their hours counts any more, and
@@ -95,6 +125,24 @@ class Retention:
 
     def month_expiry(self, start: datetime) -> datetime | None:
         return None if self.days is None else next_month(start) + self.days
+
+
+def with_history(store: Store, retention: Retention, now: datetime) -> Retention:
+    """`retention` with the earlier minute retentions recorded in the store, after
+    recording its own if it is not the last one configured (once per process)."""
+    changes = store.collection(RETENTION_CHANGES)
+    with store.guard():
+        records = sorted(changes.find({}), key=lambda r: (_utc(r["since"]), r["_id"]))
+        seconds = int(retention.minutes.total_seconds())
+        if not records or records[-1]["seconds"] != seconds:
+            mine = {"_id": f"{now.isoformat()}/{seconds}", "seconds": seconds, "since": now}
+            with contextlib.suppress(DuplicateKeyError):  # the same, by another process
+                changes.insert_one(mine)
+            records.append(mine)
+    # Each value was configured until the next one was.
+    earlier = tuple((_utc(after["since"]), timedelta(seconds=before["seconds"]))
+                    for before, after in itertools.pairwise(records))
+    return dataclasses.replace(retention, earlier=earlier)
 
 
 @dataclass

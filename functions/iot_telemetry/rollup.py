@@ -43,7 +43,7 @@ from .errors import BadRequest, DependencyUnavailable
 from .eventtime import EventTimes
 from .groupcommit import GroupCommit
 from .observability import AGGREGATE_BATCH_EVENTS, POINTS_EXPIRED
-from .retention import Retention
+from .retention import Retention, with_history
 from .series import Summary, bucket_start, day_id, hour_id, reading_key
 from .store import DEVICES, NOT_IMPLEMENTED, ROLLUP_DAYS, ROLLUP_HOURS, Store, Update
 from .telemetry import DataPoint, TelemetryEvent, parse_time
@@ -115,6 +115,7 @@ class RollupWriter:
         self.retention = retention or Retention()
         self.clock = clock
         self.event_times = event_times or EventTimes(store, self.retention, clock)
+        self._history_read = False
         self._commit: GroupCommit[TelemetryEvent, bool] = GroupCommit(self.apply_batch)
         # findAndModify with a projection: MongoDB has it, FerretDB 1.x answers 238.
         self._projected_find_and_modify = True
@@ -130,6 +131,7 @@ class RollupWriter:
         AGGREGATE_BATCH_EVENTS.observe(len(events))
         failed: dict[int, Exception] = {}
         now = self.clock()
+        self._read_history(now)
         stale: set[int] = set()
         for i, event in enumerate(events):
             if event.points and event.receipt_stamped:
@@ -169,8 +171,15 @@ class RollupWriter:
 
     # 1. hours -----------------------------------------------------------------------------
 
+    def _read_history(self, now: datetime) -> None:
+        """Once per process: judge hours by the minute retentions configured before too."""
+        if not self._history_read:
+            self.retention = with_history(self.store, self.retention, now)
+            self._history_read = True
+
     def expired(self, event: TelemetryEvent, now: datetime) -> int:
         """How many of the event's readings are too old to count (see retention.py)."""
+        self._read_history(now)
         if event.receipt_stamped and not self.retention.stamp_counts(event.time, now):
             return len(event.points)
         return sum(1 for p in event.points

@@ -35,6 +35,9 @@ ROLLUP_DAYS: Final = "rollup_days"
 ROLLUP_MONTHS: Final = "rollup_months"
 #: The time ingest gave each event that came without one, by event key (see rollup.py).
 EVENT_TIMES: Final = "event_times"
+#: The minute retentions configured over time (retention.py): an hour is judged by the
+#: shortest its document may have been created with.
+RETENTION_CHANGES: Final = "retention_changes"
 DEVICES: Final = "devices"
 ALERTS: Final = "alerts"
 ALERT_STATE: Final = "alert_state"

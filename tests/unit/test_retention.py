@@ -284,3 +284,27 @@ def test_a_changed_day_retention_applies_to_months_compacted_before(store: Store
     assert month["exp"] == next_month(month_start(D0)) + timedelta(days=500)
     sweep(store, finite, past)
     assert store.collection(ROLLUP_MONTHS).find_one({"_id": _id}) is None
+
+
+def test_after_raising_the_minute_retention_a_late_replay_recreates_no_expired_hour(
+        store: Store) -> None:
+    """Issue 20, suspected item b (held): an hour document keeps the expiry it was created
+    with, but hours were judged by the minute retention configured now. After raising it
+    from 10 to 30 days, a replay 12 days after the hour found the document (and its keys)
+    gone and recreated it, counting the event again."""
+    short = Retention(minutes=timedelta(days=10))
+    first = event_of("d", D0 + timedelta(hours=10, minutes=5), {"x": 1.0}, "e1")
+    assert RollupWriter(store, retention=short, clock=Clock(D0 + timedelta(hours=11))).apply(
+        first)
+    later = D0 + timedelta(days=12)
+    sweep(store, short, later)
+    assert store.collection(ROLLUP_HOURS).find_one({"_id": D0_HOUR_10}) is None
+    raised = RollupWriter(store, retention=Retention(minutes=timedelta(days=30)),
+                          clock=Clock(later))
+    assert raised.expired(first, later) == len(first.points)
+    assert raised.apply(first) is False
+    assert store.collection(ROLLUP_HOURS).find_one({"_id": D0_HOUR_10}) is None
+    assert [s.count for s in series(store, "1h").values()] == [1]
+    # Hours that began after the change are judged by the new retention.
+    fresh = event_of("d", later + timedelta(hours=2), {"x": 2.0}, "e2")
+    assert raised.expired(fresh, later + timedelta(days=20)) == 0
