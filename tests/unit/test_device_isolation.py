@@ -12,7 +12,7 @@ device's events alone were sent, and the sweeps must answer without a server err
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -105,11 +105,13 @@ def _tick(kind: str, tick_id: str, at: datetime) -> tuple[dict[str, str], bytes]
 
 
 def observed(sent: Sequence[Sent], devices: Sequence[str], sink: str, t0: datetime,
+             fresh_store: Callable[[], dict[str, str]] = lambda: {},
              ) -> dict[str, Any]:
     """What query shows of each device after `sent` went through aggregate and alert, an
-    offline sweep and a retention sweep, on a store of their own."""
+    offline sweep and a retention sweep, on a store of their own (the embedded one, or
+    the settings `fresh_store` returns after emptying it)."""
     store.reset_embedded()
-    set_runtime(make_runtime(K_SINK=sink, ALERT_RULES=json.dumps(RULES)))
+    set_runtime(make_runtime(K_SINK=sink, ALERT_RULES=json.dumps(RULES), **fresh_store()))
     apps = Apps()
     for s in sent:
         record = _record(s, t0)
@@ -147,17 +149,24 @@ def observed(sent: Sequence[Sent], devices: Sequence[str], sink: str, t0: dateti
     return out
 
 
-@settings(max_examples=40, deadline=None,
-          suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
-@given(scenarios())
-def test_nothing_of_one_device_shows_up_in_or_disturbs_another(scenario) -> None:
+def check_isolation(scenario: tuple[str, str, list[Sent]],
+                    fresh_store: Callable[[], dict[str, str]] = lambda: {}) -> None:
+    """Each device of `scenario` shows the same sent with the other device as alone."""
     a, b, sent = scenario
     t0 = datetime.now(UTC).replace(minute=0, second=0, microsecond=0) - timedelta(hours=2)
     sink = SinkServer()
     try:
-        together = observed(sent, (a, b), sink.url, t0)
+        together = observed(sent, (a, b), sink.url, t0, fresh_store)
         for device in (a, b):
-            alone = observed([s for s in sent if s.device == device], (device,), sink.url, t0)
+            alone = observed([s for s in sent if s.device == device], (device,), sink.url, t0,
+                             fresh_store)
             assert together[device] == alone[device], device
     finally:
         sink.server.shutdown()
+
+
+@settings(max_examples=40, deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
+@given(scenarios())
+def test_nothing_of_one_device_shows_up_in_or_disturbs_another(scenario) -> None:
+    check_isolation(scenario)
