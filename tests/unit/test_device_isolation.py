@@ -165,7 +165,7 @@ def check_isolation(scenario: tuple[str, str, list[Sent]],
         sink.server.shutdown()
 
 
-@settings(max_examples=40, deadline=None,
+@settings(max_examples=30, deadline=None,
           suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
 @given(scenarios())
 def test_nothing_of_one_device_shows_up_in_or_disturbs_another(scenario) -> None:

@@ -11,7 +11,7 @@ from iot_telemetry.eventtime import LAYOUT_ID, EventTimes, legacy_entry_id
 from iot_telemetry.retention import Retention, sweep
 from iot_telemetry.rollup import RollupWriter
 from iot_telemetry.series import bucket_start, hour_id
-from iot_telemetry.store import EVENT_TIMES, ROLLUP_HOURS
+from iot_telemetry.store import EVENT_TIMES, ROLLUP_HOURS, Store
 from iot_telemetry.telemetry import TelemetryEvent
 from tests.conftest import iso, record, telemetry
 from tests.unit.test_rollup_exact import event_of, ingested
@@ -27,11 +27,10 @@ def timeless(device: str, source: str, event_id: str, metrics: dict[str, float],
 def stamped(device: str, event_id: str, at: datetime, value: float = 1.0,
             source: str | None = None) -> TelemetryEvent:
     """A copy of a time-less event as ingest stamped it on receipt at `at`."""
-    attributes, data = telemetry(device, at, {"x": value}, event_id)
     event = event_of(device, at, {"x": value}, event_id)
-    return TelemetryEvent(source or attributes["source"], event.id, event.device_id, at,
-                          event.points, {**event.attributes, "timesource": "ingest",
-                                         **({"source": source} if source else {})}, data)
+    return TelemetryEvent(source or event.source, event.id, event.device_id, at, event.points,
+                          {**event.attributes, "timesource": "ingest",
+                           **({"source": source} if source else {})}, event.data)
 
 
 def test_another_device_cannot_settle_the_time_of_a_devices_event(apps, now) -> None:
@@ -54,16 +53,22 @@ def test_another_device_cannot_settle_the_time_of_a_devices_event(apps, now) -> 
     assert [(a["rule"], a["state"]) for a in alerts] == [("temperature-critical", "open")]
 
 
+def counted_then_swept(store: Store, now: datetime, later: timedelta) -> RollupWriter:
+    """A writer that counted a copy of `e1` stamped at `now` + 5 min, its clock then moved
+    on by `later` and the retention sweep run at that time."""
+    clock = [now]
+    writer = RollupWriter(store, retention=Retention(), clock=lambda: clock[0])
+    assert writer.apply(stamped("dev", "e1", now + timedelta(minutes=5))) is True
+    clock[0] = now + later
+    sweep(store, Retention(), clock[0])
+    return writer
+
+
 def test_a_settled_time_outlives_the_week_a_copy_is_counted_in(runtime, now) -> None:
     """Issue 20 item 8: settled times lived 7 days, readings are counted for 29. A copy
     stamped two hours after the first, replayed 8 days later (say from the dead-letter
     topic), was counted again in its own hour."""
-    clock = [now]
-    retention = Retention()
-    writer = RollupWriter(runtime.store, retention=retention, clock=lambda: clock[0])
-    assert writer.apply(stamped("dev", "e1", now + timedelta(minutes=5))) is True
-    clock[0] = now + timedelta(days=8)
-    sweep(runtime.store, retention, clock[0])
+    writer = counted_then_swept(runtime.store, now, timedelta(days=8))
     late = stamped("dev", "e1", now + timedelta(hours=2, minutes=5), value=2.0)
     assert writer.apply(late) is False
     hours = runtime.store.db[ROLLUP_HOURS]
@@ -74,15 +79,10 @@ def test_a_settled_time_outlives_the_week_a_copy_is_counted_in(runtime, now) -> 
 def test_a_copy_stamped_too_long_ago_to_be_recognised_is_not_counted(runtime, now) -> None:
     """A copy whose first copy's settled time may be gone (stamped more than the minute
     retention minus the resend window and a day ago) is acknowledged, not counted again."""
-    clock = [now]
-    retention = Retention()
-    writer = RollupWriter(runtime.store, retention=retention, clock=lambda: clock[0])
-    assert writer.apply(stamped("dev", "e1", now + timedelta(minutes=5))) is True
-    clock[0] = now + timedelta(days=31)
-    sweep(runtime.store, retention, clock[0])
+    writer = counted_then_swept(runtime.store, now, timedelta(days=31))
     assert runtime.store.db[EVENT_TIMES].count_documents({"t": {"$exists": True}}) == 0
     resend = stamped("dev", "e1", now + timedelta(days=6))  # the device retried for 6 days
-    assert writer.expired(resend, clock[0]) == len(resend.points)
+    assert writer.expired(resend, writer.clock()) == len(resend.points)
     assert writer.apply(resend) is False
     assert runtime.store.db[ROLLUP_HOURS].find_one(
         {"_id": hour_id("dev", bucket_start(resend.time, "1h"))}) is None
