@@ -117,10 +117,16 @@ def observed(sent: Sequence[Sent], devices: Sequence[str], sink: str, t0: dateti
         record = _record(s, t0)
         assert apps.deliver("aggregate", record).status_code == 204
         assert apps.deliver("alert", record).status_code in (200, 204)
-    for kind, function in (("offline-sweep", "alert"), ("rollup-retention", "aggregate")):
-        headers, body = _tick(kind, "tick-1", t0 + timedelta(hours=3))
+    # Offline sweeps before and after the devices fall silent: the later ones read what
+    # the earlier recorded of their progress.
+    for kind, function, tick, at in (
+            ("offline-sweep", "alert", "tick-0", timedelta(minutes=-1)),
+            ("offline-sweep", "alert", "tick-1", timedelta(hours=3)),
+            ("offline-sweep", "alert", "tick-2", timedelta(hours=3, minutes=1)),
+            ("rollup-retention", "aggregate", "tick-1", timedelta(hours=3))):
+        headers, body = _tick(kind, tick, t0 + at)
         response = apps.clients[function].post("/", data=body, headers=headers)
-        assert response.status_code in (200, 204), (kind, response.get_data())
+        assert response.status_code in (200, 204), (kind, tick, response.get_data())
     out: dict[str, Any] = {}
     for device in devices:
         view = apps.query.get(f"/devices/{device}")
