@@ -201,6 +201,13 @@ def _run_local(args: argparse.Namespace) -> int:
     return 0
 
 
+def _local_run_token(settings: Settings | None = None) -> str | None:
+    """The token the local run's registry routes take when QUERY_AUTH=token: the first of
+    QUERY_OPERATE_TOKENS (or, to read only, QUERY_READ_TOKENS) in this environment."""
+    s = settings or Settings.from_environ(None)
+    return next(iter(s.operate_tokens or s.read_tokens), None)
+
+
 def _devices(args: argparse.Namespace) -> int:
     import json
 
@@ -225,7 +232,7 @@ def _devices(args: argparse.Namespace) -> int:
         else:
             port = os.environ.get(PORT_OPTIONS["query"][1]) or str(PORTS["query"])
             target = f"127.0.0.1:{port}"
-            registry = RemoteRegistry(f"http://{target}/")
+            registry = RemoteRegistry(f"http://{target}/", _local_run_token())
         if args.action == "add":
             units = dict(u.split("=", 1) for u in args.unit if "=" in u)
             metadata = {k: v for k, v in (("location", args.location), ("units", units)) if v}
@@ -317,7 +324,8 @@ def _rules(args: argparse.Namespace) -> int:
         else:
             port = os.environ.get(PORT_OPTIONS["query"][1]) or str(PORTS["query"])
             target = f"127.0.0.1:{port}"
-            known = {d.id: d for d in RemoteRegistry(f"http://{target}/").list()}
+            known = {d.id: d for d in RemoteRegistry(f"http://{target}/",
+                                                     _local_run_token(settings)).list()}
             device = known.get(args.device_id)
             metadata = dict(device.metadata) if device else {}
             source = (f"from the local run on {target}" if device

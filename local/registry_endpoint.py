@@ -4,6 +4,12 @@ The embedded store lives inside the `iot-telemetry local` process, so the CLI ca
 it the way it opens a MongoDB: the local run answers registry calls on its query port under
 PREFIX (127.0.0.1 only; the deployed query function has no such routes), and RemoteRegistry
 makes them with the same methods as `Registry`.
+
+These routes mint and rotate device tokens, so they are the CLI's alone: with QUERY_AUTH on
+they need a token (`operate` to change anything), and whatever QUERY_AUTH says they refuse
+what a browser sends (an `Origin` or a cross-site `Sec-Fetch-Site`) and any POST that is not
+JSON, so a page open in a browser on this machine can neither post a form to them nor read
+their answers.
 """
 
 from __future__ import annotations
@@ -17,8 +23,16 @@ from typing import Any, Final
 
 from werkzeug.wrappers import Request, Response
 
+from iot_telemetry.access import OPERATE, READ, authorize
 from iot_telemetry.devices import Device, Registry
-from iot_telemetry.errors import BadRequest, NotFound, TelemetryError
+from iot_telemetry.errors import (
+    BadRequest,
+    Forbidden,
+    NotFound,
+    TelemetryError,
+    UnsupportedMediaType,
+)
+from iot_telemetry.settings import Settings
 
 PREFIX: Final = "/local/devices"
 WSGIApp = Callable[[dict[str, Any], Callable[..., Any]], Iterable[bytes]]
@@ -26,6 +40,18 @@ WSGIApp = Callable[[dict[str, Any], Callable[..., Any]], Iterable[bytes]]
 
 def _json(body: Any, status: int = 200) -> Response:
     return Response(json.dumps(body, default=str), status, mimetype="application/json")
+
+
+def _admit(request: Request, settings: Settings) -> None:
+    """Only the CLI: no browser, JSON only, the token QUERY_AUTH asks for."""
+    if request.headers.get("Origin") or request.headers.get(
+            "Sec-Fetch-Site", "none") not in ("none", "same-origin"):
+        raise Forbidden(f"{PREFIX} is for `iot-telemetry devices`, not for browsers")
+    if request.method == "POST" and request.mimetype != "application/json":
+        raise UnsupportedMediaType(f"{PREFIX}: POST a JSON body (Content-Type: "
+                                   "application/json)")
+    authorize(request, settings, READ if request.method == "GET" else OPERATE,
+              "register devices or change them")
 
 
 def _handle(request: Request, registry: Registry) -> Response:
@@ -57,7 +83,8 @@ def _handle(request: Request, registry: Registry) -> Response:
     raise NotFound(f"POST {request.path}")
 
 
-def with_registry(app: WSGIApp, registry: Callable[[], Registry]) -> WSGIApp:
+def with_registry(app: WSGIApp, registry: Callable[[], Registry],
+                  settings: Callable[[], Settings]) -> WSGIApp:
     """`app`, plus the registry routes under PREFIX."""
     def wsgi(environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
         path = environ.get("PATH_INFO", "")
@@ -65,6 +92,7 @@ def with_registry(app: WSGIApp, registry: Callable[[], Registry]) -> WSGIApp:
             return app(environ, start_response)
         request = Request(environ)
         try:
+            _admit(request, settings())
             response = _handle(request, registry())
         except TelemetryError as exc:
             response = _json(exc.payload(), exc.status)
@@ -80,14 +108,18 @@ class LocalRunUnreachable(TelemetryError):
 class RemoteRegistry:
     """The registry of a running embedded local run, over HTTP."""
 
-    def __init__(self, query_url: str) -> None:
+    def __init__(self, query_url: str, token: str | None = None) -> None:
         self.base = query_url.rstrip("/") + PREFIX
+        self.token = token
 
     def _call(self, path: str, body: Mapping[str, Any] | None = None,
               method: str = "POST") -> Any:
         data = None if body is None else json.dumps(body).encode()
+        headers = {"Content-Type": "application/json"}
+        if self.token:
+            headers["Authorization"] = f"Bearer {self.token}"
         request = urllib.request.Request(self.base + path, data=data, method=method,  # noqa: S310
-                                         headers={"Content-Type": "application/json"})
+                                         headers=headers)
         try:
             with urllib.request.urlopen(request, timeout=10) as response:  # noqa: S310
                 return json.loads(response.read())

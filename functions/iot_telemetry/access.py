@@ -7,6 +7,7 @@ import hmac
 from typing import Final
 
 import flask
+import werkzeug
 
 from .devices import bearer
 from .errors import Forbidden, Unauthorized
@@ -39,8 +40,9 @@ def scope_of(token: str, settings: Settings) -> str | None:
     return None
 
 
-def authorize(request: flask.Request, settings: Settings, needed: str) -> None:
-    """401 without a known token, 403 when the token's scope is too small."""
+def authorize(request: werkzeug.Request, settings: Settings, needed: str,
+              operation: str = "acknowledge alerts") -> None:
+    """401 without a known token, 403 when the token's scope is too small for `operation`."""
     if settings.query_auth == "open":
         return
     token = bearer(request.headers)
@@ -50,7 +52,7 @@ def authorize(request: flask.Request, settings: Settings, needed: str) -> None:
     if scope is None:
         raise Unauthorized("unknown token")
     if needed == OPERATE and scope != OPERATE:
-        raise Forbidden("this token may read but not acknowledge alerts (needs `operate`)")
+        raise Forbidden(f"this token may read but not {operation} (needs `operate`)")
 
 
 def allowed_origin(request: flask.Request, settings: Settings) -> str | None:

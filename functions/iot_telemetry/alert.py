@@ -27,7 +27,6 @@ from .alerting import (
 from .bookkeeping import Bookkeeping
 from .errors import DependencyUnavailable
 from .events import ALERT_TYPE, SPECVERSION, RawEvent, is_ping, read_delivery, to_http
-from .eventtime import settled
 from .httpsession import HttpSession
 from .observability import ALERT_TRANSITIONS, DUPLICATES_SKIPPED, EVENTS_PROCESSED
 from .offline import OfflineBook
@@ -72,13 +71,13 @@ def alert_event(transition: Mapping[str, Any]) -> tuple[dict[str, str], dict[str
 
 
 def _alert(request: flask.Request, rt: Runtime) -> flask.Response:
-    # 1. Decode; 2. evaluate rules atomically; 3. reply with the first alert event.
+    # 1. Decode; 2. evaluate rules atomically; 3. reply with the last alert event.
     require(request, "/", "POST")
     if is_ping(request.headers, request.mimetype, request.get_data()):
         return _sweep(read_delivery(request.headers, request.get_data()), rt)
     event = decode_telemetry(request, FUNCTION)
     if event.points:  # a resend of an event without `time` is evaluated at the first time
-        event = settled(rt.store, event)
+        event = rt.event_times.settled(event)
     return _reply(evaluate(event, rt), rt, event.id, event.device_id)
 
 
@@ -142,10 +141,12 @@ def _reply(outcome: Outcome, rt: Runtime, event_id: str, device_id: str | None,
             "device_id": device_id or t["alert"]["device_id"]})
     if not events:
         return flask.Response(status=204)
-    # A reply carries one event; further ones go to the Broker ingress (K_SINK).
-    for attributes, data in events[1:]:
+    # A reply carries one event; the others go to the Broker ingress (K_SINK) first, one
+    # after the other, and the reply, which reaches the Broker only once this delivery is
+    # answered, carries the last: so they reach iot.alerts in the order they happened.
+    for attributes, data in events[:-1]:
         _send_to_sink(rt.settings.alert_sink, attributes, data)
-    headers, body = to_http(*events[0])
+    headers, body = to_http(*events[-1])
     return flask.Response(body, status=200, headers=headers)
 
 
@@ -244,8 +245,8 @@ def _send_to_sink(sink: str, attributes: dict[str, str], data: dict[str, Any]) -
     # answers the same alert events again. Dropping the event would lose it for good.
     if not sink:
         raise DependencyUnavailable(
-            "a second alert event has nowhere to go: K_SINK is not set (the SinkBinding "
-            "of eventing/sink-binding.yaml injects it)")
+            "more than one alert event has nowhere to go: K_SINK is not set (the "
+            "SinkBinding of eventing/sink-binding.yaml injects it)")
     headers, body = to_http(attributes, data)
     session = getattr(_SINK_SESSIONS, "session", None)
     if session is None:

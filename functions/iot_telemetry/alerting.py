@@ -30,7 +30,7 @@ from typing import Any, Final
 from pymongo import ReturnDocument
 from pymongo.errors import DuplicateKeyError
 
-from .errors import Conflict, NotFound
+from .errors import Conflict, DependencyUnavailable, NotFound
 from .observability import ALERT_BATCH_EVENTS
 from .rules import AlertRule
 from .store import ALERT_STATE, ALERTS, Store, Update
@@ -468,8 +468,13 @@ class AlertBook:
             if i not in landed:
                 results[i] = _one(items[i][0], items[i][1])  # refused: the one-event way
         done = [i for i in plans if i in landed]
-        self._write_effects([op for i in done for op in items[i][0]._effect_ops(
+        broken = self._write_effects([(i, op) for i in done for op in items[i][0]._effect_ops(
             items[i][1].device_id, plans[i].effects)])
+        for i, exc in broken.items():
+            # Committed but not all applied: the state says so (`applied` false), so whoever
+            # reads it next, the redelivery of this event included, applies them.
+            results[i] = exc
+        done = [i for i in done if i not in broken]
         changes = [e for i in done for e in plans[i].effects if e.kind in ("raised", RESOLVED)]
         alerts = self._alerts([e.alert_id for e in changes])
         for i in done:
@@ -509,12 +514,39 @@ class AlertBook:
         instance raised the same alert first: a duplicate key, which stops an ordered command)
         does, and what a redelivery or a crash recovery does.
         """
-        self._write_effects(self._effect_ops(device_id, effects))
+        failed = self._write_effects([(0, op) for op in self._effect_ops(device_id, effects)])
+        if failed:
+            raise failed[0]
 
-    def _write_effects(self, ops: Sequence[Update]) -> None:
-        # In order: an update and the resolve of one alert in one event must land in that order.
-        if self.store.bulk(ALERTS, ops, ordered=True).duplicates:
-            self.store.bulk(ALERTS, ops, ordered=True)  # the raise now finds the document
+    def _write_effects(self, owned: Sequence[tuple[int, Update]]) -> dict[int, Exception]:
+        """Apply alert changes (each with the event it belongs to) in one ordered command;
+        return the events whose changes could not all be applied, with why.
+
+        In order: an update and the resolve of one alert in one event must land in that
+        order. An ordered command stops at its first refusal. A duplicate key (another
+        instance raised the same alert first) is run again from there: the raise now finds
+        the document, so every round gets further. Any other refusal fails the event it
+        belongs to, and the changes of the other events go on.
+        """
+        failed: dict[int, Exception] = {}
+        pending = list(owned)
+        for _ in range(len(owned) + 1):
+            pending = [(owner, op) for owner, op in pending if owner not in failed]
+            if not pending:
+                return failed
+            outcome = self.store.bulk(ALERTS, [op for _, op in pending], ordered=True,
+                                      tolerate=True)
+            stops = sorted([*outcome.duplicates, *outcome.failed])
+            if not stops:
+                return failed
+            stop = stops[0]
+            if stop in outcome.failed:
+                failed[pending[stop][0]] = DependencyUnavailable(
+                    f"store refused an alert change: {outcome.failed[stop][1]}", 1)
+            pending = pending[stop:]
+        for owner, _ in pending:
+            failed.setdefault(owner, DependencyUnavailable("alert changes kept colliding", 1))
+        return failed
 
     def _effect_ops(self, device_id: str, effects: Sequence[Effect]) -> list[Update]:
         """The statements that apply `effects` to the alert documents, in order."""

@@ -11,7 +11,9 @@ Three levels (the layout is in series.py), each with its own retention:
 - day totals: the month document `<device>|<YYYY-MM>`, one snapshot string per metric and
   day (`d.<metric>.<DD>`), led by the day's version (the sum of its hours' versions, which
   only grows), written by `$max`: a re-run, or two sweeps at once, keep the newest. Kept
-  forever, or with `exp` = month end + day retention.
+  forever, or with `exp` = month end + day retention (and `keep`, that retention in days).
+  Each sweep brings every month to the day retention configured now, so a change of it
+  applies to the months compacted before as well.
 
 A TTL index on `exp` deletes what is due on MongoDB; the sweep deletes it as well, which
 is what enforces retention on stores without TTL indexes (FerretDB 1.x) or whose TTL
@@ -22,14 +24,24 @@ already counted in it. aggregate therefore stops counting an hour `MARGIN` befor
 document expires (`counts`), and a day is compacted only after every hour of it stopped
 counting, plus the margin for writes in flight; ingest refuses readings that old first
 (settings: INGEST_MAX_AGE_SECONDS below the minute retention minus the margin).
+
+A change of the minute retention: an hour document keeps the expiry it was created with, so
+an hour is judged by the shortest minute retention in effect since shortly before it began
+(`retention_changes` records each value and since when; `with_history`). Otherwise, after
+raising it, a late replay would recreate an hour whose document, keys included, was gone.
 """
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
+import itertools
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any, Final
+
+from pymongo.errors import DuplicateKeyError
 
 from .errors import DependencyUnavailable
 from .series import Summary, month_id, month_start, next_month
@@ -37,6 +49,7 @@ from .settings import RETENTION_MARGIN_SECONDS, Settings
 from .store import (
     EVENT_TIMES,
     RAW_READINGS,
+    RETENTION_CHANGES,
     ROLLUP_DAYS,
     ROLLUP_HOURS,
     ROLLUP_MONTHS,
@@ -49,6 +62,9 @@ DAY: Final = timedelta(days=1)
 MARGIN: Final = timedelta(seconds=RETENTION_MARGIN_SECONDS)
 #: Day documents compacted per round trip of the sweep (bounds its memory).
 PAGE: Final = 500
+#: How long before its hour an hour document may be created (a reading stamped ahead of
+#: the clock: ingest allows minutes, INGEST_MAX_FUTURE_SECONDS), with room to spare.
+CREATED_BEFORE: Final = timedelta(hours=1)
 #: Collections whose documents carry `exp` and are deleted once it is past.
 EXPIRING: Final = (ROLLUP_HOURS, ROLLUP_DAYS, ROLLUP_MONTHS, EVENT_TIMES, RAW_READINGS)
 
@@ -61,6 +77,12 @@ class Retention:
     minutes: timedelta = timedelta(days=Settings.rollup_minute_retention_days)
     hours: timedelta = timedelta(days=Settings.rollup_hour_retention_days)
     days: timedelta | None = None
+    #: How long after its first copy a device may resend an event without `time`
+    #: (INGEST_MAX_AGE_SECONDS: as old as a reading with a time may be).
+    resend: timedelta = timedelta(seconds=Settings.ingest_max_age_seconds)
+    #: Earlier minute retentions: (until when it was configured, the retention), from
+    #: `with_history`.
+    earlier: tuple[tuple[datetime, timedelta], ...] = ()
     raw: timedelta | None = timedelta(hours=Settings.raw_retention_hours)
 
     @classmethod
@@ -70,15 +92,33 @@ class Retention:
         return cls(timedelta(days=settings.rollup_minute_retention_days),
                    timedelta(days=settings.rollup_hour_retention_days),
                    None if days is None else timedelta(days=days),
-                   timedelta(hours=raw) if raw else None)
+                   timedelta(seconds=settings.ingest_max_age_seconds),
+                   raw=timedelta(hours=raw) if raw else None)
 
     def hour_expiry(self, start: datetime) -> datetime:
         return start + HOUR + self.minutes
 
     def counts(self, start: datetime, now: datetime) -> bool:
         """Whether a reading of the hour starting at `start` may still be counted: its hour
-        document, keys included, is there for at least MARGIN more."""
-        return self.hour_expiry(start) - MARGIN > now
+        document, keys included, is there for at least MARGIN more, whichever minute
+        retention it was created with."""
+        return start + HOUR + self._minutes_since(start - CREATED_BEFORE) - MARGIN > now
+
+    def _minutes_since(self, t: datetime) -> timedelta:
+        """The shortest minute retention configured at any time since `t`."""
+        return min([self.minutes, *(m for until, m in self.earlier if until > t)])
+
+    def settled_expiry(self, first: datetime) -> datetime:
+        """When the time settled for an event first stamped `first` may go (eventtime.py):
+        never before its hour document, whose keys recognise the event, may go."""
+        return first + HOUR + self.minutes
+
+    def stamp_counts(self, stamp: datetime, now: datetime) -> bool:
+        """Whether a copy of an event without `time`, stamped `stamp` by ingest, may still
+        be counted: the time settled by any other copy (stamped at most `resend` away) is
+        kept for MARGIN more. Later, a copy could be counted again at its own stamp."""
+        minutes = self._minutes_since(stamp - self.resend)  # when the entry may have been made
+        return stamp + minutes - self.resend - MARGIN > now
 
     def compactable_before(self, now: datetime) -> datetime:
         """Days starting before this are final: none of their hours counts any more, and
@@ -92,6 +132,24 @@ class Retention:
         return None if self.days is None else next_month(start) + self.days
 
 
+def with_history(store: Store, retention: Retention, now: datetime) -> Retention:
+    """`retention` with the earlier minute retentions recorded in the store, after
+    recording its own if it is not the last one configured (once per process)."""
+    changes = store.collection(RETENTION_CHANGES)
+    with store.guard():
+        records = sorted(changes.find({}), key=lambda r: (_utc(r["since"]), r["_id"]))
+        seconds = int(retention.minutes.total_seconds())
+        if not records or records[-1]["seconds"] != seconds:
+            mine = {"_id": f"{now.isoformat()}/{seconds}", "seconds": seconds, "since": now}
+            with contextlib.suppress(DuplicateKeyError):  # the same, by another process
+                changes.insert_one(mine)
+            records.append(mine)
+    # Each value was configured until the next one was.
+    earlier = tuple((_utc(after["since"]), timedelta(seconds=before["seconds"]))
+                    for before, after in itertools.pairwise(records))
+    return dataclasses.replace(retention, earlier=earlier)
+
+
 @dataclass
 class SweepOutcome:
     """What one sweep did: days compacted, documents deleted per collection, hour documents
@@ -100,6 +158,7 @@ class SweepOutcome:
     compacted: int = 0
     deleted: dict[str, int] = field(default_factory=dict)
     dated: int = 0
+    redated: int = 0
 
 
 def sweep(store: Store, retention: Retention, now: datetime, page: int = PAGE) -> SweepOutcome:
@@ -110,6 +169,7 @@ def sweep(store: Store, retention: Retention, now: datetime, page: int = PAGE) -
     """
     outcome = SweepOutcome()
     outcome.dated = _date_old_hours(store, retention, page)
+    outcome.redated = _redate_months(store, retention, page)
     cutoff = retention.compactable_before(now)
     while True:
         # No sort: a page is whichever days the `exp` index yields first (a sort would
@@ -146,6 +206,28 @@ def _date_old_hours(store: Store, retention: Retention, page: int) -> int:
         dated += len(hours)
 
 
+def _redate_months(store: Store, retention: Retention, page: int) -> int:
+    """Months compacted under another day retention: give them the expiry of this one
+    (none when it is `forever`), before anything is deleted by it."""
+    months = store.collection(ROLLUP_MONTHS)
+    if retention.days is None:
+        with store.guard():
+            return months.update_many({"exp": {"$exists": True}},
+                                      {"$unset": {"exp": "", "keep": ""}}).modified_count
+    keep = retention.days.days
+    redated = 0
+    while True:
+        with store.guard():
+            docs = list(months.find({"keep": {"$ne": keep}}, {"t": 1}).limit(page))
+        if not docs:
+            return redated
+        _write(store, ROLLUP_MONTHS, [
+            Update({"_id": d["_id"]}, {"$set": {"exp": retention.month_expiry(_utc(d["t"])),
+                                                "keep": keep}})
+            for d in docs])
+        redated += len(docs)
+
+
 def _compact(store: Store, retention: Retention, days: Sequence[Mapping[str, Any]]) -> None:
     months: dict[str, dict[str, Any]] = {}
     for doc in days:
@@ -154,8 +236,8 @@ def _compact(store: Store, retention: Retention, days: Sequence[Mapping[str, Any
         month = months.setdefault(month_id(doc["device_id"], first), {
             "$setOnInsert": {"device_id": doc["device_id"], "t": first}, "$max": {}})
         expiry = retention.month_expiry(first)
-        if expiry is not None:
-            month["$set"] = {"exp": expiry}
+        if expiry is not None and retention.days is not None:
+            month["$set"] = {"exp": expiry, "keep": retention.days.days}
         for metric, hours in (doc.get("h") or {}).items():
             snapshots = list(hours.values())
             total = Summary.merge_all(Summary.from_snapshot(s) for s in snapshots)

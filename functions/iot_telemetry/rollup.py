@@ -13,7 +13,8 @@ How an event counts exactly once without transactions (the layout is in series.p
 3. The device's latest value of each metric is `$max` over (time, value) strings; last
    seen `$max`, first seen `$min`.
 A redelivery redoes steps 2 and 3, so a crash anywhere is finished by the retry. An event
-without `time` first gets the time settled for its key (eventtime.py).
+without `time` first gets the time settled for it (eventtime.py); a copy of one stamped too
+long ago to be recognised by that time any more is not counted (`Retention.stamp_counts`).
 
 Retention (retention.py): the hour document gets its expiry in step 1's update. Readings of
 an hour whose document, keys included, may be gone soon are skipped (counted in
@@ -26,6 +27,7 @@ for one event fails only that event.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import logging
 from collections import defaultdict
@@ -38,12 +40,12 @@ from pymongo import ReturnDocument
 from pymongo.errors import DuplicateKeyError, OperationFailure
 
 from .errors import BadRequest, DependencyUnavailable
-from .eventtime import settled
+from .eventtime import EventTimes
 from .groupcommit import GroupCommit
 from .observability import AGGREGATE_BATCH_EVENTS, POINTS_EXPIRED, RAW_DROPPED
 from .raw import RawWrite
 from .raw import updates as raw_updates
-from .retention import Retention
+from .retention import Retention, with_history
 from .series import Summary, bucket_start, day_id, hour_id, reading_key
 from .store import (
     DEVICES,
@@ -116,11 +118,14 @@ class RollupWriter:
 
     def __init__(self, store: Store, max_events_per_hour: int = MAX_EVENTS_PER_HOUR, *,
                  retention: Retention | None = None,
-                 clock: Callable[[], datetime] = lambda: datetime.now(UTC)) -> None:
+                 clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+                 event_times: EventTimes | None = None) -> None:
         self.store = store
         self.max_events_per_hour = max_events_per_hour
         self.retention = retention or Retention()
         self.clock = clock
+        self.event_times = event_times or EventTimes(store, self.retention, clock)
+        self._history_read = False
         self._commit: GroupCommit[TelemetryEvent, bool] = GroupCommit(self.apply_batch)
         # findAndModify with a projection: MongoDB has it, FerretDB 1.x answers 238.
         self._projected_find_and_modify = True
@@ -135,30 +140,60 @@ class RollupWriter:
         events = list(batch)
         AGGREGATE_BATCH_EVENTS.observe(len(events))
         failed: dict[int, Exception] = {}
+        now = self.clock()
+        self._read_history(now)
+        stale: set[int] = set()
         for i, event in enumerate(events):
             if event.points and event.receipt_stamped:
+                if not self.retention.stamp_counts(event.time, now):
+                    stale.add(i)
+                    POINTS_EXPIRED.inc(len(event.points))
+                    log.warning("readings too old to count: stamped on receipt too long ago "
+                                "to be told from a resend", extra={
+                                    "event_id": event.id, "device_id": event.device_id,
+                                    "points": len(event.points)})
+                    continue
                 try:
-                    events[i] = settled(self.store, event)
+                    events[i] = self.event_times.settled(event)
                 except DependencyUnavailable as exc:
                     failed[i] = exc
-        now = self.clock()
-        writes = [w for i, e in enumerate(events) if i not in failed
+        writes = [w for i, e in enumerate(events) if i not in failed and i not in stale
                   for w in self._hour_writes(i, e, now)]
         hours: dict[str, dict[str, Any]] = {}
         if len(writes) == 1 and self._projected_find_and_modify:
-            fresh = self._count_one(writes[0], hours, failed)
+            fresh, full = self._count_one(writes[0], hours, failed)
         else:
-            fresh = self._count(writes, failed)
-        writes = [w for w in writes if w.owner not in failed]
+            fresh, full = self._count(writes, failed)
+        # An event refused in a full hour is still counted consistently in its other hours:
+        # their day snapshots and its latest values, without the refused hours' readings.
+        refused = {id(w) for w in full}
+        writes = [w for w in writes if w.owner not in failed and id(w) not in refused]
         self._snapshot_days(writes, hours, failed)
-        self._latest([(i, e) for i, e in enumerate(events) if i not in failed], failed)
-        self._keep_raw([(i, e) for i, e in enumerate(events) if i not in failed], now, failed)
+        kept = [(i, _without(e, {w.start for w in full if w.owner == i}))
+                for i, e in enumerate(events) if i not in failed and i not in stale]
+        self._latest(kept, failed)
+        # Raw readings of what the rollups counted: not those of a refused (full) hour.
+        self._keep_raw([(i, e) for i, e in kept if i not in failed], now, failed)
+        for w in full:
+            failed.setdefault(w.owner, BadRequest(
+                f"device {w.device_id!r} sent more than {self.max_events_per_hour} events "
+                f"stamped in the hour {w.start.isoformat()}; this event's readings of that "
+                "hour are refused (those of its other hours are counted)"))
         return [failed.get(i, i in fresh or not e.points) for i, e in enumerate(events)]
 
     # 1. hours -----------------------------------------------------------------------------
 
+    def _read_history(self, now: datetime) -> None:
+        """Once per process: judge hours by the minute retentions configured before too."""
+        if not self._history_read:
+            self.retention = with_history(self.store, self.retention, now)
+            self._history_read = True
+
     def expired(self, event: TelemetryEvent, now: datetime) -> int:
         """How many of the event's readings are too old to count (see retention.py)."""
+        self._read_history(now)
+        if event.receipt_stamped and not self.retention.stamp_counts(event.time, now):
+            return len(event.points)
         return sum(1 for p in event.points
                    if not self.retention.counts(bucket_start(p.time, "1h"), now))
 
@@ -199,8 +234,10 @@ class RollupWriter:
                                             ops, upsert=True)))
         return writes
 
-    def _count(self, writes: list[_HourWrite], failed: dict[int, Exception]) -> set[int]:
-        """Run the hour updates; return the events that added something (not duplicates)."""
+    def _count(self, writes: list[_HourWrite], failed: dict[int, Exception],
+               ) -> tuple[set[int], list[_HourWrite]]:
+        """Run the hour updates; return the events that added something (not duplicates),
+        and the writes refused because their hour is full."""
         pending = list(range(len(writes)))
         # An upsert whose condition is false on an existing document is refused as a
         # duplicate key; so is one that lost the race to insert a new document. The second
@@ -216,11 +253,10 @@ class RollupWriter:
                        if j not in refused and writes[j].owner not in failed}
             if not pending:
                 break
-        self._refuse_full([writes[j] for j in pending], failed)
-        return applied
+        return applied, self._full([writes[j] for j in pending])
 
     def _count_one(self, write: _HourWrite, hours: dict[str, dict[str, Any]],
-                   failed: dict[int, Exception]) -> set[int]:
+                   failed: dict[int, Exception]) -> tuple[set[int], list[_HourWrite]]:
         """A lone hour update as findAndModify returning the totals: one round trip less."""
         collection = self.store.collection(ROLLUP_HOURS)
         for _ in range(2):  # the second round: as in _count
@@ -230,9 +266,14 @@ class RollupWriter:
                         doc = collection.find_one_and_update(
                             write.update.filter, write.update.update, upsert=True,
                             projection=_TOTALS, return_document=ReturnDocument.AFTER)
+                    except DuplicateKeyError:
+                        raise
                     except OperationFailure as exc:
                         if exc.code != NOT_IMPLEMENTED:
-                            raise
+                            # Refused for this event alone (say, too large): as in _count,
+                            # it fails only its own delivery, not the batch it is in.
+                            self._fail(failed, [write.owner], exc.code or 0, str(exc))
+                            return set(), []
                         self._projected_find_and_modify = False
                         log.info("store: no projection in findAndModify; using update + find")
                         return self._count([write], failed)
@@ -240,24 +281,21 @@ class RollupWriter:
                 continue
             if doc is not None:
                 hours[write.id] = doc
-            return {write.owner}
-        self._refuse_full([write], failed)
-        return set()
+            return {write.owner}, []
+        return set(), self._full([write])
 
-    def _refuse_full(self, refused: list[_HourWrite], failed: dict[int, Exception]) -> None:
-        """Refused twice: counted before, or the hour document is full (a 400 for that event)."""
+    def _full(self, refused: list[_HourWrite]) -> list[_HourWrite]:
+        """Of the writes refused twice (counted before, or the hour document is full), those
+        refused because the hour is full and the event is not in it."""
         if not refused:
-            return
+            return []
         with self.store.guard():
             full = {d["_id"] for d in self.store.collection(ROLLUP_HOURS).find(
                 {"_id": {"$in": sorted({w.id for w in refused})},
                  "v": {"$gte": self.max_events_per_hour}}, {"_id": 1})}
-            for w in refused:
-                if w.id in full and self.store.collection(ROLLUP_HOURS).find_one(
-                        {"_id": w.id, "ids": w.key}, {"_id": 1}) is None:
-                    failed[w.owner] = BadRequest(
-                        f"device {w.device_id!r} sent more than {self.max_events_per_hour} "
-                        f"events stamped in the hour {w.start.isoformat()}; this one is refused")
+            return [w for w in refused
+                    if w.id in full and self.store.collection(ROLLUP_HOURS).find_one(
+                        {"_id": w.id, "ids": w.key}, {"_id": 1}) is None]
 
     def _fail(self, failed: dict[int, Exception], owners: Iterable[int], code: int,
               message: str) -> None:
@@ -375,3 +413,11 @@ class RollupWriter:
         RAW_DROPPED.inc(write.points)
         log.warning("raw readings not kept: %s", why,
                     extra={"window": write.update.filter["_id"], "points": write.points})
+
+
+def _without(event: TelemetryEvent, hours: set[datetime]) -> TelemetryEvent:
+    """`event` without its readings of `hours` (those refused: their hours are full)."""
+    if not hours:
+        return event
+    return dataclasses.replace(event, points=tuple(
+        p for p in event.points if bucket_start(p.time, "1h") not in hours))

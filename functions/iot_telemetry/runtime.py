@@ -11,6 +11,7 @@ from .alerting import AlertBook, Outcome, StateCache
 from .applicability import MetadataCache, RuleResolver
 from .clients import Network
 from .devices import Registry
+from .eventtime import EventTimes
 from .groupcommit import GroupCommit
 from .observability import configure_logging
 from .offline import ReportCache
@@ -41,7 +42,14 @@ class Runtime:
     def rollups(self) -> RollupWriter:
         """One writer per process, so concurrent deliveries share its group commit."""
         with self._lock:
-            return RollupWriter(self.store, retention=self.retention)
+            return RollupWriter(self.store, retention=self.retention,
+                                event_times=self.event_times)
+
+    @cached_property
+    def event_times(self) -> EventTimes:
+        """Settles the times of events without one (aggregate's and alert's, shared)."""
+        with self._lock:
+            return EventTimes(self.store, self.retention)
 
     @cached_property
     def retention(self) -> Retention:

@@ -73,7 +73,8 @@ class Settings:
     ingest_max_samples: int = _setting(
         "INGEST_MAX_SAMPLES", 1000, "Most buffered `samples` in one event")
     ingest_max_age_seconds: int = _setting(
-        "INGEST_MAX_AGE_SECONDS", 7 * 24 * 3600, "Oldest accepted reading, seconds before now")
+        "INGEST_MAX_AGE_SECONDS", 7 * 24 * 3600, "Oldest accepted reading, seconds before now; "
+        "also how long a device may resend an event without `time` (see Delivery)")
     ingest_max_future_seconds: int = _setting(
         "INGEST_MAX_FUTURE_SECONDS", 300, "Furthest accepted reading, seconds after now")
     ingest_retry_after_seconds: int = _setting(

@@ -37,6 +37,9 @@ ROLLUP_MONTHS: Final = "rollup_months"
 RAW_READINGS: Final = "raw_readings"
 #: The time ingest gave each event that came without one, by event key (see rollup.py).
 EVENT_TIMES: Final = "event_times"
+#: The minute retentions configured over time (retention.py): an hour is judged by the
+#: shortest its document may have been created with.
+RETENTION_CHANGES: Final = "retention_changes"
 DEVICES: Final = "devices"
 ALERTS: Final = "alerts"
 ALERT_STATE: Final = "alert_state"

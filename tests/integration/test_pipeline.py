@@ -320,3 +320,41 @@ def test_truth_replays_alerts_in_delivery_order() -> None:
     assert truth.rollups["1d"][("d", "temperature", "2026-01-01T00:00:00.000Z")]["count"] == 5
     assert truth.latest == {"d": {"temperature": {"value": 27.0,
                                                   "time": "2026-01-01T00:00:40.000Z"}}}
+
+
+def test_alert_events_reach_the_alerts_topic_in_the_order_they_happened(harness: Harness,
+                                                                        ) -> None:
+    """Issue 20 item 5, read off iot.alerts: one event whose samples are 41 then 30 raises
+    and resolves temperature-critical (two alert events of one delivery: the earlier through
+    K_SINK, the last as the reply); another device does the same over two events (two
+    replies). Each alert's `raised` is before its `resolved` on the topic."""
+    t0 = datetime.now(UTC).replace(microsecond=0) - timedelta(minutes=10)
+
+    def telemetry(device: str, i: int, data: dict[str, object],
+                  ) -> tuple[dict[str, str], dict[str, object]]:
+        return ({"specversion": "1.0", "type": "iot.telemetry.v1",
+                 "source": f"/devices/{device}", "id": f"o-{i}", "subject": device,
+                 "time": format_time(t0 + timedelta(seconds=i)),
+                 "datacontenttype": "application/json"}, data)
+
+    one = telemetry("order-one", 1, {"metrics": {"temperature": 41.0}, "samples": [
+        {"time": format_time(t0 + timedelta(seconds=2)), "metrics": {"temperature": 30.0}}]})
+    two = [telemetry("order-two", 1, {"metrics": {"temperature": 41.0}}),
+           telemetry("order-two", 2, {"metrics": {"temperature": 30.0}})]
+    harness.resend([one, *two])
+    truth = harness.assert_exact([one, *two])
+    assert sorted(truth.alerts) == ["order-one:temperature-critical:1",
+                                    "order-two:temperature-critical:1"]
+    deadline = time.monotonic() + 60
+    while True:
+        on_topic = [(m.partition, m.offset, dict(m.headers)["ce_id"].decode())
+                    for m in harness.read_topic(harness.alerts_topic)]
+        if len(on_topic) >= 4 or time.monotonic() > deadline:
+            break
+        time.sleep(1)
+    for device in ("order-one", "order-two"):
+        # First occurrences: a retried delivery sends its alert events again, in order.
+        ids = list(dict.fromkeys(i for _p, _o, i in sorted(on_topic)
+                                 if i.startswith(f"{device}:")))
+        assert ids == [f"{device}:temperature-critical:1/raised",
+                       f"{device}:temperature-critical:1/resolved"], on_topic

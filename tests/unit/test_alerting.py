@@ -117,15 +117,17 @@ def test_raise_and_resolve_are_replied_as_alert_events(runtime, now, sink_server
             replies.append((response.headers, response.get_json()))
     assert [h["ce-type"] for h, _ in replies] == ["iot.alert.v1"] * 3
     assert [(d["rule"], d["state"]) for _, d in replies] == [
-        ("temperature-high", "raised"), ("temperature-critical", "resolved"),
+        ("temperature-critical", "raised"), ("temperature-critical", "resolved"),
         ("temperature-high", "resolved")]
     assert replies[0][0]["ce-subject"] == "dev-1"
-    assert replies[0][0]["ce-id"] == "dev-1:temperature-high:1/raised"
-    # the second change of one event (critical raised at 41) went to the Broker ingress
+    assert replies[0][0]["ce-id"] == "dev-1:temperature-critical:1/raised"
+    # the first change of one event (high raised at 41) went to the Broker ingress before
+    # the reply carrying the last
     [(headers, data)] = sink_server.received
     assert (data["rule"], data["state"], data["severity"]) == (
-        "temperature-critical", "raised", "critical")
+        "temperature-high", "raised", "warning")
     assert headers["ce-type"] == "iot.alert.v1"
+    assert headers["ce-id"] == "dev-1:temperature-high:1/raised"
     alerts = apps.query.get("/alerts?device_id=dev-1").get_json()["alerts"]
     assert {(a["rule"], a["state"]) for a in alerts} == {
         ("temperature-high", "resolved"), ("temperature-critical", "resolved")}
@@ -629,3 +631,109 @@ def test_group_commit_a_failure_fails_only_its_own_event(runtime, now, monkeypat
     results = book.handle_batch([(book, e) for e in events[3:6]])
     assert isinstance(results[1], DependencyUnavailable)
     assert [r.changed for i, r in enumerate(results) if i != 1] == [True, True]
+
+
+# --- alert changes refused by the store (issue 20, suspected item a) ----------------------
+
+def _refusing(monkeypatch, refuse):
+    """Store.bulk on the alerts whose command `refuse(ops)` stops at (index, code): the ops
+    before it are applied, as an ordered command does."""
+    from iot_telemetry.errors import DependencyUnavailable
+    from iot_telemetry.store import ALERTS, DUPLICATE_KEY, BulkOutcome, Store
+
+    bulk = Store.bulk
+
+    def fake(self, name, ops, ordered=False, *, tolerate=False):
+        hit = refuse(ops) if name == ALERTS else None
+        if hit is None:
+            return bulk(self, name, ops, ordered, tolerate=tolerate)
+        index, code = hit
+        if index:
+            bulk(self, name, ops[:index], ordered, tolerate=tolerate)
+        if code == DUPLICATE_KEY:
+            return BulkOutcome(duplicates=[index])
+        if not tolerate:
+            raise DependencyUnavailable("store refused a write", 1)
+        return BulkOutcome(failed={index: (code, "refused")})
+
+    monkeypatch.setattr(Store, "bulk", fake)
+
+
+def _default_rules():
+    from iot_telemetry.settings import Settings
+
+    return [r for r in Settings.from_environ({}).rules if isinstance(r, AlertRule)]
+
+
+def test_a_raise_that_loses_two_insert_races_is_still_applied(runtime, now,
+                                                              monkeypatch) -> None:
+    """The ordered write of an event's alert changes was retried once: a second duplicate
+    key (another instance raising the same alert again) left the changes after it unapplied
+    while this process's cache marked them applied, so the critical alert never existed."""
+    from iot_telemetry.alerting import StateCache
+    from iot_telemetry.store import ALERTS, DUPLICATE_KEY
+
+    races = {"left": 2}
+
+    def race(ops):
+        critical = [i for i, op in enumerate(ops)
+                    if op.upsert and "temperature-critical" in op.filter["_id"]]
+        if critical and races["left"]:
+            races["left"] -= 1
+            return critical[0], DUPLICATE_KEY
+        return None
+
+    _refusing(monkeypatch, race)
+    book = AlertBook(runtime.store, _default_rules(), cache=StateCache())
+    event = _validated(record("dev-x", now, {"temperature": 31.0}, "e1", samples=[
+        (now + timedelta(seconds=10), {"temperature": 32.0}),
+        (now + timedelta(seconds=20), {"temperature": 41.0})]))
+    outcome = book.handle(event)
+    assert races["left"] == 0
+    assert sorted(t["alert"]["rule"] for t in outcome.transitions) == [
+        "temperature-critical", "temperature-high"]
+    assert runtime.store.db[ALERTS].count_documents({"device_id": "dev-x"}) == 2
+
+
+def test_an_alert_change_refused_for_one_device_fails_only_that_devices_event(
+        runtime, now, monkeypatch) -> None:
+    """A group commit's alert changes go in one ordered command: a refusal other than a
+    duplicate key (say, a document too large) failed every device of the batch."""
+    from iot_telemetry.alerting import Outcome, StateCache
+    from iot_telemetry.errors import DependencyUnavailable
+    from iot_telemetry.store import ALERTS
+
+    book = AlertBook(runtime.store, _default_rules(), cache=StateCache())
+    for device in ("bad", "good"):  # known states: the batch goes the group-commit way
+        book.handle(_validated(record(device, now, {"temperature": 20.0}, "e0")))
+    _refusing(monkeypatch, lambda ops: next(
+        ((i, 2) for i, op in enumerate(ops) if op.filter["_id"].startswith("bad:")), None))
+    bad, good = (_validated(record(d, now + timedelta(seconds=10), {"temperature": 41.0}, "e1"))
+                 for d in ("bad", "good"))
+    results = book.handle_batch([(book, bad), (book, good)])
+    assert isinstance(results[0], DependencyUnavailable)
+    assert isinstance(results[1], Outcome)
+    assert [t["transition"] for t in results[1].transitions] == ["raised"]
+    assert runtime.store.db[ALERTS].count_documents({"device_id": "good"}) == 1
+    # the redelivery of the failed one, once the store takes it, raises its alert
+    monkeypatch.undo()
+    again = book.handle_batch([(book, bad)])[0]
+    assert isinstance(again, Outcome) and [t["transition"] for t in again.transitions] == [
+        "raised"]
+
+
+def test_alert_events_of_one_event_leave_in_the_order_they_happened(runtime, now,
+                                                                   sink_server) -> None:
+    """Issue 20 item 5: one event whose samples are 41 then 30 raises and resolves
+    temperature-critical. The reply reaches the Broker only after the delivery is answered,
+    so it must carry the last change, and K_SINK the earlier ones (it carried `raised` while
+    `resolved` had gone to K_SINK first)."""
+    from iot_telemetry.runtime import set_runtime
+
+    set_runtime(make_runtime(K_SINK=sink_server.url))
+    apps = Apps()
+    response = apps.deliver("alert", record("dev-o", now, {"temperature": 41.0}, "e1", samples=[
+        (now + timedelta(seconds=10), {"temperature": 30.0})]))
+    assert response.status_code == 200
+    sent = [h["ce-id"] for h, _ in sink_server.received] + [response.headers["ce-id"]]
+    assert sent == ["dev-o:temperature-critical:1/raised", "dev-o:temperature-critical:1/resolved"]

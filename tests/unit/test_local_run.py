@@ -83,6 +83,31 @@ def test_every_alert_transition_of_one_event_reaches_the_alerts_topic(pipeline) 
                          "sink-1:temperature-critical:1/raised"}
 
 
+def test_alert_events_of_one_alert_reach_the_alerts_topic_in_order(pipeline) -> None:
+    """Issue 20 item 5, locally: samples 41 then 30 in one event raise and resolve
+    temperature-critical; `raised` must come first on iot.alerts (the reply used to carry
+    it, and reach the broker after the `resolved` posted to K_SINK)."""
+    import urllib.request
+    from datetime import UTC, datetime
+
+    start = datetime.now(UTC).replace(microsecond=0) - timedelta(minutes=5)
+    body = json.dumps({"metrics": {"temperature": 41}, "samples": [{
+        "time": (start + timedelta(seconds=10)).isoformat().replace("+00:00", "Z"),
+        "metrics": {"temperature": 30}}]}).encode()
+    request = urllib.request.Request(pipeline.url("ingest"), data=body, method="POST", headers={
+        "Content-Type": "application/json", "ce-specversion": "1.0",
+        "ce-type": "iot.telemetry.v1", "ce-source": "/devices/order-1", "ce-id": "o1",
+        "ce-subject": "order-1", "ce-time": start.isoformat().replace("+00:00", "Z")})
+    with urllib.request.urlopen(request, timeout=10) as response:
+        assert response.status == 202
+    assert pipeline.wait_idle(60)
+    published = [dict(r.headers)["ce_id"].decode()
+                 for r in pipeline.broker.sink_records("iot-alerts")]
+    # A retried delivery (a slow machine) sends its events again, in the same order.
+    assert list(dict.fromkeys(published)) == ["order-1:temperature-critical:1/raised",
+                                              "order-1:temperature-critical:1/resolved"]
+
+
 def text(url: str) -> str:
     import urllib.request
 

@@ -264,3 +264,47 @@ def test_the_api_says_how_long_each_step_is_kept() -> None:
     [step] = [p for p in document(settings)["paths"]["/devices/{device_id}/series"]["get"][
         "parameters"] if p["name"] == "step"]
     assert "1m for 30 days, 1h for 396 days, 1d for 800 days" in step["description"]
+
+
+def test_a_changed_day_retention_applies_to_months_compacted_before(store: Store) -> None:
+    """Issue 20 item 11: a month's expiry stuck after a change of ROLLUP_DAY_RETENTION_DAYS,
+    so setting it back to `forever` still deleted the months compacted meanwhile; and months
+    compacted under `forever` never got the retention set later."""
+    finite = Retention(days=timedelta(days=400))
+    written(store, Clock(D1 + timedelta(hours=2)))
+    sweep(store, finite, D1 + timedelta(days=40))
+    _id = month_id("d", D0)
+    assert store.collection(ROLLUP_MONTHS).find_one({"_id": _id})["exp"] is not None
+    past = next_month(month_start(D0)) + timedelta(days=401)
+    sweep(store, Retention(), past)  # back to forever
+    month = store.collection(ROLLUP_MONTHS).find_one({"_id": _id})
+    assert month is not None and "exp" not in month
+    sweep(store, Retention(days=timedelta(days=500)), past)
+    month = store.collection(ROLLUP_MONTHS).find_one({"_id": _id})
+    assert month["exp"] == next_month(month_start(D0)) + timedelta(days=500)
+    sweep(store, finite, past)
+    assert store.collection(ROLLUP_MONTHS).find_one({"_id": _id}) is None
+
+
+def test_after_raising_the_minute_retention_a_late_replay_recreates_no_expired_hour(
+        store: Store) -> None:
+    """Issue 20, suspected item b (held): an hour document keeps the expiry it was created
+    with, but hours were judged by the minute retention configured now. After raising it
+    from 10 to 30 days, a replay 12 days after the hour found the document (and its keys)
+    gone and recreated it, counting the event again."""
+    short = Retention(minutes=timedelta(days=10))
+    first = event_of("d", D0 + timedelta(hours=10, minutes=5), {"x": 1.0}, "e1")
+    assert RollupWriter(store, retention=short, clock=Clock(D0 + timedelta(hours=11))).apply(
+        first)
+    later = D0 + timedelta(days=12)
+    sweep(store, short, later)
+    assert store.collection(ROLLUP_HOURS).find_one({"_id": D0_HOUR_10}) is None
+    raised = RollupWriter(store, retention=Retention(minutes=timedelta(days=30)),
+                          clock=Clock(later))
+    assert raised.expired(first, later) == len(first.points)
+    assert raised.apply(first) is False
+    assert store.collection(ROLLUP_HOURS).find_one({"_id": D0_HOUR_10}) is None
+    assert [s.count for s in series(store, "1h").values()] == [1]
+    # Hours that began after the change are judged by the new retention.
+    fresh = event_of("d", later + timedelta(hours=2), {"x": 2.0}, "e2")
+    assert raised.expired(fresh, later + timedelta(days=20)) == 0

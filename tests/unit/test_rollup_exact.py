@@ -418,3 +418,62 @@ def test_a_series_reads_one_find_of_at_most_a_day_or_a_month_of_documents(
     assert buckets
     [only] = finds
     assert set(only) == {"_id"} and len(only["_id"]["$in"]) <= most
+
+
+# --- refusals of one event (issue 20 items 9 and 10) --------------------------------------
+
+def test_an_event_refused_in_a_full_hour_is_counted_consistently_in_its_others(runtime,
+                                                                                now) -> None:
+    """Its readings of the full hour are refused (400); those of its other hour are in that
+    hour's minute slots and totals, and so in the day snapshot and the latest value too
+    (they were only in the minute slots and hour totals)."""
+    writer = RollupWriter(runtime.store, max_events_per_hour=2)
+    for i in range(2):  # the first hour is full
+        writer.apply(event_of("dev", now + timedelta(minutes=i), {"x": 1.0}, f"fill-{i}"))
+    later = now + timedelta(hours=1, minutes=5)
+    event = event_of("dev", later, {"x": 7.0}, "split",
+                     samples=[(now + timedelta(minutes=10), {"x": 9.0})])
+    for _ in range(2):  # and a redelivery (the 400 is dead-lettered, perhaps replayed)
+        with pytest.raises(BadRequest, match="more than 2 events"):
+            writer.apply(event)
+    [hour] = [s for t, s in stored(runtime.store, "dev", "x", "1h", now).items() if t > now]
+    [day] = stored(runtime.store, "dev", "x", "1d", now).values()
+    assert (hour.count, day.count) == (1, 3)  # two of the full hour, one of the split event
+    assert day.last_value == 7.0
+    device = runtime.store.db[DEVICES].find_one({"_id": "dev"})
+    assert reading_of(device["latest"]["x"]) == (later, 7.0)
+
+
+def test_a_lone_hour_write_the_store_refuses_fails_only_its_event(runtime, now,
+                                                                   monkeypatch) -> None:
+    """A group commit with exactly one hour write (the others heartbeats) runs it as
+    findAndModify; a refusal of that write (document too large) is a 400 for its event, not
+    a 503 for the whole batch."""
+    from pymongo.errors import OperationFailure
+
+    writer = RollupWriter(runtime.store)
+    collection_of = Store.collection
+
+    class TooLarge:
+        def __init__(self, inner: Any) -> None:
+            self.inner = inner
+
+        def __getattr__(self, name: str) -> Any:
+            if name == "find_one_and_update":
+                def refuse(*args: Any, **kwargs: Any) -> Any:
+                    raise OperationFailure("Resulting document after update is larger than "
+                                           "16777216", code=17419)
+                return refuse
+            return getattr(self.inner, name)
+
+    monkeypatch.setattr(Store, "collection", lambda self, name: (
+        TooLarge(collection_of(self, name)) if name == ROLLUP_HOURS
+        else collection_of(self, name)))
+    attributes, _ = telemetry("quiet", now, {}, "hb")
+    heartbeat = validate(RawEvent(attributes, {"samples": []}), datetime.now(UTC), None)
+    assert isinstance(heartbeat, TelemetryEvent)
+    reading = event_of("big", now, {"x": 1.0}, "r1")
+    results = writer.apply_batch([heartbeat, reading])
+    assert results[0] is True
+    assert isinstance(results[1], BadRequest) and "size limit" in str(results[1])
+    assert runtime.store.db[DEVICES].find_one({"_id": "quiet"}) is not None
