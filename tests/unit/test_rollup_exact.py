@@ -427,6 +427,8 @@ def test_an_event_refused_in_a_full_hour_is_counted_consistently_in_its_others(r
     """Its readings of the full hour are refused (400); those of its other hour are in that
     hour's minute slots and totals, and so in the day snapshot and the latest value too
     (they were only in the minute slots and hour totals)."""
+    # Two hours of one day, whatever the time of day the test runs at.
+    now = (now - timedelta(days=1)).replace(hour=10)
     writer = RollupWriter(runtime.store, max_events_per_hour=2)
     for i in range(2):  # the first hour is full
         writer.apply(event_of("dev", now + timedelta(minutes=i), {"x": 1.0}, f"fill-{i}"))
