@@ -1,4 +1,6 @@
-"""Who may use the query API: bearer tokens with `read` and `operate` scopes, and CORS."""
+"""Who may use the query API: bearer tokens with the `read` or `operate` role, fleet-wide
+(QUERY_READ_TOKENS, QUERY_OPERATE_TOKENS) or kept in the store with a scope of devices
+(query_tokens.py); and CORS."""
 
 from __future__ import annotations
 
@@ -10,10 +12,9 @@ import flask
 
 from .devices import bearer
 from .errors import Forbidden, Unauthorized
+from .query_tokens import OPERATE, READ, Grant, TokenBook
 from .settings import Settings
 
-READ: Final = "read"
-OPERATE: Final = "operate"
 CORS_METHODS: Final = "GET, POST, OPTIONS"
 CORS_HEADERS: Final = "Authorization, Content-Type"
 
@@ -39,18 +40,25 @@ def scope_of(token: str, settings: Settings) -> str | None:
     return None
 
 
-def authorize(request: flask.Request, settings: Settings, needed: str) -> None:
-    """401 without a known token, 403 when the token's scope is too small."""
+#: What QUERY_AUTH=open allows any request.
+OPEN_ACCESS: Final = Grant(OPERATE)
+
+
+def authorize(request: flask.Request, settings: Settings, needed: str,
+              stored: TokenBook) -> Grant:
+    """The request's grant: 401 without a known token, 403 when its role is too small."""
     if settings.query_auth == "open":
-        return
+        return OPEN_ACCESS
     token = bearer(request.headers)
     if token is None:
         raise Unauthorized("a bearer token is required: Authorization: Bearer <token>")
-    scope = scope_of(token, settings)
-    if scope is None:
+    role = scope_of(token, settings)
+    grant = Grant(role) if role is not None else stored.verify(token)
+    if grant is None:
         raise Unauthorized("unknown token")
-    if needed == OPERATE and scope != OPERATE:
+    if needed == OPERATE and grant.role != OPERATE:
         raise Forbidden("this token may read but not acknowledge alerts (needs `operate`)")
+    return grant
 
 
 def allowed_origin(request: flask.Request, settings: Settings) -> str | None:

@@ -31,7 +31,7 @@ from .telemetry import DEVICE_ID
 
 HMAC_SHA256: Final = "hmac-sha256"
 #: What an unknown device's secret is checked against: the same work as a known one's.
-_NO_RECORD: Final = {"scheme": HMAC_SHA256, "salt": base64.b64encode(bytes(16)).decode(),
+NO_RECORD: Final = {"scheme": HMAC_SHA256, "salt": base64.b64encode(bytes(16)).decode(),
                      "hash": base64.b64encode(bytes(32)).decode()}
 _MAX_CACHE: Final = 100_000
 #: Fields of a device document that the registry owns (telemetry fields are aggregate's).
@@ -219,7 +219,7 @@ class Registry:
                 {"_id": device_id}, {"token": 1, "enabled": 1})
         record = doc.get("token") if doc else None
         # An unknown device costs the same hash as a known one: no timing tells them apart.
-        if not matches(secret, record or _NO_RECORD) or record is None:
+        if not matches(secret, record or NO_RECORD) or record is None:
             raise Unauthorized("unknown device or wrong token")
         assert doc is not None
         if is_legacy(record):

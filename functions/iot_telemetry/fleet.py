@@ -24,6 +24,7 @@ from datetime import datetime, timedelta
 from typing import Any, Final
 
 from .alerting import ACKNOWLEDGED, OPEN
+from .audience import EVERY_DEVICE, Audience
 from .rules import OFFLINE as OFFLINE_CONDITION
 from .store import ALERTS, DEVICES, Store
 
@@ -80,8 +81,8 @@ def device_state(doc: Mapping[str, Any], now: datetime, stale_after: float,
 
 
 def fleet_counts(store: Store, now: datetime, stale_after: float, page_size: int,
-                 ) -> dict[str, int]:
-    """Every device counted by state, for the whole fleet however large.
+                 audience: Audience = EVERY_DEVICE) -> dict[str, int]:
+    """Every device (of the audience: a token's scope) counted by state, however many.
 
     Four counts on `devices` (the silent and recent ones over the `recent` index), then the
     unresolved offline alerts (over the unresolved alerts, by the `open_by_rule` index) and
@@ -91,17 +92,21 @@ def fleet_counts(store: Store, now: datetime, stale_after: float, page_size: int
     cutoff = now - timedelta(seconds=stale_after)
     enabled = {"enabled": {"$ne": False}}
     devices = store.collection(DEVICES)
+    def seen(filt: dict[str, Any]) -> dict[str, Any]:
+        return audience.narrow(filt, "_id")
+
     with store.guard():
-        total = devices.count_documents({})
+        total = devices.count_documents(seen({}))
         counts = {
-            DISABLED: devices.count_documents({"enabled": False}),
-            STALE: devices.count_documents({"$and": [enabled, {"last_seen": {"$lt": cutoff}}]}),
+            DISABLED: devices.count_documents(seen({"enabled": False})),
+            STALE: devices.count_documents(
+                seen({"$and": [enabled, {"last_seen": {"$lt": cutoff}}]})),
             REPORTING: devices.count_documents(
-                {"$and": [enabled, {"last_seen": {"$gte": cutoff}}]}),
+                seen({"$and": [enabled, {"last_seen": {"$gte": cutoff}}]})),
             OFFLINE: 0,
         }
     counts[NEVER_REPORTED] = total - counts[DISABLED] - counts[STALE] - counts[REPORTING]
-    since = _offline_since(store, page_size)
+    since = _offline_since(store, page_size, audience)
     ids = sorted(since)
     for start in range(0, len(ids), page_size):
         with store.guard():
@@ -115,7 +120,7 @@ def fleet_counts(store: Store, now: datetime, stale_after: float, page_size: int
     return {state: counts[state] for state in DEVICE_STATES}
 
 
-def _offline_since(store: Store, batch: int) -> dict[str, datetime]:
+def _offline_since(store: Store, batch: int, audience: Audience) -> dict[str, datetime]:
     """Each device with an unresolved offline alert, with the newest silence alerted on.
 
     One cursor over the unresolved alerts (the `open_by_rule` index starts with `state`),
@@ -124,7 +129,8 @@ def _offline_since(store: Store, batch: int) -> dict[str, datetime]:
     found: dict[str, OpenAlerts] = {}
     with store.guard():
         for doc in store.collection(ALERTS).find(
-                {"state": {"$in": _UNRESOLVED}, "condition": OFFLINE_CONDITION},
+                audience.narrow({"state": {"$in": _UNRESOLVED}, "condition": OFFLINE_CONDITION},
+                                "device_id"),
                 {"device_id": 1, "condition": 1, "last_seen": 1}, batch_size=batch):
             found.setdefault(doc["device_id"], OpenAlerts()).add(doc)
     return {d: a.offline_since for d, a in found.items() if a.offline_since is not None}

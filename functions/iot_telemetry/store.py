@@ -38,6 +38,8 @@ EVENT_TIMES: Final = "event_times"
 DEVICES: Final = "devices"
 ALERTS: Final = "alerts"
 ALERT_STATE: Final = "alert_state"
+#: Query API tokens managed with `iot-telemetry tokens` (query_tokens.py), by name.
+QUERY_TOKENS: Final = "query_tokens"
 
 class _CommandCounter(monitoring.CommandListener):
     """Counts every command sent to the store: the round trips a design costs, which carry
