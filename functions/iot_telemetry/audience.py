@@ -14,9 +14,9 @@ import re
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Mapping
 from typing import Any, Final
 
+from .devices import metadata_of
 from .errors import NotFound
 from .scopes import Selector
 from .store import DEVICES, Store
@@ -79,11 +79,6 @@ def registry_filter(selector: Selector) -> dict[str, Any]:
     return {"$and": parts} if parts else {}
 
 
-def _metadata(doc: Mapping[str, Any]) -> Mapping[str, Any]:
-    metadata = doc.get("metadata")
-    return metadata if isinstance(metadata, Mapping) else {}
-
-
 class ScopeResolver:
     """Each scope's devices as read within the last `seconds`."""
 
@@ -103,7 +98,7 @@ class ScopeResolver:
                 return hit[1]
         with self.store.guard():
             docs = self.store.collection(DEVICES).find(registry_filter(scope), {"metadata": 1})
-            ids = frozenset(d["_id"] for d in docs if scope.matches(d["_id"], _metadata(d)))
+            ids = frozenset(d["_id"] for d in docs if scope.matches(d["_id"], metadata_of(d)))
         audience = Audience(ids)
         with self._lock:
             self._resolved[scope] = (now + self.seconds, audience)

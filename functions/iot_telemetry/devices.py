@@ -77,6 +77,12 @@ def matches(secret: str, record: Mapping[str, Any]) -> bool:
     return hmac.compare_digest(actual, expected)
 
 
+def metadata_of(doc: Mapping[str, Any]) -> Mapping[str, Any]:
+    """A registry document's metadata ({} when it has none, or none that is an object)."""
+    metadata = doc.get("metadata")
+    return metadata if isinstance(metadata, Mapping) else {}
+
+
 def split_token(token: str) -> tuple[str, str]:
     device_id, _, secret = token.rpartition(".")
     if not device_id or not secret or not DEVICE_ID.fullmatch(device_id):
