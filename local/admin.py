@@ -49,7 +49,7 @@ def against_registry(run: Callable[[Any, str], int], what: str = "devices") -> i
     except BadRequest as exc:
         print("error: " + "\n  ".join(exc.problems) if len(exc.problems) == 1 else
               "error: nothing was changed:\n  " + "\n  ".join(exc.problems), file=sys.stderr)
-        return 2
+        return 1
     except (PyMongoError, TelemetryError) as exc:
         # pymongo's own text goes on with its topology description: keep the first clause
         reason = str(exc).split(" (configured timeouts", 1)[0].split(", Timeout:", 1)[0]
