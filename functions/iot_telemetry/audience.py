@@ -11,13 +11,11 @@ exist: the same 404 and body, and, like an unknown id, no store read.
 from __future__ import annotations
 
 import re
-import threading
-import time
-from collections import OrderedDict
 from typing import Any, Final
 
 from .devices import metadata_of
 from .errors import NotFound
+from .expiring import ExpiringCache
 from .scopes import Selector
 from .store import DEVICES, Store
 
@@ -84,25 +82,15 @@ class ScopeResolver:
 
     def __init__(self, store: Store, seconds: float) -> None:
         self.store = store
-        self.seconds = seconds
-        self._resolved: OrderedDict[Selector, tuple[float, Audience]] = OrderedDict()
-        self._lock = threading.Lock()
+        self._resolved: ExpiringCache[Selector, Audience] = ExpiringCache(seconds, _MAX_SCOPES)
 
     def audience(self, scope: Selector | None) -> Audience:
         if scope is None:
             return EVERY_DEVICE
-        now = time.monotonic()
-        with self._lock:
-            hit = self._resolved.get(scope)
-            if hit is not None and hit[0] > now:
-                return hit[1]
+        return self._resolved.get(scope, lambda: self._read(scope))
+
+    def _read(self, scope: Selector) -> Audience:
         with self.store.guard():
             docs = self.store.collection(DEVICES).find(registry_filter(scope), {"metadata": 1})
-            ids = frozenset(d["_id"] for d in docs if scope.matches(d["_id"], metadata_of(d)))
-        audience = Audience(ids)
-        with self._lock:
-            self._resolved[scope] = (now + self.seconds, audience)
-            self._resolved.move_to_end(scope)
-            while len(self._resolved) > _MAX_SCOPES:
-                self._resolved.popitem(last=False)
-        return audience
+            return Audience(frozenset(d["_id"] for d in docs
+                                      if scope.matches(d["_id"], metadata_of(d))))

@@ -17,7 +17,6 @@ import re
 import secrets
 import threading
 import time
-from collections import OrderedDict
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -27,6 +26,7 @@ from pymongo.errors import DuplicateKeyError
 
 from .devices import NO_RECORD, hash_record, matches
 from .errors import BadRequest, Conflict, DependencyUnavailable, NotFound
+from .expiring import ExpiringCache
 from .scopes import Selector, parse_selector
 from .store import QUERY_TOKENS, Store
 
@@ -91,8 +91,8 @@ class TokenBook:
 
     def __init__(self, store: Store, cache_seconds: float = 5.0) -> None:
         self.store = store
-        self.cache_seconds = cache_seconds
-        self._read: OrderedDict[str, tuple[float, Mapping[str, Any] | None]] = OrderedDict()
+        self._read: ExpiringCache[str, Mapping[str, Any] | None] = ExpiringCache(
+            cache_seconds, _MAX_CACHE)
         self._touched: dict[str, float] = {}
         self._lock = threading.Lock()
 
@@ -141,15 +141,14 @@ class TokenBook:
         self.forget(name)
 
     def forget(self, name: str) -> None:
-        with self._lock:
-            self._read.pop(name, None)
+        self._read.forget(name)
 
     def verify(self, token: str) -> Grant | None:
         """The grant of a stored token, or None if it is not one."""
         name, _, secret = token.rpartition(".")
         if not TOKEN_NAME.fullmatch(name) or not secret:
             return None
-        doc = self._doc(name)
+        doc = self._read.get(name, lambda: self._doc(name))
         record = doc.get("hash") if doc else None
         # A name that does not exist costs the same check as one that does.
         if not matches(secret, record or NO_RECORD) or record is None or doc is None:
@@ -160,20 +159,9 @@ class TokenBook:
                      parse_scope(doc["scope"]) if doc.get("scope") else None, name)
 
     def _doc(self, name: str) -> Mapping[str, Any] | None:
-        now = time.monotonic()
-        with self._lock:
-            entry = self._read.get(name)
-            if entry is not None and entry[0] > now:
-                return entry[1]
         with self.store.guard():
-            doc = self.store.collection(QUERY_TOKENS).find_one(
+            return self.store.collection(QUERY_TOKENS).find_one(
                 {"_id": name}, {"role": 1, "scope": 1, "hash": 1})
-        with self._lock:
-            self._read[name] = (now + self.cache_seconds, doc)
-            self._read.move_to_end(name)
-            while len(self._read) > _MAX_CACHE:
-                self._read.popitem(last=False)
-        return doc
 
     def _touch(self, name: str) -> None:
         """Record the use, at most once per LAST_USED_EVERY per token in this instance."""
