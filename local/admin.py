@@ -155,7 +155,7 @@ def add_device_file_parsers(dsub: Any) -> None:
 
 def import_devices(args: argparse.Namespace) -> int:
     from iot_telemetry.errors import BadRequest
-    from iot_telemetry.registry_csv import import_rows, read_csv
+    from iot_telemetry.registry_csv import ImportOutcome, import_rows, read_csv
     from iot_telemetry.store import DEVICES
 
     from .registry_endpoint import RemoteRegistry
@@ -185,20 +185,21 @@ def import_devices(args: argparse.Namespace) -> int:
             raise BadRequest(f"{len(new)} new device(s) (first: {new[0]}) get tokens: give "
                              "--tokens-out FILE, --print-tokens or --discard-tokens")
         sink = _token_file(tokens_out) if tokens_out and new else None
+        outcome = ImportOutcome()
         try:
-            outcome = (import_rows(store, rows) if store is not None
-                       else RemoteRegistry(url).import_csv(text))
-        except BaseException:
+            if store is not None:
+                import_rows(store, rows, outcome=outcome)
+            else:
+                outcome = RemoteRegistry(url).import_csv(text)
+        finally:
+            # Also when the store failed halfway: the devices registered so far keep their
+            # tokens (importing the file again finishes the rest).
+            lines = [f"{d},{t}\n" for d, t in sorted(outcome.created.items())]
             if sink is not None:
-                sink.close()
-                tokens_out.unlink()  # type: ignore[union-attr]
-            raise
-        lines = [f"{d},{t}\n" for d, t in sorted(outcome.created.items())]
-        if sink is not None:
-            with sink:
-                sink.write("id,token\n" + "".join(lines))
-        elif args.print_tokens and lines:
-            print("id,token\n" + "".join(lines), end="")
+                with sink:
+                    sink.write("id,token\n" + "".join(lines))
+            elif args.print_tokens and lines:
+                print("id,token\n" + "".join(lines), end="")
         print(f"imported {len(rows)} devices: {len(outcome.created)} registered, "
               f"{len(outcome.updated)} updated"
               + (f"; tokens in {tokens_out} (mode 0600)" if sink is not None else ""),

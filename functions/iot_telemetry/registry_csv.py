@@ -161,10 +161,15 @@ def read_csv(text: str) -> list[DeviceRow]:
 
 
 def import_rows(store: Store, rows: list[DeviceRow], now: datetime | None = None,
-                ) -> ImportOutcome:
-    """Register each new device (with a fresh token) and update each registered one."""
+                outcome: ImportOutcome | None = None) -> ImportOutcome:
+    """Register each new device (with a fresh token) and update each registered one.
+
+    Each row is one single-document write (never half a row); `outcome`, if given, holds
+    what was done so far when a store outage stops the import, so the tokens of the devices
+    already registered are not lost. Importing the file again finishes it.
+    """
     now = now or datetime.now(UTC)
-    outcome = ImportOutcome()
+    outcome = outcome if outcome is not None else ImportOutcome()
     for start in range(0, len(rows), CHUNK):
         chunk = rows[start:start + CHUNK]
         with store.guard():

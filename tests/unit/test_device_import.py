@@ -148,3 +148,31 @@ def test_the_local_token_routes_answer_on_the_local_run_only(registered_run) -> 
     with urllib.request.urlopen(url, timeout=10) as response:
         assert json.loads(response.read()) == {"tokens": []}
     assert Apps().query.get("/local/tokens").status_code == 404
+
+
+def test_a_store_outage_halfway_keeps_the_tokens_of_what_was_registered(
+        runtime, monkeypatch) -> None:
+    """Each row is one write; rows written before an outage keep their tokens, and importing
+    the file again registers the rest (and nothing twice)."""
+    from iot_telemetry import registry_csv
+    from iot_telemetry.errors import DependencyUnavailable
+
+    monkeypatch.setattr(registry_csv, "CHUNK", 2)
+    rows = read_csv("id,tenant\n" + "".join(f"d-{n},t\n" for n in range(5)))
+    real_bulk, calls = runtime.store.bulk, []
+
+    def failing(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 2:
+            raise DependencyUnavailable("store down", 5)
+        return real_bulk(*args, **kwargs)
+
+    monkeypatch.setattr(runtime.store, "bulk", failing)
+    outcome = registry_csv.ImportOutcome()
+    with pytest.raises(DependencyUnavailable):
+        registry_csv.import_rows(runtime.store, rows, outcome=outcome)
+    assert sorted(outcome.created) == ["d-0", "d-1"]
+    again = registry_csv.import_rows(runtime.store, rows)
+    assert sorted(again.created) == ["d-2", "d-3", "d-4"] and again.updated == ["d-0", "d-1"]
+    docs = list(runtime.store.collection(DEVICES).find({}))
+    assert len(docs) == 5 and all(d["metadata"] == {"tenant": "t"} for d in docs)
