@@ -19,7 +19,13 @@ from .layout import PORTS
 QUERY_PORT_VARIABLE = "IOT_QUERY_PORT"
 
 
-def against_registry(run: Callable[[Any, str], int], what: str = "devices") -> int:
+#: How long one write of `devices import` (a thousand rows) may take: a MongoDB takes tens of
+#: milliseconds, mongo-java-server on a loaded machine seconds.
+BULK_COMMAND_MS = 120_000
+
+
+def against_registry(run: Callable[[Any, str], int], what: str = "devices",
+                     command_timeout_ms: int | None = None) -> int:
     """Call `run(store, "")` with the store at MONGO_URL, or `run(None, url)` with the query
     URL of the running embedded local run; say the errors of either in one line."""
     from pymongo.errors import PyMongoError
@@ -36,7 +42,7 @@ def against_registry(run: Callable[[Any, str], int], what: str = "devices") -> i
             settings = Settings.from_environ(None, {
                 "MONGO_TIMEOUT_MS": os.environ.get("MONGO_TIMEOUT_MS") or "2000"})
             target = f"the store at MONGO_URL={settings.mongo_url}"
-            return run(Store(settings), "")
+            return run(Store(settings, command_timeout_ms), "")
         port = os.environ.get(QUERY_PORT_VARIABLE) or str(PORTS["query"])
         target = f"127.0.0.1:{port}"
         return run(None, f"http://{target}/")
@@ -206,7 +212,7 @@ def import_devices(args: argparse.Namespace) -> int:
               file=sys.stderr if args.print_tokens else sys.stdout)
         return 0
 
-    return against_registry(run)
+    return against_registry(run, command_timeout_ms=BULK_COMMAND_MS)
 
 
 def _token_file(path: Path) -> Any:

@@ -100,7 +100,10 @@ class BulkOutcome:
 class Store:
     """Collections of the telemetry database, shared by every thread of the process."""
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, command_timeout_ms: int | None = None) -> None:
+        """`command_timeout_ms`: how long one command may take, if longer than
+        MONGO_TIMEOUT_MS (a bulk import's thousand-row writes; the server is still found or
+        given up on within MONGO_TIMEOUT_MS)."""
         self.embedded = settings.embedded_store
         self._retry_after = settings.ingest_retry_after_seconds
         if self.embedded:
@@ -110,7 +113,7 @@ class Store:
                 settings.mongo_url,
                 serverSelectionTimeoutMS=settings.mongo_timeout_ms,
                 connectTimeoutMS=settings.mongo_timeout_ms,
-                socketTimeoutMS=settings.mongo_timeout_ms,
+                socketTimeoutMS=max(settings.mongo_timeout_ms, command_timeout_ms or 0),
                 tz_aware=True,
                 appname="iot-telemetry",
                 retryWrites=False,  # FerretDB 1.x has no sessions; our writes are idempotent

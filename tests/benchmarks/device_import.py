@@ -39,6 +39,7 @@ def runtime(url: str) -> Runtime:
     rt = Runtime(Settings.from_environ({}, {
         "MONGO_URL": url, "MONGO_DB": f"bench_import_{uuid.uuid4().hex[:8]}",
         "KAFKA_BOOTSTRAP_SERVERS": "memory://", "QUERY_AUTH": "token",
+        "MONGO_TIMEOUT_MS": "120000",
         "QUERY_READ_TOKENS": FLEET_TOKEN}))
     set_runtime(rt)
     rt.store.ensure_indexes()

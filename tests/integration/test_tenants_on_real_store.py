@@ -117,12 +117,14 @@ def test_revocation_and_scope_changes_reach_every_instance(
     time.sleep(CACHE_SECONDS + 0.5)
     for url in two_queries:
         assert seen(url) == 401
+    capsys.readouterr()
     assert main(["tokens", "list"]) == 0
-    assert "acme" not in capsys.readouterr().out
+    assert capsys.readouterr().out == ""
 
 
 def test_a_bulk_import_costs_commands_per_thousand_rows(mongo_url, mongo_db) -> None:
-    rt = real_runtime(mongo_url, mongo_db)
+    # A thousand-row write takes seconds on mongo-java-server on a loaded machine.
+    rt = real_runtime(mongo_url, mongo_db, MONGO_TIMEOUT_MS="120000")
     text = "id,name,tenant\n" + "".join(f"dev-{n:05d},,t{n % 3}\n" for n in range(2500))
     rows = read_csv(text)
 
@@ -132,7 +134,9 @@ def test_a_bulk_import_costs_commands_per_thousand_rows(mongo_url, mongo_db) -> 
 
     before = commands()
     first = import_rows(rt.store, rows)
-    assert commands() - before == 6 and len(first.created) == 2500  # 3 reads, 3 writes
+    # 3 reads and 3 writes, and once per process the server's buildInfo (store.bulk asks
+    # whether it is FerretDB, which takes one statement per command).
+    assert commands() - before == 7 and len(first.created) == 2500
     before = commands()
     again = import_rows(rt.store, rows)
     assert commands() - before == 6 and not again.created and len(again.updated) == 2500
