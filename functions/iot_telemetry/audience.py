@@ -10,6 +10,7 @@ exist: the same 404 and body, and, like an unknown id, no store read.
 
 from __future__ import annotations
 
+import bisect
 import re
 from typing import Any, Final
 
@@ -42,6 +43,17 @@ class Audience:
         """404 for a device outside the scope, worded as for a device that does not exist."""
         if not self.sees(device_id):
             raise not_found(device_id)
+
+    def window(self, after: str | None, prefix: str | None, count: int) -> list[str]:
+        """Up to `count` ids of the scope in id order, after `after`, starting with `prefix`
+        (a page of GET /devices: its cursor and prefix)."""
+        start = bisect.bisect_right(self._listed, after) if after else 0
+        if prefix:
+            start = max(start, bisect.bisect_left(self._listed, prefix))
+        out = self._listed[start:start + count]
+        if prefix and out and not out[-1].startswith(prefix):
+            out = [d for d in out if d.startswith(prefix)]  # past the prefix's ids: cut there
+        return out
 
     def condition(self, field: str) -> dict[str, Any]:
         """A store filter on `field` (a device id) selecting what this request may see."""

@@ -207,23 +207,31 @@ def _devices(request: flask.Request, rt: Runtime, audience: Audience) -> flask.R
     # Each condition on _id apart under $and: mongo-java-server ignores the other
     # operators of a field expression that holds $regex.
     parts: list[dict[str, Any]] = []
-    if cursor:
-        parts.append({"_id": {"$gt": cursor}})
-    if prefix:
-        parts.append({"_id": {"$regex": "^" + re.escape(prefix)}})
     if audience.scoped:
-        parts.append(audience.condition("_id"))
+        # The scope's ids are known and sorted: the page's are the next `limit` of them, so
+        # the store is asked for those only, not for the whole scope's.
+        window = audience.window(cursor, prefix, limit + 1)
+        parts.append({"_id": {"$in": window[:limit]}})
+    else:
+        if cursor:
+            parts.append({"_id": {"$gt": cursor}})
+        if prefix:
+            parts.append({"_id": {"$regex": "^" + re.escape(prefix)}})
     filt: dict[str, Any] = {"$and": parts} if parts else {}
     with rt.store.guard():
         docs = list(rt.store.collection(DEVICES).find(filt, {"token": 0})
                     .sort("_id", 1).limit(limit + 1))
-    page, more = docs[:limit], len(docs) > limit
+    page = docs[:limit]
+    if audience.scoped:
+        next_cursor = window[limit - 1] if len(window) > limit else None
+    else:
+        next_cursor = page[-1]["_id"] if len(docs) > limit else None
     alerts = fleet.open_alerts(rt.store, [d["_id"] for d in page])
     now = datetime.now(UTC)
     return json_response({
         "devices": [_device_view(d, now, rt.settings.device_stale_seconds, alerts[d["_id"]])
                     for d in page],
-        "next_cursor": page[-1]["_id"] if more else None,
+        "next_cursor": next_cursor,
     })
 
 

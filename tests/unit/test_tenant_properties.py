@@ -75,11 +75,11 @@ def auth(token: str) -> dict[str, str]:
     return {"Authorization": f"Bearer {token}"}
 
 
-def every_device_listed(q: Any, token: str) -> list[str]:
+def every_device_listed(q: Any, token: str, prefix: str = "") -> list[str]:
     ids, cursor = [], None
     while True:
-        page = q.get("/devices?limit=2" + (f"&cursor={cursor}" if cursor else ""),
-                     headers=auth(token)).get_json()
+        page = q.get("/devices?limit=2" + (f"&cursor={cursor}" if cursor else "")
+                     + (f"&prefix={prefix}" if prefix else ""), headers=auth(token)).get_json()
         ids += [d["id"] for d in page["devices"]]
         cursor = page["next_cursor"]
         if cursor is None:
@@ -111,7 +111,10 @@ def test_a_scoped_token_sees_exactly_its_devices(devices, scopes, operate) -> No
         inside = {d for d in devices if selected(scope, d, metadata[d])}
         outside = set(devices) - inside
 
-        assert sorted(every_device_listed(q, token)) == sorted(inside)
+        assert every_device_listed(q, token) == sorted(inside)
+        for prefix in ("a", "ab-", "b.", "c_1"):
+            assert every_device_listed(q, token, prefix) == sorted(
+                d for d in inside if d.startswith(prefix))
         counts = q.get("/fleet", headers=auth(token)).get_json()
         assert counts["devices"] == sum(counts["states"].values()) == len(inside)
         listed = q.get("/devices?limit=500", headers=auth(token)).get_json()["devices"]
