@@ -14,6 +14,7 @@ from pathlib import Path
 
 from iot_telemetry.settings import ConfigError, Settings
 
+from . import admin
 from .layout import BROKER_PORT, EVENTING_DIR, PORTS
 
 # Every port of the local run: (flag, environment twin, default). 0 = any free port.
@@ -201,38 +202,21 @@ def _run_local(args: argparse.Namespace) -> int:
     return 0
 
 
-def _local_run_token(settings: Settings | None = None) -> str | None:
-    """The token the local run's registry routes take when QUERY_AUTH=token: the first of
-    QUERY_OPERATE_TOKENS (or, to read only, QUERY_READ_TOKENS) in this environment."""
-    s = settings or Settings.from_environ(None)
-    return next(iter(s.operate_tokens or s.read_tokens), None)
-
-
 def _devices(args: argparse.Namespace) -> int:
     import json
 
-    from pymongo.errors import PyMongoError
-
     from iot_telemetry.devices import Registry
-    from iot_telemetry.errors import TelemetryError
-    from iot_telemetry.store import Store
     from iot_telemetry.telemetry import format_time
 
-    from .registry_endpoint import LocalRunUnreachable, RemoteRegistry
+    from .registry_endpoint import RemoteRegistry
 
-    registry: Registry | RemoteRegistry
-    target = ""
-    try:
-        if os.environ.get("MONGO_URL"):
-            # Fail in seconds, not the functions' default, when nothing listens.
-            settings = Settings.from_environ(None, {
-                "MONGO_TIMEOUT_MS": os.environ.get("MONGO_TIMEOUT_MS") or "2000"})
-            target = f"the store at MONGO_URL={settings.mongo_url}"
-            registry = Registry(Store(settings))
-        else:
-            port = os.environ.get(PORT_OPTIONS["query"][1]) or str(PORTS["query"])
-            target = f"127.0.0.1:{port}"
-            registry = RemoteRegistry(f"http://{target}/", _local_run_token())
+    if args.action == "import":
+        return admin.import_devices(args)
+    if args.action == "export":
+        return admin.export_devices(args)
+
+    def run(store: object, url: str) -> int:
+        registry = Registry(store) if store is not None else RemoteRegistry(url)  # type: ignore[arg-type]
         if args.action == "add":
             units = dict(u.split("=", 1) for u in args.unit if "=" in u)
             metadata = {k: v for k, v in (("location", args.location), ("units", units)) if v}
@@ -262,22 +246,9 @@ def _devices(args: argparse.Namespace) -> int:
         else:
             registry.set_enabled(args.device_id, args.action == "enable")
             print(f"{args.device_id} {args.action}d")
-    except LocalRunUnreachable as exc:
-        print(f"error: no `iot-telemetry local` answers on {target} ({exc}): start one "
-              "(INGEST_AUTH=registered iot-telemetry local), set IOT_QUERY_PORT to its query "
-              "port, or set MONGO_URL to manage the devices of a MongoDB store", file=sys.stderr)
-        return 1
-    except (PyMongoError, TelemetryError) as exc:
-        # pymongo's own text goes on with its topology description: keep the first clause
-        reason = str(exc).split(" (configured timeouts", 1)[0].split(", Timeout:", 1)[0]
-        print(f"error: {target}: {reason}"
-              + (" (is it running?)" if "unreachable" in reason or "refused" in reason else ""),
-              file=sys.stderr)
-        return 1
-    except ConfigError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
-    return 0
+        return 0
+
+    return admin.against_registry(run)
 
 
 def _rules(args: argparse.Namespace) -> int:
@@ -292,7 +263,7 @@ def _rules(args: argparse.Namespace) -> int:
     from iot_telemetry.store import DEVICES, Store
     from iot_telemetry.telemetry import DEVICE_ID
 
-    from .registry_endpoint import LocalRunUnreachable, RemoteRegistry
+    from .registry_endpoint import LocalRunUnreachable, RemoteRegistry, local_run_token
     from .rules_check import report
 
     if not DEVICE_ID.fullmatch(args.device_id):
@@ -325,7 +296,7 @@ def _rules(args: argparse.Namespace) -> int:
             port = os.environ.get(PORT_OPTIONS["query"][1]) or str(PORTS["query"])
             target = f"127.0.0.1:{port}"
             known = {d.id: d for d in RemoteRegistry(f"http://{target}/",
-                                                     _local_run_token(settings)).list()}
+                                                     local_run_token(settings)).list()}
             device = known.get(args.device_id)
             metadata = dict(device.metadata) if device else {}
             source = (f"from the local run on {target}" if device
@@ -388,10 +359,12 @@ def main(argv: Sequence[str] | None = None) -> int:
                              "which rules scoped by metadata follow")
     meta.add_argument("device_id")
     meta.add_argument("changes", nargs="+", metavar="KEY=VALUE")
+    admin.add_device_file_parsers(dsub)
     for action, text in (("disable", "refuse the device's writes (403)"),
                          ("enable", "accept the device's writes again"),
                          ("rotate-token", "issue a new token; the old one stops working")):
         dsub.add_parser(action, help=text).add_argument("device_id")
+    admin.add_token_parser(sub)
     rules = sub.add_parser(
         "rules", help="explain the alert rules (ALERT_RULES, ALERT_RULES_FILE or the defaults)")
     rsub = rules.add_subparsers(dest="action", required=True)
@@ -417,6 +390,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _devices(args)
     if args.command == "rules":
         return _rules(args)
+    if args.command == "tokens":
+        return admin.tokens(args)
     return _run_local(args)
 
 

@@ -52,8 +52,7 @@ class EmbeddedPipeline:
         for function in FUNCTIONS:
             app = create_app(function, str(source(function)), "http")  # type: ignore[no-untyped-call]
             if function == "query":
-                app = with_registry(app, lambda: get_runtime().registry,
-                                    lambda: get_runtime().settings)
+                app = with_registry(app, get_runtime)
             server = make_server(self.host, self.ports[function], app, threaded=True,
                                  request_handler=QuietHandler)
             self.servers[function] = server

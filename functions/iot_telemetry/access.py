@@ -1,4 +1,6 @@
-"""Who may use the query API: bearer tokens with `read` and `operate` scopes, and CORS."""
+"""Who may use the query API: bearer tokens with the `read` or `operate` role, fleet-wide
+(QUERY_READ_TOKENS, QUERY_OPERATE_TOKENS) or kept in the store with a scope of devices
+(query_tokens.py); and CORS."""
 
 from __future__ import annotations
 
@@ -11,10 +13,9 @@ import werkzeug
 
 from .devices import bearer
 from .errors import Forbidden, Unauthorized
+from .query_tokens import OPERATE, READ, Grant, TokenBook
 from .settings import Settings
 
-READ: Final = "read"
-OPERATE: Final = "operate"
 CORS_METHODS: Final = "GET, POST, OPTIONS"
 CORS_HEADERS: Final = "Authorization, Content-Type"
 
@@ -40,19 +41,26 @@ def scope_of(token: str, settings: Settings) -> str | None:
     return None
 
 
+#: What QUERY_AUTH=open allows any request.
+OPEN_ACCESS: Final = Grant(OPERATE)
+
+
 def authorize(request: werkzeug.Request, settings: Settings, needed: str,
-              operation: str = "acknowledge alerts") -> None:
-    """401 without a known token, 403 when the token's scope is too small for `operation`."""
+              stored: TokenBook, operation: str = "acknowledge alerts") -> Grant:
+    """The request's grant: 401 without a known token, 403 when its role is too small for
+    `operation`."""
     if settings.query_auth == "open":
-        return
+        return OPEN_ACCESS
     token = bearer(request.headers)
     if token is None:
         raise Unauthorized("a bearer token is required: Authorization: Bearer <token>")
-    scope = scope_of(token, settings)
-    if scope is None:
+    role = scope_of(token, settings)
+    grant = Grant(role) if role is not None else stored.verify(token)
+    if grant is None:
         raise Unauthorized("unknown token")
-    if needed == OPERATE and scope != OPERATE:
+    if needed == OPERATE and grant.role != OPERATE:
         raise Forbidden(f"this token may read but not {operation} (needs `operate`)")
+    return grant
 
 
 def allowed_origin(request: flask.Request, settings: Settings) -> str | None:

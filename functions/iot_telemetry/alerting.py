@@ -636,19 +636,24 @@ class AlertBook:
                           "effects": [], "applied": True},
                  "$inc": {"rev": 1}})
 
-    def acknowledge(self, alert_id: str, by: str, now: datetime) -> tuple[dict[str, Any], bool]:
+    def acknowledge(self, alert_id: str, by: str, now: datetime,
+                    devices: Mapping[str, Any] | None = None) -> tuple[dict[str, Any], bool]:
         """open -> acknowledged; repeating it is harmless; a resolved alert is a conflict.
 
-        Returns the alert and whether this call acknowledged it.
+        `devices`: a filter on the alert's device (a token's scope); an alert outside it is
+        not found. Returns the alert and whether this call acknowledged it.
         """
+        def within(filt: dict[str, Any]) -> dict[str, Any]:
+            return {"$and": [filt, dict(devices)]} if devices else filt
+
         with self.store.guard():
             doc = self.store.collection(ALERTS).find_one_and_update(
-                {"_id": alert_id, "state": OPEN},
+                within({"_id": alert_id, "state": OPEN}),
                 {"$set": {"state": ACKNOWLEDGED, "acknowledged_at": now, "acknowledged_by": by}},
                 return_document=ReturnDocument.AFTER)
             changed = doc is not None
             if doc is None:
-                doc = self.store.collection(ALERTS).find_one({"_id": alert_id})
+                doc = self.store.collection(ALERTS).find_one(within({"_id": alert_id}))
         if doc is None:
             raise NotFound(f"alert {alert_id!r} not found")
         if doc["state"] == RESOLVED:

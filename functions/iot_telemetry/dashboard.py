@@ -100,7 +100,8 @@ def page(request: flask.Request) -> flask.Response:
     return response
 
 
-def _asset(request: flask.Request, rt: Runtime, name: str) -> flask.Response:
+def _asset(request: flask.Request, rt: Runtime, _audience: object, name: str,
+           ) -> flask.Response:
     asset = ASSETS.get(name)
     if asset is None:
         raise NotFound(f"no static file {name!r}")

@@ -31,7 +31,7 @@ from .telemetry import DEVICE_ID
 
 HMAC_SHA256: Final = "hmac-sha256"
 #: What an unknown device's secret is checked against: the same work as a known one's.
-_NO_RECORD: Final = {"scheme": HMAC_SHA256, "salt": base64.b64encode(bytes(16)).decode(),
+NO_RECORD: Final = {"scheme": HMAC_SHA256, "salt": base64.b64encode(bytes(16)).decode(),
                      "hash": base64.b64encode(bytes(32)).decode()}
 _MAX_CACHE: Final = 100_000
 #: Fields of a device document that the registry owns (telemetry fields are aggregate's).
@@ -80,6 +80,12 @@ def matches(secret: str, record: Mapping[str, Any]) -> bool:
     except (KeyError, ValueError, TypeError):
         return False
     return hmac.compare_digest(actual, expected)
+
+
+def metadata_of(doc: Mapping[str, Any]) -> Mapping[str, Any]:
+    """A registry document's metadata ({} when it has none, or none that is an object)."""
+    metadata = doc.get("metadata")
+    return metadata if isinstance(metadata, Mapping) else {}
 
 
 def split_token(token: str) -> tuple[str, str]:
@@ -224,7 +230,7 @@ class Registry:
                 {"_id": device_id}, {"token": 1, "enabled": 1})
         record = doc.get("token") if doc else None
         # An unknown device costs the same hash as a known one: no timing tells them apart.
-        if not matches(secret, record or _NO_RECORD) or record is None:
+        if not matches(secret, record or NO_RECORD) or record is None:
             raise Unauthorized("unknown device or wrong token")
         assert doc is not None
         if is_legacy(record):

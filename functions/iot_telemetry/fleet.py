@@ -24,6 +24,7 @@ from datetime import datetime
 from typing import Any, Final
 
 from .alerting import ACKNOWLEDGED, OPEN
+from .audience import EVERY_DEVICE, Audience
 from .rules import OFFLINE as OFFLINE_CONDITION
 from .store import ALERTS, DEVICES, Store
 
@@ -80,8 +81,8 @@ def device_state(doc: Mapping[str, Any], now: datetime, stale_after: float,
 
 
 def fleet_counts(store: Store, now: datetime, stale_after: float, page_size: int,
-                 ) -> dict[str, int]:
-    """Every device counted by state, for the whole fleet however large.
+                 audience: Audience = EVERY_DEVICE) -> dict[str, int]:
+    """Every device (of the audience: a token's scope) counted by state, however many.
 
     One scan of the devices (their `enabled` and `last_seen` only, `page_size` per reply),
     each device's state decided once from the document the scan read, after the unresolved
@@ -89,16 +90,17 @@ def fleet_counts(store: Store, now: datetime, stale_after: float, page_size: int
     always add up to the devices scanned and none is negative, while devices register and
     report meanwhile: separate counts of each state, each at its own moment, did not.
     """
-    since = _offline_since(store, page_size)
+    since = _offline_since(store, page_size, audience)
     counts = dict.fromkeys(DEVICE_STATES, 0)
     with store.guard():
-        for doc in store.collection(DEVICES).find({}, {"last_seen": 1, "enabled": 1},
+        for doc in store.collection(DEVICES).find(audience.narrow({}, "_id"),
+                                                  {"last_seen": 1, "enabled": 1},
                                                   batch_size=page_size):
             counts[device_state(doc, now, stale_after, since.get(doc["_id"]))] += 1
     return counts
 
 
-def _offline_since(store: Store, batch: int) -> dict[str, datetime]:
+def _offline_since(store: Store, batch: int, audience: Audience) -> dict[str, datetime]:
     """Each device with an unresolved offline alert, with the newest silence alerted on.
 
     One cursor over the unresolved alerts (the `open_by_rule` index starts with `state`),
@@ -107,7 +109,8 @@ def _offline_since(store: Store, batch: int) -> dict[str, datetime]:
     found: dict[str, OpenAlerts] = {}
     with store.guard():
         for doc in store.collection(ALERTS).find(
-                {"state": {"$in": _UNRESOLVED}, "condition": OFFLINE_CONDITION},
+                audience.narrow({"state": {"$in": _UNRESOLVED}, "condition": OFFLINE_CONDITION},
+                                "device_id"),
                 {"device_id": 1, "condition": 1, "last_seen": 1}, batch_size=batch):
             found.setdefault(doc["device_id"], OpenAlerts()).add(doc)
     return {d: a.offline_since for d, a in found.items() if a.offline_since is not None}

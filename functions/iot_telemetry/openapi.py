@@ -179,7 +179,10 @@ def document(settings: Settings) -> dict[str, Any]:
     return {
         "openapi": "3.1.0",
         "info": {"title": "IoT telemetry query API", "version": __version__,
-                 "description": "Devices, their latest values, rollup series and alerts."},
+                 "description": "Devices, their latest values, rollup series and alerts. "
+                                "A token with a scope (`iot-telemetry tokens`) sees only the "
+                                "devices of its scope on every route: any other device or "
+                                "its alerts answer 404, as ones that do not exist."},
         "paths": {
             "/devices": {"get": {
                 "summary": "Devices with last seen time and the latest value of each metric",
@@ -324,7 +327,7 @@ def document(settings: Settings) -> dict[str, Any]:
                                                             "name": {"type": "string"},
                                                             "reason": {"type": "string"}}}}}},
                                            "Rules in configuration order"),
-                              **_errors(400, 503)}}},
+                              **_errors(400, 404, 503)}}},
             "/openapi.json": {"get": {"summary": "This document",
                                       "responses": {"200": {"description": "OpenAPI 3.1"}}}},
             "/healthz": {"get": {"summary": "Process alive",

@@ -19,9 +19,11 @@ from werkzeug.routing import Map, RequestRedirect, Rule
 
 from . import access, dashboard, export, fleet, openapi, raw
 from .alerting import ACKNOWLEDGED, OPEN, RESOLVED, AlertBook, public
+from .audience import EVERY_DEVICE, Audience, not_found
 from .errors import BadRequest, MethodNotAllowed, NotFound, TelemetryError
 from .events import loads
 from .observability import ALERTS_ACKNOWLEDGED, QUERY_SECONDS, Timer
+from .query_tokens import OPERATE, READ
 from .rules import SEVERITIES, verdict
 from .runtime import Runtime, get_runtime
 from .series import STEPS, bucket_start, read_points, reading_of
@@ -70,13 +72,16 @@ def _public(request: flask.Request) -> bool:
 
 
 def _guarded(request: flask.Request, rt: Runtime) -> flask.Response:
-    """Token check by scope (GET: read, POST: operate) around the routes (CORS: in handle)."""
+    """Token check by role (GET: read, POST: operate) around the routes, which see only the
+    devices of the token's scope (CORS: in handle)."""
     if request.method == "OPTIONS":
         return access.preflight(request, rt.settings)
+    audience = EVERY_DEVICE
     if not _public(request):
-        needed = access.OPERATE if request.method == "POST" else access.READ
-        access.authorize(request, rt.settings, needed)
-    return _route(request, rt)
+        needed = OPERATE if request.method == "POST" else READ
+        grant = access.authorize(request, rt.settings, needed, rt.query_tokens)
+        audience = rt.scopes.audience(grant.scope)
+    return _route(request, rt, audience)
 
 
 class Params:
@@ -129,7 +134,7 @@ class Params:
         return int(value)
 
 
-def _route(request: flask.Request, rt: Runtime) -> flask.Response:
+def _route(request: flask.Request, rt: Runtime, audience: Audience) -> flask.Response:
     timer = Timer()
     route, status = "unmatched", 500
     try:
@@ -145,7 +150,7 @@ def _route(request: flask.Request, rt: Runtime) -> flask.Response:
             raise MethodNotAllowed(f"{request.path} answers {', '.join(allowed)}",
                                    allowed) from None
         route = rule.rule
-        response = _ENDPOINTS[str(rule.endpoint)](request, rt, **args)
+        response = _ENDPOINTS[str(rule.endpoint)](request, rt, audience, **args)
         status = response.status_code
         return response
     except TelemetryError as exc:
@@ -155,7 +160,7 @@ def _route(request: flask.Request, rt: Runtime) -> flask.Response:
         QUERY_SECONDS.labels(route, str(status)).observe(timer.elapsed())
 
 
-def _index(request: flask.Request, rt: Runtime) -> flask.Response:
+def _index(request: flask.Request, rt: Runtime, audience: Audience) -> flask.Response:
     Params(request, set())
     if dashboard.wants_page(request):
         return dashboard.page(request)
@@ -165,7 +170,7 @@ def _index(request: flask.Request, rt: Runtime) -> flask.Response:
     return response
 
 
-def _openapi(request: flask.Request, rt: Runtime) -> flask.Response:
+def _openapi(request: flask.Request, rt: Runtime, audience: Audience) -> flask.Response:
     Params(request, set())
     return json_response(openapi.document(rt.settings))
 
@@ -195,7 +200,7 @@ def _device_view(doc: Mapping[str, Any], now: datetime, stale_after: int,
     return view
 
 
-def _devices(request: flask.Request, rt: Runtime) -> flask.Response:
+def _devices(request: flask.Request, rt: Runtime, audience: Audience) -> flask.Response:
     p = Params(request, {"limit", "cursor", "prefix"})
     limit = p.integer("limit", rt.settings.query_default_limit, 1, rt.settings.query_max_limit)
     cursor = p.text("cursor", DEVICE_ID)
@@ -203,30 +208,41 @@ def _devices(request: flask.Request, rt: Runtime) -> flask.Response:
     # Each condition on _id apart under $and: mongo-java-server ignores the other
     # operators of a field expression that holds $regex.
     parts: list[dict[str, Any]] = []
-    if cursor:
-        parts.append({"_id": {"$gt": cursor}})
-    if prefix:
-        parts.append({"_id": {"$regex": "^" + re.escape(prefix)}})
+    if audience.scoped:
+        # The scope's ids are known and sorted: the page's are the next `limit` of them, so
+        # the store is asked for those only, not for the whole scope's.
+        window = audience.window(cursor, prefix, limit + 1)
+        parts.append({"_id": {"$in": window[:limit]}})
+    else:
+        if cursor:
+            parts.append({"_id": {"$gt": cursor}})
+        if prefix:
+            parts.append({"_id": {"$regex": "^" + re.escape(prefix)}})
     filt: dict[str, Any] = {"$and": parts} if parts else {}
     with rt.store.guard():
         docs = list(rt.store.collection(DEVICES).find(filt, {"token": 0})
                     .sort("_id", 1).limit(limit + 1))
-    page, more = docs[:limit], len(docs) > limit
+    page = docs[:limit]
+    if audience.scoped:
+        next_cursor = window[limit - 1] if len(window) > limit else None
+    else:
+        next_cursor = page[-1]["_id"] if len(docs) > limit else None
     alerts = fleet.open_alerts(rt.store, [d["_id"] for d in page])
     now = datetime.now(UTC)
     return json_response({
         "devices": [_device_view(d, now, rt.settings.device_stale_seconds, alerts[d["_id"]])
                     for d in page],
-        "next_cursor": page[-1]["_id"] if more else None,
+        "next_cursor": next_cursor,
     })
 
 
-def _fleet(request: flask.Request, rt: Runtime) -> flask.Response:
-    """Devices counted by state over the whole fleet (the fleet page shows at most a cap)."""
+def _fleet(request: flask.Request, rt: Runtime, audience: Audience) -> flask.Response:
+    """Devices counted by state over the whole fleet, or the token's scope (the fleet page
+    shows at most a cap)."""
     Params(request, set())
     now = datetime.now(UTC)
     counts = fleet.fleet_counts(rt.store, now, rt.settings.device_stale_seconds,
-                                rt.settings.query_max_limit)
+                                rt.settings.query_max_limit, audience)
     return json_response({"devices": sum(counts.values()), "states": counts,
                           "stale_after_seconds": rt.settings.device_stale_seconds,
                           "at": format_time(now)})
@@ -238,13 +254,15 @@ def _device_id(value: str) -> str:
     return value
 
 
-def _device(request: flask.Request, rt: Runtime, device_id: str) -> flask.Response:
+def _device(request: flask.Request, rt: Runtime, audience: Audience,
+            device_id: str) -> flask.Response:
     Params(request, set())
     device_id = _device_id(device_id)
+    audience.require(device_id)
     with rt.store.guard():
         doc = rt.store.collection(DEVICES).find_one({"_id": device_id}, {"token": 0})
     if doc is None:
-        raise NotFound(f"device {device_id!r} not found")
+        raise not_found(device_id)
     alerts = fleet.open_alerts(rt.store, [device_id])
     return json_response(_device_view(doc, datetime.now(UTC), rt.settings.device_stale_seconds,
                                       alerts[device_id]))
@@ -258,10 +276,14 @@ def default_step(span: timedelta) -> str:
     return "1d"
 
 
-def _series(request: flask.Request, rt: Runtime, device_id: str) -> flask.Response:
+def _series(request: flask.Request, rt: Runtime, audience: Audience,
+            device_id: str) -> flask.Response:
     p = Params(request, {"metric", "from", "to", "step", "format", "limit", "cursor"})
     fmt = p.text("format", choices=export.FORMATS)
     device_id = _device_id(device_id)
+    # A scoped token gets 404 for a device it does not see, as for one that does not exist
+    # (a fleet-wide token gets no buckets for an id nothing reported).
+    audience.require(device_id)
     metric = p.text("metric", METRIC_NAME)
     if metric is None:
         raise BadRequest("metric: required")
@@ -352,7 +374,7 @@ def decode_cursor(value: str) -> tuple[datetime, str]:
         raise BadRequest("cursor: not a cursor this API returned") from None
 
 
-def _alerts(request: flask.Request, rt: Runtime) -> flask.Response:
+def _alerts(request: flask.Request, rt: Runtime, audience: Audience) -> flask.Response:
     p = Params(request, {"state", "device_id", "severity", "limit", "cursor", "format"})
     fmt = p.text("format", choices=export.FORMATS)
     filt: dict[str, Any] = {}
@@ -366,6 +388,8 @@ def _alerts(request: flask.Request, rt: Runtime) -> flask.Response:
     if cursor := p.text("cursor"):
         at, last_id = decode_cursor(cursor)
         filt["$or"] = _older_than(at, last_id)
+    # A device outside the scope then has no alerts, as a device that does not exist.
+    filt = audience.narrow(filt, "device_id")
     if export.wants_csv(request, fmt):
         # A CSV may span pages: `limit` (checked as for JSON) caps its rows if given.
         rows = limit if "limit" in request.args else rt.settings.query_export_max_rows
@@ -421,7 +445,7 @@ def _alerts_csv(rt: Runtime, filt: dict[str, Any], rows: int,
                            export.filename("alerts", *(n for n in named if n)))
 
 
-def _alert_rules(request: flask.Request, rt: Runtime) -> flask.Response:
+def _alert_rules(request: flask.Request, rt: Runtime, audience: Audience) -> flask.Response:
     """The alert rules (as `alert` evaluates them), for charts that draw their thresholds."""
     p = Params(request, {"device_id", "metric"})
     device_id = p.text("device_id", DEVICE_ID)
@@ -429,6 +453,7 @@ def _alert_rules(request: flask.Request, rt: Runtime) -> flask.Response:
     rules = [r for r in rt.settings.rules if metric is None or r.metric == metric]
     if device_id is None:
         return json_response({"rules": [r.describe() for r in rules]})
+    audience.require(device_id)
     # Read now, not from alert's cache: a page showing a device should see its metadata.
     with rt.store.guard():
         doc = rt.store.collection(DEVICES).find_one({"_id": device_id}, {"metadata": 1})
@@ -453,17 +478,20 @@ def _alert_id(value: str) -> str:
     return value
 
 
-def _alert(request: flask.Request, rt: Runtime, alert_id: str) -> flask.Response:
+def _alert(request: flask.Request, rt: Runtime, audience: Audience,
+           alert_id: str) -> flask.Response:
     Params(request, set())
     alert_id = _alert_id(alert_id)
     with rt.store.guard():
-        doc = rt.store.collection(ALERTS).find_one({"_id": alert_id})
+        doc = rt.store.collection(ALERTS).find_one(
+            audience.narrow({"_id": alert_id}, "device_id"))
     if doc is None:
         raise NotFound(f"alert {alert_id!r} not found")
     return json_response(public(doc))
 
 
-def _ack(request: flask.Request, rt: Runtime, alert_id: str) -> flask.Response:
+def _ack(request: flask.Request, rt: Runtime, audience: Audience,
+         alert_id: str) -> flask.Response:
     Params(request, set())
     alert_id = _alert_id(alert_id)
     by = "api"
@@ -477,7 +505,7 @@ def _ack(request: flask.Request, rt: Runtime, alert_id: str) -> flask.Response:
                 raise BadRequest(f"by: must match {ACTOR.pattern}")
             by = payload["by"]
     doc, changed = AlertBook(rt.store, rt.settings.rules).acknowledge(
-        alert_id, by, datetime.now(UTC))
+        alert_id, by, datetime.now(UTC), audience.condition("device_id"))
     if changed:
         ALERTS_ACKNOWLEDGED.inc()
     return json_response(doc)

@@ -9,6 +9,7 @@ from functools import cached_property
 
 from .alerting import AlertBook, Outcome, StateCache
 from .applicability import MetadataCache, RuleResolver
+from .audience import ScopeResolver
 from .clients import Network
 from .devices import Registry
 from .eventtime import EventTimes
@@ -16,6 +17,7 @@ from .groupcommit import GroupCommit
 from .observability import configure_logging
 from .offline import ReportCache
 from .publisher import RecordSink, make_sink
+from .query_tokens import TokenBook
 from .ratelimit import RateLimiter
 from .retention import Retention
 from .rollup import RollupWriter
@@ -89,6 +91,18 @@ class Runtime:
     def registry(self) -> Registry:
         with self._lock:
             return Registry(self.store, self.settings.auth_cache_seconds)
+
+    @cached_property
+    def query_tokens(self) -> TokenBook:
+        """The query tokens kept in the store, each read at most once per AUTH_CACHE_SECONDS."""
+        with self._lock:
+            return TokenBook(self.store, self.settings.auth_cache_seconds)
+
+    @cached_property
+    def scopes(self) -> ScopeResolver:
+        """The devices of each token scope, read at most once per AUTH_CACHE_SECONDS."""
+        with self._lock:
+            return ScopeResolver(self.store, self.settings.auth_cache_seconds)
 
     @cached_property
     def rate_limiter(self) -> RateLimiter:

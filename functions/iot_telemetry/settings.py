@@ -90,8 +90,9 @@ class Settings:
         "INGEST_RATE_BURST", 1000, "Events a device may send at once before its rate limit applies")
     auth_cache_seconds: float = _setting(
         "AUTH_CACHE_SECONDS", 5.0,
-        "How long a verified device token is trusted without checking the store again "
-        "(a disabled device or rotated token stops working within this time)")
+        "How long a verified device token, a stored query token and the devices of a token's "
+        "scope are trusted without checking the store again (a disabled device, a rotated or "
+        "revoked token, a metadata change stop or start counting within this time)")
     ingest_auth_failures_per_minute: int = _setting(
         "INGEST_AUTH_FAILURES_PER_MINUTE", 30,
         "Failed device authentications one client address may make per minute, per instance, "
@@ -101,7 +102,8 @@ class Settings:
         "fc00::/7",
         "Proxies (comma-separated CIDRs) skipped in X-Forwarded-For to find a client's address")
     query_auth: str = _setting(
-        "QUERY_AUTH", "open", "`open`: no token needed; `token`: bearer tokens below required")
+        "QUERY_AUTH", "open", "`open`: no token needed; `token`: a bearer token required, from "
+        "the two variables below (fleet-wide) or `iot-telemetry tokens add` (kept in the store)")
     query_read_tokens: str = _setting(
         "QUERY_READ_TOKENS", "", "Comma-separated bearer tokens allowed to read (from a Secret)")
     query_operate_tokens: str = _setting(
@@ -217,9 +219,6 @@ class Settings:
             raise ConfigError("INGEST_AUTH", "must be `open` or `registered`")
         if self.query_auth not in ("open", "token"):
             raise ConfigError("QUERY_AUTH", "must be `open` or `token`")
-        if self.query_auth == "token" and not (self.read_tokens or self.operate_tokens):
-            raise ConfigError("QUERY_READ_TOKENS",
-                              "QUERY_AUTH=token needs QUERY_READ_TOKENS or QUERY_OPERATE_TOKENS")
         try:
             parse_networks(self.ingest_trusted_proxies)
         except ValueError as exc:

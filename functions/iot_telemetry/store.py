@@ -46,6 +46,8 @@ ALERT_STATE: Final = "alert_state"
 #: The sweeps' and cleanups' own bookkeeping (bookkeeping.py), apart from every
 #: collection keyed by device ids.
 SWEEPS: Final = "sweeps"
+#: Query API tokens managed with `iot-telemetry tokens` (query_tokens.py), by name.
+QUERY_TOKENS: Final = "query_tokens"
 
 class _CommandCounter(monitoring.CommandListener):
     """Counts every command sent to the store: the round trips a design costs, which carry
@@ -106,7 +108,10 @@ class BulkOutcome:
 class Store:
     """Collections of the telemetry database, shared by every thread of the process."""
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, command_timeout_ms: int | None = None) -> None:
+        """`command_timeout_ms`: how long one command may take, if longer than
+        MONGO_TIMEOUT_MS (a bulk import's thousand-row writes; the server is still found or
+        given up on within MONGO_TIMEOUT_MS)."""
         self.embedded = settings.embedded_store
         self._retry_after = settings.ingest_retry_after_seconds
         if self.embedded:
@@ -116,7 +121,7 @@ class Store:
                 settings.mongo_url,
                 serverSelectionTimeoutMS=settings.mongo_timeout_ms,
                 connectTimeoutMS=settings.mongo_timeout_ms,
-                socketTimeoutMS=settings.mongo_timeout_ms,
+                socketTimeoutMS=max(settings.mongo_timeout_ms, command_timeout_ms or 0),
                 tz_aware=True,
                 appname="iot-telemetry",
                 retryWrites=False,  # FerretDB 1.x has no sessions; our writes are idempotent

@@ -76,11 +76,15 @@ def test_framework_errors_are_json(apps) -> None:
     assert response.get_json()["error"] == "not_found"
 
 
-def test_token_mode_without_tokens_fails_at_start() -> None:
-    from iot_telemetry.settings import ConfigError, Settings
+def test_token_mode_without_fleet_tokens_takes_stored_ones(runtime) -> None:
+    """QUERY_AUTH=token with no QUERY_*_TOKENS starts: the tokens are then the store's."""
+    set_runtime(make_runtime(QUERY_AUTH="token"))
+    q = Apps().query
+    assert q.get("/devices", headers=auth(READ)).status_code == 401
+    from iot_telemetry.runtime import get_runtime
 
-    with pytest.raises(ConfigError, match="QUERY_READ_TOKENS"):
-        Settings.from_environ({"QUERY_AUTH": "token"})
+    token = get_runtime().query_tokens.add("viewer", "read")
+    assert q.get("/devices", headers=auth(token)).status_code == 200
 
 
 @pytest.mark.parametrize(("path", "headers", "status"), [

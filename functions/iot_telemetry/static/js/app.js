@@ -26,6 +26,9 @@ class App {
       else clearTimeout(this.timer);
     });
     $("refresh-now").addEventListener("click", () => this.refreshNow());
+    $("token-change").addEventListener("click", () => this.askToken(null));
+    $("token-forget").addEventListener("click", () => this.useToken(""));
+    $("token-status").hidden = !api.token();
     document.addEventListener("visibilitychange", () => {
       if (!document.hidden && $("auto-refresh").checked) this.refreshNow();
     });
@@ -114,21 +117,27 @@ class App {
     this.renderBanner();
   }
 
-  /** Show the token form; the token is kept in sessionStorage and sent as a bearer token. */
+  /** Show the token form (reason null: the operator asked to change the token); the token is
+   * kept in sessionStorage, for this tab only, and sent as a bearer token. */
   askToken(reason) {
     const form = $("token-form");
-    $("token-why").textContent = `The API refused the request (${reason}): enter an API token.`;
+    $("token-why").textContent = reason === null ? "Enter another API token."
+      : `The API refused the request (${reason}): enter an API token.`;
     if (!form.hidden) return;
     form.hidden = false;
     form.onsubmit = (event) => {
       event.preventDefault();
-      api.setToken($("token-input").value.trim());
-      $("token-input").value = "";
-      form.hidden = true;
-      this.failure = null;
-      this.refreshNow();
+      this.useToken($("token-input").value.trim());
     };
     $("token-input").focus();
+  }
+
+  /** Start over with another token (or none): a token may see other devices than the last
+   * one, so nothing the page read with the last one (lists, counts, suggestions) stays. */
+  useToken(value) {
+    api.setToken(value);
+    $("token-input").value = "";
+    location.reload();
   }
 
   renderBanner() {
