@@ -24,8 +24,7 @@ def client(**env: str) -> Client:
     def app(environ: dict[str, Any], start_response: Any) -> Any:
         return Response("query", 200)(environ, start_response)
 
-    return Client(with_registry(app, lambda: get_runtime().registry,
-                                lambda: get_runtime().settings))
+    return Client(with_registry(app, get_runtime))
 
 
 def add(c: Client, device: str, **headers: str) -> Any:
@@ -68,11 +67,14 @@ def test_whatever_query_auth_says_a_browser_cannot_use_the_registry() -> None:
 
 
 def test_the_cli_sends_the_operate_token_of_its_environment(monkeypatch) -> None:
-    from local.cli import _local_run_token
+    from local.registry_endpoint import RemoteRegistry, RemoteTokens, local_run_token
 
     monkeypatch.setenv("QUERY_AUTH", "token")
     monkeypatch.setenv("QUERY_READ_TOKENS", "reader")
     monkeypatch.setenv("QUERY_OPERATE_TOKENS", "operator,other")
-    assert _local_run_token() == "operator"
+    assert local_run_token() == "operator"
+    # Every call of the CLI to the local run (devices, import, tokens) carries it.
+    assert RemoteRegistry("http://127.0.0.1:1/").token == "operator"
+    assert RemoteTokens("http://127.0.0.1:1/").token == "operator"
     monkeypatch.delenv("QUERY_OPERATE_TOKENS")
-    assert _local_run_token() == "reader"
+    assert local_run_token() == "reader"
