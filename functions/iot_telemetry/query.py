@@ -17,6 +17,7 @@ from werkzeug.exceptions import NotFound as RouteNotFound
 from werkzeug.routing import Map, RequestRedirect, Rule
 
 from . import access, dashboard, export, fleet, openapi
+from .alertevents import announce_acknowledgement
 from .alerting import ACKNOWLEDGED, OPEN, RESOLVED, AlertBook, public
 from .errors import BadRequest, MethodNotAllowed, NotFound, TelemetryError
 from .events import loads
@@ -437,8 +438,9 @@ def _ack(request: flask.Request, rt: Runtime, alert_id: str) -> flask.Response:
             if not isinstance(payload["by"], str) or not ACTOR.fullmatch(payload["by"]):
                 raise BadRequest(f"by: must match {ACTOR.pattern}")
             by = payload["by"]
-    doc, changed = AlertBook(rt.store, rt.settings.rules).acknowledge(
-        alert_id, by, datetime.now(UTC))
+    now = datetime.now(UTC)
+    announce_acknowledgement(rt.store, rt.settings.alert_sink, alert_id, by, now)
+    doc, changed = AlertBook(rt.store, rt.settings.rules).acknowledge(alert_id, by, now)
     if changed:
         ALERTS_ACKNOWLEDGED.inc()
     return json_response(doc)

@@ -38,6 +38,10 @@ EVENT_TIMES: Final = "event_times"
 DEVICES: Final = "devices"
 ALERTS: Final = "alerts"
 ALERT_STATE: Final = "alert_state"
+#: notify's bookkeeping: each alert event's delivery to each channel, and each channel's
+#: minutes (flood slots and summaries; see notifications.py).
+NOTIFY_DELIVERIES: Final = "notify_deliveries"
+NOTIFY_MINUTES: Final = "notify_minutes"
 
 class _CommandCounter(monitoring.CommandListener):
     """Counts every command sent to the store: the round trips a design costs, which carry
