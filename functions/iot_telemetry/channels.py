@@ -69,7 +69,7 @@ def parse_channels(items: Any, env: Mapping[str, str]) -> tuple[Channel, ...]:
                          '"url": "https://...", "format": "json"}]')
     problems: list[str] = []
     channels = [_channel(item, i, env, problems) for i, item in enumerate(items)]
-    names = [i.get("name") for i in items if isinstance(i, Mapping) and isinstance(
+    names = [str(i["name"]) for i in items if isinstance(i, Mapping) and isinstance(
         i.get("name"), str)]
     problems += [f"channel {n!r}: the name is used twice" for n in sorted(set(names))
                  if names.count(n) > 1]
