@@ -221,6 +221,27 @@ def test_a_signed_channel_signs_timestamp_and_body_with_hmac_sha256(receiver: Re
     assert not verify("s3cret", header, req["body"], now + 301)  # replayed too late
 
 
+def test_the_readmes_verification_code_accepts_our_signature_and_nothing_else(
+        receiver: Receiver) -> None:
+    import re
+    from pathlib import Path
+
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    [code] = re.findall(r"```python\n(.*?)```", readme[readme.index("## Notifications"):],
+                        re.DOTALL)[:1]
+    scope: dict[str, Any] = {}
+    exec(code, scope)  # the README's own example
+    n = setup(receiver, {"name": "ops", "secret": "s3cret"})
+    n.deliver(*alert(1))
+    [req] = receiver.taken("/ops")
+    header = req["headers"][SIGNATURE_HEADER.lower()]
+    assert scope["verified"](b"s3cret", header, req["body"])
+    assert not scope["verified"](b"s3cret", header, req["body"].replace(b"31.5", b"99.9"))
+    assert not scope["verified"](b"other", header, req["body"])
+    stale = "t=1," + header.split(",", 1)[1]
+    assert not scope["verified"](b"s3cret", stale, req["body"])
+
+
 def test_slack_gets_text_and_blocks_with_device_rule_value_threshold_and_a_link(
         receiver: Receiver) -> None:
     n = setup(receiver, {"name": "chat", "format": "slack"},
