@@ -462,7 +462,7 @@ def test_dry_run_renders_every_function_and_validates(tools: Path, rendered: Pat
     results = kubeconform(tools, rendered)
     kinds = [r["kind"] for r in results]
     assert kinds.count("Service") == len(FUNCTIONS)
-    assert kinds.count("SinkBinding") == 1
+    assert kinds.count("SinkBinding") == 2  # alert-events, query-events
 
 
 def _comparable(svc: Doc) -> Doc:
