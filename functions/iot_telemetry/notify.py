@@ -22,6 +22,7 @@ import logging
 import threading
 import time
 import uuid
+import weakref
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -67,8 +68,8 @@ _RETRIED_STATUSES: Final = frozenset({408, 429})
 _SESSIONS = threading.local()
 _POOL: ThreadPoolExecutor | None = None
 _POOL_LOCK = threading.Lock()
-#: Runtimes whose store has notify's indexes.
-_INDEXED: set[int] = set()
+#: Runtimes (processes, and the local run's restarts) whose store has notify's indexes.
+_INDEXED: weakref.WeakSet[Runtime] = weakref.WeakSet()
 
 Clock = Callable[[], datetime]
 
@@ -103,9 +104,9 @@ def _notify(request: flask.Request, rt: Runtime, clock: Clock) -> flask.Response
 def _book(rt: Runtime) -> NotificationBook:
     book = NotificationBook(rt.store, rt.settings.notify_max_per_minute,
                             lease_seconds=rt.settings.notify_timeout_seconds + 20)
-    if id(rt) not in _INDEXED:
+    if rt not in _INDEXED:
         book.ensure_indexes()
-        _INDEXED.add(id(rt))
+        _INDEXED.add(rt)
     return book
 
 
