@@ -467,3 +467,27 @@ def test_an_acknowledgement_posts_its_alert_event_before_acknowledging(
         "iot.alert.v1", "dev-1:temperature-high:1/acknowledged", "dev-1")
     data = json.loads(posted[0]["body"])
     assert (data["state"], data["acknowledged_by"]) == ("acknowledged", "ana")
+
+
+# --- iot-telemetry notify test --------------------------------------------------------------
+
+def test_notify_test_sends_a_sample_to_the_channel_and_says_what_it_answered(
+        receiver: Receiver, monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    from iot_telemetry.local.cli import main
+
+    monkeypatch.setenv("NOTIFY_CHANNELS", channels_json(
+        receiver, {"name": "ops", "secret_env": "OPS_SECRET"}, {"name": "chat",
+                                                              "format": "slack"}))
+    monkeypatch.setenv("OPS_SECRET", "s3cret")
+    assert main(["notify", "test", "ops"]) == 0
+    assert "sent a sample alert to channel ops (json, signed): HTTP 200" in capsys.readouterr().out
+    [req] = receiver.taken("/ops")
+    assert verify("s3cret", req["headers"][SIGNATURE_HEADER.lower()], req["body"],
+                  int(req["headers"][SIGNATURE_HEADER.lower()].split(",")[0][2:]))
+    receiver.script["/chat"].append(404)
+    assert main(["notify", "test", "chat"]) == 1
+    assert "did not take the sample alert: HTTP 404" in capsys.readouterr().err
+    assert main(["notify", "test", "pager"]) == 2
+    assert "no channel 'pager' in NOTIFY_CHANNELS (channels: ops, chat)" in (
+        capsys.readouterr().err)
