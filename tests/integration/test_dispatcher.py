@@ -547,6 +547,8 @@ def start_dispatcher_process(bootstrap: str, naming: Naming,
                "--name-suffix", naming.suffix]
     for name, sub in subscribers.items():
         command += ["--subscriber", f"{name}={sub.url}"]
+    # eventing/ as is: notify's Triggers need a URL; nothing here sends it alert events.
+    command += ["--subscriber", "notify=http://127.0.0.1:9/"]
     return subprocess.Popen(command, cwd=REPO, env={**os.environ, "LOG_LEVEL": "WARNING"})
 
 
