@@ -17,6 +17,7 @@ state in the store: notifications.py), one delivery of an event ends as:
 
 from __future__ import annotations
 
+import contextlib
 import http.client
 import logging
 import threading
@@ -177,7 +178,6 @@ def _pool() -> ThreadPoolExecutor:
 def _deliver_one(rt: Runtime, book: NotificationBook, channel: Channel, *,
                  attributes: Mapping[str, Any], alert: Mapping[str, Any],
                  clock: Clock) -> ChannelResult:
-    event_id = str(attributes.get("id"))
     claim = book.claim(channel.name, attributes, alert, clock())
     if claim.outcome == BUSY:
         return ChannelResult(channel.name, BUSY, "being sent by another instance")
@@ -189,7 +189,16 @@ def _deliver_one(rt: Runtime, book: NotificationBook, channel: Channel, *,
                                  f"HTTP {claim.doc.get('status')}")
         return ChannelResult(channel.name, "skipped", claim.outcome)
     key = delivery_key(channel.name, attributes)
-    if not book.take_slot(channel.name, key, claim.doc["minute"]):
+    event_id = str(attributes.get("id"))
+    try:
+        slot = book.take_slot(channel.name, key, claim.doc["minute"])
+    except Exception:
+        # Free the claim for the retry now rather than when its lease ends (best effort: the
+        # store may be what failed). Only before sending: after, a retry may send it again.
+        with contextlib.suppress(Exception):
+            book.finish(key, RETRY, None, clock())
+        raise
+    if not slot:
         minute = book.fold(key, channel.name, clock())
         NOTIFY_FOLDED.labels(channel.name).inc()
         log.info("notification folded into the summary of %s", minute, extra={

@@ -346,6 +346,28 @@ def test_two_instances_delivering_one_event_at_once_send_it_once(receiver: Recei
     assert len(receiver.requests) == 1
 
 
+def test_a_store_outage_before_sending_frees_the_delivery_for_the_retry(
+        receiver: Receiver, monkeypatch: pytest.MonkeyPatch) -> None:
+    from iot_telemetry.errors import DependencyUnavailable
+    from iot_telemetry.notifications import NotificationBook
+
+    n = setup(receiver, {"name": "ops"})
+    take_slot = NotificationBook.take_slot
+    calls = {"n": 0}
+
+    def failing_once(self: NotificationBook, *args: Any) -> bool:
+        calls["n"] += 1
+        if calls["n"] == 1:
+            raise DependencyUnavailable("store unreachable")
+        return take_slot(self, *args)
+
+    monkeypatch.setattr(NotificationBook, "take_slot", failing_once)
+    assert n.deliver(*alert(1)).status_code == 503
+    # The Trigger's first retry comes within a second, long before the lease would end.
+    assert n.deliver(*alert(1)).status_code == 204
+    assert len(receiver.taken("/ops")) == 1
+
+
 def test_a_bad_alert_event_is_refused_with_every_problem() -> None:
     store.reset_embedded()
     rt = make_runtime()
