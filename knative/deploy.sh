@@ -5,7 +5,7 @@
 #   knative/deploy.sh --dry-run DIR [--image IMAGE]          # render into DIR, no cluster
 #
 # Steps (the same in both modes; --dry-run writes files instead of applying):
-#   1. knative/base without the four function Services: namespace, ConfigMaps,
+#   1. knative/base without the five function Services: namespace, ConfigMaps,
 #      ClusterDomainClaims, DomainMappings            -> kubectl apply / DIR/base.yaml
 #   2. the Secret iot-credentials must exist (created from $IOT_CREDENTIALS_ENV_FILE
 #      if it is missing and that variable names an env file; never in --dry-run)
@@ -34,12 +34,15 @@ EVENTING_DIR="$REPO/eventing"
 
 # ---- Function settings (kept equal to knative/base/<function>.yaml) ----------
 NAMESPACE="iot"
-FUNCTIONS=(ingest aggregate alert query)
+FUNCTIONS=(ingest aggregate alert query notify)
 CONFIG_MAP="iot-config"
 SECRET="iot-credentials"
 RULES_CONFIG_MAP="iot-alert-rules"
 RULES_DIR="/etc/iot"
 RULES_FUNCTIONS=" alert query "      # functions that read the alert rules
+# NOTIFY_CHANNELS from its own ConfigMap, for notify only (see knative/base/notify.yaml).
+CHANNELS_FUNCTIONS=" notify "
+CHANNELS_VALUE_FROM="NOTIFY_CHANNELS=config-map:iot-notify-channels:channels.json"
 CONTAINER_PORT="8080"
 REQUESTS="cpu=100m,memory=128Mi"
 LIMITS="cpu=500m,memory=512Mi"
@@ -157,6 +160,9 @@ kn_flags() {
     FLAGS+=(--cluster-local)
   else
     FLAGS+=(--no-cluster-local)
+  fi
+  if [[ "$CHANNELS_FUNCTIONS" == *" $fn "* ]]; then
+    FLAGS+=(--env-value-from "$CHANNELS_VALUE_FROM")
   fi
   if [[ "$RULES_FUNCTIONS" == *" $fn "* ]]; then
     FLAGS+=(--env "ALERT_RULES_FILE=$RULES_DIR/alert-rules.json"

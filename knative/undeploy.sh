@@ -6,7 +6,7 @@
 #
 # Order: eventing/ first (the KafkaSource stops consuming, so nothing is sent
 # to a function that is going away; unconsumed events stay in Kafka under the
-# source's consumer group), then the four Services, then knative/base. Kafka
+# source's consumer group), then the five Services, then knative/base. Kafka
 # topics and MongoDB data are never touched.
 set -euo pipefail
 
@@ -14,7 +14,7 @@ KNATIVE_DIR="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 REPO="$(cd "$KNATIVE_DIR/.." && pwd)"
 EVENTING_DIR="$REPO/eventing"
 NAMESPACE="iot"
-FUNCTIONS=(ingest aggregate alert query)
+FUNCTIONS=(ingest aggregate alert query notify)
 # shellcheck source=tools/common.sh source-path=SCRIPTDIR
 . "$KNATIVE_DIR/tools/common.sh"
 

@@ -318,11 +318,38 @@ def _rules(args: argparse.Namespace) -> int:
     return 0
 
 
+def _notify(args: argparse.Namespace) -> int:
+    """`notify test CHANNEL`: send a sample alert message to a channel of NOTIFY_CHANNELS."""
+    from iot_telemetry.notify import send_test
+
+    try:
+        settings = Settings.from_environ()
+    except ConfigError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    channels = {c.name: c for c in settings.notify_channels}
+    channel = channels.get(args.channel)
+    if channel is None:
+        known = ", ".join(channels) or "none: set NOTIFY_CHANNELS"
+        print(f"error: no channel {args.channel!r} in NOTIFY_CHANNELS (channels: {known})",
+              file=sys.stderr)
+        return 2
+    state, detail = send_test(channel, settings.dashboard_url, settings.notify_timeout_seconds)
+    if state != "sent":
+        print(f"channel {channel.name} did not take the sample alert: {detail}"
+              + (" (retried in a real delivery)" if state == "retry" else
+                 " (a real delivery would be dead-lettered)"), file=sys.stderr)
+        return 1
+    print(f"sent a sample alert to channel {channel.name} ({channel.format}"
+          f"{', signed' if channel.secret else ''}): {detail}")
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="iot-telemetry", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
     local = sub.add_parser(
-        "local", help="run all four functions and the eventing wiring locally",
+        "local", help="run all five functions and the eventing wiring locally",
         description="Embedded by default (no Kafka or MongoDB needed); with --kafka and "
                     "--mongo, real mode: one functions-framework process per function and a "
                     "dispatcher playing KafkaSource + Broker + Triggers from eventing/.")
@@ -376,6 +403,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     check.add_argument("--metadata", default=None, metavar="JSON",
                        help='the device\'s registry metadata, e.g. \'{"location": "gh-2"}\' '
                             "(instead of reading it)")
+    notify = sub.add_parser("notify", help="notification channels (NOTIFY_CHANNELS)")
+    nsub = notify.add_subparsers(dest="action", required=True)
+    ntest = nsub.add_parser("test", help="send a sample alert message to a channel now")
+    ntest.add_argument("channel", help="the channel's name in NOTIFY_CHANNELS")
     args, rest = parser.parse_known_args(argv)
     if args.command == "simulate":
         from .simulator import main as simulate_main
@@ -392,6 +423,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _rules(args)
     if args.command == "tokens":
         return admin.tokens(args)
+    if args.command == "notify":
+        return _notify(args)
     return _run_local(args)
 
 

@@ -62,7 +62,7 @@ class EmbeddedPipeline:
             self._threads.append(thread)
         self.broker = MemoryBroker(
             load_eventing(self.eventing_dir),
-            subscribers={f: self.url(f) for f in ("aggregate", "alert")},
+            subscribers={f: self.url(f) for f in ("aggregate", "alert", "notify")},
             ingress_port=self.broker_port,
         )
         self.broker.start()

@@ -80,7 +80,8 @@ class RealPipeline:
                "--eventing", str(self.eventing_dir), "--bootstrap", self.kafka,
                "--ingress-port", str(self.broker_port),
                "--subscriber", f"aggregate={self.url('aggregate')}",
-               "--subscriber", f"alert={self.url('alert')}", *self.dispatcher_args]
+               "--subscriber", f"alert={self.url('alert')}",
+               "--subscriber", f"notify={self.url('notify')}", *self.dispatcher_args]
         self._spawn("dispatcher", cmd, self._env())
 
     def start(self, timeout: float = 60.0) -> RealPipeline:

@@ -3,17 +3,16 @@ changes replied as events."""
 
 from __future__ import annotations
 
-import http.client
 import logging
 import threading
 import weakref
-from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import Any, Final
 
 import flask
 
 from .aggregate import decode_telemetry
+from .alertevents import alert_event, send_to_sink
 from .alerting import (
     ACKNOWLEDGED,
     OPEN,
@@ -25,9 +24,7 @@ from .alerting import (
     public,
 )
 from .bookkeeping import Bookkeeping
-from .errors import DependencyUnavailable
-from .events import ALERT_TYPE, SPECVERSION, RawEvent, is_ping, read_delivery, to_http
-from .httpsession import HttpSession
+from .events import RawEvent, is_ping, read_delivery, to_http
 from .observability import ALERT_TRANSITIONS, DUPLICATES_SKIPPED, EVENTS_PROCESSED
 from .offline import OfflineBook
 from .rules import AlertRule, verdict
@@ -38,13 +35,9 @@ from .telemetry import TelemetryEvent, parse_time
 
 log = logging.getLogger(__name__)
 FUNCTION = "alert"
-SOURCE = "/iot/alert"
 #: Runtimes (processes, and the local run's restarts) whose removed rules were dealt with.
 _SWEPT: weakref.WeakSet[Runtime] = weakref.WeakSet()
 _SWEEP_LOCK = threading.Lock()
-#: Each serving thread's keep-alive connection to the Broker ingress: a connection per post
-#: cost a TCP handshake on both sides for every second alert event of a delivery.
-_SINK_SESSIONS = threading.local()
 
 
 def handle(request: flask.Request, runtime: Runtime | None = None) -> flask.Response:
@@ -54,20 +47,6 @@ def handle(request: flask.Request, runtime: Runtime | None = None) -> flask.Resp
 
 def _ready(rt: Runtime) -> dict[str, bool]:
     return {"store": rt.store.ping()}
-
-
-def alert_event(transition: Mapping[str, Any]) -> tuple[dict[str, str], dict[str, Any]]:
-    """The `iot.alert.v1` event of a raise or resolve: id is stable across redeliveries."""
-    alert = transition["alert"]
-    state = transition["transition"]
-    attributes = {
-        "specversion": SPECVERSION, "type": ALERT_TYPE, "source": SOURCE,
-        "id": f"{alert['id']}/{state}", "subject": alert["device_id"],
-        "time": (alert.get("resolved_at") or alert["raised_at"]) if state == "resolved"
-        else alert["raised_at"],
-        "datacontenttype": "application/json", "partitionkey": alert["device_id"],
-    }
-    return attributes, {**alert, "state": state, "lifecycle": alert["state"]}
 
 
 def _alert(request: flask.Request, rt: Runtime) -> flask.Response:
@@ -145,7 +124,7 @@ def _reply(outcome: Outcome, rt: Runtime, event_id: str, device_id: str | None,
     # after the other, and the reply, which reaches the Broker only once this delivery is
     # answered, carries the last: so they reach iot.alerts in the order they happened.
     for attributes, data in events[:-1]:
-        _send_to_sink(rt.settings.alert_sink, attributes, data)
+        send_to_sink(rt.settings.alert_sink, attributes, data)
     headers, body = to_http(*events[-1])
     return flask.Response(body, status=200, headers=headers)
 
@@ -229,7 +208,7 @@ def _resolve_unclosable(book: AlertBook, rt: Runtime, docs: list[dict[str, Any]]
         gone = public({**doc, "state": RESOLVED, "resolved_at": now, "resolved_value": None,
                        "resolved_reason": reason})
         if rt.settings.alert_sink:
-            _send_to_sink(rt.settings.alert_sink, *alert_event(
+            send_to_sink(rt.settings.alert_sink, *alert_event(
                 {"transition": RESOLVED, "alert": gone}))
         else:
             log.warning("alert resolved without an alert event: no K_SINK",
@@ -238,25 +217,3 @@ def _resolve_unclosable(book: AlertBook, rt: Runtime, docs: list[dict[str, Any]]
         ALERT_TRANSITIONS.labels(RESOLVED, doc["severity"]).inc()
         log.info("alert resolved: %s", reason, extra={
             "alert_id": doc["_id"], "rule": doc["rule"], "device_id": doc["device_id"]})
-
-
-def _send_to_sink(sink: str, attributes: dict[str, str], data: dict[str, Any]) -> None:
-    # Failing the delivery (503: retried, then dead-lettered) loses nothing: a redelivery
-    # answers the same alert events again. Dropping the event would lose it for good.
-    if not sink:
-        raise DependencyUnavailable(
-            "more than one alert event has nowhere to go: K_SINK is not set (the "
-            "SinkBinding of eventing/sink-binding.yaml injects it)")
-    headers, body = to_http(attributes, data)
-    session = getattr(_SINK_SESSIONS, "session", None)
-    if session is None:
-        session = _SINK_SESSIONS.session = HttpSession()
-    try:
-        answer = session.post(sink, headers, body, timeout=10)
-    except (OSError, http.client.HTTPException, ValueError) as exc:
-        raise DependencyUnavailable(f"the Broker (K_SINK) did not take an alert event: {exc}",
-                                    ) from None
-    if not 200 <= answer.status < 300:
-        raise DependencyUnavailable(
-            "the Broker (K_SINK) did not take an alert event: "
-            f"HTTP Error {answer.status}: {answer.reason}")

@@ -296,6 +296,12 @@ def to_http(attributes: Mapping[str, Any], data: Any) -> tuple[dict[str, str], b
     return headers, json.dumps(data, separators=(",", ":"), default=str).encode()
 
 
+def structured_body(attributes: Mapping[str, Any], data: Any) -> bytes:
+    """Encode one event as an application/cloudevents+json body (structured mode)."""
+    return json.dumps({"specversion": SPECVERSION, **attributes, "data": data},
+                      separators=(",", ":"), default=str).encode()
+
+
 def to_batch(events: Sequence[tuple[Mapping[str, Any], Any]]) -> bytes:
     """Encode events as an application/cloudevents-batch+json body."""
     return json.dumps(

@@ -56,6 +56,16 @@ ALERT_BATCH_EVENTS = Histogram(
 ALERT_TRANSITIONS = Counter(
     "iot_alert_transitions_total", "Alerts raised and resolved", ["transition", "severity"])
 ALERTS_ACKNOWLEDGED = Counter("iot_alerts_acknowledged_total", "Alerts acknowledged via the API")
+NOTIFY_SENT = Counter(
+    "iot_notify_sent_total", "Messages a channel took (2xx): alerts and flood summaries",
+    ["channel"])
+NOTIFY_FAILED = Counter(
+    "iot_notify_failed_total", "Messages a channel did not take, by kind: `retried` (5xx, "
+    "408, 429, no answer: the delivery is retried) or `permanent` (other answers: "
+    "dead-lettered)", ["channel", "kind"])
+NOTIFY_FOLDED = Counter(
+    "iot_notify_folded_total", "Alert messages folded into a channel's summary of the minute "
+    "(more than NOTIFY_MAX_PER_MINUTE)", ["channel"])
 PROCESSING_SECONDS = Histogram(
     "iot_processing_seconds", "Time to handle one request or delivery", ["function"],
     buckets=LATENCY_BUCKETS)
@@ -74,6 +84,7 @@ OWNERS: Final = {
     "iot_points_expired": "aggregate", "iot_retention_swept": "aggregate",
     "iot_alert_transitions": "alert", "iot_alerts_acknowledged": "query",
     "iot_query_seconds": "query", "iot_aggregate_batch_events": "aggregate",
+    "iot_notify_sent": "notify", "iot_notify_failed": "notify", "iot_notify_folded": "notify",
 }
 
 

@@ -18,6 +18,7 @@ from werkzeug.exceptions import NotFound as RouteNotFound
 from werkzeug.routing import Map, RequestRedirect, Rule
 
 from . import access, dashboard, export, fleet, openapi, raw
+from .alertevents import announce_acknowledgement
 from .alerting import ACKNOWLEDGED, OPEN, RESOLVED, AlertBook, public
 from .audience import EVERY_DEVICE, Audience, not_found
 from .errors import BadRequest, MethodNotAllowed, NotFound, TelemetryError
@@ -504,8 +505,11 @@ def _ack(request: flask.Request, rt: Runtime, audience: Audience,
             if not isinstance(payload["by"], str) or not ACTOR.fullmatch(payload["by"]):
                 raise BadRequest(f"by: must match {ACTOR.pattern}")
             by = payload["by"]
-    doc, changed = AlertBook(rt.store, rt.settings.rules).acknowledge(
-        alert_id, by, datetime.now(UTC), audience.condition("device_id"))
+    now = datetime.now(UTC)
+    within = audience.condition("device_id")  # an operate token acknowledges its own only
+    announce_acknowledgement(rt.store, rt.settings.alert_sink, alert_id, by, now,
+                             within=within)
+    doc, changed = AlertBook(rt.store, rt.settings.rules).acknowledge(alert_id, by, now, within)
     if changed:
         ALERTS_ACKNOWLEDGED.inc()
     return json_response(doc)

@@ -9,6 +9,7 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, Final, TypeVar
 
+from .channels import Channel, parse_channels
 from .clients import Network, parse_networks
 from .rules import AlertRule, OfflineRule, Rule, default_rules, parse_rules
 
@@ -124,6 +125,21 @@ class Settings:
     alert_sink: str = _setting(
         "K_SINK", "",
         "Broker URL for alert events beyond the one sent as reply (injected by a SinkBinding)")
+    notify_channels: tuple[Channel, ...] = _setting(
+        "NOTIFY_CHANNELS", (),
+        "Where notify sends alert events: a JSON list of channels (see Notifications); a "
+        "channel's `url_env`/`secret_env` name variables holding its URL and secret")
+    notify_max_per_minute: int = _setting(
+        "NOTIFY_MAX_PER_MINUTE", 20,
+        "Alert messages one channel is sent per minute; the rest are folded into one summary "
+        "message after the minute")
+    notify_timeout_seconds: float = _setting(
+        "NOTIFY_TIMEOUT_SECONDS", 10.0,
+        "How long notify waits for a channel to answer before the delivery is retried")
+    dashboard_url: str = _setting(
+        "DASHBOARD_URL", "",
+        "Public URL of the dashboard (the query function), for links in notifications "
+        "(`DASHBOARD_URL/#/devices/<id>`); empty = no links")
     query_max_buckets: int = _setting(
         "QUERY_MAX_BUCKETS", 2000, "Most buckets one series request may span (400 past it)")
     query_default_limit: int = _setting("QUERY_DEFAULT_LIMIT", 50, "Default page size of /alerts")
@@ -199,6 +215,9 @@ class Settings:
             raw = env.get(name)
             if raw is None or raw.strip() == "":
                 continue
+            if f.name == "notify_channels":  # a channel may name variables holding its secrets
+                values[f.name] = _channels(name, raw.strip(), env)
+                continue
             values[f.name] = _PARSERS.get(f.name, _parser_for(f.default))(name, raw.strip())
         settings = cls(**values)
         settings._check()
@@ -223,6 +242,8 @@ class Settings:
             parse_networks(self.ingest_trusted_proxies)
         except ValueError as exc:
             raise ConfigError("INGEST_TRUSTED_PROXIES", str(exc)) from None
+        if self.dashboard_url and not self.dashboard_url.startswith(("http://", "https://")):
+            raise ConfigError("DASHBOARD_URL", "must be an http:// or https:// URL")
         if self.query_default_limit > self.query_max_limit:
             raise ConfigError("QUERY_DEFAULT_LIMIT", "must not exceed QUERY_MAX_LIMIT")
         self._check_retention()
@@ -251,6 +272,7 @@ class Settings:
         for f in fields(cls):
             default = f.default
             shown = ("(defaults)" if f.name == "alert_rules" else
+                     "" if f.name == "notify_channels" else
                      FOREVER if f.name == "rollup_day_retention_days" else str(default))
             out.append((f.metadata["env"], shown, f.metadata["doc"]))
         return out
@@ -285,6 +307,13 @@ def _level(name: str, raw: str) -> str:
 def _rules(name: str, raw: str) -> tuple[Rule, ...]:
     try:
         return parse_rules(json.loads(raw))
+    except (ValueError, TypeError) as exc:
+        raise ConfigError(name, str(exc)) from None
+
+
+def _channels(name: str, raw: str, env: Mapping[str, str]) -> tuple[Channel, ...]:
+    try:
+        return parse_channels(json.loads(raw), env)
     except (ValueError, TypeError) as exc:
         raise ConfigError(name, str(exc)) from None
 

@@ -48,6 +48,10 @@ ALERT_STATE: Final = "alert_state"
 SWEEPS: Final = "sweeps"
 #: Query API tokens managed with `iot-telemetry tokens` (query_tokens.py), by name.
 QUERY_TOKENS: Final = "query_tokens"
+#: notify's bookkeeping: each alert event's delivery to each channel, and each channel's
+#: minutes (flood slots and summaries; see notifications.py).
+NOTIFY_DELIVERIES: Final = "notify_deliveries"
+NOTIFY_MINUTES: Final = "notify_minutes"
 
 class _CommandCounter(monitoring.CommandListener):
     """Counts every command sent to the store: the round trips a design costs, which carry

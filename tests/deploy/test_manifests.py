@@ -28,7 +28,7 @@ pytestmark = pytest.mark.deploy
 REPO = Path(__file__).resolve().parents[2]
 KNATIVE = REPO / "knative"
 EVENTING = REPO / "eventing"
-FUNCTIONS = ("ingest", "aggregate", "alert", "query")
+FUNCTIONS = ("ingest", "aggregate", "alert", "query", "notify")
 NAMESPACE = "iot"
 IMAGE = "registry.example.com/iot/iot-telemetry:1.2.3"
 SERVICE_API = "serving.knative.dev/v1"
@@ -326,6 +326,16 @@ def test_config_map_holds_settings_and_no_secrets() -> None:
     Settings.from_environ({}, {k: v for k, v in check.items() if v})
 
 
+def test_notify_channels_config_map_parses_and_reaches_notify_only() -> None:
+    (channels,) = find(base_docs(), "ConfigMap", "iot-notify-channels")
+    Settings.from_environ({}, {"NOTIFY_CHANNELS": channels["data"]["channels.json"]})
+    for name in FUNCTIONS:
+        refs = [e["valueFrom"]["configMapKeyRef"] for e in container(service(name))["env"]
+                if e["name"] == "NOTIFY_CHANNELS"]
+        assert refs == ([{"name": "iot-notify-channels", "key": "channels.json"}]
+                        if name == "notify" else [])
+
+
 def test_alert_rules_config_map_parses() -> None:
     (rules,) = find(base_docs(), "ConfigMap", "iot-alert-rules")
     assert parse_rules(json.loads(rules["data"]["alert-rules.json"]))
@@ -377,7 +387,7 @@ def test_eventing_references_resolve() -> None:
     for source in find(events, "KafkaSource") + find(events, "PingSource"):
         assert resolves(source["spec"]["sink"]["ref"])
     # Each PingSource's ticks (Knative's type and source) reach the one function sweeping:
-    # offline alerts in alert, rollup retention in aggregate.
+    # offline alerts in alert, rollup retention in aggregate, flood summaries in notify.
     sweepers = {}
     for ping in find(events, "PingSource"):
         source = f"/apis/v1/namespaces/{NAMESPACE}/pingsources/{ping['metadata']['name']}"
@@ -385,7 +395,8 @@ def test_eventing_references_resolve() -> None:
             t["spec"]["subscriber"]["ref"]["name"] for t in find(events, "Trigger")
             if t["spec"]["filter"]["attributes"] == {
                 "type": "dev.knative.sources.ping", "source": source}]
-    assert sweepers == {"offline-sweep": ["alert"], "rollup-retention": ["aggregate"]}
+    assert sweepers == {"offline-sweep": ["alert"], "rollup-retention": ["aggregate"],
+                        "notify-summaries": ["notify"]}
     for broker in brokers.values():
         assert broker["metadata"]["annotations"]["eventing.knative.dev/broker.class"] == "Kafka"
     subscribed = {(t["spec"]["filter"]["attributes"]["type"],
@@ -394,17 +405,18 @@ def test_eventing_references_resolve() -> None:
     assert "iot-broker" in brokers and "iot-dead-letters" in sinks
 
 
-def test_alert_gets_the_broker_as_k_sink() -> None:
+def test_alert_and_query_get_the_broker_as_k_sink() -> None:
     # alert replies with one alert event and POSTs the others of the same delivery to
-    # K_SINK: without a SinkBinding nothing sets it on the cluster and they are lost.
+    # K_SINK, query POSTs the `acknowledged` events there: without a SinkBinding nothing
+    # sets it on the cluster and they are lost.
     events = eventing_docs()
     bindings = [(d["spec"]["subject"], d["spec"]["sink"]["ref"])
                 for d in find(events, "SinkBinding")]
-    assert bindings == [(
-        {"apiVersion": SERVICE_API, "kind": "Service", "name": "alert"},
-        {"apiVersion": "eventing.knative.dev/v1", "kind": "Broker", "name": "iot-broker"})]
+    broker = {"apiVersion": "eventing.knative.dev/v1", "kind": "Broker", "name": "iot-broker"}
+    assert bindings == [({"apiVersion": SERVICE_API, "kind": "Service", "name": name}, broker)
+                        for name in ("alert", "query")]
     assert {d["metadata"]["name"] for d in find(base_docs(), "Service")
-            if d["apiVersion"] == SERVICE_API} >= {"alert"}
+            if d["apiVersion"] == SERVICE_API} >= {"alert", "query"}
     [namespace] = find(base_docs(), "Namespace")
     assert namespace["metadata"]["labels"]["bindings.knative.dev/include"] == "true"
 
@@ -450,7 +462,7 @@ def test_dry_run_renders_every_function_and_validates(tools: Path, rendered: Pat
     results = kubeconform(tools, rendered)
     kinds = [r["kind"] for r in results]
     assert kinds.count("Service") == len(FUNCTIONS)
-    assert kinds.count("SinkBinding") == 1
+    assert kinds.count("SinkBinding") == 2  # alert-events, query-events
 
 
 def _comparable(svc: Doc) -> Doc:

@@ -35,11 +35,18 @@ REPO = Path(__file__).resolve().parents[2]
 EVENTING = REPO / "eventing"
 
 
+def without_notify(eventing: Eventing) -> Eventing:
+    """eventing/ without notify's Triggers: these tests deliver to stand-ins of aggregate and
+    alert (notify behind the dispatcher: test_notify_on_real_services.py)."""
+    return replace(eventing, triggers=tuple(t for t in eventing.triggers
+                                            if t.service != "notify"))
+
+
 @pytest.fixture(scope="module")
 def eventing() -> Eventing:
     # These tests count exact deliveries: the PingSource's ticks (every minute, to alert)
     # are played in their own tests.
-    return replace(load_eventing(EVENTING), pings=())
+    return replace(without_notify(load_eventing(EVENTING)), pings=())
 
 
 @pytest.fixture
@@ -342,7 +349,8 @@ def test_a_ping_source_tick_reaches_the_real_alert_on_schedule_and_raises_offlin
     server = make_server("127.0.0.1", 0, app, threaded=True)
     threading.Thread(target=server.serve_forever, daemon=True).start()
     offset = 60 - time.time() % 60 - 1.0  # the clock reads 1 s before the next minute
-    pipeline = Pipeline(load_eventing(EVENTING), kafka_bootstrap, naming, subscribers)
+    pipeline = Pipeline(without_notify(load_eventing(EVENTING)), kafka_bootstrap, naming,
+                        subscribers)
     pipeline.dispatcher = Dispatcher(
         pipeline.eventing, [kafka_bootstrap],
         {"aggregate": subscribers["aggregate"].url,
@@ -396,7 +404,8 @@ def test_the_retention_tick_reaches_the_real_aggregate_daily_and_compacts(
     due = now.replace(hour=3, minute=17, second=0, microsecond=0)
     due += timedelta(days=1) if due <= now else timedelta(0)
     offset = (due - now).total_seconds() - 1.0
-    pipeline = Pipeline(load_eventing(EVENTING), kafka_bootstrap, naming, subscribers)
+    pipeline = Pipeline(without_notify(load_eventing(EVENTING)), kafka_bootstrap, naming,
+                        subscribers)
     pipeline.dispatcher = Dispatcher(
         pipeline.eventing, [kafka_bootstrap],
         {"aggregate": f"http://127.0.0.1:{server.server_port}/",
@@ -538,6 +547,8 @@ def start_dispatcher_process(bootstrap: str, naming: Naming,
                "--name-suffix", naming.suffix]
     for name, sub in subscribers.items():
         command += ["--subscriber", f"{name}={sub.url}"]
+    # eventing/ as is: notify's Triggers need a URL; nothing here sends it alert events.
+    command += ["--subscriber", "notify=http://127.0.0.1:9/"]
     return subprocess.Popen(command, cwd=REPO, env={**os.environ, "LOG_LEVEL": "WARNING"})
 
 

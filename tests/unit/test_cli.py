@@ -37,7 +37,7 @@ def _free_port() -> int:
 
 
 def _any_ports() -> list[str]:
-    return [arg for name in ("ingest", "query", "aggregate", "alert", "broker")
+    return [arg for name in ("ingest", "query", "aggregate", "alert", "notify", "broker")
             for arg in (f"--{name}-port", "0")]
 
 
@@ -122,9 +122,10 @@ def test_ports_are_chosen_by_flag_or_variable() -> None:
 _REAL_MODE_PARENT = """
 import sys, time
 from iot_telemetry.local.realmode import RealPipeline
-ports = dict(zip(("ingest", "query", "aggregate", "alert"), map(int, sys.argv[1:5])))
+ports = dict(zip(("ingest", "query", "aggregate", "alert", "notify"),
+                map(int, sys.argv[1:6])))
 pipeline = RealPipeline(kafka="127.0.0.1:9", mongo="mongodb://127.0.0.1:9", ports=ports,
-                        broker_port=int(sys.argv[5]))
+                        broker_port=int(sys.argv[6]))
 for function in ("ingest", "query"):
     pipeline.start_function(function)
 pipeline.wait_healthy(["ingest", "query"], 60)
@@ -143,7 +144,7 @@ def _running(pid: int) -> bool:
 
 
 def test_real_mode_children_do_not_outlive_a_killed_parent() -> None:
-    ports = [str(_free_port()) for _ in range(5)]
+    ports = [str(_free_port()) for _ in range(6)]
     parent = subprocess.Popen([sys.executable, "-c", _REAL_MODE_PARENT, *ports],
                               stdout=subprocess.PIPE, text=True, start_new_session=True)
     assert parent.stdout is not None
@@ -183,7 +184,7 @@ def _post(url: str, device: str, token: str | None) -> int:
 def registered_run(monkeypatch: pytest.MonkeyPatch):
     from iot_telemetry.local.embedded import EmbeddedPipeline
 
-    ports = dict.fromkeys(("ingest", "query", "aggregate", "alert"), 0)
+    ports = dict.fromkeys(("ingest", "query", "aggregate", "alert", "notify"), 0)
     with EmbeddedPipeline(ports=ports, broker_port=0,
                           environ={"LOG_LEVEL": "WARNING", "INGEST_AUTH": "registered"}) as p:
         monkeypatch.setenv("IOT_QUERY_PORT", str(p.servers["query"].server_port))

@@ -39,10 +39,11 @@ def test_the_real_manifests_load_with_their_values() -> None:
     assert source.consumer_group == "iot-telemetry-source"
     assert source.sink.name == "iot-broker" and source.ordered
     assert {t.name for t in eventing.triggers} == {"aggregate", "alert", "alerts-to-kafka",
-                                                   "offline-sweep", "rollup-retention"}
+                                                   "offline-sweep", "rollup-retention", "notify",
+                                                   "notify-summaries"}
     assert eventing.sink_topic("iot-dead-letters") == "iot.telemetry.dlq"
     assert eventing.sink_topic("iot-alerts") == "iot.alerts"
-    assert eventing.services == ("aggregate", "alert")
+    assert eventing.services == ("aggregate", "alert", "notify")
 
 
 @pytest.mark.parametrize(("name", "ordered"), [("aggregate", False), ("alert", True)])
@@ -59,6 +60,16 @@ def test_function_triggers_take_telemetry_with_the_manifest_delivery(name: str,
     assert trigger.delivery == Delivery(retry=10, backoff_policy="exponential",
                                         backoff_delay=0.2, timeout=30.0,
                                         dead_letter_sink="iot-dead-letters")
+
+
+def test_alert_events_go_to_notify_in_order_per_device() -> None:
+    """A person must not be told an alert is resolved before being told it was raised."""
+    trigger = load_eventing(EVENTING).trigger("notify")
+
+    assert trigger.service == "notify" and trigger.ordered
+    assert trigger.matches(ALERT)
+    assert not trigger.matches(TELEMETRY)
+    assert trigger.delivery.dead_letter_sink == "iot-dead-letters"
 
 
 def test_alert_events_go_to_the_alerts_kafka_sink() -> None:
@@ -320,10 +331,13 @@ def test_unknown_kinds_are_refused(tmp_path: Path) -> None:
                                "metadata: {name: p}\n")
 
 
-def test_the_alert_function_is_bound_to_the_broker_ingress() -> None:
+def test_alert_and_query_are_bound_to_the_broker_ingress() -> None:
     eventing = load_eventing(Path(__file__).resolve().parents[2] / "eventing")
-    assert [(b.name, b.service) for b in eventing.bindings] == [("alert-events", "alert")]
+    assert [(b.name, b.service) for b in eventing.bindings] == [("alert-events", "alert"),
+                                                                ("query-events", "query")]
     assert eventing.sink_env("alert", "http://127.0.0.1:8005/") == {
+        "K_SINK": "http://127.0.0.1:8005/"}
+    assert eventing.sink_env("query", "http://127.0.0.1:8005/") == {
         "K_SINK": "http://127.0.0.1:8005/"}
     assert eventing.sink_env("aggregate", "http://127.0.0.1:8005/") == {}
     assert eventing.sink_env("alert", None) == {}

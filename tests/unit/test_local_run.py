@@ -12,7 +12,7 @@ from tests.truth import close, expected, observed, points_of
 
 @pytest.fixture
 def pipeline():
-    ports = dict.fromkeys(("ingest", "query", "aggregate", "alert"), 0)
+    ports = dict.fromkeys(("ingest", "query", "aggregate", "alert", "notify"), 0)
     with EmbeddedPipeline(ports=ports, broker_port=0, environ={"LOG_LEVEL": "WARNING"}) as p:
         yield p
 

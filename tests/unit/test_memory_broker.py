@@ -99,8 +99,11 @@ def record(device: str, seq: int, event_id: str | None = None) -> Any:
 @pytest.fixture(scope="module")
 def eventing() -> Eventing:
     # These tests count exact deliveries: the PingSource's ticks (every minute, to alert)
-    # are played in their own tests.
-    return replace(load_eventing(EVENTING), pings=())
+    # are played in their own tests. They deliver telemetry: notify's Triggers (alert events,
+    # ticks) are left out (tests/unit/test_notify.py runs them).
+    real = load_eventing(EVENTING)
+    return replace(real, pings=(), triggers=tuple(t for t in real.triggers
+                                                  if t.service != "notify"))
 
 
 @pytest.fixture
@@ -398,15 +401,23 @@ def test_the_ping_source_of_eventing_ticks_into_alert_on_its_schedule(
     """eventing/ as is: a clock 0.3 s before a minute boundary makes the tick come at once."""
     offset = 60 - time.time() % 60 - 0.3
     clock_start = time.time() + offset
-    b = MemoryBroker(load_eventing(EVENTING), {n: s.url for n, s in subscribers.items()},
+    notify = Subscriber()
+    b = MemoryBroker(load_eventing(EVENTING), {**{n: s.url for n, s in subscribers.items()},
+                                               "notify": notify.url},
                      ingress_port=None, clock=lambda: time.time() + offset)
     b.start()
     try:
         deadline = time.monotonic() + 10
-        while not subscribers["alert"].delivered and time.monotonic() < deadline:
+        while not (subscribers["alert"].delivered and notify.delivered) and (
+                time.monotonic() < deadline):
             time.sleep(0.02)
     finally:
         b.stop()
+        notify.close()
+    # notify's summaries have a clock of their own, with the same schedule
+    [summaries] = notify.delivered
+    assert summaries.attributes["source"] == (
+        "/apis/v1/namespaces/iot/pingsources/notify-summaries")
     [tick] = subscribers["alert"].delivered
     assert tick.attributes["type"] == "dev.knative.sources.ping"
     assert tick.attributes["source"] == "/apis/v1/namespaces/iot/pingsources/offline-sweep"
