@@ -11,9 +11,10 @@ from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import Any, Final
 
-import flask
+from starlette.requests import Request
+from starlette.responses import Response
 
-from .aggregate import decode_telemetry
+from .aggregate import decode_telemetry, on_threads
 from .alerting import (
     ACKNOWLEDGED,
     OPEN,
@@ -24,6 +25,7 @@ from .alerting import (
     Outcome,
     public,
 )
+from .asgi import serve
 from .errors import DependencyUnavailable
 from .events import ALERT_TYPE, SPECVERSION, RawEvent, is_ping, read_delivery, to_http
 from .eventtime import settled
@@ -32,7 +34,7 @@ from .observability import ALERT_TRANSITIONS, DUPLICATES_SKIPPED, EVENTS_PROCESS
 from .offline import OfflineBook
 from .rules import AlertRule, verdict
 from .runtime import Runtime, get_runtime
-from .service import require, serve
+from .service import Answer, Incoming
 from .store import ALERTS
 from .telemetry import TelemetryEvent, parse_time
 
@@ -42,14 +44,17 @@ SOURCE = "/iot/alert"
 #: Runtimes (processes, and the local run's restarts) whose removed rules were dealt with.
 _SWEPT: weakref.WeakSet[Runtime] = weakref.WeakSet()
 _SWEEP_LOCK = threading.Lock()
-#: Each serving thread's keep-alive connection to the Broker ingress: a connection per post
-#: cost a TCP handshake on both sides for every second alert event of a delivery.
-_SINK_SESSIONS = threading.local()
+#: Idle keep-alive connections to the Broker ingress, one taken per post (as many as posts
+#: ran at once): a connection per post cost a TCP handshake on both sides for every second
+#: alert event of a delivery. Not one per thread: the blocking pool picks any of its threads.
+_SINK_SESSIONS: list[HttpSession] = []
+_SINK_SESSIONS_LOCK = threading.Lock()
 
 
-def handle(request: flask.Request, runtime: Runtime | None = None) -> flask.Response:
+async def handle(request: Request, runtime: Runtime | None = None) -> Response:
     rt = runtime or get_runtime()
-    return serve(FUNCTION, request, lambda r: _alert(r, rt), lambda: _ready(rt))
+    return await serve(FUNCTION, request, lambda r: on_threads(r, rt, _alert),
+                       lambda: _ready(rt), rt.settings.threads)
 
 
 def _ready(rt: Runtime) -> dict[str, bool]:
@@ -70,11 +75,10 @@ def alert_event(transition: Mapping[str, Any]) -> tuple[dict[str, str], dict[str
     return attributes, {**alert, "state": state, "lifecycle": alert["state"]}
 
 
-def _alert(request: flask.Request, rt: Runtime) -> flask.Response:
+def _alert(request: Incoming, rt: Runtime) -> Answer:
     # 1. Decode; 2. evaluate rules atomically; 3. reply with the first alert event.
-    require(request, "/", "POST")
-    if is_ping(request.headers, request.mimetype, request.get_data()):
-        return _sweep(read_delivery(request.headers, request.get_data()), rt)
+    if is_ping(request.headers, request.mimetype, request.body):
+        return _sweep(read_delivery(request.headers, request.body), rt)
     event = decode_telemetry(request, FUNCTION)
     if event.points:  # a resend of an event without `time` is evaluated at the first time
         event = settled(rt.store, event)
@@ -108,7 +112,7 @@ def _offline(rt: Runtime) -> OfflineBook:
                        rt.offline_reports)
 
 
-def _sweep(raw: RawEvent, rt: Runtime) -> flask.Response:
+def _sweep(raw: RawEvent, rt: Runtime) -> Answer:
     """A PingSource tick: raise offline alerts for devices silent past their window.
 
     "Now" is the tick's time (never later than the clock), so a redelivery sweeps with
@@ -127,7 +131,7 @@ def _sweep(raw: RawEvent, rt: Runtime) -> flask.Response:
 
 
 def _reply(outcome: Outcome, rt: Runtime, event_id: str, device_id: str | None,
-           ) -> flask.Response:
+           ) -> Answer:
     EVENTS_PROCESSED.labels(FUNCTION, "duplicate" if outcome.duplicate else "applied").inc()
     if outcome.duplicate:
         DUPLICATES_SKIPPED.labels(FUNCTION).inc()
@@ -138,12 +142,12 @@ def _reply(outcome: Outcome, rt: Runtime, event_id: str, device_id: str | None,
             "event_id": event_id, "alert_id": t["alert"]["id"],
             "device_id": device_id or t["alert"]["device_id"]})
     if not events:
-        return flask.Response(status=204)
+        return Answer(204)
     # A reply carries one event; further ones go to the Broker ingress (K_SINK).
     for attributes, data in events[1:]:
         _send_to_sink(rt.settings.alert_sink, attributes, data)
     headers, body = to_http(*events[0])
-    return flask.Response(body, status=200, headers=headers)
+    return Answer(200, body, headers)
 
 
 def _resolve_removed_rules(book: AlertBook, rt: Runtime) -> None:
@@ -234,14 +238,15 @@ def _send_to_sink(sink: str, attributes: dict[str, str], data: dict[str, Any]) -
             "a second alert event has nowhere to go: K_SINK is not set (the SinkBinding "
             "of eventing/sink-binding.yaml injects it)")
     headers, body = to_http(attributes, data)
-    session = getattr(_SINK_SESSIONS, "session", None)
-    if session is None:
-        session = _SINK_SESSIONS.session = HttpSession()
+    with _SINK_SESSIONS_LOCK:
+        session = _SINK_SESSIONS.pop() if _SINK_SESSIONS else HttpSession()
     try:
         answer = session.post(sink, headers, body, timeout=10)
     except (OSError, http.client.HTTPException, ValueError) as exc:
         raise DependencyUnavailable(f"the Broker (K_SINK) did not take an alert event: {exc}",
                                     ) from None
+    with _SINK_SESSIONS_LOCK:
+        _SINK_SESSIONS.append(session)
     if not 200 <= answer.status < 300:
         raise DependencyUnavailable(
             "the Broker (K_SINK) did not take an alert event: "

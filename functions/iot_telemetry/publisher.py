@@ -2,17 +2,22 @@
 
 from __future__ import annotations
 
+import asyncio
+import functools
 import logging
 import socket
 import threading
-from collections.abc import Sequence
-from typing import Any, Protocol
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any, Protocol, TypeVar
 
 from .errors import DependencyUnavailable, PayloadTooLarge
 from .events import KafkaRecord
 from .settings import Settings
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
+#: Runs a blocking call off the event loop (asgi.blocking with the process's threads).
+Offload = Callable[[Callable[[], T]], Awaitable[T]]
 
 
 class RecordSink(Protocol):
@@ -83,28 +88,56 @@ class KafkaSink:
             return self._producer
 
     def send(self, records: Sequence[KafkaRecord], timeout: float) -> None:
+        # No flush(): it would send every batch at once, also other requests' records, and
+        # wait for all of them. Waiting on our own futures lets linger_ms gather the records
+        # of concurrent requests into one produce request.
+        try:
+            for future in self._send(self._get(), records):
+                future.get(timeout=timeout)
+        except Exception as exc:
+            raise self._failure(exc) from None
+
+    async def send_async(self, records: Sequence[KafkaRecord], timeout: float,
+                         offload: Offload[None]) -> None:
+        """`send` for the event loop: the acknowledgements are awaited, no thread waits.
+
+        The producer's first write of a topic may block (bootstrap, the topic's metadata),
+        so that one runs through `offload`; later ones only append to the producer's buffer.
+        """
+        producer = self._producer
+        if producer is None or any(producer._metadata.partitions_for_topic(r.topic) is None
+                                   for r in records):
+            await offload(functools.partial(self.send, records, timeout))
+            return
+        loop = asyncio.get_running_loop()
+        try:
+            acks = [_awaitable(loop, f) for f in self._send(producer, records)]
+            await asyncio.wait_for(asyncio.gather(*acks), timeout)
+        except Exception as exc:
+            raise self._failure(exc) from None
+
+    @staticmethod
+    def _send(producer: Any, records: Sequence[KafkaRecord]) -> list[Any]:
+        return [producer.send(r.topic, key=r.key, value=r.value, headers=list(r.headers))
+                for r in records]
+
+    def _failure(self, exc: Exception) -> Exception:
+        """What a failed write answers: 413 for a record Kafka refuses as too large, 503."""
         from kafka.errors import KafkaError, MessageSizeTooLargeError, RecordListTooLargeError
 
-        producer = self._get()
-        try:
-            futures = [
-                producer.send(r.topic, key=r.key, value=r.value, headers=list(r.headers))
-                for r in records
-            ]
-            producer.flush(timeout=timeout)
-            for future in futures:
-                future.get(timeout=timeout)
-        except (MessageSizeTooLargeError, RecordListTooLargeError) as exc:
+        if isinstance(exc, MessageSizeTooLargeError | RecordListTooLargeError):
             # The topic takes less than KAFKA_MAX_RECORD_BYTES: resending cannot help.
-            raise PayloadTooLarge(
+            return PayloadTooLarge(
                 f"Kafka refused a record as too large ({type(exc).__name__}): the topic's "
                 "max.message.bytes is below KAFKA_MAX_RECORD_BYTES "
-                f"({self._settings.kafka_max_record_bytes})") from None
-        except (KafkaError, TimeoutError) as exc:
-            raise DependencyUnavailable(
+                f"({self._settings.kafka_max_record_bytes})")
+        if isinstance(exc, KafkaError | TimeoutError | DependencyUnavailable):
+            if isinstance(exc, DependencyUnavailable):
+                return exc
+            return DependencyUnavailable(
                 f"Kafka did not acknowledge the write: {type(exc).__name__}: {exc}",
-                self._retry_after,
-            ) from None
+                self._retry_after)
+        return exc
 
     def ready(self) -> bool:
         """Whether a bootstrap server accepts connections (fast: a probe waits 1 s at most)."""
@@ -122,6 +155,21 @@ class KafkaSink:
             if self._producer is not None:
                 self._producer.close(timeout=5)
                 self._producer = None
+
+
+def _awaitable(loop: asyncio.AbstractEventLoop, future: Any) -> asyncio.Future[Any]:
+    """An asyncio future settled when a kafka-python future is (on the producer's thread)."""
+    waiter: asyncio.Future[Any] = loop.create_future()
+
+    def settle(value: Any) -> None:
+        if not waiter.done():
+            if isinstance(value, BaseException):
+                waiter.set_exception(value)
+            else:
+                waiter.set_result(value)
+
+    future.add_both(lambda value: loop.call_soon_threadsafe(settle, value))
+    return waiter
 
 
 def record_size(record: KafkaRecord, limit: int | None = None) -> int:
