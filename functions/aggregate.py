@@ -1,4 +1,5 @@
-"""The `aggregate` function (functions-framework target `aggregate`, served with `--asgi`)."""
+"""The `aggregate` function (functions-framework target `aggregate`; an `aio` function, which
+functions-framework serves in its ASGI mode)."""
 
 from functions_framework import aio
 from starlette.requests import Request

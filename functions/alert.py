@@ -1,4 +1,5 @@
-"""The `alert` function (functions-framework target `alert`, served with `--asgi`)."""
+"""The `alert` function (functions-framework target `alert`; an `aio` function, which
+functions-framework serves in its ASGI mode)."""
 
 from functions_framework import aio
 from starlette.requests import Request

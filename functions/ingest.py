@@ -1,4 +1,5 @@
-"""The `ingest` function (functions-framework target `ingest`, served with `--asgi`)."""
+"""The `ingest` function (functions-framework target `ingest`; an `aio` function, which
+functions-framework serves in its ASGI mode)."""
 
 from functions_framework import aio
 from starlette.requests import Request
