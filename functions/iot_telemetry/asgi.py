@@ -1,5 +1,6 @@
 """The event-path functions (ingest, aggregate, alert) as functions-framework serves them in
-its ASGI mode (`--asgi`: gunicorn with one uvicorn worker, httptools and uvloop).
+its ASGI mode: their entry modules are `functions_framework.aio` functions, which its one
+command serves with gunicorn and one uvicorn worker (httptools and uvloop).
 
 A request is read and answered on the event loop; the library's blocking calls (pymongo,
 a store lookup to authenticate) run on a pool of THREADS threads of the process, so as many
