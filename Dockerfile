@@ -45,6 +45,9 @@ WORKDIR /app
 USER 10001:10001
 EXPOSE 8080
 # functions-framework reads --target, --source and --port from FUNCTION_TARGET,
-# FUNCTION_SOURCE and PORT; exec form keeps gunicorn as PID 1 so it receives
-# SIGTERM from Knative and drains in-flight requests.
+# FUNCTION_SOURCE and PORT, and picks the serving mode from the function: ingest,
+# aggregate and alert are `functions_framework.aio` functions, served in its ASGI
+# mode (gunicorn with one uvicorn worker, httptools and uvloop); query is a
+# Flask function on gunicorn's threads. Exec form keeps gunicorn as PID 1 so it
+# receives SIGTERM from Knative and drains in-flight requests.
 CMD ["functions-framework"]

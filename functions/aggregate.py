@@ -1,15 +1,19 @@
-"""The `aggregate` function (functions-framework target `aggregate`)."""
+"""The `aggregate` function (functions-framework target `aggregate`; an `aio` function, which
+functions-framework serves in its ASGI mode)."""
 
-import flask
+from functions_framework import aio
+from starlette.requests import Request
+from starlette.responses import Response
 
 from iot_telemetry import aggregate as _aggregate
+from iot_telemetry.asgi import use_json_errors
 from iot_telemetry.runtime import get_runtime
-from iot_telemetry.service import use_json_errors
 
 # Read settings at start so a bad variable stops the process with its name.
 get_runtime()
 use_json_errors()
 
 
-def aggregate(request: flask.Request) -> flask.Response:
-    return _aggregate.handle(request)
+@aio.http
+async def aggregate(request: Request) -> Response:
+    return await _aggregate.handle(request)

@@ -1,15 +1,19 @@
-"""The `ingest` function (functions-framework target `ingest`)."""
+"""The `ingest` function (functions-framework target `ingest`; an `aio` function, which
+functions-framework serves in its ASGI mode)."""
 
-import flask
+from functions_framework import aio
+from starlette.requests import Request
+from starlette.responses import Response
 
 from iot_telemetry import ingest as _ingest
+from iot_telemetry.asgi import use_json_errors
 from iot_telemetry.runtime import get_runtime
-from iot_telemetry.service import use_json_errors
 
 # Read settings at start so a bad variable stops the process with its name.
 get_runtime()
 use_json_errors()
 
 
-def ingest(request: flask.Request) -> flask.Response:
-    return _ingest.handle(request)
+@aio.http
+async def ingest(request: Request) -> Response:
+    return await _ingest.handle(request)

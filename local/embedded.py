@@ -2,15 +2,19 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import socket
 import threading
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
+import uvicorn
 from functions_framework import create_app
-from werkzeug.serving import BaseWSGIServer, make_server
+from starlette.applications import Starlette
+from werkzeug.serving import make_server
 
 from iot_telemetry import publisher, store
 from iot_telemetry.runtime import Runtime, get_runtime, set_runtime
@@ -23,6 +27,54 @@ from .memory_broker import MemoryBroker
 from .registry_endpoint import with_registry
 
 log = logging.getLogger(__name__)
+
+
+class Server(Protocol):
+    """A function's HTTP server in this process."""
+
+    server_port: int
+
+    def serve_forever(self) -> None: ...
+
+    def shutdown(self) -> None: ...
+
+    def server_close(self) -> None: ...
+
+
+class AsgiServer:
+    """uvicorn serving an ASGI app (ingest, aggregate, alert) from a thread of this process,
+    on its own event loop, as functions-framework's ASGI mode serves it in a process."""
+
+    def __init__(self, host: str, port: int, app: Any) -> None:
+        self.socket = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET)
+        self.socket.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self.socket.bind((host, port))
+        self.socket.listen(2048)  # connections queue before the loop runs (uvicorn's backlog)
+        self.server_port: int = self.socket.getsockname()[1]
+        # lifespan off: functions-framework's app has no startup or shutdown hooks.
+        self.server = uvicorn.Server(uvicorn.Config(app, log_level="error", lifespan="off"))
+        self._stopped = threading.Event()
+
+    def serve_forever(self) -> None:
+        try:  # a thread's own loop; uvicorn installs no signal handlers off the main thread
+            asyncio.run(self.server.serve(sockets=[self.socket]))
+        finally:
+            self._stopped.set()
+
+    def shutdown(self) -> None:
+        self.server.should_exit = True
+        self._stopped.wait(30)
+
+    def server_close(self) -> None:
+        self.socket.close()
+
+
+def serve_app(host: str, port: int, app: Any) -> Server:
+    """The server for an app functions-framework built: ASGI (Starlette) on uvicorn, WSGI
+    (Flask, and query's with the registry routes) on werkzeug."""
+    if isinstance(app, Starlette):
+        return AsgiServer(host, port, app)
+    return make_server(host, port, app, threaded=True, request_handler=QuietHandler)
 
 
 @dataclass
@@ -38,7 +90,7 @@ class EmbeddedPipeline:
     host: str = "127.0.0.1"
     eventing_dir: Path = EVENTING_DIR
     environ: Mapping[str, str] | None = None
-    servers: dict[str, BaseWSGIServer] = field(default_factory=dict)
+    servers: dict[str, Server] = field(default_factory=dict)
     broker: MemoryBroker | None = None
     _threads: list[threading.Thread] = field(default_factory=list)
 
@@ -53,8 +105,7 @@ class EmbeddedPipeline:
             app = create_app(function, str(source(function)), "http")  # type: ignore[no-untyped-call]
             if function == "query":
                 app = with_registry(app, get_runtime)
-            server = make_server(self.host, self.ports[function], app, threaded=True,
-                                 request_handler=QuietHandler)
+            server = serve_app(self.host, self.ports[function], app)
             self.servers[function] = server
             thread = threading.Thread(target=server.serve_forever, name=f"http-{function}",
                                       daemon=True)

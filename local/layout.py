@@ -13,7 +13,7 @@ SERVICES_DIR: Final = Path(__file__).resolve().parent / "services"
 PORTS: Final = {"ingest": 8001, "query": 8002, "aggregate": 8003, "alert": 8004, "notify": 8006}
 BROKER_PORT: Final = 8005
 FUNCTIONS: Final = tuple(PORTS)
-#: gunicorn THREADS of each function in real mode, as its Knative Service sets them
+#: THREADS of each function in real mode, as its Knative Service sets them
 #: (knative/base/<function>.yaml; tests/deploy checks they agree). functions-framework's own
 #: default, 4 per CPU of the host, would differ from one machine to the next.
 THREADS: Final = {"ingest": 16, "query": 8, "aggregate": 32, "alert": 8, "notify": 8}

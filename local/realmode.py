@@ -23,7 +23,7 @@ log = logging.getLogger(__name__)
 
 @dataclass
 class RealPipeline:
-    """The four functions served by functions-framework (gunicorn) and the dispatcher.
+    """The four functions served by functions-framework and the dispatcher.
 
     Each is a child process that can be killed and restarted on its own (fault tests).
     """
@@ -70,6 +70,8 @@ class RealPipeline:
             os.close(out)
 
     def start_function(self, function: str) -> None:
+        # functions-framework picks the mode from the function: ASGI (uvicorn under gunicorn)
+        # for the `aio` functions ingest, aggregate and alert, Flask on gunicorn for query.
         cmd = [sys.executable, "-m", "functions_framework", "--target", function,
                "--source", str(source(function)), "--signature-type", "http",
                "--host", self.host, "--port", str(self.ports[function])]

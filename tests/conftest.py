@@ -8,6 +8,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+import flask
 import pytest
 from functions_framework import create_app
 
@@ -16,6 +17,8 @@ from iot_telemetry.errors import DependencyUnavailable
 from iot_telemetry.events import KafkaRecord
 from iot_telemetry.runtime import Runtime, set_runtime
 from iot_telemetry.settings import Settings
+
+from .asgi_client import AsgiClient
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -98,12 +101,22 @@ def sink(runtime: Runtime) -> RecordingSink:
     return s
 
 
+def served_app(name: str) -> Any:
+    """The app functions-framework serves a function with: Starlette (ASGI) for ingest,
+    aggregate and alert, Flask for query."""
+    return create_app(name, str(REPO / "functions" / f"{name}.py"), "http")
+
+
+def test_client(app: Any) -> Any:
+    return app.test_client() if isinstance(app, flask.Flask) else AsgiClient(app)
+
+
 class Apps:
     """The real functions-framework apps of the four functions."""
 
     def __init__(self) -> None:
-        self.clients = {name: create_app(name, str(REPO / "functions" / f"{name}.py"), "http")
-                        .test_client() for name in ("ingest", "aggregate", "alert", "query")}
+        self.clients = {name: test_client(served_app(name))
+                        for name in ("ingest", "aggregate", "alert", "query")}
 
     def __getattr__(self, name: str) -> Any:
         try:

@@ -3,11 +3,15 @@ retention sweep (a PingSource tick)."""
 
 from __future__ import annotations
 
+import functools
 import logging
+from collections.abc import Callable
 from datetime import UTC, datetime
 
-import flask
+from starlette.requests import Request
+from starlette.responses import Response
 
+from .asgi import blocking, head, read, serve
 from .errors import BadRequest
 from .events import is_ping, read_delivery
 from .observability import (
@@ -18,26 +22,34 @@ from .observability import (
 )
 from .retention import sweep
 from .runtime import Runtime, get_runtime
-from .service import require, serve
+from .service import Answer, Incoming, require
 from .telemetry import TelemetryEvent, parse_time, validate
 
 log = logging.getLogger(__name__)
 FUNCTION = "aggregate"
 
 
-def handle(request: flask.Request, runtime: Runtime | None = None) -> flask.Response:
+async def handle(request: Request, runtime: Runtime | None = None) -> Response:
     rt = runtime or get_runtime()
-    return serve(FUNCTION, request, lambda r: _aggregate(r, rt), lambda: _ready(rt))
+    return await serve(FUNCTION, request, lambda r: on_threads(r, rt, _aggregate),
+                       lambda: _ready(rt), rt.settings.threads)
+
+
+async def on_threads(request: Request, rt: Runtime,
+                     work: Callable[[Incoming, Runtime], Answer]) -> Answer:
+    """Read a delivery on the event loop; handle it on the blocking threads (store calls)."""
+    require(head(request), "/", "POST")
+    incoming = await read(request)
+    return await blocking(rt.settings.threads, functools.partial(work, incoming, rt))
 
 
 def _ready(rt: Runtime) -> dict[str, bool]:
     return {"store": rt.store.ping()}
 
 
-def decode_telemetry(request: flask.Request, function: str) -> TelemetryEvent:
+def decode_telemetry(request: Incoming, function: str) -> TelemetryEvent:
     """Decode a delivered telemetry event; malformed ones are 400 (dead-lettered)."""
-    require(request, "/", "POST")
-    raw = read_delivery(request.headers, request.get_data())
+    raw = read_delivery(request.headers, request.body)
     result = validate(raw, datetime.now(UTC), limits=None)
     if isinstance(result, list):
         EVENTS_PROCESSED.labels(function, "invalid").inc()
@@ -47,10 +59,9 @@ def decode_telemetry(request: flask.Request, function: str) -> TelemetryEvent:
     return result
 
 
-def _aggregate(request: flask.Request, rt: Runtime) -> flask.Response:
+def _aggregate(request: Incoming, rt: Runtime) -> Answer:
     # 1. Decode; 2. apply idempotently; 3. answer 204 (nothing to reply).
-    require(request, "/", "POST")
-    if is_ping(request.headers, request.mimetype, request.get_data()):
+    if is_ping(request.headers, request.mimetype, request.body):
         return _sweep(request, rt)
     event = decode_telemetry(request, FUNCTION)
     rt.store.ensure_indexes()
@@ -67,16 +78,16 @@ def _aggregate(request: flask.Request, rt: Runtime) -> flask.Response:
     log.info("aggregated" if fresh else "duplicate", extra={
         "event_id": event.id, "source": event.source, "device_id": event.device_id,
         "points": len(event.points)})
-    return flask.Response(status=204)
+    return Answer(204)
 
 
-def _sweep(request: flask.Request, rt: Runtime) -> flask.Response:
+def _sweep(request: Incoming, rt: Runtime) -> Answer:
     """A tick of the rollup-retention PingSource: compact final days, delete expired ones.
 
     "Now" is the tick's time (never later than the clock), so a redelivery sweeps with the
     same cutoffs; the sweep is idempotent either way.
     """
-    raw = read_delivery(request.headers, request.get_data())
+    raw = read_delivery(request.headers, request.body)
     wall = rt.rollups.clock()
     ticked = parse_time(raw.attributes.get("time"))
     now = min(ticked, wall) if ticked is not None else wall
@@ -91,4 +102,4 @@ def _sweep(request: flask.Request, rt: Runtime) -> flask.Response:
                                        "compacted_days": outcome.compacted,
                                        "dated_hours": outcome.dated,
                                        "deleted": outcome.deleted})
-    return flask.Response(status=204)
+    return Answer(204)

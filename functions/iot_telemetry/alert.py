@@ -9,9 +9,10 @@ import weakref
 from datetime import UTC, datetime
 from typing import Any, Final
 
-import flask
+from starlette.requests import Request
+from starlette.responses import Response
 
-from .aggregate import decode_telemetry
+from .aggregate import decode_telemetry, on_threads
 from .alertevents import alert_event, send_to_sink
 from .alerting import (
     ACKNOWLEDGED,
@@ -23,13 +24,14 @@ from .alerting import (
     Outcome,
     public,
 )
+from .asgi import serve
 from .bookkeeping import Bookkeeping
 from .events import RawEvent, is_ping, read_delivery, to_http
 from .observability import ALERT_TRANSITIONS, DUPLICATES_SKIPPED, EVENTS_PROCESSED
 from .offline import OfflineBook
 from .rules import AlertRule, verdict
 from .runtime import Runtime, get_runtime
-from .service import require, serve
+from .service import Answer, Incoming
 from .store import ALERTS
 from .telemetry import TelemetryEvent, parse_time
 
@@ -40,20 +42,20 @@ _SWEPT: weakref.WeakSet[Runtime] = weakref.WeakSet()
 _SWEEP_LOCK = threading.Lock()
 
 
-def handle(request: flask.Request, runtime: Runtime | None = None) -> flask.Response:
+async def handle(request: Request, runtime: Runtime | None = None) -> Response:
     rt = runtime or get_runtime()
-    return serve(FUNCTION, request, lambda r: _alert(r, rt), lambda: _ready(rt))
+    return await serve(FUNCTION, request, lambda r: on_threads(r, rt, _alert),
+                       lambda: _ready(rt), rt.settings.threads)
 
 
 def _ready(rt: Runtime) -> dict[str, bool]:
     return {"store": rt.store.ping()}
 
 
-def _alert(request: flask.Request, rt: Runtime) -> flask.Response:
+def _alert(request: Incoming, rt: Runtime) -> Answer:
     # 1. Decode; 2. evaluate rules atomically; 3. reply with the last alert event.
-    require(request, "/", "POST")
-    if is_ping(request.headers, request.mimetype, request.get_data()):
-        return _sweep(read_delivery(request.headers, request.get_data()), rt)
+    if is_ping(request.headers, request.mimetype, request.body):
+        return _sweep(read_delivery(request.headers, request.body), rt)
     event = decode_telemetry(request, FUNCTION)
     if event.points:  # a resend of an event without `time` is evaluated at the first time
         event = rt.event_times.settled(event)
@@ -87,7 +89,7 @@ def _offline(rt: Runtime) -> OfflineBook:
                        rt.offline_reports)
 
 
-def _sweep(raw: RawEvent, rt: Runtime) -> flask.Response:
+def _sweep(raw: RawEvent, rt: Runtime) -> Answer:
     """A PingSource tick: raise offline alerts for devices silent past their window.
 
     "Now" is the tick's time (never later than the clock), so a redelivery sweeps with
@@ -108,7 +110,7 @@ def _sweep(raw: RawEvent, rt: Runtime) -> flask.Response:
 
 
 def _reply(outcome: Outcome, rt: Runtime, event_id: str, device_id: str | None,
-           ) -> flask.Response:
+           ) -> Answer:
     EVENTS_PROCESSED.labels(FUNCTION, "duplicate" if outcome.duplicate else "applied").inc()
     if outcome.duplicate:
         DUPLICATES_SKIPPED.labels(FUNCTION).inc()
@@ -119,14 +121,14 @@ def _reply(outcome: Outcome, rt: Runtime, event_id: str, device_id: str | None,
             "event_id": event_id, "alert_id": t["alert"]["id"],
             "device_id": device_id or t["alert"]["device_id"]})
     if not events:
-        return flask.Response(status=204)
+        return Answer(204)
     # A reply carries one event; the others go to the Broker ingress (K_SINK) first, one
     # after the other, and the reply, which reaches the Broker only once this delivery is
     # answered, carries the last: so they reach iot.alerts in the order they happened.
     for attributes, data in events[:-1]:
         send_to_sink(rt.settings.alert_sink, attributes, data)
     headers, body = to_http(*events[-1])
-    return flask.Response(body, status=200, headers=headers)
+    return Answer(200, body, headers)
 
 
 def _resolve_removed_rules(book: AlertBook, rt: Runtime) -> None:

@@ -215,6 +215,18 @@ class Registry:
                 {"_id": device_id, "token.hash": record["hash"]},
                 {"$set": {"token": hash_record(secret)}})
 
+    def cached(self, token: str | None) -> str | None:
+        """The device of a token verified lately (no store command); None when not known."""
+        if token is None:
+            return None
+        try:
+            device_id, secret = split_token(token)
+        except Unauthorized:
+            return None
+        key = (device_id, hashlib.sha256(secret.encode()).digest())
+        with self._lock:
+            return device_id if self._verified.get(key, 0.0) > time.monotonic() else None
+
     def authenticate(self, token: str | None) -> str:
         """The device a token belongs to; 401 if missing or wrong, 403 if disabled."""
         if token is None:

@@ -264,7 +264,25 @@ def to_kafka(topic: str, attributes: Mapping[str, Any], data: Any) -> KafkaRecor
                                          if v is not None}}
     key = str(attrs.get("partitionkey") or attrs.get("subject") or "")
     attrs["partitionkey"] = key
-    message = _sdk_to_kafka(CloudEvent(attrs, data), data_marshaller=_compact,
+    if attrs.get("specversion") != SPECVERSION or not all(attrs.get(k) for k in _SDK_FILLS):
+        return sdk_to_kafka(topic, attrs, data, key)
+    # The SDK's record without the SDK's objects per event (73 -> 25 us a record on ingest's
+    # path): content-type, then every other attribute as ce_<name> in the event's order,
+    # ce_partitionkey last. tests/unit/test_events.py compares the two.
+    headers = [("content-type", attrs["datacontenttype"].encode())]
+    headers += [(f"ce_{k}", v.encode()) for k, v in attrs.items() if k not in _NOT_HEADERS]
+    headers.append(("ce_partitionkey", key.encode()))
+    return KafkaRecord(topic, key.encode(), tuple(headers), _compact(data))
+
+
+#: Attributes the SDK fills in when absent (and checks): the fast path needs them set.
+_SDK_FILLS: Final = ("specversion", "id", "source", "type", "time", "datacontenttype")
+_NOT_HEADERS: Final = frozenset({"data", "partitionkey", "datacontenttype"})
+
+
+def sdk_to_kafka(topic: str, attrs: Mapping[str, str], data: Any, key: str) -> KafkaRecord:
+    """The record as the SDK's Kafka binding encodes it (attributes already as text)."""
+    message = _sdk_to_kafka(CloudEvent(dict(attrs), data), data_marshaller=_compact,
                             key_mapper=lambda _e: key)
     headers = dict(message.headers)
     headers["ce_partitionkey"] = key.encode()

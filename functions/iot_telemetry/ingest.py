@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import functools
 import logging
 from collections import Counter
 from datetime import UTC, datetime, timedelta
 
-import flask
+from starlette.requests import Request
+from starlette.responses import Response
 
+from .asgi import blocking, head, read, serve
 from .clients import client_address
 from .devices import bearer
 from .errors import (
@@ -18,20 +21,21 @@ from .errors import (
     TooManyRequests,
     Unauthorized,
 )
-from .events import BATCH, STRUCTURED, media_type, read_http, to_kafka
+from .events import BATCH, STRUCTURED, KafkaRecord, media_type, read_http, to_kafka
 from .observability import EVENTS_ACCEPTED, EVENTS_REJECTED, POINTS_ACCEPTED
 from .publisher import record_size
 from .runtime import Runtime, get_runtime
-from .service import json_response, require, serve
-from .telemetry import Limits, format_time, validate_all
+from .service import Answer, Incoming, json_answer, require
+from .telemetry import Limits, TelemetryEvent, format_time, validate_all
 
 log = logging.getLogger(__name__)
 FUNCTION = "ingest"
 
 
-def handle(request: flask.Request, runtime: Runtime | None = None) -> flask.Response:
+async def handle(request: Request, runtime: Runtime | None = None) -> Response:
     rt = runtime or get_runtime()
-    return serve(FUNCTION, request, lambda r: _ingest(r, rt), lambda: _ready(rt))
+    return await serve(FUNCTION, request, lambda r: _ingest(r, rt), lambda: _ready(rt),
+                       rt.settings.threads)
 
 
 def _ready(rt: Runtime) -> dict[str, bool]:
@@ -41,14 +45,14 @@ def _ready(rt: Runtime) -> dict[str, bool]:
     return checks
 
 
-def _mode(request: flask.Request) -> str:
+def _mode(request: Incoming) -> str:
     ctype = media_type(request.headers.get("Content-Type"))
     return {BATCH: "batch", STRUCTURED: "structured"}.get(ctype, "binary")
 
 
-def _ingest(request: flask.Request, rt: Runtime) -> flask.Response:
+async def _ingest(request: Request, rt: Runtime) -> Answer:
     try:
-        return _accept(request, rt)
+        return await _accept(request, rt)
     except TelemetryError as exc:
         if exc.status < 500:
             EVENTS_REJECTED.labels(exc.reason).inc()
@@ -57,32 +61,70 @@ def _ingest(request: flask.Request, rt: Runtime) -> flask.Response:
         raise
 
 
-def _authenticate(request: flask.Request, rt: Runtime) -> str:
-    """The device writing; a client that failed too often is refused before any token work."""
+async def _authenticate(request: Incoming, rt: Runtime) -> str:
+    """The device writing; a client that failed too often is refused before any token work.
+
+    A token this process verified lately is answered from memory; otherwise the store is
+    asked, on the blocking threads.
+    """
     client = client_address(request.remote_addr, request.headers, rt.trusted_proxies)
     wait = rt.auth_failures.wait(client)
     if wait:
         raise TooManyRequests(f"too many failed authentications from {client}", wait)
     try:
-        return rt.registry.authenticate(bearer(request.headers))
+        token = bearer(request.headers)
+        device_id = rt.registry.cached(token)
+        if device_id is None:
+            device_id = await blocking(rt.settings.threads,
+                                       functools.partial(rt.registry.authenticate, token))
+        return device_id
     except Unauthorized:
         rt.auth_failures.take(client, 1)
         raise
 
 
-def _accept(request: flask.Request, rt: Runtime) -> flask.Response:
+async def _accept(request: Request, rt: Runtime) -> Answer:
     s = rt.settings
     # 1. Route and size: nothing past the limit is read.
-    require(request, "/", "POST")
-    if (request.content_length or 0) > s.ingest_max_body_bytes:
-        raise PayloadTooLarge(f"body exceeds {s.ingest_max_body_bytes} bytes")
-    body = request.stream.read(s.ingest_max_body_bytes + 1)
-    if len(body) > s.ingest_max_body_bytes:
-        raise PayloadTooLarge(f"body exceeds {s.ingest_max_body_bytes} bytes")
+    require(head(request), "/", "POST")
+    incoming = await read(request, s.ingest_max_body_bytes)
     # Once per request, not per event: who is writing (registered mode only).
-    writer = _authenticate(request, rt) if s.ingest_auth == "registered" else None
+    writer = await _authenticate(incoming, rt) if s.ingest_auth == "registered" else None
+    # 2.-3. Decode, validate and encode on the event loop: CPU only, no I/O.
+    events, records = _records(incoming, rt, writer)
+    # 4. Spend rate-limit tokens for every device or none; give them back if not written.
+    counts = Counter(e.device_id for e in events)
+    device_id, wait = rt.rate_limiter.take_all(counts)
+    if wait:
+        raise TooManyRequests(f"device {device_id!r} exceeds {s.ingest_rate_limit:g} "
+                              "events/s", wait)
+    # 5. Write all of them and wait for the broker's acknowledgement (acks=all).
+    try:
+        send_async = getattr(rt.sink, "send_async", None)
+        if send_async is not None:
+            await send_async(records, s.kafka_send_timeout_seconds)
+        else:
+            await blocking(s.threads, functools.partial(
+                rt.sink.send, records, s.kafka_send_timeout_seconds))
+    except Exception:
+        rt.rate_limiter.refund(counts)
+        raise
+    points = sum(len(e.points) for e in events)
+    EVENTS_ACCEPTED.labels(_mode(incoming)).inc(len(events))
+    POINTS_ACCEPTED.inc(points)
+    if log.isEnabledFor(logging.DEBUG):
+        for e in events:
+            log.debug("accepted", extra={"event_id": e.id, "source": e.source,
+                                         "device_id": e.device_id, "points": len(e.points)})
+    return json_answer({"accepted": len(events), "points": points}, 202)
+
+
+def _records(request: Incoming, rt: Runtime, writer: str | None,
+             ) -> tuple[list[TelemetryEvent], list[KafkaRecord]]:
+    """The request's events, validated, and their Kafka records; any problem rejects all."""
+    s = rt.settings
     # 2. Decode and validate every event; any problem rejects the whole request.
-    raws = read_http(request.headers, body)
+    raws = read_http(request.headers, request.body)
     if len(raws) > s.ingest_max_batch_events:
         raise BadRequest(f"batch of {len(raws)} events, at most {s.ingest_max_batch_events}")
     now = datetime.now(UTC)
@@ -105,22 +147,4 @@ def _accept(request: flask.Request, rt: Runtime) -> flask.Response:
             f"{f'event[{i}]: ' if len(records) > 1 else ''}{size} bytes as a Kafka record, "
             f"more than KAFKA_MAX_RECORD_BYTES ({s.kafka_max_record_bytes})"
             for i, size in oversize))
-    # 4. Spend rate-limit tokens for every device or none; give them back if not written.
-    counts = Counter(e.device_id for e in events)
-    device_id, wait = rt.rate_limiter.take_all(counts)
-    if wait:
-        raise TooManyRequests(f"device {device_id!r} exceeds {s.ingest_rate_limit:g} "
-                              "events/s", wait)
-    # 5. Write all of them and wait for the broker's acknowledgement.
-    try:
-        rt.sink.send(records, s.kafka_send_timeout_seconds)
-    except Exception:
-        rt.rate_limiter.refund(counts)
-        raise
-    points = sum(len(e.points) for e in events)
-    EVENTS_ACCEPTED.labels(_mode(request)).inc(len(events))
-    POINTS_ACCEPTED.inc(points)
-    for e in events:
-        log.debug("accepted", extra={"event_id": e.id, "source": e.source,
-                                     "device_id": e.device_id, "points": len(e.points)})
-    return json_response({"accepted": len(events), "points": points}, 202)
+    return events, records

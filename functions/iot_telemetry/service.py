@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
 from typing import Any
 
 import flask
@@ -22,16 +23,42 @@ from .observability import DEPENDENCY_ERRORS, PROCESSING_SECONDS, Timer, metrics
 log = logging.getLogger(__name__)
 
 Handler = Callable[[flask.Request], flask.Response]
+JSON_TYPE = "application/json"
 
 
-def json_response(body: Any, status: int = 200, headers: dict[str, str] | None = None,
-                  ) -> flask.Response:
+@dataclass(frozen=True, slots=True)
+class Incoming:
+    """What an event-path function reads of a request, whichever server received it."""
+
+    method: str
+    path: str
+    headers: Mapping[str, str]
+    body: bytes
+    remote_addr: str | None = None
+
+    @property
+    def mimetype(self) -> str:
+        return (self.headers.get("content-type") or "").split(";", 1)[0].strip().lower()
+
+
+@dataclass(frozen=True, slots=True)
+class Answer:
+    """A response as the library builds it; the serving mode turns it into its own."""
+
+    status: int
+    body: bytes = b""
+    headers: Mapping[str, str] = field(default_factory=dict)
+    media_type: str | None = None
+
+
+def json_answer(body: Any, status: int = 200, headers: Mapping[str, str] | None = None,
+                ) -> Answer:
     # A newline at the end, as curl users expect: the next prompt starts on its own line.
-    return flask.Response(json.dumps(body, default=str) + "\n", status=status,
-                          headers=headers or {}, mimetype="application/json")
+    return Answer(status, (json.dumps(body, default=str) + "\n").encode(), headers or {},
+                  JSON_TYPE)
 
 
-def error_response(exc: TelemetryError) -> flask.Response:
+def error_answer(exc: TelemetryError) -> Answer:
     headers = {}
     if isinstance(exc, DependencyUnavailable | TooManyRequests):
         headers["Retry-After"] = str(exc.retry_after)
@@ -39,8 +66,54 @@ def error_response(exc: TelemetryError) -> flask.Response:
         headers["Allow"] = ", ".join(exc.allowed)
     if isinstance(exc, Unauthorized):
         headers["WWW-Authenticate"] = 'Bearer realm="iot-telemetry"'
+    return json_answer(exc.payload(), exc.status, headers)
 
-    return json_response(exc.payload(), exc.status, headers)
+
+def unexpected_answer(function: str, exc: Exception, event_id: str | None) -> Answer:
+    """The answer to an exception a handler raised: its error, or 500 for a bug."""
+    if isinstance(exc, DependencyUnavailable):
+        DEPENDENCY_ERRORS.labels(function).inc()
+        log.warning("dependency unavailable: %s", exc, extra={"function": function,
+                                                                 "event_id": event_id})
+    if isinstance(exc, TelemetryError):
+        return error_answer(exc)
+    log.error("unhandled error", exc_info=exc, extra={"function": function,
+                                                      "event_id": event_id})
+    return json_answer({"error": "internal", "message": "internal error"}, 500)
+
+
+def probe_answer(function: str, method: str, path: str,
+                 ready: Callable[[], dict[str, bool]]) -> Answer | None:
+    """The answer of /healthz, /readyz and /metrics; None for any other path."""
+    path = path.rstrip("/") or "/"
+    if path not in ("/healthz", "/readyz", "/metrics"):
+        return None
+    if method not in ("GET", "HEAD"):
+        return error_answer(MethodNotAllowed(f"{path} answers GET only", ("GET", "HEAD")))
+    if path == "/healthz":
+        return json_answer({"status": "ok", "function": function})
+    if path == "/readyz":
+        checks = ready()
+        ok = all(checks.values())
+        return json_answer({"ready": ok, "checks": checks}, 200 if ok else 503)
+    body, ctype = metrics_body(function)
+    return Answer(200, body, {"Content-Type": ctype}, None)
+
+
+def to_flask(answer: Answer) -> flask.Response:
+    response = flask.Response(answer.body, status=answer.status, headers=dict(answer.headers))
+    if answer.media_type is not None:
+        response.mimetype = answer.media_type
+    return response
+
+
+def json_response(body: Any, status: int = 200, headers: dict[str, str] | None = None,
+                  ) -> flask.Response:
+    return to_flask(json_answer(body, status, headers))
+
+
+def error_response(exc: TelemetryError) -> flask.Response:
+    return to_flask(error_answer(exc))
 
 
 def serve(function: str, request: flask.Request, handle: Handler,
@@ -51,18 +124,9 @@ def serve(function: str, request: flask.Request, handle: Handler,
 
     `finish` sees every answer of `handle`, errors included (CORS headers, say).
     """
-    path = request.path.rstrip("/") or "/"
-    if path in ("/healthz", "/readyz", "/metrics") and request.method not in ("GET", "HEAD"):
-        return error_response(MethodNotAllowed(f"{path} answers GET only", ("GET", "HEAD")))
-    if path == "/healthz":
-        return json_response({"status": "ok", "function": function})
-    if path == "/readyz":
-        checks = ready()
-        ok = all(checks.values())
-        return json_response({"ready": ok, "checks": checks}, 200 if ok else 503)
-    if path == "/metrics":
-        body, ctype = metrics_body(function)
-        return flask.Response(body, mimetype=ctype.split(";")[0], content_type=ctype)
+    probe = probe_answer(function, request.method, request.path, ready)
+    if probe is not None:
+        return to_flask(probe)
     timer = Timer()
     try:
         response = _answer(function, request, handle)
@@ -76,17 +140,8 @@ def serve(function: str, request: flask.Request, handle: Handler,
 def _answer(function: str, request: flask.Request, handle: Handler) -> flask.Response:
     try:
         return handle(request)
-    except DependencyUnavailable as exc:
-        DEPENDENCY_ERRORS.labels(function).inc()
-        log.warning("dependency unavailable: %s", exc, extra={"function": function,
-                                                                 "event_id": _event_id(request)})
-        return error_response(exc)
-    except TelemetryError as exc:
-        return error_response(exc)
-    except Exception:
-        log.exception("unhandled error", extra={"function": function,
-                                                "event_id": _event_id(request)})
-        return json_response({"error": "internal", "message": "internal error"}, 500)
+    except Exception as exc:
+        return to_flask(unexpected_answer(function, exc, _event_id(request)))
 
 
 def use_json_errors() -> None:
@@ -114,7 +169,7 @@ def _event_id(request: flask.Request) -> str | None:
     return request.headers.get("ce-id")
 
 
-def require(request: flask.Request, path: str, method: str) -> None:
+def require(request: flask.Request | Incoming, path: str, method: str) -> None:
     """Allow one route only: other paths are 404, other methods 405."""
     if (request.path.rstrip("/") or "/") != path:
         raise NotFound(f"no route {request.path}")

@@ -67,6 +67,11 @@ class Settings:
     mongo_timeout_ms: int = _setting(
         "MONGO_TIMEOUT_MS", 5000, "Server selection and socket timeout of the store client")
     log_level: str = _setting("LOG_LEVEL", "INFO", "DEBUG, INFO, WARNING or ERROR")
+    threads: int = _setting(
+        "THREADS", 8,
+        "Requests one process serves at once: gunicorn's threads (query), the threads that "
+        "run the library's blocking calls (ingest, aggregate, alert); each Knative Service "
+        "sets it equal to its containerConcurrency")
     ingest_max_body_bytes: int = _setting(
         "INGEST_MAX_BODY_BYTES", 1_048_576, "Largest request body ingest reads (413 past it)")
     ingest_max_batch_events: int = _setting(
@@ -244,6 +249,8 @@ class Settings:
             raise ConfigError("INGEST_TRUSTED_PROXIES", str(exc)) from None
         if self.dashboard_url and not self.dashboard_url.startswith(("http://", "https://")):
             raise ConfigError("DASHBOARD_URL", "must be an http:// or https:// URL")
+        if self.threads < 1:
+            raise ConfigError("THREADS", "must be at least 1")
         if self.query_default_limit > self.query_max_limit:
             raise ConfigError("QUERY_DEFAULT_LIMIT", "must not exceed QUERY_MAX_LIMIT")
         self._check_retention()

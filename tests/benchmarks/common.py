@@ -48,6 +48,8 @@ class Context:
     #: Figure 3's variants, ORDER:THREADS (bench_pipeline.Variant), and its first rate.
     pipeline_variants: tuple[str, ...] = ("as-is:8",)
     pipeline_start_rate: float = 1.0
+    #: Figure 3's stream (bench_pipeline.STREAMS): `gateway` or `single`.
+    pipeline_stream: str = "gateway"
     #: Figure 4 also serves query from this checkout's functions/, interleaved (before/after).
     query_baseline: Path | None = None
     run_id: str = field(default_factory=lambda: uuid.uuid4().hex[:8])

@@ -39,8 +39,9 @@ from .common import broker_ingress
 WARMUP = 60
 
 
-def stream(n: int) -> list[tuple[dict[str, str], bytes, int]]:
-    """n events of 60 devices, one second apart per device, each with its data points."""
+def stream(n: int, samples: int = 9) -> list[tuple[dict[str, str], bytes, int]]:
+    """n events of 60 devices, one second apart per device, each with its data points
+    (figure 3's: 9 `samples` each; 0: a single reading of 2-3 metrics)."""
     rng = random.Random(1)
     devices = [Device(f"d{k}", rng, 0) for k in range(60)]
     start = datetime.now(UTC) - timedelta(seconds=n // 60 + 1)
@@ -48,8 +49,8 @@ def stream(n: int) -> list[tuple[dict[str, str], bytes, int]]:
     for i in range(n):
         device = devices[i % 60]
         at = start + timedelta(seconds=i // 60)
-        data = device.measure(at, 9, 0.02)
-        points = len(data["metrics"]) + sum(len(s["metrics"]) for s in data["samples"])
+        data = device.measure(at, samples, 0.02)
+        points = len(data["metrics"]) + sum(len(s["metrics"]) for s in data.get("samples", ()))
         attributes = {"specversion": "1.0", "type": "iot.telemetry.v1",
                       "source": f"/devices/{device.device_id}", "id": f"e{i}",
                       "subject": device.device_id, "time": format_time(at),

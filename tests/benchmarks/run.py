@@ -109,9 +109,13 @@ def main(argv: list[str] | None = None) -> int:
                         help="figure 3's pipelines, one after the other: ORDER:THREADS,... "
                         "where ORDER is the aggregate Trigger's delivery order (as-is: "
                         "eventing/ unchanged; ordered; unordered) and THREADS aggregate's "
-                        "gunicorn threads, e.g. ordered:8,unordered:8,unordered:32")
+                        "threads (requests in flight per process), e.g. ordered:8,unordered:32")
     parser.add_argument("--pipeline-start-rate", type=float, default=1.0,
                         help="figure 3's first offered rate, events/s (x1.5 per step)")
+    parser.add_argument("--pipeline-stream", choices=("gateway", "single"), default="gateway",
+                        help="figure 3's stream: gateway (batches of 20 events of 10 readings, "
+                        "60 devices) or single (one event per request, one reading of 2-3 "
+                        "metrics, each device about 1 event/s)")
     parser.add_argument("--query-baseline", type=Path, metavar="CHECKOUT",
                         help="figure 4 also serves query from CHECKOUT's functions/ (e.g. "
                         "`git worktree add /tmp/base main`), request by request in turn with "
@@ -144,6 +148,7 @@ def main(argv: list[str] | None = None) -> int:
                   pipeline_variants=tuple(v.strip() for v in args.pipeline_variants.split(",")
                                           if v.strip()),
                   pipeline_start_rate=args.pipeline_start_rate,
+                  pipeline_stream=args.pipeline_stream,
                   query_baseline=args.query_baseline)
     started = datetime.now(UTC)
     ctx.say(f"benchmark run {ctx.run_id} ({'quick' if args.quick else 'full'}): "

@@ -24,6 +24,9 @@ with atheris.instrument_imports():
     from iot_telemetry.settings import Settings
 
 REPO = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(REPO))  # run as a script: the test client lives in tests/
+from tests.asgi_client import AsgiClient  # noqa: E402
+
 CONTENT_TYPES = ["application/json", "application/cloudevents+json",
                  "application/cloudevents-batch+json", "text/plain", ""]
 QUERY = len(CONTENT_TYPES)  # the first byte's value that means a query GET
@@ -52,7 +55,8 @@ set_runtime(Runtime(Settings.from_environ({}, {
     # ... which the rollups' minute retention must outlast (settings refuse it otherwise).
     "ROLLUP_MINUTE_RETENTION_DAYS": "200000", "ROLLUP_HOUR_RETENTION_DAYS": "200000"})))
 publisher.set_memory_sink(_Sink())
-INGEST = create_app("ingest", str(REPO / "functions" / "ingest.py"), "http").test_client()
+# ingest is served as an ASGI app (functions_framework.aio), query as a Flask app.
+INGEST = AsgiClient(create_app("ingest", str(REPO / "functions" / "ingest.py"), "http"))
 QUERY_APP = create_app("query", str(REPO / "functions" / "query.py"), "http").test_client()
 
 

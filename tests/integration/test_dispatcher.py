@@ -291,9 +291,9 @@ def test_every_alert_transition_of_one_event_reaches_the_alerts_topic(
     from datetime import UTC, datetime, timedelta
 
     from functions_framework import create_app
-    from werkzeug.serving import make_server
 
     from iot_telemetry import store
+    from iot_telemetry.local.embedded import serve_app
     from iot_telemetry.runtime import set_runtime
     from tests.conftest import make_runtime
     from tests.conftest import record as telemetry_record
@@ -301,7 +301,7 @@ def test_every_alert_transition_of_one_event_reaches_the_alerts_topic(
     store.reset_embedded()
     set_runtime(make_runtime())
     app = create_app("alert", str(REPO / "functions" / "alert.py"), "http")
-    server = make_server("127.0.0.1", 0, app, threaded=True)
+    server = serve_app("127.0.0.1", 0, app)
     threading.Thread(target=server.serve_forever, daemon=True).start()
     dispatcher = Dispatcher(
         pipeline.eventing, [pipeline.bootstrap],
@@ -335,9 +335,9 @@ def test_a_ping_source_tick_reaches_the_real_alert_on_schedule_and_raises_offlin
     from datetime import UTC, datetime, timedelta
 
     from functions_framework import create_app
-    from werkzeug.serving import make_server
 
     from iot_telemetry import store
+    from iot_telemetry.local.embedded import serve_app
     from iot_telemetry.runtime import get_runtime, set_runtime
     from tests.conftest import make_runtime
 
@@ -346,7 +346,7 @@ def test_a_ping_source_tick_reaches_the_real_alert_on_schedule_and_raises_offlin
     get_runtime().store.collection("devices").insert_one(
         {"_id": "dev-silent", "last_seen": datetime.now(UTC) - timedelta(minutes=10)})
     app = create_app("alert", str(REPO / "functions" / "alert.py"), "http")
-    server = make_server("127.0.0.1", 0, app, threaded=True)
+    server = serve_app("127.0.0.1", 0, app)
     threading.Thread(target=server.serve_forever, daemon=True).start()
     offset = 60 - time.time() % 60 - 1.0  # the clock reads 1 s before the next minute
     pipeline = Pipeline(without_notify(load_eventing(EVENTING)), kafka_bootstrap, naming,
@@ -381,9 +381,9 @@ def test_the_retention_tick_reaches_the_real_aggregate_daily_and_compacts(
     from datetime import UTC, datetime, timedelta
 
     from functions_framework import create_app
-    from werkzeug.serving import make_server
 
     from iot_telemetry import store
+    from iot_telemetry.local.embedded import serve_app
     from iot_telemetry.retention import Retention
     from iot_telemetry.rollup import RollupWriter
     from iot_telemetry.runtime import get_runtime, set_runtime
@@ -398,7 +398,7 @@ def test_the_retention_tick_reaches_the_real_aggregate_daily_and_compacts(
     writer = RollupWriter(rt.store, retention=Retention(), clock=lambda: day + timedelta(hours=2))
     assert writer.apply(event_of("dev-old", day + timedelta(hours=1), {"x": 2.0}, "old-1"))
     app = create_app("aggregate", str(REPO / "functions" / "aggregate.py"), "http")
-    server = make_server("127.0.0.1", 0, app, threaded=True)
+    server = serve_app("127.0.0.1", 0, app)
     threading.Thread(target=server.serve_forever, daemon=True).start()
     now = datetime.now(UTC)
     due = now.replace(hour=3, minute=17, second=0, microsecond=0)

@@ -77,3 +77,58 @@ def test_the_brokers_usual_delivery_is_decoded_without_the_sdk(
     raw = events.read_delivery(TYPICAL, BODY)
     assert list(raw.attributes.items()) == list(expected.attributes.items())
     assert raw.data == expected.data
+
+
+# --- encoding a Kafka record: the fast path encodes as the SDK's Kafka binding does --------
+
+ATTRIBUTE_NAMES = ("specversion", "id", "source", "type", "time", "subject", "dataschema",
+                   "datacontenttype", "ingesttime", "partitionkey", "traceparent", "data",
+                   "seq", "flag")
+ATTRIBUTE_VALUES = st.one_of(
+    st.sampled_from(("1.0", "0.3", "2.0", "", "e1", "/devices/d 1", "2026-11-28T10:00:00Z",
+                     "application/json", "text/plain", "dev-1", "héllo ✓")),
+    st.integers(-(2**31), 2**31 - 1), st.booleans(), st.none())
+
+
+def record_outcome(encode: Any) -> tuple[Any, ...]:
+    try:
+        record = encode()
+    except Exception as exc:
+        return ("refused", type(exc).__name__)
+    return ("encoded", record.topic, record.key, list(record.headers), record.value)
+
+
+@settings(max_examples=600, deadline=None)
+@given(st.dictionaries(st.sampled_from(ATTRIBUTE_NAMES), ATTRIBUTE_VALUES, max_size=10),
+       st.booleans(), st.sampled_from([{"metrics": {"t": 1.5}}, None, {"a": [1, "é"]}]))
+def test_a_record_encodes_as_the_sdk_encodes_it(attributes: dict[str, Any], typical: bool,
+                                                data: Any) -> None:
+    if typical:  # mostly ingest's usual event, so the fast path is taken
+        attributes = {"specversion": "1.0", "id": "e1", "source": "/devices/d1",
+                      "type": "iot.telemetry.v1", "subject": "d1",
+                      "time": "2026-11-28T10:00:00Z", **attributes}
+    attrs = {"datacontenttype": events.JSON,
+             **{k: events.attribute_text(v) for k, v in attributes.items() if v is not None}}
+    key = str(attrs.get("partitionkey") or attrs.get("subject") or "")
+    attrs["partitionkey"] = key
+    if not (attrs.get("time") and attrs.get("id")):
+        return  # the SDK stamps the time of the call, a random id: both take its path
+    assert record_outcome(lambda: events.to_kafka("t", attributes, data)) == record_outcome(
+        lambda: events.sdk_to_kafka("t", attrs, data, key))
+
+
+def test_ingests_usual_record_is_encoded_without_the_sdk(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    attributes = {"specversion": "1.0", "id": "e1", "source": "/devices/d1",
+                  "type": "iot.telemetry.v1", "subject": "d1", "time": "2026-11-28T10:00:00Z",
+                  "ingesttime": "2026-11-28T10:00:01Z"}
+    expected = events.sdk_to_kafka("t", {"datacontenttype": events.JSON, **attributes,
+                                         "partitionkey": "d1"}, {"metrics": {"t": 1}}, "d1")
+
+    def no_sdk(*_args: Any, **_kwargs: Any) -> Any:
+        raise AssertionError("the SDK encoded ingest's usual record")
+
+    monkeypatch.setattr(events, "_sdk_to_kafka", no_sdk)
+    assert events.to_kafka("t", attributes, {"metrics": {"t": 1}}) == expected
+    decoded = events.from_kafka(expected.key, expected.headers, expected.value)
+    assert decoded.attributes["partitionkey"] == "d1" and decoded.data == {"metrics": {"t": 1}}
