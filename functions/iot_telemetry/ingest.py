@@ -102,7 +102,8 @@ async def _accept(request: Request, rt: Runtime) -> Answer:
     try:
         send_async = getattr(rt.sink, "send_async", None)
         if send_async is not None:
-            await send_async(records, s.kafka_send_timeout_seconds)
+            await send_async(records, s.kafka_send_timeout_seconds,
+                             functools.partial(blocking, s.threads))
         else:
             await blocking(s.threads, functools.partial(
                 rt.sink.send, records, s.kafka_send_timeout_seconds))

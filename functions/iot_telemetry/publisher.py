@@ -3,18 +3,21 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import socket
 import threading
-from collections.abc import Callable, Sequence
-from typing import Any, Protocol
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any, Protocol, TypeVar
 
 from .errors import DependencyUnavailable, PayloadTooLarge
 from .events import KafkaRecord
 from .settings import Settings
 
 log = logging.getLogger(__name__)
-_kafka_log = logging.getLogger("iot_telemetry.kafka")
+T = TypeVar("T")
+#: Runs a blocking call off the event loop (asgi.blocking with the process's threads).
+Offload = Callable[[Callable[[], T]], Awaitable[T]]
 
 
 class RecordSink(Protocol):
@@ -31,142 +34,110 @@ class RecordSink(Protocol):
 
 
 class KafkaSink:
-    """librdkafka producer (confluent-kafka) with acks=all, in-order retries, one per process.
-
-    librdkafka, not kafka-python: an acknowledged single-record write costs the process
-    about a fifth of kafka-python's CPU, lone (407 against 2,031 us) and with 16 in flight
-    (89 against 467 us), at 2-3x the writes per second (BENCHMARKS.md, "Per-event cost").
-    A thread of its own serves the delivery reports; a request waits for its records' own
-    reports, so concurrent requests share produce requests (linger.ms).
-    """
+    """kafka-python producer with acks=all, in-order retries, one per process."""
 
     def __init__(self, settings: Settings) -> None:
         self._settings = settings
         timeout_ms = int(settings.kafka_send_timeout_seconds * 1000)
-        config: dict[str, Any] = {
-            "bootstrap.servers": settings.kafka_bootstrap_servers,
+        options: dict[str, Any] = {
+            "bootstrap_servers": settings.kafka_bootstrap_servers.split(","),
             "acks": "all",
-            "linger.ms": 2,
+            "linger_ms": 2,
             "retries": 5,
-            "max.in.flight.requests.per.connection": 1,  # keeps each device's order on retry
-            # Without idempotence a retry may write a record twice, which the consumers'
-            # (source, id) dedup absorbs; an idempotent producer must be rebuilt after some
-            # fatal errors (a broker restart mid-write), which would fail writes meanwhile.
-            "enable.idempotence": False,
-            "request.timeout.ms": timeout_ms,
-            "message.timeout.ms": timeout_ms,
-            "reconnect.backoff.max.ms": 2000,
-            "client.id": "iot-ingest",
-            # ingest refuses larger records itself (record_size, an upper bound), with a 413
-            # naming the limit; the margin covers the batch framing librdkafka adds.
-            "message.max.bytes": settings.kafka_max_record_bytes + 1024,
-            "security.protocol": settings.kafka_security_protocol,
-            # librdkafka's own log lines as JSON lines like ours (served by the poll thread);
-            # connection losses come as errors too, and librdkafka reconnects on its own.
-            "logger": _kafka_log,
-            "error_cb": lambda err: _kafka_log.warning("kafka client error",
-                                                       extra={"error": str(err)}),
+            "max_in_flight_requests_per_connection": 1,  # keeps each device's order on retry
+            # kafka-python (3.0.x) enables idempotence by default, and its idempotent producer
+            # never sends again once a batch that was in retry expires (a Kafka restart during
+            # a write): it resets its producer id and every later send waits forever, so ingest
+            # would answer 503 until restarted. Without it a retry may write a record twice,
+            # which the consumers' (source, id) dedup absorbs.
+            "enable_idempotence": False,
+            "request_timeout_ms": timeout_ms,
+            "delivery_timeout_ms": timeout_ms + 100,
+            "max_block_ms": timeout_ms,
+            "bootstrap_timeout_ms": timeout_ms,
+            "reconnect_backoff_max_ms": 2000,
+            "client_id": "iot-ingest",
+            # ingest refuses larger records itself (record_size), with a 413 naming the limit.
+            "max_request_size": settings.kafka_max_record_bytes,
+            "security_protocol": settings.kafka_security_protocol,
         }
         if settings.kafka_security_protocol.startswith("SASL"):
-            config.update({"sasl.mechanism": settings.kafka_sasl_mechanism,
-                           "sasl.username": settings.kafka_sasl_username,
-                           "sasl.password": settings.kafka_sasl_password})
-        self._config = config
+            options.update(
+                sasl_mechanism=settings.kafka_sasl_mechanism,
+                sasl_plain_username=settings.kafka_sasl_username,
+                sasl_plain_password=settings.kafka_sasl_password,
+            )
+        self._options = options
         self._producer: Any = None
         self._lock = threading.Lock()
-        self._closed = threading.Event()
         self._retry_after = settings.ingest_retry_after_seconds
 
     def _get(self) -> Any:
+        from kafka.errors import KafkaError
+
         with self._lock:
             if self._producer is None:
-                from confluent_kafka import KafkaException, Producer
-
                 try:
-                    self._producer = Producer(self._config)
-                except KafkaException as exc:
+                    from kafka import KafkaProducer
+
+                    self._producer = KafkaProducer(**self._options)
+                except KafkaError as exc:
                     raise DependencyUnavailable(
-                        f"Kafka producer: {exc}", self._retry_after) from None
-                threading.Thread(target=self._reports, args=(self._producer,), daemon=True,
-                                 name="kafka-delivery-reports").start()
+                        f"Kafka is unreachable: {exc}", self._retry_after
+                    ) from None
             return self._producer
 
-    def _reports(self, producer: Any) -> None:
-        """Serve delivery reports (they run the callbacks of _produce) until closed."""
-        while not self._closed.is_set():
-            producer.poll(0.1)
-
-    def _produce(self, records: Sequence[KafkaRecord],
-                 report: Callable[[int, Exception | None], None]) -> None:
-        """Hand every record to librdkafka; `report(i, error)` is called once each is
-        acknowledged (error None) or failed, on the delivery-report thread."""
-        producer = self._get()
-        for i, r in enumerate(records):
-            def done(err: Any, _msg: Any, i: int = i) -> None:
-                report(i, None if err is None else self._failure(err))
-            try:
-                producer.produce(r.topic, r.value, r.key, headers=list(r.headers),
-                                 on_delivery=done)
-            except BufferError:
-                raise DependencyUnavailable(
-                    "Kafka is not taking writes: the producer's queue is full",
-                    self._retry_after) from None
-            except Exception as exc:
-                raise self._failure(getattr(exc, "args", [exc])[0]) from None
-
     def send(self, records: Sequence[KafkaRecord], timeout: float) -> None:
-        finished = threading.Semaphore(0)
-        errors: list[Exception] = []
-
-        def report(_i: int, error: Exception | None) -> None:
-            if error is not None:
-                errors.append(error)
-            finished.release()
-
-        self._produce(records, report)
-        for _ in records:
-            if not finished.acquire(timeout=timeout):
-                raise DependencyUnavailable("Kafka did not acknowledge the write in time",
-                                            self._retry_after)
-        if errors:
-            raise errors[0]
-
-    async def send_async(self, records: Sequence[KafkaRecord], timeout: float) -> None:
-        """`send` for the event loop: the acknowledgements are awaited, no thread waits."""
-        loop = asyncio.get_running_loop()
-        waiters = [loop.create_future() for _ in records]
-
-        def settle(i: int, error: Exception | None) -> None:
-            waiter = waiters[i]
-            if not waiter.done():
-                if error is None:
-                    waiter.set_result(None)
-                else:
-                    waiter.set_exception(error)
-
-        def report(i: int, error: Exception | None) -> None:
-            loop.call_soon_threadsafe(settle, i, error)
-
-        self._produce(records, report)
+        # No flush(): it would send every batch at once, also other requests' records, and
+        # wait for all of them. Waiting on our own futures lets linger_ms gather the records
+        # of concurrent requests into one produce request.
         try:
-            await asyncio.wait_for(asyncio.gather(*waiters), timeout)
-        except TimeoutError:
-            raise DependencyUnavailable("Kafka did not acknowledge the write in time",
-                                        self._retry_after) from None
+            for future in self._send(self._get(), records):
+                future.get(timeout=timeout)
+        except Exception as exc:
+            raise self._failure(exc) from None
 
-    def _failure(self, error: Any) -> Exception:
-        """What a failed write answers: 413 for a record Kafka refuses as too large, else 503."""
-        from confluent_kafka import KafkaError
+    async def send_async(self, records: Sequence[KafkaRecord], timeout: float,
+                         offload: Offload[None]) -> None:
+        """`send` for the event loop: the acknowledgements are awaited, no thread waits.
 
-        code = error.code() if isinstance(error, KafkaError) else None
-        if code in (KafkaError.MSG_SIZE_TOO_LARGE, KafkaError.RECORD_LIST_TOO_LARGE):
+        The producer's first write of a topic may block (bootstrap, the topic's metadata),
+        so that one runs through `offload`; later ones only append to the producer's buffer.
+        """
+        producer = self._producer
+        if producer is None or any(producer._metadata.partitions_for_topic(r.topic) is None
+                                   for r in records):
+            await offload(functools.partial(self.send, records, timeout))
+            return
+        loop = asyncio.get_running_loop()
+        try:
+            acks = [_awaitable(loop, f) for f in self._send(producer, records)]
+            await asyncio.wait_for(asyncio.gather(*acks), timeout)
+        except Exception as exc:
+            raise self._failure(exc) from None
+
+    @staticmethod
+    def _send(producer: Any, records: Sequence[KafkaRecord]) -> list[Any]:
+        return [producer.send(r.topic, key=r.key, value=r.value, headers=list(r.headers))
+                for r in records]
+
+    def _failure(self, exc: Exception) -> Exception:
+        """What a failed write answers: 413 for a record Kafka refuses as too large, 503."""
+        from kafka.errors import KafkaError, MessageSizeTooLargeError, RecordListTooLargeError
+
+        if isinstance(exc, MessageSizeTooLargeError | RecordListTooLargeError):
             # The topic takes less than KAFKA_MAX_RECORD_BYTES: resending cannot help.
             return PayloadTooLarge(
-                f"Kafka refused a record as too large ({error}): the topic's "
+                f"Kafka refused a record as too large ({type(exc).__name__}): the topic's "
                 "max.message.bytes is below KAFKA_MAX_RECORD_BYTES "
                 f"({self._settings.kafka_max_record_bytes})")
-        return DependencyUnavailable(f"Kafka did not acknowledge the write: {error}",
-                                     self._retry_after)
+        if isinstance(exc, KafkaError | TimeoutError | DependencyUnavailable):
+            if isinstance(exc, DependencyUnavailable):
+                return exc
+            return DependencyUnavailable(
+                f"Kafka did not acknowledge the write: {type(exc).__name__}: {exc}",
+                self._retry_after)
+        return exc
 
     def ready(self) -> bool:
         """Whether a bootstrap server accepts connections (fast: a probe waits 1 s at most)."""
@@ -182,9 +153,23 @@ class KafkaSink:
     def close(self) -> None:
         with self._lock:
             if self._producer is not None:
-                self._producer.flush(5)
-                self._closed.set()
+                self._producer.close(timeout=5)
                 self._producer = None
+
+
+def _awaitable(loop: asyncio.AbstractEventLoop, future: Any) -> asyncio.Future[Any]:
+    """An asyncio future settled when a kafka-python future is (on the producer's thread)."""
+    waiter: asyncio.Future[Any] = loop.create_future()
+
+    def settle(value: Any) -> None:
+        if not waiter.done():
+            if isinstance(value, BaseException):
+                waiter.set_exception(value)
+            else:
+                waiter.set_result(value)
+
+    future.add_both(lambda value: loop.call_soon_threadsafe(settle, value))
+    return waiter
 
 
 def record_size(record: KafkaRecord, limit: int | None = None) -> int:
