@@ -19,9 +19,11 @@ from .store import ALERTS, Store
 log = logging.getLogger(__name__)
 
 SOURCE: Final = "/iot/alert"
-#: Each serving thread's keep-alive connection to the Broker ingress: a connection per post
-#: cost a TCP handshake on both sides for every second alert event of a delivery.
-_SINK_SESSIONS = threading.local()
+#: Idle keep-alive connections to the Broker ingress, one taken per post (as many as posts
+#: ran at once): a connection per post cost a TCP handshake on both sides for every second
+#: alert event of a delivery. Not one per thread: the blocking pool picks any of its threads.
+_SINK_SESSIONS: list[HttpSession] = []
+_SINK_SESSIONS_LOCK = threading.Lock()
 
 
 def alert_event(transition: Mapping[str, Any]) -> tuple[dict[str, str], dict[str, Any]]:
@@ -48,14 +50,15 @@ def send_to_sink(sink: str, attributes: dict[str, str], data: dict[str, Any]) ->
             "an alert event has nowhere to go: K_SINK is not set (the SinkBindings "
             "of eventing/sink-binding.yaml inject it)")
     headers, body = to_http(attributes, data)
-    session = getattr(_SINK_SESSIONS, "session", None)
-    if session is None:
-        session = _SINK_SESSIONS.session = HttpSession()
+    with _SINK_SESSIONS_LOCK:
+        session = _SINK_SESSIONS.pop() if _SINK_SESSIONS else HttpSession()
     try:
         answer = session.post(sink, headers, body, timeout=10)
     except (OSError, http.client.HTTPException, ValueError) as exc:
         raise DependencyUnavailable(f"the Broker (K_SINK) did not take an alert event: {exc}",
                                     ) from None
+    with _SINK_SESSIONS_LOCK:
+        _SINK_SESSIONS.append(session)
     if not 200 <= answer.status < 300:
         raise DependencyUnavailable(
             "the Broker (K_SINK) did not take an alert event: "
