@@ -34,6 +34,7 @@ README = Path(__file__).resolve().parents[2] / "README.md"
 #: The sections a newcomer follows (issue 23), by heading, `##` or `###`; a `##` section
 #: includes its `###` subsections. Their blocks run in the README's order.
 SECTIONS = ("Quick start", "Event format", "Query API", "Alert rules", "Rules per device group",
+            "Notifications",
             "Local runs", "Dashboard", "Security")
 
 DIRECTIVE = re.compile(r"<!--\s*readme-test:\s*(.*?)\s*-->")
