@@ -76,7 +76,7 @@ class RealPipeline:
         self._spawn(function, cmd, self._env(function))
 
     def start_dispatcher(self) -> None:
-        cmd = [sys.executable, "-m", "iot_telemetry.local.dispatcher",
+        cmd = [sys.executable, "-m", "iot_telemetry.local.eventing.dispatcher",
                "--eventing", str(self.eventing_dir), "--bootstrap", self.kafka,
                "--ingress-port", str(self.broker_port),
                "--subscriber", f"aggregate={self.url('aggregate')}",

@@ -24,9 +24,10 @@ from kafka import KafkaConsumer, TopicPartition
 from kafka.admin import KafkaAdminClient
 
 from iot_telemetry.events import KafkaRecord, RawEvent, to_http
-from iot_telemetry.local.dispatcher import Dispatcher, Naming, RecordWriter
 from iot_telemetry.local.eventing import Eventing, load_eventing
-from iot_telemetry.local.memory_broker import partition_for
+from iot_telemetry.local.eventing.dispatcher import Dispatcher, Naming
+from iot_telemetry.local.eventing.kafka_clients import RecordWriter
+from iot_telemetry.local.eventing.memory_broker import partition_for
 from tests.unit.test_memory_broker import Subscriber, record
 
 pytestmark = pytest.mark.integration
@@ -533,7 +534,7 @@ def test_a_killed_dispatcher_resumes_where_it_left_off(
 
 def start_dispatcher_process(bootstrap: str, naming: Naming,
                              subscribers: Mapping[str, Subscriber]) -> subprocess.Popen[bytes]:
-    command = [sys.executable, "-m", "iot_telemetry.local.dispatcher", "--eventing",
+    command = [sys.executable, "-m", "iot_telemetry.local.eventing.dispatcher", "--eventing",
                str(EVENTING), "--bootstrap", bootstrap, "--ingress-port", "0",
                "--name-suffix", naming.suffix]
     for name, sub in subscribers.items():
@@ -584,9 +585,9 @@ def test_a_trigger_past_its_buffer_pauses_the_fetch_and_nothing_is_skipped(
     """With a buffer of 3 records per Trigger and partition, a stuck alert pauses its
     partition's fetching for every Trigger (aggregate stops short of the end); once alert
     answers again, both get every event, in order, none twice."""
-    import iot_telemetry.local.dispatcher as dispatcher_module
+    import iot_telemetry.local.eventing.reader as reader_module
 
-    monkeypatch.setattr(dispatcher_module, "MAX_QUEUED", 3)
+    monkeypatch.setattr(reader_module, "MAX_QUEUED", 3)
     release = threading.Event()
     subscribers["alert"].answer = hold_until(release)
     pipeline.start()
