@@ -75,6 +75,9 @@ def _claim_ports(args: argparse.Namespace) -> dict[str, int] | str:
     for name, (flag, variable, _default) in PORT_OPTIONS.items():
         port = getattr(args, f"{name}_port")
         with socket.socket() as probe:
+            # As the servers bind (werkzeug, gunicorn): a connection of the previous run
+            # lingering in TIME_WAIT does not make a port busy, only a listener does.
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
             try:
                 probe.bind(("127.0.0.1", port))
             except OverflowError:
