@@ -137,6 +137,7 @@ def _run_local(args: argparse.Namespace) -> int:
         print(f"iot-telemetry local: {ports}", file=sys.stderr)
         return 2
     functions = {f: ports[f] for f in PORTS}
+    supervised = None
     try:
         if real:
             from .realmode import RealPipeline
@@ -146,10 +147,12 @@ def _run_local(args: argparse.Namespace) -> int:
                                     environ={**os.environ, "LOG_LEVEL": args.log_level},
                                     eventing_dir=Path(args.eventing),
                                     log_dir=Path(args.log_dir) if args.log_dir else None)
-            pipeline.start()
+            supervised = pipeline.start()
             urls = {f: pipeline.url(f) for f in PORTS}
             extra = (f"  kafka     {args.kafka}\n  store     {args.mongo}\n"
-                     f"  logs      {args.log_dir or '(this terminal)'}")
+                     f"  logs      {args.log_dir or '(this terminal)'}\n"
+                     "  restarts  a process that exits is restarted (as on Knative); each exit "
+                     "and restart is reported here")
         else:
             from .embedded import EmbeddedPipeline
 
@@ -191,13 +194,17 @@ def _run_local(args: argparse.Namespace) -> int:
             sim = threading.Thread(target=simulate, args=(options, stop), daemon=True)
             sim.start()
         while not stop.wait(0.5):
-            pass
+            if supervised is not None and supervised.gave_up:
+                stop.set()
     except KeyboardInterrupt:
         stop.set()
     finally:
         if sim is not None:
             sim.join(timeout=10)
         pipeline.stop()
+    if supervised is not None and supervised.gave_up:
+        print(f"iot-telemetry local: stopped: {supervised.gave_up}", file=sys.stderr)
+        return 1
     return 0
 
 
