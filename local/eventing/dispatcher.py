@@ -19,10 +19,12 @@
   time in offset order. Unordered: up to 64 in flight per Trigger, and a window's offsets
   are committed only once all of it is done. Replies go back into the Broker topic; dead
   letters to the topic of the deadLetterSink.
-- A slow Trigger (a subscriber down through its retries) keeps its records in its lanes; once
-  one lane holds MAX_QUEUED, fetching of that partition pauses for every group until the
-  lane is down to half. The others are held back only by that bounded buffer; nothing is
-  skipped or lost.
+- A slow Trigger (a subscriber slow, failing or down through its retries) never holds the
+  others back, as on the Kafka Broker, where each Trigger is a consumer group of its own:
+  once one of its lanes holds MAX_QUEUED records, the shared fetch stops feeding that lane
+  and goes on for the others; the Trigger's own catch-up consumer reads that partition
+  again from where the lane stopped, as the lane drains, until it is back with the shared
+  fetch (reader.py). Memory stays bounded, offsets per group; nothing is skipped or lost.
 - An offset is committed only once its record is done: delivered (and its reply written)
   or dead-lettered (and the dead letter written), at most COMMIT_INTERVAL late. A crash
   redelivers, never skips.
@@ -80,9 +82,10 @@ from .delivery import (
     text_attributes,
 )
 from .kafka_clients import MAX_KAFKA_BACKOFF, RecordWriter, Stopped, kafka_errors
+from .lanes import Group, Process
 from .manifests import Eventing, Source, Trigger, load_eventing
 from .pings import PingPlayer
-from .reader import Group, Process, SharedReader
+from .reader import MAX_QUEUED, SharedReader
 
 log = logging.getLogger("iot_telemetry.local.dispatcher")
 
@@ -149,7 +152,9 @@ class Dispatcher:
     def __init__(self, eventing: Eventing, bootstrap: Sequence[str],
                  subscribers: Mapping[str, str], *, ingress_port: int | None = BROKER_PORT,
                  ingress_host: str = "127.0.0.1", naming: Naming | None = None,
-                 clock: Callable[[], float] = time.time) -> None:
+                 clock: Callable[[], float] = time.time, max_queued: int = MAX_QUEUED) -> None:
+        if max_queued < 1:
+            raise ValueError(f"max_queued must be at least 1, not {max_queued}")
         missing = [s for s in eventing.services if s not in subscribers]
         if missing:
             raise ValueError(f"no URL for subscriber service(s) {', '.join(missing)}")
@@ -157,6 +162,7 @@ class Dispatcher:
         self.naming = naming or Naming()
         self._bootstrap = list(bootstrap)
         self._subscribers = dict(subscribers)
+        self._max_queued = max_queued
         self._stop = threading.Event()
         self._writer = RecordWriter(self._bootstrap)
         self._counters = {t.name: TriggerCounters() for t in eventing.triggers}
@@ -203,7 +209,8 @@ class Dispatcher:
                 (self.broker_topic,), "earliest", self._trigger_process(trigger),
                 wants=self._trigger_wants(trigger))
         self._reader = SharedReader(self._bootstrap, list(self._groups.values()),
-                                    {self.broker_topic: _decode_all}, self._stop)
+                                    {self.broker_topic: _decode_all}, self._stop,
+                                    capacity=self._max_queued)
         self._reader.start()
         self._pings.start()
 
@@ -436,10 +443,12 @@ class Dispatcher:
 
 def run_dispatcher(eventing_dir: Path, bootstrap: Sequence[str], subscribers: Mapping[str, str],
                    *, ingress_port: int | None = BROKER_PORT, ingress_host: str = "127.0.0.1",
-                   naming: Naming | None = None, stop: threading.Event | None = None) -> None:
+                   naming: Naming | None = None, stop: threading.Event | None = None,
+                   max_queued: int = MAX_QUEUED) -> None:
     """Run until SIGTERM/SIGINT (main thread) or until `stop` is set."""
     dispatcher = Dispatcher(load_eventing(eventing_dir), bootstrap, subscribers,
-                            ingress_port=ingress_port, ingress_host=ingress_host, naming=naming)
+                            ingress_port=ingress_port, ingress_host=ingress_host, naming=naming,
+                            max_queued=max_queued)
     if threading.current_thread() is threading.main_thread():
         for signum in (signal.SIGTERM, signal.SIGINT):
             signal.signal(signum, lambda *_: dispatcher.request_stop())
@@ -490,6 +499,10 @@ def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] = os.envi
     parser.add_argument("--name-suffix", default=environ.get("IOT_DISPATCHER_NAME_SUFFIX", ""),
                         help="appended to every topic and consumer group, to isolate test runs "
                              "(env IOT_DISPATCHER_NAME_SUFFIX)")
+    parser.add_argument("--max-queued", type=int,
+                        default=int(environ.get("IOT_DISPATCHER_MAX_QUEUED", MAX_QUEUED)),
+                        help="records a Trigger holds fetched per partition before it reads on "
+                             f"by itself (env IOT_DISPATCHER_MAX_QUEUED, default {MAX_QUEUED})")
     parser.add_argument("--log-level", default=environ.get("LOG_LEVEL", "INFO"),
                         help="DEBUG, INFO, WARNING or ERROR (env LOG_LEVEL)")
     args = parser.parse_args(argv)
@@ -503,7 +516,7 @@ def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] = os.envi
     try:
         run_dispatcher(Path(args.eventing), args.bootstrap.split(","), subscribers,
                        ingress_port=args.ingress_port or None, ingress_host=args.ingress_host,
-                       naming=Naming(args.name_suffix))
+                       naming=Naming(args.name_suffix), max_queued=args.max_queued)
     except (ValueError, NotImplementedError) as exc:
         print(f"dispatcher: {exc}", file=sys.stderr)
         return 2

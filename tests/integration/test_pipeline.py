@@ -50,7 +50,9 @@ def harness(request: pytest.FixtureRequest, kafka_bootstrap: str, mongo_url: str
     name = request.node.name
     log_dir = ARTIFACTS / "pipeline-logs" / name
     shutil.rmtree(log_dir, ignore_errors=True)
-    h = Harness(kafka_bootstrap, mongo_url, mongo_db, log_dir)
+    # indirect parametrization gives the pipeline's extra environment
+    h = Harness(kafka_bootstrap, mongo_url, mongo_db, log_dir,
+                extra_env=dict(getattr(request, "param", None) or {}))
     failed_before = request.session.testsfailed
     started = time.monotonic()
     outcome = "error"
@@ -168,6 +170,38 @@ def test_each_process_killed_under_load_is_restarted_and_nothing_is_lost(
     for trigger in ("aggregate", "alert"):
         # killed mid-stream: the dispatcher had to retry deliveries while it was down
         assert delivery_retries(harness, trigger), f"{trigger} was not killed mid-stream"
+
+
+@pytest.mark.parametrize("harness", [{"IOT_DISPATCHER_MAX_QUEUED": "20"}], indirect=True)
+def test_alert_stopped_long_enough_to_fill_its_lanes_holds_aggregate_back_not_at_all(
+        harness: Harness, tmp_path: Path) -> None:
+    """alert frozen (SIGSTOP) while devices post, long enough for its lanes (20 records per
+    partition here) to fill: aggregate's lag stays flat and reaches 0 with alert still
+    frozen, as on the Kafka Broker where each Trigger is a consumer group of its own; once
+    alert runs again it catches up and everything is exact."""
+    groups = {t.name: harness.naming.group(t.consumer_group)
+              for t in harness.eventing.triggers}
+    sent = tmp_path / "sent.jsonl"
+    alert = harness.pipeline.processes["alert"]
+    os.killpg(alert.pid, signal.SIGSTOP)
+    try:
+        sim = SimRun(harness.sim_options(sent, rate=20.0))
+        aggregate_lag = []
+        while sim.running():
+            aggregate_lag.append(harness.lag()[groups["aggregate"]])
+            time.sleep(1.0)
+        result = sim.join(timeout=60)
+        assert result.accepted_events == EVENTS and result.rejected_events == 0, result
+        harness.wait_until("aggregate has done everything with alert frozen",
+                           lambda: harness.lag()[groups["aggregate"]] == 0, timeout=15)
+        lag = harness.lag()
+        harness.phases["aggregate_lag_while_alert_frozen"] = aggregate_lag
+        harness.phases["alert_lag_frozen"] = lag[groups["alert"]]
+        # alert really was behind by more than all its lanes can hold (6 partitions x 20).
+        assert lag[groups["alert"]] > 6 * 20, lag
+    finally:
+        os.killpg(alert.pid, signal.SIGCONT)
+    harness.assert_exact(read_records(sent))
 
 
 def test_kafka_restarted_during_ingestion_loses_nothing_accepted(harness: Harness,
