@@ -376,11 +376,13 @@ class CatchUpReader:
         wanted = {}
         with reader.handoff:
             for part, lane in self._group.lanes.items():
-                if not lane.detached:
+                # Room: down to half to start reading, then until full (the memory bound).
+                if not lane.detached or lane.queued >= (
+                        capacity if part in reading else max(1, capacity // 2)):
                     continue
                 if lane.resume_at >= reader.handed.get(part, lane.resume_at):
                     reader.attach(lane)  # the shared fetch has not gone past it
-                elif lane.queued < (capacity if part in reading else capacity // 2):
+                else:
                     wanted[part] = lane.resume_at
             if not any(lane.detached for lane in self._group.lanes.values()):
                 self.finished = True
