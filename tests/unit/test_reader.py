@@ -13,6 +13,7 @@ import pytest
 from confluent_kafka import TopicPartition
 
 from iot_telemetry.local.eventing import reader as reader_module
+from iot_telemetry.local.eventing.kafka_clients import Stopped
 from iot_telemetry.local.eventing.lanes import Group
 from iot_telemetry.local.eventing.reader import SharedReader
 
@@ -141,7 +142,6 @@ class Recorder:
         if not held:
             self.release.set()
         self.handled: list[tuple[int, int]] = []
-        self.most_queued = 0
         self.lock = threading.Lock()
 
     def __call__(self, batch: list[Any], done: Callable[[int], None],
@@ -149,7 +149,6 @@ class Recorder:
         for record in batch:
             while not self.release.wait(0.05):
                 if stop.is_set():
-                    from iot_telemetry.local.eventing.kafka_clients import Stopped
                     raise Stopped
             with self.lock:
                 self.handled.append((record.partition, record.offset))
@@ -204,7 +203,7 @@ def _all(count: int) -> list[tuple[int, int]]:
 def test_a_held_group_holds_the_other_back_not_at_all_and_catches_up_exactly(
         kafka: FakeKafka, run: Callable[..., Any]) -> None:
     fast, slow = Recorder(), Recorder(held=True)
-    reader, groups = run({"fast": fast, "slow": slow}, capacity=5)
+    _reader, groups = run({"fast": fast, "slow": slow}, capacity=5)
     for partition in range(PARTITIONS):
         kafka.produce(partition, [b"x"] * 200)
     _wait(lambda: sorted(fast.handled) == _all(200), "the fast group was held back")
@@ -229,7 +228,7 @@ def test_a_held_group_holds_the_other_back_not_at_all_and_catches_up_exactly(
 def test_when_every_group_lags_the_partition_pauses_and_memory_stays_bounded(
         kafka: FakeKafka, run: Callable[..., Any]) -> None:
     first, second = Recorder(held=True), Recorder(held=True)
-    reader, groups = run({"first": first, "second": second}, capacity=4)
+    _reader, _groups = run({"first": first, "second": second}, capacity=4)
     for partition in range(PARTITIONS):
         kafka.produce(partition, [b"x"] * 300)
     shared = next(c for c in kafka.consumers if c.group == "iot-dispatcher-reader"
