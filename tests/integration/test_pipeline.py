@@ -136,7 +136,7 @@ def test_duplicates_disorder_and_a_full_resend_change_nothing(harness: Harness,
 
 #: Killed in turn, one every KILL_EVERY accepted events (ingest first: the simulator retries).
 KILLED = ("ingest", "aggregate", "alert", "dispatcher", "query")
-KILL_EVERY = 80
+KILL_EVERY = 50
 
 
 def test_each_process_killed_under_load_is_restarted_and_nothing_is_lost(
@@ -146,7 +146,7 @@ def test_each_process_killed_under_load_is_restarted_and_nothing_is_lost(
     what ingest accepted, exactly (redeliveries counted once, nothing lost)."""
     sent = tmp_path / "sent.jsonl"
     events = KILL_EVERY * (len(KILLED) + 1)
-    sim = SimRun(harness.sim_options(sent, rate=20.0, events=events))
+    sim = SimRun(harness.sim_options(sent, rate=25.0, events=events))
     back_within: dict[str, float] = {}
     for turn, name in enumerate(KILLED, start=1):
         sim.wait_accepted(KILL_EVERY * turn, timeout=90)
