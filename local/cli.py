@@ -76,8 +76,8 @@ def _claim_ports(args: argparse.Namespace) -> dict[str, int] | str:
     for name, (flag, variable, _default) in PORT_OPTIONS.items():
         port = getattr(args, f"{name}_port")
         with socket.socket() as probe:
-            # Judged as the servers judge it (they reuse the address): a connection of the
-            # previous run in TIME_WAIT does not make the port taken, a listener does.
+            # As the servers bind (werkzeug, gunicorn): a connection of the previous run
+            # lingering in TIME_WAIT does not make a port busy, only a listener does.
             probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
             try:
                 probe.bind(("127.0.0.1", port))
@@ -138,6 +138,7 @@ def _run_local(args: argparse.Namespace) -> int:
         print(f"iot-telemetry local: {ports}", file=sys.stderr)
         return 2
     functions = {f: ports[f] for f in PORTS}
+    supervised = None
     try:
         if real:
             from .realmode import RealPipeline
@@ -147,10 +148,12 @@ def _run_local(args: argparse.Namespace) -> int:
                                     environ={**os.environ, "LOG_LEVEL": args.log_level},
                                     eventing_dir=Path(args.eventing),
                                     log_dir=Path(args.log_dir) if args.log_dir else None)
-            pipeline.start()
+            supervised = pipeline.start()
             urls = {f: pipeline.url(f) for f in PORTS}
             extra = (f"  kafka     {args.kafka}\n  store     {args.mongo}\n"
-                     f"  logs      {args.log_dir or '(this terminal)'}")
+                     f"  logs      {args.log_dir or '(this terminal)'}\n"
+                     "  restarts  a process that exits is restarted (as on Knative); each exit "
+                     "and restart is reported here")
         else:
             from .embedded import EmbeddedPipeline
 
@@ -192,13 +195,17 @@ def _run_local(args: argparse.Namespace) -> int:
             sim = threading.Thread(target=simulate, args=(options, stop), daemon=True)
             sim.start()
         while not stop.wait(0.5):
-            pass
+            if supervised is not None and supervised.gave_up:
+                stop.set()
     except KeyboardInterrupt:
         stop.set()
     finally:
         if sim is not None:
             sim.join(timeout=10)
         pipeline.stop()
+    if supervised is not None and supervised.gave_up:
+        print(f"iot-telemetry local: stopped: {supervised.gave_up}", file=sys.stderr)
+        return 1
     return 0
 
 

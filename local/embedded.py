@@ -20,10 +20,10 @@ from iot_telemetry import publisher, store
 from iot_telemetry.runtime import Runtime, get_runtime, set_runtime
 from iot_telemetry.settings import MEMORY_URL, Settings
 
-from .delivery import QuietHandler
 from .eventing import load_eventing
+from .eventing.delivery import QuietHandler
+from .eventing.memory_broker import MemoryBroker
 from .layout import BROKER_PORT, EVENTING_DIR, FUNCTIONS, PORTS, source
-from .memory_broker import MemoryBroker
 from .registry_endpoint import with_registry
 
 log = logging.getLogger(__name__)

@@ -1,4 +1,5 @@
-"""Real mode: each function its own functions-framework process, plus the dispatcher."""
+"""Real mode: each function its own functions-framework process, plus the dispatcher, each
+restarted when it exits (supervisor.py)."""
 
 from __future__ import annotations
 
@@ -11,21 +12,27 @@ import sys
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from .eventing import load_eventing
 from .layout import BROKER_PORT, EVENTING_DIR, FUNCTIONS, PORTS, THREADS, source
+from .supervisor import Supervisor
 
 log = logging.getLogger(__name__)
 
 
+def _to_stderr(line: str) -> None:
+    print(f"iot-telemetry local: {line}", file=sys.stderr, flush=True)
+
+
 @dataclass
 class RealPipeline:
-    """The four functions served by functions-framework and the dispatcher.
+    """The functions served by functions-framework (gunicorn) and the dispatcher.
 
-    Each is a child process that can be killed and restarted on its own (fault tests).
+    Each is a child process of its own; once started, one that exits (killed, crashed) is
+    restarted by the supervisor, as Knative's kubelet restarts a container.
     """
 
     kafka: str
@@ -37,7 +44,14 @@ class RealPipeline:
     environ: Mapping[str, str] = field(default_factory=lambda: dict(os.environ))
     dispatcher_args: tuple[str, ...] = ()
     log_dir: Path | None = None
+    #: Restart what exits (off: a process that exits stays down).
+    supervise: bool = True
+    #: Where exits and restarts are reported (a line each).
+    report: Callable[[str], None] = _to_stderr
     processes: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
+    #: Set when the supervisor gave up on a process: why (the run should stop).
+    gave_up: str | None = None
+    supervisor: Supervisor | None = None
 
     def url(self, function: str) -> str:
         return f"http://{self.host}:{self.ports[function]}/"
@@ -60,38 +74,66 @@ class RealPipeline:
         self.log_dir.mkdir(parents=True, exist_ok=True)
         return os.open(self.log_dir / f"{name}.log", os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
 
-    def _spawn(self, name: str, cmd: list[str], env: dict[str, str]) -> None:
+    def _spawn(self, name: str, cmd: list[str], env: dict[str, str]) -> subprocess.Popen[bytes]:
         """Start a child in a session of its own that dies with this process."""
         lifeline = [sys.executable, "-m", "iot_telemetry.local.lifeline", str(os.getpid())]
         out = self._output(name)
-        self.processes[name] = subprocess.Popen(
+        proc = self.processes[name] = subprocess.Popen(
             [*lifeline, *cmd], env=env, stdout=out, stderr=out, start_new_session=True)
         if out is not None:
             os.close(out)
+        return proc
 
-    def start_function(self, function: str) -> None:
-        # functions-framework picks the mode from the function: ASGI (uvicorn under gunicorn)
-        # for the `aio` functions ingest, aggregate and alert, Flask on gunicorn for query.
-        cmd = [sys.executable, "-m", "functions_framework", "--target", function,
-               "--source", str(source(function)), "--signature-type", "http",
-               "--host", self.host, "--port", str(self.ports[function])]
-        self._spawn(function, cmd, self._env(function))
+    def function_command(self, function: str) -> list[str]:
+        """The command line that serves one function."""
+        return [sys.executable, "-m", "functions_framework", "--target", function,
+                "--source", str(source(function)), "--signature-type", "http",
+                "--host", self.host, "--port", str(self.ports[function])]
 
-    def start_dispatcher(self) -> None:
-        cmd = [sys.executable, "-m", "iot_telemetry.local.dispatcher",
+    def start_function(self, function: str) -> subprocess.Popen[bytes]:
+        return self._spawn(function, self.function_command(function), self._env(function))
+
+    def start_dispatcher(self) -> subprocess.Popen[bytes]:
+        cmd = [sys.executable, "-m", "iot_telemetry.local.eventing.dispatcher",
                "--eventing", str(self.eventing_dir), "--bootstrap", self.kafka,
                "--ingress-port", str(self.broker_port),
                "--subscriber", f"aggregate={self.url('aggregate')}",
                "--subscriber", f"alert={self.url('alert')}",
                "--subscriber", f"notify={self.url('notify')}", *self.dispatcher_args]
-        self._spawn("dispatcher", cmd, self._env())
+        return self._spawn("dispatcher", cmd, self._env())
+
+    def _start_process(self, name: str) -> subprocess.Popen[bytes]:
+        return self.start_dispatcher() if name == "dispatcher" else self.start_function(name)
 
     def start(self, timeout: float = 60.0) -> RealPipeline:
         for function in FUNCTIONS:
             self.start_function(function)
         self.wait_healthy(FUNCTIONS, timeout)
         self.start_dispatcher()
+        if self.supervise:
+            self.supervisor = Supervisor(self.processes, self._start_process, self.healthy,
+                                         self.report, self._give_up).start()
         return self
+
+    def _give_up(self, why: str) -> None:
+        self.gave_up = why
+
+    @property
+    def restarts(self) -> Mapping[str, int]:
+        """Restarts so far by process name (all 0 without supervision)."""
+        if self.supervisor is None:
+            return dict.fromkeys(self.processes, 0)
+        return self.supervisor.restarts
+
+    def healthy(self, name: str) -> bool:
+        """Whether a process answers its /healthz (the dispatcher: its broker ingress's)."""
+        base = (f"http://{self.host}:{self.broker_port}/" if name == "dispatcher"
+                else self.url(name))
+        try:
+            with urllib.request.urlopen(base + "healthz", timeout=1):  # noqa: S310
+                return True
+        except (urllib.error.URLError, OSError):
+            return False
 
     def wait_healthy(self, functions: tuple[str, ...] | list[str], timeout: float) -> None:
         """Wait until each function answers /healthz; fail naming the one that did not."""
@@ -110,20 +152,16 @@ class RealPipeline:
                     time.sleep(0.2)
 
     def kill(self, name: str, sig: int = signal.SIGKILL) -> None:
-        """Kill one process (and its gunicorn children) without letting it clean up."""
+        """Kill one process (and its gunicorn children) without letting it clean up; under
+        supervision it is restarted like any process that exits."""
         proc = self.processes[name]
         with contextlib.suppress(ProcessLookupError):
             os.killpg(proc.pid, sig)
         proc.wait(timeout=30)
 
-    def restart(self, name: str, timeout: float = 60.0) -> None:
-        if name == "dispatcher":
-            self.start_dispatcher()
-        else:
-            self.start_function(name)
-            self.wait_healthy([name], timeout)
-
     def stop(self) -> None:
+        if self.supervisor is not None:
+            self.supervisor.stop()  # first: nothing is restarted while the run stops
         for name in list(self.processes):
             proc = self.processes[name]
             if proc.poll() is None:

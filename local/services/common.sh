@@ -179,19 +179,59 @@ svc_start() {
   svc_prepare
   [ -f "$SVC_LOG_FILE" ] && mv -f "$SVC_LOG_FILE" "$SVC_LOG_FILE.1"
   local t0; t0=$(ms_now)
+  # From here on a start that fails (no pid, not ready in time, svc_after_ready refusing)
+  # stops what it launched: a server left running without answering would make the next
+  # start say "running but not answering" (a BindException kept mongo-java-server so).
+  trap _svc_undo_launch EXIT
   svc_launch
+  _SVC_LAUNCHED=$!
   for _ in $(seq 1 50); do [ -s "$SVC_PID_FILE" ] && break; sleep 0.1; done
   pid="$(cat "$SVC_PID_FILE" 2>/dev/null || true)"
   [ -n "$pid" ] || die "$(_svc_proc) did not start (log: $SVC_LOG_FILE)"
+  _SVC_LAUNCHED=$pid
 
   if ! svc_wait_ready "$pid" "$SVC_START_TIMEOUT"; then
     log "$(_svc_subject)not ready after ${SVC_START_TIMEOUT}s; last lines of $SVC_LOG_FILE:"
     tail -n 40 "$SVC_LOG_FILE" >&2 || true
-    kill -0 "$pid" 2>/dev/null || rm -f "$SVC_PID_FILE"
     die "$SVC_TITLE failed to start"
   fi
   log "ready on $SVC_ADDR (pid $pid) after $(elapsed "$t0")"
   svc_after_ready
+  _SVC_LAUNCHED=
+  trap - EXIT
+}
+
+# The server this start launched, until the start succeeded.
+_SVC_LAUNCHED=
+
+# EXIT trap of a start: when it fails after the launch, stop the server it launched.
+_svc_undo_launch() {
+  local rc=$?
+  [ "$rc" != 0 ] && [ -n "$_SVC_LAUNCHED" ] || return "$rc"
+  if kill -0 "$_SVC_LAUNCHED" 2>/dev/null; then
+    log "stopping what the failed start launched (pid $_SVC_LAUNCHED)"
+    _svc_terminate "$_SVC_LAUNCHED" || true
+  fi
+  rm -f "$SVC_PID_FILE"
+  _SVC_LAUNCHED=
+  svc_after_stop 0 || true
+  return "$rc"
+}
+
+# SIGTERM, then SIGKILL after SVC_STOP_TIMEOUT; non-zero when it took SIGKILL.
+_svc_terminate() {
+  local pid="$1"
+  kill -TERM "$pid" 2>/dev/null || true
+  local deadline=$(( $(ms_now) + SVC_STOP_TIMEOUT * 1000 ))
+  while kill -0 "$pid" 2>/dev/null; do
+    if [ "$(ms_now)" -ge "$deadline" ]; then
+      log "still running after ${SVC_STOP_TIMEOUT}s; sending SIGKILL"
+      kill -KILL "$pid" 2>/dev/null || true
+      sleep 0.5
+      return 1
+    fi
+    sleep 0.1
+  done
 }
 
 # SIGTERM, then SIGKILL after SVC_STOP_TIMEOUT. Stopping a stopped service is fine.
@@ -204,18 +244,8 @@ svc_stop() {
     return 0
   fi
   log "stopping (pid $pid)"
-  kill -TERM "$pid" 2>/dev/null || true
-  local deadline=$(( $(ms_now) + SVC_STOP_TIMEOUT * 1000 )) clean=1
-  while kill -0 "$pid" 2>/dev/null; do
-    if [ "$(ms_now)" -ge "$deadline" ]; then
-      log "still running after ${SVC_STOP_TIMEOUT}s; sending SIGKILL"
-      kill -KILL "$pid" 2>/dev/null || true
-      clean=0
-      sleep 0.5
-      break
-    fi
-    sleep 0.1
-  done
+  local clean=1
+  _svc_terminate "$pid" || clean=0
   rm -f "$SVC_PID_FILE"
   svc_after_stop "$clean"
   log "stopped"

@@ -43,8 +43,8 @@ from pathlib import Path
 from typing import Any
 
 from iot_telemetry.events import JSON, SPECVERSION, TELEMETRY_TYPE, to_http
-from iot_telemetry.local.dispatcher import Naming
-from iot_telemetry.local.eventing import ORDER_ANNOTATION, load_eventing
+from iot_telemetry.local.eventing.dispatcher import Naming
+from iot_telemetry.local.eventing.manifests import ORDER_ANNOTATION, load_eventing
 from iot_telemetry.local.layout import EVENTING_DIR, FUNCTIONS
 from iot_telemetry.local.realmode import RealPipeline
 from iot_telemetry.local.simulator import SimulatorOptions, simulate

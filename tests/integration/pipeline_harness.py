@@ -40,8 +40,8 @@ from kafka.admin import KafkaAdminClient
 
 from iot_telemetry.alerting import RuleState, evaluate
 from iot_telemetry.events import RawEvent, to_batch
-from iot_telemetry.local.dispatcher import Naming
 from iot_telemetry.local.eventing import Eventing, load_eventing
+from iot_telemetry.local.eventing.dispatcher import Naming
 from iot_telemetry.local.layout import EVENTING_DIR, FUNCTIONS, SERVICES_DIR
 from iot_telemetry.local.realmode import RealPipeline
 from iot_telemetry.local.simulator import SimulationResult, SimulatorOptions, simulate

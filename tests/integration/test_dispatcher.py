@@ -24,9 +24,10 @@ from kafka import KafkaConsumer, TopicPartition
 from kafka.admin import KafkaAdminClient
 
 from iot_telemetry.events import KafkaRecord, RawEvent, to_http
-from iot_telemetry.local.dispatcher import Dispatcher, Naming, RecordWriter
 from iot_telemetry.local.eventing import Eventing, load_eventing
-from iot_telemetry.local.memory_broker import partition_for
+from iot_telemetry.local.eventing.dispatcher import Dispatcher, Naming
+from iot_telemetry.local.eventing.kafka_clients import RecordWriter
+from iot_telemetry.local.eventing.memory_broker import partition_for
 from tests.unit.test_memory_broker import Subscriber, record
 
 pytestmark = pytest.mark.integration
@@ -80,10 +81,10 @@ class Pipeline:
         self.writer = RecordWriter([bootstrap], client_id="test-producer")
         self.dispatcher: Dispatcher | None = None
 
-    def start(self) -> Dispatcher:
+    def start(self, **options: Any) -> Dispatcher:
         self.dispatcher = Dispatcher(
             self.eventing, [self.bootstrap], {n: s.url for n, s in self.subscribers.items()},
-            ingress_port=0, naming=self.naming)
+            ingress_port=0, naming=self.naming, **options)
         self.dispatcher.start()
         wait_for(self.dispatcher.ready, 60, "the dispatcher did not get its partitions")
         return self.dispatcher
@@ -542,7 +543,7 @@ def test_a_killed_dispatcher_resumes_where_it_left_off(
 
 def start_dispatcher_process(bootstrap: str, naming: Naming,
                              subscribers: Mapping[str, Subscriber]) -> subprocess.Popen[bytes]:
-    command = [sys.executable, "-m", "iot_telemetry.local.dispatcher", "--eventing",
+    command = [sys.executable, "-m", "iot_telemetry.local.eventing.dispatcher", "--eventing",
                str(EVENTING), "--bootstrap", bootstrap, "--ingress-port", "0",
                "--name-suffix", naming.suffix]
     for name, sub in subscribers.items():
@@ -589,34 +590,58 @@ def test_a_stuck_trigger_holds_back_neither_the_others_nor_its_own_offsets(
              "alert's offsets were not committed to the end")
 
 
-def test_a_trigger_past_its_buffer_pauses_the_fetch_and_nothing_is_skipped(
-        pipeline: Pipeline, subscribers: dict[str, Subscriber],
-        monkeypatch: pytest.MonkeyPatch) -> None:
-    """With a buffer of 3 records per Trigger and partition, a stuck alert pauses its
-    partition's fetching for every Trigger (aggregate stops short of the end); once alert
-    answers again, both get every event, in order, none twice."""
-    import iot_telemetry.local.dispatcher as dispatcher_module
-
-    monkeypatch.setattr(dispatcher_module, "MAX_QUEUED", 3)
+def test_a_trigger_past_its_buffer_holds_back_no_other_and_skips_nothing(
+        pipeline: Pipeline, subscribers: dict[str, Subscriber]) -> None:
+    """With a buffer of 3 records per Trigger and partition, a stuck alert leaves the shared
+    fetch (it would pause the partition for every Trigger): aggregate gets every event while
+    alert holds; once alert answers again, its own reader catches up from where its lane
+    stopped and both have every event, in order, none twice."""
     release = threading.Event()
     subscribers["alert"].answer = hold_until(release)
-    pipeline.start()
-    pipeline.produce([record("dev-1", seq) for seq in range(10)])
+    pipeline.start(max_queued=3)
     expected = {f"dev-1-{s}" for s in range(40)}
     try:
-        # The first fetch may bring fewer than ten; alert then holds 3 or more: paused.
-        wait_for(lambda: len(subscribers["aggregate"].delivered) >= 3, 30, "first fetch")
-        time.sleep(1)
-        fetched = len(subscribers["aggregate"].delivered)
+        pipeline.produce([record("dev-1", seq) for seq in range(10)])
+        wait_for(lambda: len(subscribers["alert"].attempts) >= 1, 30, "alert got nothing")
         pipeline.produce([record("dev-1", seq) for seq in range(10, 40)])
-        time.sleep(2)
-        assert len(subscribers["aggregate"].delivered) == fetched
+        # Far past alert's 3 buffered records, while alert has answered none.
+        wait_for(lambda: delivered_ids(subscribers["aggregate"]) >= expected, 30,
+                 "aggregate was held back by the stuck alert")
+        assert len(subscribers["alert"].delivered) == 0
+        assert len(subscribers["alert"].attempts) == 1
     finally:
         release.set()
     for sub in subscribers.values():
         wait_for(lambda s=sub: delivered_ids(s) >= expected, 60, "events were skipped")
-        assert_in_order_per_device(sub, ["dev-1"], 40)
-        assert len(sub.attempts) == len(expected)
+        assert len(sub.attempts) == len(expected)  # none twice
+    assert_in_order_per_device(subscribers["alert"], ["dev-1"], 40)  # alert's is ordered
+    wait_for(lambda: sum(pipeline.committed("alert").values()) == len(expected), 30,
+             "alert's offsets were not committed to the end")
+
+
+def test_a_failing_trigger_over_many_partitions_holds_back_no_other(
+        pipeline: Pipeline, subscribers: dict[str, Subscriber]) -> None:
+    """alert answers 503 on every partition (retried with backoff), its lanes fill past the
+    buffer, and aggregate still gets every event of every device at once; when alert
+    recovers it gets them all, each device in order."""
+    healthy = threading.Event()
+
+    def failing(_event: RawEvent, _attempt: int) -> tuple[int, Mapping[str, str], bytes]:
+        return (202 if healthy.is_set() else 503), {}, b""
+
+    subscribers["alert"].answer = failing
+    pipeline.start(max_queued=2)
+    devices = [f"dev-{n}" for n in range(12)]
+    expected = {f"{d}-{s}" for d in devices for s in range(15)}
+    pipeline.produce([record(d, seq) for seq in range(15) for d in devices])
+    wait_for(lambda: delivered_ids(subscribers["aggregate"]) >= expected, 30,
+             "aggregate was held back by the failing alert")
+    assert subscribers["alert"].delivered == []
+    healthy.set()
+    wait_for(lambda: delivered_ids(subscribers["alert"]) >= expected, 90, "alert lost events")
+    assert_in_order_per_device(subscribers["alert"], devices, 15)
+    assert len(subscribers["aggregate"].attempts) == len(expected)
+    assert len(subscribers["alert"].delivered) == len(expected)
 
 
 def test_a_restart_resumes_each_trigger_from_its_own_committed_offsets(

@@ -8,15 +8,14 @@ from pathlib import Path
 
 import pytest
 
-from iot_telemetry.local.eventing import (
+from iot_telemetry.local.eventing.manifests import (
     PING_TYPE,
-    Cron,
     Delivery,
     EventingError,
     load_eventing,
-    parse_duration,
     retriable,
 )
+from iot_telemetry.local.eventing.schedules import Cron, parse_duration
 
 EVENTING = Path(__file__).resolve().parents[2] / "eventing"
 

@@ -22,7 +22,7 @@ from werkzeug.wrappers import Request, Response
 from iot_telemetry.errors import DependencyUnavailable
 from iot_telemetry.events import RawEvent, read_delivery, to_http, to_kafka
 from iot_telemetry.local.eventing import Eventing, load_eventing
-from iot_telemetry.local.memory_broker import MemoryBroker, partition_for
+from iot_telemetry.local.eventing.memory_broker import MemoryBroker, partition_for
 
 EVENTING = Path(__file__).resolve().parents[2] / "eventing"
 

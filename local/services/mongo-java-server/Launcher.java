@@ -269,7 +269,13 @@ public final class Launcher {
         MongoServer server = new MongoServer(backend);
         // SIGTERM: stop accepting, then close the backend (H2 writes its last commit).
         Runtime.getRuntime().addShutdownHook(new Thread(server::shutdown, "shutdown"));
-        server.bind(host, port);
+        try {
+            server.bind(host, port);
+        } catch (RuntimeException e) {
+            // Netty's threads would keep the JVM running without a listener (BindException).
+            System.err.println("mongo-java-server cannot listen on " + host + ":" + port + ": " + e);
+            System.exit(1);
+        }
         System.err.println("mongo-java-server listening on " + host + ":" + port
                 + " (backend " + backendName + ", wire version " + wire
                 + ", _id lookups " + (idIndex ? "for every filter with an _id" : "as released") + ")");

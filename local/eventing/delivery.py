@@ -24,7 +24,7 @@ from iot_telemetry.errors import BadRequest, DependencyUnavailable
 from iot_telemetry.events import JSON, STRUCTURED, RawEvent, media_type, read_delivery, to_http
 from iot_telemetry.httpsession import HttpAnswer, HttpSession
 
-from .eventing import Trigger, retriable
+from .manifests import Trigger, retriable
 
 log = logging.getLogger(__name__)
 

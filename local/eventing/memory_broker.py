@@ -36,7 +36,7 @@ from .delivery import (
     missing_attributes,
     text_attributes,
 )
-from .eventing import Eventing, Trigger
+from .manifests import Eventing, Trigger
 from .pings import PingPlayer
 
 log = logging.getLogger(__name__)

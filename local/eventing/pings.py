@@ -15,7 +15,7 @@ from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
-from .eventing import Ping
+from .manifests import Ping
 
 log = logging.getLogger(__name__)
 
