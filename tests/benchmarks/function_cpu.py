@@ -3,10 +3,14 @@ handler (functions-framework's test client), one event after the other on a real
 
     python -m tests.benchmarks.function_cpu alert mongodb://127.0.0.1:27018 [EVENTS] [--profile]
     python -m tests.benchmarks.function_cpu alert mongodb://127.0.0.1:27018 [EVENTS] --store-bytes
+    python -m tests.benchmarks.function_cpu aggregate mongodb://... 600 --shape single-reading
 
-Events as figure 3's simulator makes them (local/simulator.py's Device: 60 devices, 9 buffered
-samples and a reading per event, temperature, humidity and for some devices battery, 2% of
-readings starting an anomaly episode, so alert raises and resolves as in the pipeline).
+Events as the simulator makes them (local/simulator.py's Device: temperature, humidity and for
+some devices battery, 2% of readings starting an anomaly episode, so alert raises and resolves
+as in the pipeline; --anomaly-rate changes that), in one of two shapes (--shape):
+- `gateway` (the default): figure 3's, 60 devices, 9 buffered samples and a reading per event;
+- `single-reading`: one reading of 2-3 metrics per event and no samples, 200 devices, each at
+  one event per second: what most fleets post (issue 25), where the cost is per event.
 CPU time of this process (the store's is apart); --profile
 prints cProfile's top functions; --store-bytes counts the store commands per event and the
 bytes of BSON they send (figures that carry over to any MongoDB server; the counting itself
@@ -23,6 +27,7 @@ import sys
 import time
 import uuid
 from datetime import UTC, datetime, timedelta
+from typing import Final
 
 import bson
 from pymongo import monitoring
@@ -39,17 +44,24 @@ from .common import broker_ingress
 WARMUP = 60
 
 
-def stream(n: int) -> list[tuple[dict[str, str], bytes, int]]:
-    """n events of 60 devices, one second apart per device, each with its data points."""
+#: Per shape: devices, buffered samples per event.
+SHAPES: Final = {"gateway": (60, 9), "single-reading": (200, 0)}
+
+
+def stream(n: int, shape: str = "gateway", anomaly_rate: float = 0.02,
+           ) -> list[tuple[dict[str, str], bytes, int]]:
+    """n events of the shape's devices, one second apart per device, each with its data
+    points."""
+    count, samples = SHAPES[shape]
     rng = random.Random(1)
-    devices = [Device(f"d{k}", rng, 0) for k in range(60)]
-    start = datetime.now(UTC) - timedelta(seconds=n // 60 + 1)
+    devices = [Device(f"d{k}", rng, 0) for k in range(count)]
+    start = datetime.now(UTC) - timedelta(seconds=n // count + 1)
     out = []
     for i in range(n):
-        device = devices[i % 60]
-        at = start + timedelta(seconds=i // 60)
-        data = device.measure(at, 9, 0.02)
-        points = len(data["metrics"]) + sum(len(s["metrics"]) for s in data["samples"])
+        device = devices[i % count]
+        at = start + timedelta(seconds=i // count)
+        data = device.measure(at, samples, anomaly_rate)
+        points = len(data["metrics"]) + sum(len(s["metrics"]) for s in data.get("samples", ()))
         attributes = {"specversion": "1.0", "type": "iot.telemetry.v1",
                       "source": f"/devices/{device.device_id}", "id": f"e{i}",
                       "subject": device.device_id, "time": format_time(at),
@@ -59,10 +71,25 @@ def stream(n: int) -> list[tuple[dict[str, str], bytes, int]]:
     return out
 
 
+def _option(argv: list[str], name: str, default: str) -> str:
+    """The value of `--name VALUE` or `--name=VALUE` in argv, else `default`."""
+    for i, arg in enumerate(argv):
+        if arg == name and i + 1 < len(argv):
+            return argv[i + 1]
+        if arg.startswith(name + "="):
+            return arg.split("=", 1)[1]
+    return default
+
+
 def main(argv: list[str]) -> int:
-    args = [a for a in argv if not a.startswith("--")]
+    valued = {"--shape", "--anomaly-rate"}
+    args = [a for i, a in enumerate(argv)
+            if not a.startswith("--") and (i == 0 or argv[i - 1] not in valued)]
     function, url = args[0], args[1]
     n = int(args[2]) if len(args) > 2 else 400
+    shape = _option(argv, "--shape", "gateway")
+    if shape not in SHAPES:
+        raise SystemExit(f"--shape: one of {', '.join(SHAPES)}, not {shape!r}")
     db = f"bench_fn_cpu_{uuid.uuid4().hex[:8]}"
     # A raise of temperature and humidity at once replies one event and posts the other to
     # K_SINK: a Broker ingress stand-in in its own process, so its CPU is not counted here.
@@ -96,9 +123,11 @@ def _measure(function: str, url: str, n: int, db: str, sink: str, argv: list[str
                                             "K_SINK": sink}))
     set_runtime(rt)
     client = getattr(Apps(), function)
-    requests = stream(n + WARMUP)
-    points = sum(p for _, _, p in requests[WARMUP:])
-    for headers, body, _ in requests[:WARMUP]:  # connections, indexes, each device's first event
+    shape = _option(argv, "--shape", "gateway")
+    warmup = max(WARMUP, SHAPES[shape][0])  # each device's first event is not the steady state
+    requests = stream(n + warmup, shape, float(_option(argv, "--anomaly-rate", "0.02")))
+    points = sum(p for _, _, p in requests[warmup:])
+    for headers, body, _ in requests[:warmup]:  # connections, indexes, each device's first event
         client.post("/", data=body, headers=headers)
     # CPU time, not wall time: waits on the store are not this process's cost.
     profile = cProfile.Profile(time.process_time) if "--profile" in argv else None
@@ -106,15 +135,16 @@ def _measure(function: str, url: str, n: int, db: str, sink: str, argv: list[str
     commands0, bytes0 = (counter.commands, counter.bytes) if counter else (0, 0)
     if profile:
         profile.enable()
-    for headers, body, _ in requests[WARMUP:]:
+    for headers, body, _ in requests[warmup:]:
         status = client.post("/", data=body, headers=headers).status_code
         if status not in (200, 204):
             raise SystemExit(f"{function} answered {status}")
     if profile:
         profile.disable()
     cpu = time.process_time() - t0
-    print(f"{function}: {cpu / n * 1e3:.2f} ms CPU per event, {cpu / points * 1e6:.0f} us per "
-          f"data point ({points / n:.1f} per event){' (under cProfile)' if profile else ''}")
+    print(f"{function} ({shape}): {cpu / n * 1e3:.3f} ms CPU per event, "
+          f"{cpu / points * 1e6:.0f} us per data point ({points / n:.1f} per event)"
+          f"{' (under cProfile)' if profile else ''}")
     if counter:
         print(f"  store: {(counter.commands - commands0) / n:.2f} commands, "
               f"{(counter.bytes - bytes0) / n:,.0f} bytes of BSON sent per event")
