@@ -42,7 +42,7 @@ from .eventtime import settled
 from .groupcommit import GroupCommit
 from .observability import AGGREGATE_BATCH_EVENTS, POINTS_EXPIRED
 from .retention import Retention
-from .series import Summary, bucket_start, day_id, hour_id, reading_key
+from .series import Summary, add_reading, bucket_start, day_id, hour_id, reading_key
 from .store import DEVICES, NOT_IMPLEMENTED, ROLLUP_DAYS, ROLLUP_HOURS, Store, Update
 from .telemetry import DataPoint, TelemetryEvent, parse_time
 
@@ -172,6 +172,10 @@ class RollupWriter:
                                  "exp": self.retention.hour_expiry(start)},
                 "$inc": {"v": 1}, "$min": {}, "$max": {}, "$push": {"ids": key}}
             for metric, points in metrics.items():
+                if len(points) == 1:
+                    t, value = points[0].time, points[0].value
+                    add_reading(ops, (f"tot.{metric}", f"min.{metric}.{t.minute:02d}"), t, value)
+                    continue
                 slots = [(f"tot.{metric}", points)]
                 by_minute: dict[int, list[DataPoint]] = defaultdict(list)
                 for p in points:
