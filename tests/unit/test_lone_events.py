@@ -1,15 +1,19 @@
-"""The shortcuts of aggregate's write path for lone events write exactly what the general
-path writes (issue 25: a single-reading event should cost its store commands, little more)."""
+"""Lone single-reading events cost little more than their store commands (issue 25): the
+shortcuts of the consumers' paths write exactly what the general paths write."""
 
 from __future__ import annotations
 
+import logging
 from datetime import UTC, datetime
 from typing import Any
 
+import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from iot_telemetry import events
 from iot_telemetry.series import Summary, add_reading
+from tests.conftest import Apps, telemetry
 
 TIMES = st.datetimes(min_value=datetime(1, 1, 1), max_value=datetime(9999, 12, 31, 23, 59),
                      timezones=st.just(UTC))
@@ -30,3 +34,17 @@ def test_a_lone_reading_adds_what_its_summary_adds(t: datetime, value: float,
     # the same types too: BSON keeps an int count an int and a float sum a double
     assert {k: type(v) for op in fast.values() for k, v in op.items()} == {
         k: type(v) for op in general.values() for k, v in op.items()}
+
+
+@pytest.mark.parametrize("level", ["INFO", "DEBUG"])
+def test_aggregate_logs_each_event_only_at_debug(runtime, apps: Apps, now: datetime,
+                                                 caplog: pytest.LogCaptureFixture,
+                                                 level: str) -> None:
+    caplog.set_level(level, logger="iot_telemetry")
+    headers, body = events.to_http(*telemetry("dev-1", now, {"temperature": 21.5}, "e1"))
+    for _ in range(2):  # applied, then a duplicate
+        assert apps.aggregate.post("/", data=body, headers=headers).status_code == 204
+    lines = [(r.levelno, r.getMessage()) for r in caplog.records
+             if r.name == "iot_telemetry.aggregate"]
+    assert lines == ([] if level == "INFO" else [(logging.DEBUG, "aggregated"),
+                                                  (logging.DEBUG, "duplicate")])
