@@ -280,9 +280,9 @@ class RollupWriter:
             day = days.setdefault(day_id(w.device_id, start), _Merged(w.device_id, start))
             day.owners.add(w.owner)
             for metric in w.metrics:
-                total = Summary.from_slot(doc["tot"][metric])
+                total = Summary.slot_snapshot(doc["tot"][metric], int(doc["v"]))
                 if total is not None:
-                    day.raise_(f"h.{metric}.{w.start.hour:02d}", total.snapshot(int(doc["v"])))
+                    day.raise_(f"h.{metric}.{w.start.hour:02d}", total)
         self._upsert_merged(ROLLUP_DAYS, days, failed)
 
     # 3. devices ---------------------------------------------------------------------------

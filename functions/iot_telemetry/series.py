@@ -222,6 +222,18 @@ class Summary:
     def version_of(text: str) -> int:
         return int(text.split("|", 1)[0], 16)
 
+    @staticmethod
+    def slot_snapshot(slot: Mapping[str, Any], version: int) -> str | None:
+        """`Summary.from_slot(slot).snapshot(version)` (None for an empty slot), taken from
+        the slot's stored fields as they are: its first and last keys are what `snapshot`
+        writes, so decoding them into times and encoding them again is skipped (a day
+        snapshot per metric on every event of aggregate)."""
+        if not slot.get("c"):
+            return None
+        return "|".join((f"{version:0{_VERSION_DIGITS}x}", str(int(slot["c"])),
+                         repr(float(slot["s"])), repr(float(slot["lo"])),
+                         repr(float(slot["hi"])), slot["f"], slot["lv"]))
+
     @classmethod
     def from_snapshot(cls, text: str) -> Summary:
         _, count, total, low, high, first, last = text.split("|")

@@ -12,7 +12,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from iot_telemetry import events
-from iot_telemetry.series import Summary, add_reading
+from iot_telemetry.series import Summary, add_reading, reading_key, time_key
 from tests.conftest import Apps, telemetry
 
 TIMES = st.datetimes(min_value=datetime(1, 1, 1), max_value=datetime(9999, 12, 31, 23, 59),
@@ -48,3 +48,17 @@ def test_aggregate_logs_each_event_only_at_debug(runtime, apps: Apps, now: datet
              if r.name == "iot_telemetry.aggregate"]
     assert lines == ([] if level == "INFO" else [(logging.DEBUG, "aggregated"),
                                                   (logging.DEBUG, "duplicate")])
+
+
+@given(st.lists(st.tuples(TIMES, VALUES), min_size=1, max_size=5),
+       st.integers(min_value=1, max_value=2**40))
+def test_a_day_snapshot_taken_from_the_stored_slot_is_the_summarys(
+        readings: list[tuple[datetime, float]], version: int) -> None:
+    total = Summary.of(readings)
+    slot = {"c": total.count, "s": total.sum, "lo": total.min, "hi": total.max,
+            "f": time_key(total.first), "lv": reading_key(total.last, total.last_value)}
+    stored = Summary.from_slot(slot)
+    assert stored is not None
+    assert Summary.slot_snapshot(slot, version) == stored.snapshot(version) == total.snapshot(
+        version)
+    assert Summary.slot_snapshot({**slot, "c": 0}, version) is None
