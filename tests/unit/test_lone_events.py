@@ -4,6 +4,9 @@ shortcuts of the consumers' paths write exactly what the general paths write."""
 from __future__ import annotations
 
 import logging
+import threading
+import time
+from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import Any
 
@@ -12,6 +15,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from iot_telemetry import events
+from iot_telemetry.groupcommit import GroupCommit
 from iot_telemetry.series import Summary, add_reading, reading_key, time_key
 from tests.conftest import Apps, telemetry
 
@@ -62,3 +66,54 @@ def test_a_day_snapshot_taken_from_the_stored_slot_is_the_summarys(
     assert Summary.slot_snapshot(slot, version) == stored.snapshot(version) == total.snapshot(
         version)
     assert Summary.slot_snapshot({**slot, "c": 0}, version) is None
+
+
+def test_group_commit_runs_a_lone_item_alone_and_batches_what_queues_meanwhile() -> None:
+    batches: list[list[int]] = []
+    first_running, release = threading.Event(), threading.Event()
+
+    def run(items: Sequence[int]) -> list[int | Exception]:
+        batches.append(list(items))
+        if items == [0]:
+            first_running.set()
+            release.wait(10)
+        return [ValueError(f"item {i}") if i == 3 else i * 10 for i in items]
+
+    commit: GroupCommit[int, int] = GroupCommit(run)
+    results: dict[int, object] = {}
+
+    def submit(i: int) -> None:
+        try:
+            results[i] = commit.submit(i)
+        except ValueError as exc:
+            results[i] = str(exc)
+
+    threads = [threading.Thread(target=submit, args=(i,)) for i in range(5)]
+    threads[0].start()
+    assert first_running.wait(10)
+    for t in threads[1:]:
+        t.start()
+    while len(commit._queue) < 4:  # the others queue behind the lone one
+        time.sleep(0.01)
+    release.set()
+    for t in threads:
+        t.join(10)
+    assert batches == [[0], [1, 2, 3, 4]]
+    assert results == {0: 0, 1: 10, 2: 20, 3: "item 3", 4: 40}
+    assert commit.submit(5) == 50 and batches[-1] == [5]  # idle again: alone
+
+
+def test_group_commit_a_failing_lone_run_fails_its_item_and_frees_the_next() -> None:
+    calls: list[list[int]] = []
+
+    def run(items: Sequence[int]) -> list[int | Exception]:
+        calls.append(list(items))
+        if 1 in items:
+            raise RuntimeError("store down")
+        return list(items)
+
+    commit: GroupCommit[int, int] = GroupCommit(run)
+    with pytest.raises(RuntimeError, match="store down"):
+        commit.submit(1)
+    assert commit.submit(2) == 2
+    assert calls == [[1], [2]]
