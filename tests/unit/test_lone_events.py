@@ -7,7 +7,7 @@ import logging
 import threading
 import time
 from collections.abc import Sequence
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
@@ -117,3 +117,37 @@ def test_group_commit_a_failing_lone_run_fails_its_item_and_frees_the_next() -> 
         commit.submit(1)
     assert commit.submit(2) == 2
     assert calls == [[1], [2]]
+
+
+def test_alert_states_kept_as_objects_write_what_decoding_them_writes(now: datetime) -> None:
+    """alert's cache keeps each device's rule states as objects between its events: the state
+    documents and alerts it leaves, redeliveries included, are those of reading every state
+    back from the store, and nothing but the document itself reaches the store."""
+    from iot_telemetry import store as store_module
+    from iot_telemetry.alerting import AlertBook, StateCache
+    from iot_telemetry.settings import Settings
+    from tests.conftest import make_runtime, record
+    from tests.unit.test_alerting import _validated
+
+    rules = Settings.from_environ({}).rules
+    values = [31, 32, 33, 34, 41, 42, 29, 27, 20, 31, 32, 33, 35, 26, 45, 20]
+    events = [_validated(record(f"dev-{d}", now + timedelta(seconds=10 * i),
+                                {"temperature": v + d, "humidity": 50.0 + v, "battery": 9.0 + v},
+                                f"e{d}-{i}"))
+              for i, v in enumerate(values) for d in range(3)]
+    events += events[5:9]  # redeliveries
+
+    def run(cache: StateCache) -> tuple[dict[str, Any], dict[str, Any], list[Any]]:
+        store_module.reset_embedded()
+        rt = make_runtime()
+        book = AlertBook(rt.store, rules, cache=cache)
+        answers = [[(t["transition"], t["alert"]["id"]) for t in book.handle(e).transitions]
+                   for e in events]
+        states = {d["_id"]: d for d in rt.store.collection("alert_state").find({})}
+        alerts = {d["_id"]: d for d in rt.store.collection("alerts").find({})}
+        return states, alerts, answers
+
+    cached, uncached = run(StateCache()), run(StateCache(0))
+    assert cached == uncached and cached[1]
+    assert all(set(doc) <= {"_id", "device_id", "rules", "effects", "event", "applied", "rev",
+                            "recent"} for doc in cached[0].values())
