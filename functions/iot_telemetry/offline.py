@@ -133,6 +133,9 @@ class OfflineBook:
         self.rules = tuple(rules)
         self.default_window = default_window
         self.reports = reports
+        #: The shortest window any rule gives any device (None without rules).
+        self.shortest = min((w for r in self.rules for w in windows(r, default_window)),
+                            default=None)
 
     # --- sweeps -----------------------------------------------------------------------------
 
@@ -261,11 +264,10 @@ class OfflineBook:
             # ago, no sweep since could have raised (once aggregate recorded that report), so
             # the read of the offline states is skipped; a raise made on a report aggregate
             # recorded late is resolved by the next sweep (_resolve_reported).
-            shortest = min(w for r in self.rules for w in windows(r, self.default_window))
             previous = self.reports.newest(event.device_id)
             # Half the window: room for the clocks of ingest's and this pod to differ.
-            if previous is not None and (
-                    datetime.now(UTC) - previous).total_seconds() < shortest / 2:
+            if previous is not None and self.shortest is not None and (
+                    datetime.now(UTC) - previous).total_seconds() < self.shortest / 2:
                 self.reports.heard(event.device_id, heard)
                 return outcome
         ids = [state_id(event.device_id, r) for r in self.rules]
