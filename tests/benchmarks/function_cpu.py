@@ -14,7 +14,8 @@ as in the pipeline; --anomaly-rate changes that), in one of two shapes (--shape)
 CPU time of this process (the store's is apart); --profile
 prints cProfile's top functions; --store-bytes counts the store commands per event and the
 bytes of BSON they send (figures that carry over to any MongoDB server; the counting itself
-costs CPU, so leave it out when comparing CPU). Run it from two checkouts
+costs CPU, so leave it out when comparing CPU). The function logs as in production (JSON
+lines at LOG_LEVEL INFO on stderr: 2>/dev/null). Run it from two checkouts
 (PYTHONPATH=<checkout>/functions:<checkout>) to compare versions.
 """
 
@@ -34,6 +35,7 @@ from pymongo import monitoring
 
 from iot_telemetry import events
 from iot_telemetry.local.simulator import Device
+from iot_telemetry.observability import configure_logging
 from iot_telemetry.runtime import Runtime, set_runtime
 from iot_telemetry.settings import Settings
 from iot_telemetry.telemetry import format_time
@@ -122,6 +124,7 @@ def _measure(function: str, url: str, n: int, db: str, sink: str, argv: list[str
                                             "KAFKA_BOOTSTRAP_SERVERS": "memory://",
                                             "K_SINK": sink}))
     set_runtime(rt)
+    configure_logging(rt.settings.log_level)  # as in production: JSON lines on stderr
     client = getattr(Apps(), function)
     shape = _option(argv, "--shape", "gateway")
     warmup = max(WARMUP, SHAPES[shape][0])  # each device's first event is not the steady state
