@@ -3,14 +3,15 @@ handler (functions-framework's test client), one event after the other on a real
 
     python -m tests.benchmarks.function_cpu alert mongodb://127.0.0.1:27018 [EVENTS] [--profile]
     python -m tests.benchmarks.function_cpu alert mongodb://127.0.0.1:27018 [EVENTS] --store-bytes
-    python -m tests.benchmarks.function_cpu aggregate mongodb://... 600 --shape single-reading
+    python -m tests.benchmarks.function_cpu aggregate mongodb://... 600 --stream single
 
 Events as the simulator makes them (local/simulator.py's Device: temperature, humidity and for
 some devices battery, 2% of readings starting an anomaly episode, so alert raises and resolves
-as in the pipeline; --anomaly-rate changes that), in one of two shapes (--shape):
+as in the pipeline; --anomaly-rate changes that), in one of two streams (--stream, named as
+figure 3's --pipeline-stream):
 - `gateway` (the default): figure 3's, 60 devices, 9 buffered samples and a reading per event;
-- `single-reading`: one reading of 2-3 metrics per event and no samples, 200 devices, each at
-  one event per second: what most fleets post (issue 25), where the cost is per event.
+- `single`: one reading of 2-3 metrics per event and no samples, 200 devices, each at one
+  event per second: what most fleets post (issue 25), where the cost is per event.
 CPU time of this process (the store's is apart); --profile
 prints cProfile's top functions; --store-bytes counts the store commands per event and the
 bytes of BSON they send (figures that carry over to any MongoDB server; the counting itself
@@ -46,22 +47,21 @@ from .common import broker_ingress
 WARMUP = 60
 
 
-#: Per shape: devices, buffered samples per event.
-SHAPES: Final = {"gateway": (60, 9), "single-reading": (200, 0)}
+#: Per stream: devices, buffered samples per event.
+STREAMS: Final = {"gateway": (60, 9), "single": (200, 0)}
 
 
-def stream(n: int, shape: str = "gateway", anomaly_rate: float = 0.02,
+def stream(n: int, samples: int = 9, devices: int = 60, anomaly_rate: float = 0.02,
            ) -> list[tuple[dict[str, str], bytes, int]]:
-    """n events of the shape's devices, one second apart per device, each with its data
-    points."""
-    count, samples = SHAPES[shape]
+    """n events of `devices` devices, one second apart per device, each with its data points
+    (figure 3's: 9 `samples` each; 0: a single reading of 2-3 metrics)."""
     rng = random.Random(1)
-    devices = [Device(f"d{k}", rng, 0) for k in range(count)]
-    start = datetime.now(UTC) - timedelta(seconds=n // count + 1)
+    fleet = [Device(f"d{k}", rng, 0) for k in range(devices)]
+    start = datetime.now(UTC) - timedelta(seconds=n // devices + 1)
     out = []
     for i in range(n):
-        device = devices[i % count]
-        at = start + timedelta(seconds=i // count)
+        device = fleet[i % devices]
+        at = start + timedelta(seconds=i // devices)
         data = device.measure(at, samples, anomaly_rate)
         points = len(data["metrics"]) + sum(len(s["metrics"]) for s in data.get("samples", ()))
         attributes = {"specversion": "1.0", "type": "iot.telemetry.v1",
@@ -84,14 +84,14 @@ def _option(argv: list[str], name: str, default: str) -> str:
 
 
 def main(argv: list[str]) -> int:
-    valued = {"--shape", "--anomaly-rate", "--profile-sort", "--profile-filter"}
+    valued = {"--stream", "--anomaly-rate", "--profile-sort", "--profile-filter"}
     args = [a for i, a in enumerate(argv)
             if not a.startswith("--") and (i == 0 or argv[i - 1] not in valued)]
     function, url = args[0], args[1]
     n = int(args[2]) if len(args) > 2 else 400
-    shape = _option(argv, "--shape", "gateway")
-    if shape not in SHAPES:
-        raise SystemExit(f"--shape: one of {', '.join(SHAPES)}, not {shape!r}")
+    name = _option(argv, "--stream", "gateway")
+    if name not in STREAMS:
+        raise SystemExit(f"--stream: one of {', '.join(STREAMS)}, not {name!r}")
     db = f"bench_fn_cpu_{uuid.uuid4().hex[:8]}"
     # A raise of temperature and humidity at once replies one event and posts the other to
     # K_SINK: a Broker ingress stand-in in its own process, so its CPU is not counted here.
@@ -126,9 +126,10 @@ def _measure(function: str, url: str, n: int, db: str, sink: str, argv: list[str
     set_runtime(rt)
     configure_logging(rt.settings.log_level)  # as in production: JSON lines on stderr
     client = getattr(Apps(), function)
-    shape = _option(argv, "--shape", "gateway")
-    warmup = max(WARMUP, SHAPES[shape][0])  # each device's first event is not the steady state
-    requests = stream(n + warmup, shape, float(_option(argv, "--anomaly-rate", "0.02")))
+    name = _option(argv, "--stream", "gateway")
+    devices, samples = STREAMS[name]
+    warmup = max(WARMUP, devices)  # each device's first event is not the steady state
+    requests = stream(n + warmup, samples, devices, float(_option(argv, "--anomaly-rate", "0.02")))
     points = sum(p for _, _, p in requests[warmup:])
     for headers, body, _ in requests[:warmup]:  # connections, indexes, each device's first event
         client.post("/", data=body, headers=headers)
@@ -145,7 +146,7 @@ def _measure(function: str, url: str, n: int, db: str, sink: str, argv: list[str
     if profile:
         profile.disable()
     cpu = time.process_time() - t0
-    print(f"{function} ({shape}): {cpu / n * 1e3:.3f} ms CPU per event, "
+    print(f"{function} ({name}): {cpu / n * 1e3:.3f} ms CPU per event, "
           f"{cpu / points * 1e6:.0f} us per data point ({points / n:.1f} per event)"
           f"{' (under cProfile)' if profile else ''}")
     if counter:

@@ -2,13 +2,13 @@
 store round trip answered in this process, so what is left is what is not a store command
 (decoding, validation, building the writes, group commit, metrics, logging).
 
-    python -m tests.benchmarks.lone_event_cpu aggregate [EVENTS] [--rounds N] [--shape SHAPE]
+    python -m tests.benchmarks.lone_event_cpu aggregate [EVENTS] [--rounds N] [--stream NAME]
     python -m tests.benchmarks.lone_event_cpu alert 2000 --profile cumulative
 
 The functions' logs go to stderr as in production (LOG_LEVEL INFO): send them elsewhere
 (2>/dev/null) rather than leave them out, they are part of the cost.
 
-The events are function_cpu's (--shape single-reading by default: one reading of 2-3
+The events are function_cpu's (--stream single by default: one reading of 2-3
 metrics, no samples, 200 devices; no anomalies, so alert's lone event is one compare-and-swap).
 The store answers in process the commands a steady event sends: the hour update returns the
 totals its own update carries, every update command matches what it names, reads find
@@ -36,7 +36,7 @@ from iot_telemetry.observability import configure_logging
 from iot_telemetry.runtime import Runtime, set_runtime
 from iot_telemetry.settings import Settings
 
-from .function_cpu import SHAPES, stream
+from .function_cpu import STREAMS, stream
 
 
 class _Found(list[dict[str, Any]]):
@@ -107,13 +107,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("function", choices=("aggregate", "alert"))
     parser.add_argument("events", type=int, nargs="?", default=2000)
     parser.add_argument("--rounds", type=int, default=5)
-    parser.add_argument("--shape", choices=sorted(SHAPES), default="single-reading")
+    parser.add_argument("--stream", choices=sorted(STREAMS), default="single")
     parser.add_argument("--profile", metavar="SORT", help="cProfile one round, sorted by SORT")
     args = parser.parse_args(argv)
     runtime()
     handle: Callable[[flask.Request], flask.Response] = (
         aggregate.handle if args.function == "aggregate" else alert.handle)
-    events = stream(args.events, args.shape, 0.0)
+    devices, samples = STREAMS[args.stream]
+    events = stream(args.events, samples, devices, 0.0)
     environs = [(EnvironBuilder(path="/", method="POST", headers=h, data=b).get_environ(), b)
                 for h, b, _ in events]
 
@@ -137,7 +138,7 @@ def main(argv: list[str] | None = None) -> int:
         pstats.Stats(profile).sort_stats(args.profile).print_stats(40)
         return 0
     cpu = [one_round() for _ in range(args.rounds)]
-    print(f"{args.function} ({args.shape}): {statistics.median(cpu):.0f} us CPU per event "
+    print(f"{args.function} ({args.stream}): {statistics.median(cpu):.0f} us CPU per event "
           f"(median of {args.rounds} rounds, min {min(cpu):.0f}), the store answered in process")
     return 0
 
