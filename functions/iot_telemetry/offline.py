@@ -191,6 +191,9 @@ class OfflineBook:
         self.default_window = default_window
         self.reports = reports
         self.books = Bookkeeping(store)
+        #: The shortest window any rule gives any device (None without rules).
+        self.shortest = min((w for r in self.rules for w in windows(r, default_window)),
+                            default=None)
 
     # --- sweeps -----------------------------------------------------------------------------
 
@@ -410,8 +413,8 @@ class OfflineBook:
             # recorded late is resolved by the next sweep (_resolve_reported).
             previous = self.reports.newest(event.device_id)
             # Half the window: room for the clocks of ingest's and this pod to differ.
-            if previous is not None and (
-                    datetime.now(UTC) - previous).total_seconds() < shortest / 2:
+            if previous is not None and self.shortest is not None and (
+                    datetime.now(UTC) - previous).total_seconds() < self.shortest / 2:
                 self.reports.heard(event.device_id, heard)
                 return outcome
         ids = [state_id(event.device_id, r) for r in self.rules]

@@ -46,7 +46,7 @@ from .observability import AGGREGATE_BATCH_EVENTS, POINTS_EXPIRED, RAW_DROPPED
 from .raw import RawWrite
 from .raw import updates as raw_updates
 from .retention import Retention, with_history
-from .series import Summary, bucket_start, day_id, hour_id, reading_key
+from .series import Summary, add_reading, bucket_start, day_id, hour_id, reading_key
 from .store import (
     DEVICES,
     NOT_IMPLEMENTED,
@@ -218,6 +218,10 @@ class RollupWriter:
                                  "exp": self.retention.hour_expiry(start)},
                 "$inc": {"v": 1}, "$min": {}, "$max": {}, "$push": {"ids": key}}
             for metric, points in metrics.items():
+                if len(points) == 1:
+                    t, value = points[0].time, points[0].value
+                    add_reading(ops, (f"tot.{metric}", f"min.{metric}.{t.minute:02d}"), t, value)
+                    continue
                 slots = [(f"tot.{metric}", points)]
                 by_minute: dict[int, list[DataPoint]] = defaultdict(list)
                 for p in points:
@@ -325,9 +329,9 @@ class RollupWriter:
             day = days.setdefault(day_id(w.device_id, start), _Merged(w.device_id, start))
             day.owners.add(w.owner)
             for metric in w.metrics:
-                total = Summary.from_slot(doc["tot"][metric])
+                total = Summary.slot_snapshot(doc["tot"][metric], int(doc["v"]))
                 if total is not None:
-                    day.raise_(f"h.{metric}.{w.start.hour:02d}", total.snapshot(int(doc["v"])))
+                    day.raise_(f"h.{metric}.{w.start.hour:02d}", total)
         self._upsert_merged(ROLLUP_DAYS, days, failed)
 
     # 3. devices ---------------------------------------------------------------------------

@@ -108,6 +108,25 @@ def reading_of(key: str) -> tuple[datetime, float]:
     return time_of(key), _float_of(int(key[_TIME_DIGITS:], 16))
 
 
+def add_reading(ops: Mapping[str, dict[str, Any]], paths: Iterable[str], t: datetime,
+                value: float) -> None:
+    """Add to `ops` ($inc, $min, $max) what `Summary.of([(t, value)]).increments(path)`
+    holds for each of `paths`, its two keys encoded once: an event's lone reading of a
+    metric (most events carry one) fills its hour total and its minute slot alike, and a
+    Summary and two encodings per slot were most of aggregate's CPU per single-reading
+    event outside the store round trips."""
+    first = time_key(t)
+    last = f"{first}{_float_bits(value):0{_FLOAT_DIGITS}x}"
+    inc, low, high = ops["$inc"], ops["$min"], ops["$max"]
+    for path in paths:
+        inc[f"{path}.c"] = 1
+        inc[f"{path}.s"] = value
+        low[f"{path}.lo"] = value
+        low[f"{path}.f"] = first
+        high[f"{path}.hi"] = value
+        high[f"{path}.lv"] = last
+
+
 # --- times as the API writes them ---------------------------------------------------------
 
 _MINUTE_US: Final = 60_000_000
@@ -202,6 +221,18 @@ class Summary:
     @staticmethod
     def version_of(text: str) -> int:
         return int(text.split("|", 1)[0], 16)
+
+    @staticmethod
+    def slot_snapshot(slot: Mapping[str, Any], version: int) -> str | None:
+        """`Summary.from_slot(slot).snapshot(version)` (None for an empty slot), taken from
+        the slot's stored fields as they are: its first and last keys are what `snapshot`
+        writes, so decoding them into times and encoding them again is skipped (a day
+        snapshot per metric on every event of aggregate)."""
+        if not slot.get("c"):
+            return None
+        return "|".join((f"{version:0{_VERSION_DIGITS}x}", str(int(slot["c"])),
+                         repr(float(slot["s"])), repr(float(slot["lo"])),
+                         repr(float(slot["hi"])), slot["f"], slot["lv"]))
 
     @classmethod
     def from_snapshot(cls, text: str) -> Summary:

@@ -40,7 +40,7 @@ from collections import defaultdict
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import Any, Final
 
 from iot_telemetry.events import JSON, SPECVERSION, TELEMETRY_TYPE, to_http
 from iot_telemetry.local.eventing.dispatcher import Naming
@@ -100,32 +100,55 @@ STREAMS = {"gateway": Stream("gateway", "batch", 20, SAMPLES, 4, DEVICES),
 
 @dataclass(frozen=True)
 class Variant:
-    """How aggregate is delivered to and served: the Trigger's order, gunicorn THREADS."""
+    """How aggregate is delivered to and served: the Trigger's order, gunicorn THREADS; and
+    the Broker's partitions (None: as eventing/ has them), which bound alert's deliveries in
+    flight (its Trigger is ordered: one per partition)."""
 
     order: str  # "as-is" (eventing/ unchanged), "ordered" or "unordered"
     threads: int
+    partitions: int | None = None
 
     @classmethod
     def parse(cls, text: str) -> Variant:
-        order, _, threads = text.partition(":")
-        if order not in ("as-is", "ordered", "unordered") or not threads.isdigit():
-            raise ValueError(f"pipeline variant {text!r}: expected ORDER:THREADS, ORDER one "
-                             "of as-is, ordered, unordered (e.g. unordered:32)")
-        return cls(order, int(threads))
+        order, _, rest = text.partition(":")
+        threads, _, partitions = rest.partition(":")
+        if (order not in ("as-is", "ordered", "unordered") or not threads.isdigit()
+                or not (partitions == "" or (partitions.isdigit() and int(partitions) > 0))):
+            raise ValueError(f"pipeline variant {text!r}: expected ORDER:THREADS[:PARTITIONS], "
+                             "ORDER one of as-is, ordered, unordered (e.g. unordered:32, "
+                             "as-is:32:12)")
+        return cls(order, int(threads), int(partitions) if partitions else None)
 
     @property
     def label(self) -> str:
-        return f"{self.order}:{self.threads}"
+        tail = f":{self.partitions}" if self.partitions else ""
+        return f"{self.order}:{self.threads}{tail}"
 
 
-def eventing_for(ctx: Context, order: str) -> Path:
-    """eventing/ itself, or a copy whose aggregate Trigger delivers in `order`."""
-    if order == "as-is":
+#: The Broker's partitions in eventing/broker.yaml (the local run sizes every topic by it).
+PARTITIONS_SETTING: Final = re.compile(r'^(\s+default\.topic\.partitions:\s*)"\d+"', re.M)
+
+
+def eventing_for(ctx: Context, order: str, partitions: int | None = None) -> Path:
+    """eventing/ itself, or a copy whose aggregate Trigger delivers in `order` and whose
+    Broker has `partitions`."""
+    if order == "as-is" and partitions is None:
         return Path(EVENTING_DIR)
-    target = ctx.log_dir / f"eventing-{order}"
+    target = ctx.log_dir / f"eventing-{order}{f'-p{partitions}' if partitions else ''}"
     if target.exists():
         shutil.rmtree(target)
     shutil.copytree(EVENTING_DIR, target)
+    if partitions is not None:
+        broker = target / "broker.yaml"
+        text, n = PARTITIONS_SETTING.subn(rf'\g<1>"{partitions}"',
+                                          broker.read_text(encoding="utf-8"))
+        if n != 1:
+            raise RuntimeError(f"{broker}: no default.topic.partitions to change")
+        broker.write_text(text, encoding="utf-8")
+        if load_eventing(target).broker.partitions != partitions:
+            raise RuntimeError(f"{broker}: the Broker did not get {partitions} partitions")
+    if order == "as-is":
+        return target
     path = target / "triggers.yaml"
     docs = path.read_text(encoding="utf-8").split("\n---\n")
     pattern = re.compile(rf"^(\s+{re.escape(ORDER_ANNOTATION)}:\s*)\w+", re.M)
@@ -169,7 +192,7 @@ def _pipeline(ctx: Context, variant: Variant, n: int) -> tuple[RealPipeline, str
     ports = {f: ctx.port() for f in FUNCTIONS}
     pipeline = _Pipeline(kafka=ctx.kafka, mongo=ctx.mongo, ports=ports,
                          broker_port=ctx.port(), environ=env,
-                         eventing_dir=eventing_for(ctx, variant.order),
+                         eventing_dir=eventing_for(ctx, variant.order, variant.partitions),
                          dispatcher_args=("--name-suffix", suffix), log_dir=ctx.log_dir / f"v{n}",
                          function_env={"aggregate": {"THREADS": str(variant.threads)}})
     return pipeline, suffix, db
@@ -408,7 +431,8 @@ def run_variant(ctx: Context, variant: Variant, n: int, first: bool) -> dict[str
     shape = STREAMS[ctx.pipeline_stream]
     tag = f"[{variant.label}{'' if shape.name == 'gateway' else ', ' + shape.name}] "
     ctx.say(f"fig 3 {tag}: starting the pipeline (4 functions + dispatcher) in real mode; "
-            f"aggregate Trigger {variant.order}, aggregate THREADS={variant.threads}")
+            f"aggregate Trigger {variant.order}, aggregate THREADS={variant.threads}"
+            f"{f', {variant.partitions} partitions' if variant.partitions else ''}")
     t0 = time.monotonic()
     pipeline.start(timeout=90)
     _wait_ready(f"http://127.0.0.1:{pipeline.broker_port}/", 90)
@@ -419,7 +443,9 @@ def run_variant(ctx: Context, variant: Variant, n: int, first: bool) -> dict[str
     raw: dict[str, Any] = {"stream": shape.name, "devices": shape.devices or "1 per ev/s",
                            "samples_per_event": shape.samples, "mode": shape.mode,
                            "batch_size": shape.batch_size, "aggregate_trigger": variant.order,
-                           "aggregate_threads": variant.threads}
+                           "aggregate_threads": variant.threads,
+                           "broker_partitions": variant.partitions or load_eventing(
+                               Path(EVENTING_DIR)).broker.partitions}
     latencies: list[float] = []
     with RssSampler(roots) as rss:
         with contextlib.ExitStack() as stack:

@@ -3,14 +3,20 @@ handler (functions-framework's test client), one event after the other on a real
 
     python -m tests.benchmarks.function_cpu alert mongodb://127.0.0.1:27018 [EVENTS] [--profile]
     python -m tests.benchmarks.function_cpu alert mongodb://127.0.0.1:27018 [EVENTS] --store-bytes
+    python -m tests.benchmarks.function_cpu aggregate mongodb://... 600 --stream single
 
-Events as figure 3's simulator makes them (local/simulator.py's Device: 60 devices, 9 buffered
-samples and a reading per event, temperature, humidity and for some devices battery, 2% of
-readings starting an anomaly episode, so alert raises and resolves as in the pipeline).
+Events as the simulator makes them (local/simulator.py's Device: temperature, humidity and for
+some devices battery, 2% of readings starting an anomaly episode, so alert raises and resolves
+as in the pipeline; --anomaly-rate changes that), in one of two streams (--stream, named as
+figure 3's --pipeline-stream):
+- `gateway` (the default): figure 3's, 60 devices, 9 buffered samples and a reading per event;
+- `single`: one reading of 2-3 metrics per event and no samples, 200 devices, each at one
+  event per second: what most fleets post (issue 25), where the cost is per event.
 CPU time of this process (the store's is apart); --profile
 prints cProfile's top functions; --store-bytes counts the store commands per event and the
 bytes of BSON they send (figures that carry over to any MongoDB server; the counting itself
-costs CPU, so leave it out when comparing CPU). Run it from two checkouts
+costs CPU, so leave it out when comparing CPU). The function logs as in production (JSON
+lines at LOG_LEVEL INFO on stderr: 2>/dev/null). Run it from two checkouts
 (PYTHONPATH=<checkout>/functions:<checkout>) to compare versions.
 """
 
@@ -23,12 +29,14 @@ import sys
 import time
 import uuid
 from datetime import UTC, datetime, timedelta
+from typing import Final
 
 import bson
 from pymongo import monitoring
 
 from iot_telemetry import events
 from iot_telemetry.local.simulator import Device
+from iot_telemetry.observability import configure_logging
 from iot_telemetry.runtime import Runtime, set_runtime
 from iot_telemetry.settings import Settings
 from iot_telemetry.telemetry import format_time
@@ -39,17 +47,22 @@ from .common import broker_ingress
 WARMUP = 60
 
 
-def stream(n: int, samples: int = 9) -> list[tuple[dict[str, str], bytes, int]]:
-    """n events of 60 devices, one second apart per device, each with its data points
+#: Per stream: devices, buffered samples per event.
+STREAMS: Final = {"gateway": (60, 9), "single": (200, 0)}
+
+
+def stream(n: int, samples: int = 9, devices: int = 60, anomaly_rate: float = 0.02,
+           ) -> list[tuple[dict[str, str], bytes, int]]:
+    """n events of `devices` devices, one second apart per device, each with its data points
     (figure 3's: 9 `samples` each; 0: a single reading of 2-3 metrics)."""
     rng = random.Random(1)
-    devices = [Device(f"d{k}", rng, 0) for k in range(60)]
-    start = datetime.now(UTC) - timedelta(seconds=n // 60 + 1)
+    fleet = [Device(f"d{k}", rng, 0) for k in range(devices)]
+    start = datetime.now(UTC) - timedelta(seconds=n // devices + 1)
     out = []
     for i in range(n):
-        device = devices[i % 60]
-        at = start + timedelta(seconds=i // 60)
-        data = device.measure(at, samples, 0.02)
+        device = fleet[i % devices]
+        at = start + timedelta(seconds=i // devices)
+        data = device.measure(at, samples, anomaly_rate)
         points = len(data["metrics"]) + sum(len(s["metrics"]) for s in data.get("samples", ()))
         attributes = {"specversion": "1.0", "type": "iot.telemetry.v1",
                       "source": f"/devices/{device.device_id}", "id": f"e{i}",
@@ -60,10 +73,25 @@ def stream(n: int, samples: int = 9) -> list[tuple[dict[str, str], bytes, int]]:
     return out
 
 
+def _option(argv: list[str], name: str, default: str) -> str:
+    """The value of `--name VALUE` or `--name=VALUE` in argv, else `default`."""
+    for i, arg in enumerate(argv):
+        if arg == name and i + 1 < len(argv):
+            return argv[i + 1]
+        if arg.startswith(name + "="):
+            return arg.split("=", 1)[1]
+    return default
+
+
 def main(argv: list[str]) -> int:
-    args = [a for a in argv if not a.startswith("--")]
+    valued = {"--stream", "--anomaly-rate", "--profile-sort", "--profile-filter"}
+    args = [a for i, a in enumerate(argv)
+            if not a.startswith("--") and (i == 0 or argv[i - 1] not in valued)]
     function, url = args[0], args[1]
     n = int(args[2]) if len(args) > 2 else 400
+    name = _option(argv, "--stream", "gateway")
+    if name not in STREAMS:
+        raise SystemExit(f"--stream: one of {', '.join(STREAMS)}, not {name!r}")
     db = f"bench_fn_cpu_{uuid.uuid4().hex[:8]}"
     # A raise of temperature and humidity at once replies one event and posts the other to
     # K_SINK: a Broker ingress stand-in in its own process, so its CPU is not counted here.
@@ -96,10 +124,14 @@ def _measure(function: str, url: str, n: int, db: str, sink: str, argv: list[str
                                             "KAFKA_BOOTSTRAP_SERVERS": "memory://",
                                             "K_SINK": sink}))
     set_runtime(rt)
+    configure_logging(rt.settings.log_level)  # as in production: JSON lines on stderr
     client = getattr(Apps(), function)
-    requests = stream(n + WARMUP)
-    points = sum(p for _, _, p in requests[WARMUP:])
-    for headers, body, _ in requests[:WARMUP]:  # connections, indexes, each device's first event
+    name = _option(argv, "--stream", "gateway")
+    devices, samples = STREAMS[name]
+    warmup = max(WARMUP, devices)  # each device's first event is not the steady state
+    requests = stream(n + warmup, samples, devices, float(_option(argv, "--anomaly-rate", "0.02")))
+    points = sum(p for _, _, p in requests[warmup:])
+    for headers, body, _ in requests[:warmup]:  # connections, indexes, each device's first event
         client.post("/", data=body, headers=headers)
     # CPU time, not wall time: waits on the store are not this process's cost.
     profile = cProfile.Profile(time.process_time) if "--profile" in argv else None
@@ -107,20 +139,23 @@ def _measure(function: str, url: str, n: int, db: str, sink: str, argv: list[str
     commands0, bytes0 = (counter.commands, counter.bytes) if counter else (0, 0)
     if profile:
         profile.enable()
-    for headers, body, _ in requests[WARMUP:]:
+    for headers, body, _ in requests[warmup:]:
         status = client.post("/", data=body, headers=headers).status_code
         if status not in (200, 204):
             raise SystemExit(f"{function} answered {status}")
     if profile:
         profile.disable()
     cpu = time.process_time() - t0
-    print(f"{function}: {cpu / n * 1e3:.2f} ms CPU per event, {cpu / points * 1e6:.0f} us per "
-          f"data point ({points / n:.1f} per event){' (under cProfile)' if profile else ''}")
+    print(f"{function} ({name}): {cpu / n * 1e3:.3f} ms CPU per event, "
+          f"{cpu / points * 1e6:.0f} us per data point ({points / n:.1f} per event)"
+          f"{' (under cProfile)' if profile else ''}")
     if counter:
         print(f"  store: {(counter.commands - commands0) / n:.2f} commands, "
               f"{(counter.bytes - bytes0) / n:,.0f} bytes of BSON sent per event")
     if profile:
-        pstats.Stats(profile).sort_stats("tottime").print_stats(25)
+        # --profile-sort cumulative, --profile-filter iot_telemetry: pstats' own arguments
+        stats = pstats.Stats(profile).sort_stats(_option(argv, "--profile-sort", "tottime"))
+        stats.print_stats(_option(argv, "--profile-filter", ""), 25)
     rt.store.client.drop_database(db)
     rt.store.close()
     return 0

@@ -38,11 +38,27 @@ def test_as_is_uses_eventing_itself(tmp_path: Path) -> None:
     assert eventing_for(ctx, "as-is") == EVENTING
 
 
-@pytest.mark.parametrize("text", ["unordered", "sideways:8", "ordered:x", ""])
+@pytest.mark.parametrize("text", ["unordered", "sideways:8", "ordered:x", "", "as-is:8:0",
+                                  "as-is:8:x"])
 def test_a_malformed_variant_is_refused_naming_the_format(text: str) -> None:
     with pytest.raises(ValueError, match="ORDER:THREADS"):
         Variant.parse(text)
 
 
-def test_a_variant_reads_order_and_threads() -> None:
+def test_a_variant_reads_order_threads_and_partitions() -> None:
     assert Variant.parse("unordered:32") == Variant("unordered", 32)
+    assert Variant.parse("as-is:32:12") == Variant("as-is", 32, 12)
+    assert Variant.parse("as-is:32:12").label == "as-is:32:12"
+
+
+def test_a_partitions_variant_changes_only_the_brokers_partitions(tmp_path: Path) -> None:
+    ctx = Context(quick=True, kafka="", mongo="", out_dir=tmp_path)
+
+    copy = eventing_for(ctx, "as-is", 12)
+
+    assert load_eventing(copy).broker.partitions == 12
+    assert _orders(copy) == _orders(EVENTING)
+    before = (EVENTING / "broker.yaml").read_text(encoding="utf-8").splitlines()
+    after = (copy / "broker.yaml").read_text(encoding="utf-8").splitlines()
+    assert [b for a, b in zip(before, after, strict=True) if a != b] == [
+        '  default.topic.partitions: "12"']
