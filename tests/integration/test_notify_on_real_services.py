@@ -77,9 +77,10 @@ def test_alert_events_reach_the_channel_in_order_at_least_once_and_never_twice(
                            b'{"by": "ana"}', {"Content-Type": "application/json"})
     assert status == 200, body
     wait_for(lambda: len(receiver.taken("/ops")) == 2, "the acknowledgement")
-    # notify is killed and restarted: its state is in the store, not in the process
+    # notify is killed and restarted (by the real mode's supervisor): its state is in the
+    # store, not in the process
     harness.pipeline.kill("notify")
-    harness.pipeline.restart("notify")
+    wait_for(lambda: harness.pipeline.healthy("notify"), "notify restarted by the supervisor")
     reading(harness, "dev-r1", 25, start + timedelta(seconds=10))
     wait_for(lambda: len(receiver.taken("/ops")) == 3, "the resolve")
 
