@@ -18,7 +18,7 @@ from iot_telemetry import events
 from iot_telemetry.local.embedded import EmbeddedPipeline
 from iot_telemetry.local.layout import FUNCTIONS
 from iot_telemetry.runtime import get_runtime
-from iot_telemetry.store import DEVICES
+from iot_telemetry.store import ALERT_STATE, DEVICES
 from iot_telemetry.telemetry import format_time
 from tests.browser.conftest import Dashboard, screenshot
 
@@ -55,9 +55,13 @@ def report(ingest: str, device: str) -> None:
 
 
 def silent_since(device: str, ago: timedelta) -> None:
-    """Move a device's last report back: the pipeline records reports at their arrival."""
-    get_runtime().store.collection(DEVICES).update_one(
-        {"_id": device}, {"$set": {"last_seen": datetime.now(UTC) - ago}})
+    """Move a device's last report back: the pipeline records reports at their arrival, in
+    aggregate's device (`last_seen`) and in alert's offline states (`heard`)."""
+    at = datetime.now(UTC) - ago
+    store = get_runtime().store
+    store.collection(DEVICES).update_one({"_id": device}, {"$set": {"last_seen": at}})
+    store.collection(ALERT_STATE).update_many({"device_id": device, "heard": {"$exists": True}},
+                                              {"$set": {"heard": at}})
 
 
 @pytest.fixture(scope="module")

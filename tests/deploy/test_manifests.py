@@ -259,8 +259,9 @@ def test_service_runs_its_function_safely(name: str) -> None:
     assert env["FUNCTION_SOURCE"] == f"/app/functions/{name}.py"
     source = (REPO / "functions" / f"{name}.py").read_text(encoding="utf-8")
     # The event path is served in functions-framework's ASGI mode, which an `aio` function
-    # selects under the image's one command; query stays a Flask function.
-    pattern = rf"^@aio\.http\nasync def {name}\(" if name != "query" else rf"^def {name}\("
+    # selects under the image's one command; query and notify stay Flask functions.
+    pattern = (rf"^def {name}\(" if name in ("query", "notify")
+               else rf"^@aio\.http\nasync def {name}\(")
     assert re.search(pattern, source, re.M), f"functions/{name}.py has no {name}()"
     variables = {v for v, _, _ in Settings.variables()}
     assert set(env) <= variables | FRAMEWORK_ENV and not set(env) & RESERVED_ENV
