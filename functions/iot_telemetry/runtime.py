@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Sequence
-from functools import cached_property
+from collections.abc import Callable, Sequence
+from typing import Any, Generic, TypeVar, overload
 
 from .alerting import AlertBook, Outcome, StateCache
 from .applicability import MetadataCache, RuleResolver
@@ -26,6 +26,43 @@ from .store import Store
 from .telemetry import TelemetryEvent
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+
+class built_once(Generic[T]):  # lower case: a decorator, like cached_property
+    """A client of a runtime, built on first use and kept.
+
+    One reentrant lock per runtime guards every build, so building one client may build
+    another, and two threads never wait on each other. functools.cached_property holds a
+    lock of its own per attribute (shared by every instance) while it builds: with the
+    runtime's lock taken inside, a thread building `rollups` (which needs `event_times`)
+    and one building `event_times` waited on each other for good once the ASGI mode's
+    blocking pool sent deliveries to a new runtime at once.
+    """
+
+    def __init__(self, build: Callable[[Any], T]) -> None:
+        self.build = build
+        self.name = build.__name__
+        self.__doc__ = build.__doc__
+
+    @overload
+    def __get__(self, instance: None, owner: type) -> built_once[T]: ...
+
+    @overload
+    def __get__(self, instance: Runtime, owner: type) -> T: ...
+
+    def __get__(self, instance: Runtime | None, owner: type) -> built_once[T] | T:
+        if instance is None:
+            return self
+        cache = instance.__dict__
+        if self.name in cache:  # set once built: later reads do not reach here
+            value: T = cache[self.name]
+            return value
+        with instance._lock:
+            if self.name not in cache:
+                cache[self.name] = self.build(instance)
+            built: T = cache[self.name]
+            return built
 
 
 class Runtime:
@@ -35,35 +72,31 @@ class Runtime:
         self.settings = settings
         self._lock = threading.RLock()  # a client may be built while building another
 
-    @cached_property
+    @built_once
     def store(self) -> Store:
-        with self._lock:
-            return Store(self.settings)
+        return Store(self.settings)
 
-    @cached_property
+    @built_once
     def rollups(self) -> RollupWriter:
         """One writer per process, so concurrent deliveries share its group commit."""
-        with self._lock:
-            return RollupWriter(self.store, retention=self.retention,
-                                event_times=self.event_times)
+        return RollupWriter(self.store, retention=self.retention,
+                            event_times=self.event_times)
 
-    @cached_property
+    @built_once
     def event_times(self) -> EventTimes:
         """Settles the times of events without one (aggregate's and alert's, shared)."""
-        with self._lock:
-            return EventTimes(self.store, self.retention)
+        return EventTimes(self.store, self.retention)
 
-    @cached_property
+    @built_once
     def retention(self) -> Retention:
         return Retention.of(self.settings)
 
-    @cached_property
+    @built_once
     def alert_states(self) -> StateCache:
         """The alert states this process wrote last (see alerting.StateCache)."""
-        with self._lock:
-            return StateCache()
+        return StateCache()
 
-    @cached_property
+    @built_once
     def alert_commit(self) -> GroupCommit[tuple[AlertBook, TelemetryEvent], Outcome]:
         """One per process, so concurrent deliveries share alert's store round trips
         (AlertBook.handle_batch); each pairs its event with the book of its device's rules."""
@@ -71,59 +104,50 @@ class Runtime:
                 ) -> list[Outcome | Exception]:
             return items[0][0].handle_batch(items)
 
-        with self._lock:
-            return GroupCommit(run)
+        return GroupCommit(run)
 
-    @cached_property
+    @built_once
     def rule_resolver(self) -> RuleResolver:
         """The rules decided per device, with the metadata this process read lately."""
-        with self._lock:
-            return RuleResolver(self.settings.alert_rules or (), MetadataCache(
-                self.store, self.settings.alert_metadata_cache_seconds))
+        return RuleResolver(self.settings.alert_rules or (), MetadataCache(
+            self.store, self.settings.alert_metadata_cache_seconds))
 
-    @cached_property
+    @built_once
     def offline_reports(self) -> ReportCache:
         """The devices this process heard from lately (see offline.ReportCache)."""
-        with self._lock:
-            return ReportCache()
+        return ReportCache()
 
-    @cached_property
+    @built_once
     def registry(self) -> Registry:
-        with self._lock:
-            return Registry(self.store, self.settings.auth_cache_seconds)
+        return Registry(self.store, self.settings.auth_cache_seconds)
 
-    @cached_property
+    @built_once
     def query_tokens(self) -> TokenBook:
         """The query tokens kept in the store, each read at most once per AUTH_CACHE_SECONDS."""
-        with self._lock:
-            return TokenBook(self.store, self.settings.auth_cache_seconds)
+        return TokenBook(self.store, self.settings.auth_cache_seconds)
 
-    @cached_property
+    @built_once
     def scopes(self) -> ScopeResolver:
         """The devices of each token scope, read at most once per AUTH_CACHE_SECONDS."""
-        with self._lock:
-            return ScopeResolver(self.store, self.settings.auth_cache_seconds)
+        return ScopeResolver(self.store, self.settings.auth_cache_seconds)
 
-    @cached_property
+    @built_once
     def rate_limiter(self) -> RateLimiter:
-        with self._lock:
-            return RateLimiter(self.settings.ingest_rate_limit, self.settings.ingest_rate_burst)
+        return RateLimiter(self.settings.ingest_rate_limit, self.settings.ingest_rate_burst)
 
-    @cached_property
+    @built_once
     def auth_failures(self) -> RateLimiter:
         """Failed device authentications per client address."""
-        with self._lock:
-            per_minute = self.settings.ingest_auth_failures_per_minute
-            return RateLimiter(per_minute / 60.0, per_minute)
+        per_minute = self.settings.ingest_auth_failures_per_minute
+        return RateLimiter(per_minute / 60.0, per_minute)
 
-    @cached_property
+    @built_once
     def trusted_proxies(self) -> tuple[Network, ...]:
         return self.settings.trusted_proxies
 
-    @cached_property
+    @built_once
     def sink(self) -> RecordSink:
-        with self._lock:
-            return make_sink(self.settings)
+        return make_sink(self.settings)
 
 
 _runtime: Runtime | None = None
