@@ -1,11 +1,14 @@
 """CPU per acknowledged write: kafka-python against librdkafka (confluent-kafka).
 
     python -m tests.benchmarks.kafka_write_cpu --bootstrap 127.0.0.1:9092 [--writes 400]
+        [--in-flight N]
 
 What one dispatcher write costs (a reply, a KafkaSink record, a dead letter): one record,
 acks=all, waited for before the next, the writes paced 10 ms apart as at tens of events
 a second (back to back, a client's per-request cost hides in its batching). Each client
 runs in its own process; prints one line per client with the process's CPU per write.
+With --in-flight N, N writers each write one record at a time back to back (as N ingest
+requests in flight do: their records share produce requests).
 """
 
 from __future__ import annotations
@@ -27,7 +30,8 @@ def _kafka_python(bootstrap: str) -> tuple[str, object]:
     from kafka import KafkaProducer, __version__
 
     producer = KafkaProducer(bootstrap_servers=[bootstrap], acks="all", linger_ms=2,
-                             enable_idempotence=False)
+                             enable_idempotence=False,  # ingest's options (publisher.py)
+                             max_in_flight_requests_per_connection=1)
 
     def write() -> None:
         producer.send(TOPIC, key=b"dev-1", value=VALUE, headers=HEADERS).get(10)
@@ -64,17 +68,33 @@ def _confluent(bootstrap: str) -> tuple[str, object]:
     return f"confluent-kafka {version()}", write
 
 
-def _measure(client: str, bootstrap: str, writes: int) -> None:
+def _measure(client: str, bootstrap: str, writes: int, in_flight: int = 1) -> None:
     name, write = (_kafka_python if client == "kafka-python" else _confluent)(bootstrap)
     write()  # type: ignore[operator]  # connected, metadata known
+    if in_flight > 1 and client != "kafka-python":
+        raise SystemExit("--in-flight: kafka-python only (its futures wait per record)")
     before = os.times()
-    for _ in range(writes):
-        write()  # type: ignore[operator]
-        time.sleep(0.01)
+    if in_flight == 1:
+        for _ in range(writes):
+            write()  # type: ignore[operator]
+            time.sleep(0.01)
+        how = "10 ms apart"
+    else:
+        def writer() -> None:
+            for _ in range(writes // in_flight):
+                write()  # type: ignore[operator]
+
+        threads = [threading.Thread(target=writer) for _ in range(in_flight)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        writes = writes // in_flight * in_flight
+        how = f"{in_flight} writers back to back"
     after = os.times()
     cpu = (after.user + after.system) - (before.user + before.system)
     print(f"{name}: {cpu / writes * 1e6:.0f} us of CPU per acknowledged write "
-          f"({writes} writes, 10 ms apart)", flush=True)
+          f"({writes} writes, {how})", flush=True)
     os._exit(0)  # the clients' threads need no orderly goodbye here
 
 
@@ -83,14 +103,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--bootstrap", default="127.0.0.1:9092")
     parser.add_argument("--writes", type=int, default=400)
     parser.add_argument("--client", choices=("kafka-python", "confluent-kafka"))
+    parser.add_argument("--in-flight", type=int, default=1)
     args = parser.parse_args(argv)
     if args.client:
-        _measure(args.client, args.bootstrap, args.writes)
+        _measure(args.client, args.bootstrap, args.writes, args.in_flight)
         return 0
     for client in ("kafka-python", "confluent-kafka"):
+        if args.in_flight > 1 and client != "kafka-python":
+            continue
         subprocess.run([sys.executable, "-m", "tests.benchmarks.kafka_write_cpu", "--client",
-                        client, "--bootstrap", args.bootstrap, "--writes", str(args.writes)],
-                       check=True)
+                        client, "--bootstrap", args.bootstrap, "--writes", str(args.writes),
+                        "--in-flight", str(args.in_flight)], check=True)
     return 0
 
 

@@ -30,6 +30,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+import urllib.request
 import uuid
 from pathlib import Path
 
@@ -72,9 +73,11 @@ def _serve(ctx: Context, function: str, checkout: Path | None, db: str, sink: st
 
 
 def one_round(ctx: Context, function: str, checkout: Path | None, events: int,
-              threads: int, sink: str, label: str, samples: int = 9) -> tuple[float, float]:
+              threads: int, sink: str, label: str, samples: int = 9,
+              commands: list[float] | None = None) -> tuple[float, float]:
     """CPU seconds of the function's processes per request and per data point, over `events`
-    deliveries."""
+    deliveries. With `commands`, the store commands the function sent per request (its
+    iot_store_commands_total) are appended to it."""
     db = ctx.name(f"serving_{uuid.uuid4().hex[:6]}")
     topic = ctx.name(f"serving_{uuid.uuid4().hex[:6]}").replace("_", ".")
     if function == "ingest":
@@ -100,17 +103,28 @@ def one_round(ctx: Context, function: str, checkout: Path | None, events: int,
 
         drive(0, WARMUP)  # connections, indexes, each device's first event
         assert server.proc is not None
+        sent0 = store_commands_sent(server.url) if commands is not None else 0.0
         pids = descendants(server.proc.pid)
         cpu0 = sum(cpu_seconds(p) for p in pids)
         with profiled(ctx, label, server.worker_pid(), 600):
             drive(WARMUP, events)
         cpu = sum(cpu_seconds(p) for p in pids) - cpu0
+        if commands is not None:
+            commands.append((store_commands_sent(server.url) - sent0) / events)
     finally:
         server.stop()
         client = mongo_client(ctx)
         client.drop_database(db)
         client.close()
     return cpu / events, cpu / points
+
+
+def store_commands_sent(url: str) -> float:
+    """The commands a served function has sent to the store so far (its /metrics)."""
+    with urllib.request.urlopen(url + "metrics", timeout=30) as answer:
+        text = answer.read().decode()
+    return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
+               if line.startswith("iot_store_commands_total{"))
 
 
 def main(argv: list[str] | None = None) -> int:
