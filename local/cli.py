@@ -140,15 +140,22 @@ def _run_local(args: argparse.Namespace) -> int:
     functions = {f: ports[f] for f in PORTS}
     supervised = None
     try:
+        # Before any process starts: a bad setting is one line here, not a function that
+        # exits at start.
+        access = Settings.from_environ()
         if real:
-            from .realmode import RealPipeline
+            from .realmode import RealPipeline, StartError
 
             pipeline = RealPipeline(kafka=args.kafka, mongo=args.mongo, ports=functions,
                                     broker_port=ports["broker"],
                                     environ={**os.environ, "LOG_LEVEL": args.log_level},
                                     eventing_dir=Path(args.eventing),
                                     log_dir=Path(args.log_dir) if args.log_dir else None)
-            supervised = pipeline.start()
+            try:
+                supervised = pipeline.start()
+            except StartError as exc:
+                print(f"iot-telemetry local: {exc}", file=sys.stderr)
+                return 1
             urls = {f: pipeline.url(f) for f in PORTS}
             extra = (f"  kafka     {args.kafka}\n  store     {args.mongo}\n"
                      f"  logs      {args.log_dir or '(this terminal)'}\n"
@@ -165,7 +172,6 @@ def _run_local(args: argparse.Namespace) -> int:
             extra = ("  broker    in-process, applying the Triggers of eventing/\n"
                      "  store     in-process MongoDB API (mongomock): NOT persistent, "
                      "lost on exit")
-        access = Settings.from_environ()
     except ConfigError as exc:
         print(f"configuration error: {exc}", file=sys.stderr)
         return 2

@@ -27,6 +27,10 @@ def _to_stderr(line: str) -> None:
     print(f"iot-telemetry local: {line}", file=sys.stderr, flush=True)
 
 
+class StartError(RuntimeError):
+    """A function did not come up at the first start; what was started is stopped again."""
+
+
 @dataclass
 class RealPipeline:
     """The functions served by functions-framework (gunicorn) and the dispatcher.
@@ -106,9 +110,18 @@ class RealPipeline:
         return self.start_dispatcher() if name == "dispatcher" else self.start_function(name)
 
     def start(self, timeout: float = 60.0) -> RealPipeline:
-        for function in FUNCTIONS:
-            self.start_function(function)
-        self.wait_healthy(FUNCTIONS, timeout)
+        """Start every function, then the dispatcher and the supervisor; StartError (every
+        process stopped again) when a function exits or stays unhealthy at this first start:
+        a fault to report, not to restart forever."""
+        try:
+            for function in FUNCTIONS:
+                self.start_function(function)
+            self.wait_healthy(FUNCTIONS, timeout)
+        except RuntimeError as exc:
+            self.stop()
+            where = (f"its log: {self.log_dir}" if self.log_dir is not None
+                     else "its output above")
+            raise StartError(f"{exc} (see {where})") from None
         self.start_dispatcher()
         if self.supervise:
             self.supervisor = Supervisor(self.processes, self._start_process, self.healthy,

@@ -206,6 +206,49 @@ def test_real_mode_children_do_not_outlive_a_killed_parent() -> None:
                 os.killpg(pid, signal.SIGKILL)
 
 
+@pytest.mark.parametrize("mode", [(), ("--kafka", "127.0.0.1:9", "--mongo", "mongodb://127.0.0.1:9")],
+                         ids=["embedded", "real"])
+def test_a_bad_setting_is_one_line_before_anything_starts(mode: tuple[str, ...]) -> None:
+    proc = _local("--no-simulator", *_any_ports(), *mode, env={"INGEST_AUTH": "bogus"})
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 2
+    assert err.strip() == "configuration error: INGEST_AUTH: must be `open` or `registered`"
+    assert out == ""
+
+
+def test_a_function_that_exits_at_the_first_real_start_stops_the_run_in_one_line(
+        monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    from iot_telemetry.local.realmode import RealPipeline
+
+    started: list[subprocess.Popen[bytes]] = []
+    real_command = RealPipeline.function_command
+    real_start = RealPipeline.start_function
+
+    def command(self: RealPipeline, function: str) -> list[str]:
+        if function == "alert":  # dies as a function with a broken deployment would
+            return [sys.executable, "-c", "import sys; sys.exit(3)"]
+        return real_command(self, function)
+
+    def start_function(self: RealPipeline, function: str) -> subprocess.Popen[bytes]:
+        proc = real_start(self, function)
+        started.append(proc)
+        return proc
+
+    monkeypatch.setattr(RealPipeline, "function_command", command)
+    monkeypatch.setattr(RealPipeline, "start_function", start_function)
+
+    code = main(["local", "--no-simulator", *_any_ports(), "--kafka", "127.0.0.1:9",
+                 "--mongo", "mongodb://127.0.0.1:9"])
+
+    assert code == 1
+    err = capsys.readouterr().err
+    assert "iot-telemetry local: alert exited with 3 at start (see its output above)" in err
+    assert "Traceback" not in err
+    # Everything the run started is stopped again: no function is left serving.
+    assert len(started) == 5
+    assert all(proc.poll() is not None for proc in started)
+
+
 # ---------------------------------------------------------------- devices of the local run
 
 def _post(url: str, device: str, token: str | None) -> int:
