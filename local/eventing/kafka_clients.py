@@ -92,6 +92,12 @@ class RecordWriter:
             # A duplicate write is harmless here (every consumer deduplicates); the
             # idempotent producer's fatal errors across broker restarts are not.
             "enable.idempotence": False,
+            # Without idempotence, a retried produce request may land after a later one of
+            # the same partition (librdkafka allows 1,000,000 in flight): a device's events
+            # would reach the broker topic out of order, and an ordered Trigger (alert)
+            # would deliver them so. One request in flight per broker keeps the order on
+            # retry, as ingest's producer does; records waiting meanwhile share the next one.
+            "max.in.flight.requests.per.connection": 1,
         }
         self._producer: Any = None
         self._closing = threading.Event()
