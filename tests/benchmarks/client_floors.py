@@ -37,20 +37,29 @@ def rounds(n: int, **cases: Callable[[], float]) -> dict[str, list[float]]:
     return out
 
 
-def pymongo_case(url: str, listener: bool, calls: int = 1500) -> Callable[[], float]:
+def pymongo_case(url: str, listener: bool, calls: int = 1500, *, burst: int = 1,
+                 paused: bool = False) -> Callable[[], float]:
+    """us of CPU per `burst` update_one calls by `_id` with the functions' client options;
+    `paused`: each burst after a 10 ms sleep (not counted), as a lone event's commands come."""
     def run() -> float:
         client: pymongo.MongoClient[dict[str, object]] = pymongo.MongoClient(
             url, tz_aware=True, retryWrites=False,
             event_listeners=[_CommandCounter()] if listener else [])
         collection = client["bench_floors"]["x"]
         collection.update_one({"_id": 1}, {"$inc": {"n": 1}}, upsert=True)
+        bursts, cpu = max(1, calls // burst), 0.0
         t0 = time.process_time()
-        for _ in range(calls):
-            collection.update_one({"_id": 1}, {"$inc": {"n": 1}})
-        cpu = (time.process_time() - t0) / calls
+        for _ in range(bursts):
+            if paused:
+                cpu += time.process_time() - t0
+                time.sleep(0.01)
+                t0 = time.process_time()
+            for _ in range(burst):
+                collection.update_one({"_id": 1}, {"$inc": {"n": 1}})
+        cpu += time.process_time() - t0
         client.drop_database("bench_floors")
         client.close()
-        return cpu * 1e6
+        return cpu / bursts * 1e6
     return run
 
 

@@ -46,10 +46,7 @@ import time
 from pathlib import Path
 from typing import Any, Final
 
-import pymongo
-
-from iot_telemetry.store import _CommandCounter
-
+from .client_floors import pymongo_case
 from .common import BASE_PORT, Context, broker_ingress
 from .serving_cpu import one_round
 
@@ -89,26 +86,6 @@ def _sleep_cpu(n: int) -> float:
     for _ in range(n):
         time.sleep(0.01)
     return time.process_time() - t0
-
-
-def store_us(url: str, commands: int, paused: bool, bursts: int = 300) -> float:
-    """CPU of this process per burst of `commands` pymongo updates by `_id` (the functions'
-    client options and command listener), each burst after a 10 ms pause or not."""
-    client: pymongo.MongoClient[dict[str, Any]] = pymongo.MongoClient(
-        url, tz_aware=True, retryWrites=False, event_listeners=[_CommandCounter()])
-    collection = client["bench_floors"]["x"]
-    collection.update_one({"_id": 1}, {"$inc": {"n": 1}}, upsert=True)
-    cpu = 0.0
-    for _ in range(bursts):
-        t0 = time.process_time()
-        for _ in range(commands):
-            collection.update_one({"_id": 1}, {"$inc": {"n": 1}})
-        cpu += time.process_time() - t0
-        if paused:
-            time.sleep(0.01)
-    client.drop_database("bench_floors")
-    client.close()
-    return cpu / bursts * 1e6
 
 
 def _figure(module: str, args: list[str], pattern: str) -> float:
@@ -168,8 +145,9 @@ def main(argv: list[str] | None = None) -> int:
                             + f"; load {os.getloadavg()[0]:.1f}")
                 for name in FUNCTIONS:
                     burst = round(commands[name][-1])
-                    store[name].append(store_us(args.mongo, burst, paused=args.clients == 1)
-                                       if burst else 0.0)
+                    store[name].append(pymongo_case(
+                        args.mongo, listener=True, calls=300 * burst, burst=burst,
+                        paused=args.clients == 1)() if burst else 0.0)
                 floors["kafka-python write"].append(kafka_write_us(args.kafka, args.clients))
                 floors["thread hand-off"].append(handoff_us())
                 floors["own aggregate"].append(own_us("aggregate"))

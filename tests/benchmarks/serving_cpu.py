@@ -30,7 +30,6 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-import urllib.request
 import uuid
 from pathlib import Path
 
@@ -46,6 +45,8 @@ from .common import (
     cpu_seconds,
     create_topic,
     descendants,
+    metric_sum,
+    metrics,
     mongo_client,
     print_profiles,
     profiled,
@@ -70,6 +71,11 @@ def _serve(ctx: Context, function: str, checkout: Path | None, db: str, sink: st
         target = "trivial_async" if asgi else "trivial"
     return FunctionServer(ctx, target, source, env,
                           label=f"{function}-{checkout.name if checkout else 'this'}-{db}")
+
+
+def _store_commands(url: str) -> float:
+    """The commands a served function has sent to the store so far (its /metrics)."""
+    return metric_sum(metrics(url), "iot_store_commands_total")
 
 
 def one_round(ctx: Context, function: str, checkout: Path | None, events: int,
@@ -103,28 +109,20 @@ def one_round(ctx: Context, function: str, checkout: Path | None, events: int,
 
         drive(0, WARMUP)  # connections, indexes, each device's first event
         assert server.proc is not None
-        sent0 = store_commands_sent(server.url) if commands is not None else 0.0
+        sent0 = _store_commands(server.url) if commands is not None else 0.0
         pids = descendants(server.proc.pid)
         cpu0 = sum(cpu_seconds(p) for p in pids)
         with profiled(ctx, label, server.worker_pid(), 600):
             drive(WARMUP, events)
         cpu = sum(cpu_seconds(p) for p in pids) - cpu0
         if commands is not None:
-            commands.append((store_commands_sent(server.url) - sent0) / events)
+            commands.append((_store_commands(server.url) - sent0) / events)
     finally:
         server.stop()
         client = mongo_client(ctx)
         client.drop_database(db)
         client.close()
     return cpu / events, cpu / points
-
-
-def store_commands_sent(url: str) -> float:
-    """The commands a served function has sent to the store so far (its /metrics)."""
-    with urllib.request.urlopen(url + "metrics", timeout=30) as answer:
-        text = answer.read().decode()
-    return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
-               if line.startswith("iot_store_commands_total{"))
 
 
 def main(argv: list[str] | None = None) -> int:
